@@ -1,0 +1,171 @@
+//! Prometheus metrics of one node, served by the admin listener.
+//!
+//! Label sets are small and bounded: service names come from the catalogue
+//! and routes from the declared route templates (never the raw path), so a
+//! client cannot grow the series count.
+
+use std::{borrow::Cow, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+type Label = Cow<'static, str>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: Label,
+    pub route: Label,
+    pub method: Label,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabels {
+    pub namespace: String,
+    pub kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Request metrics of the ingress, per service and route template.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<LatencyLabels>,
+}
+
+impl HttpMetrics {
+    pub fn observe(&self, service: Label, route: Label, method: Label, status: u16, elapsed: Duration) {
+        self.latency
+            .get_or_create(&LatencyLabels {
+                service: service.clone(),
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                service,
+                route,
+                method,
+                status,
+            })
+            .inc();
+    }
+}
+
+/// Store metrics: per-namespace statement latency and commit behaviour.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    statements: HistogramFamily<StatementLabels>,
+    commit: Histogram,
+    batch_latency: Histogram,
+    batch_size: Histogram,
+}
+
+impl StoreMetrics {
+    pub fn observe_statement(&self, namespace: &str, kind: &'static str, elapsed: Duration) {
+        self.statements
+            .get_or_create(&StatementLabels {
+                namespace: namespace.to_owned(),
+                kind,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_commit(&self, commit: Duration, batch: usize, whole: Duration) {
+        self.commit.observe(commit.as_secs_f64());
+        self.batch_latency.observe(whole.as_secs_f64());
+        self.batch_size.observe(batch as f64);
+    }
+}
+
+/// Every metric of the node, and the registry that encodes them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http: HttpMetrics,
+    pub store: StoreMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("flotilla");
+        let http = HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        registry.register(
+            "http_requests",
+            "Requests served by the public ingress, by service, route template, method and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Latency of requests served by the public ingress, by service and route template",
+            http.latency.clone(),
+        );
+        let store = StoreMetrics {
+            statements: Family::new_with_constructor(latency_histogram),
+            commit: latency_histogram(),
+            batch_latency: latency_histogram(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        };
+        registry.register(
+            "store_statement_duration_seconds",
+            "Time to run a service's statements (kind=read: one statement; kind=write: one write job), by namespace",
+            store.statements.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time of one durable COMMIT (fsync included) of a group of writes",
+            store.commit.clone(),
+        );
+        registry.register(
+            "store_batch_duration_seconds",
+            "Time from BEGIN to durable COMMIT of one group of writes",
+            store.batch_latency.clone(),
+        );
+        registry.register(
+            "store_batch_size",
+            "Write jobs committed together by one COMMIT",
+            store.batch_size.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            http,
+            store,
+        }
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus scrapes natively).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

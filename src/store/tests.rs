@@ -1,0 +1,356 @@
+use super::*;
+use crate::metrics::Metrics;
+
+const KV: &[Migration] = &[Migration {
+    version: 1,
+    name: "table",
+    sql: "CREATE TABLE kv__t (k TEXT PRIMARY KEY, v TEXT) STRICT;",
+}];
+const ECHO: &[Migration] = &[Migration {
+    version: 1,
+    name: "table",
+    sql: "CREATE TABLE echo__t (a TEXT) STRICT; CREATE INDEX echo__t_a ON echo__t (a);",
+}];
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    kv: Namespace,
+    echo: Namespace,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = store.namespace("kv");
+    let echo = store.namespace("echo");
+    kv.migrate(KV).await.unwrap();
+    echo.migrate(ECHO).await.unwrap();
+    echo.write(vec![Statement::new("INSERT INTO echo__t VALUES ('secret')", vec![])])
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        kv,
+        echo,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(
+        &StoreConfig {
+            data_dir: dir.to_owned(),
+            readers: 2,
+        },
+        Metrics::new().store,
+    )
+    .unwrap()
+}
+
+fn stmt(sql: &str) -> Statement {
+    Statement::new(sql, vec![])
+}
+
+async fn echo_rows(f: &Fixture) -> Vec<Vec<Value>> {
+    f.echo.read(stmt("SELECT a FROM echo__t ORDER BY a")).await.unwrap().rows
+}
+
+/// Every statement here names, reaches or could reveal another namespace's
+/// tables (or escapes namespacing altogether). Each is sent both as a write
+/// and as a read, and must be refused either way, leaving echo's data as it
+/// was.
+const ESCAPES: &[&str] = &[
+    "SELECT * FROM echo__t",
+    "SELECT * FROM \"ECHO__T\"",
+    "SELECT * FROM [Echo__T]",
+    "SELECT * FROM main.echo__t",
+    "SELECT * FROM `main`.`echo__t`",
+    "SELECT * FROM kv__t JOIN echo__t",
+    "SELECT * FROM kv__t, echo__t",
+    "SELECT (SELECT a FROM echo__t LIMIT 1)",
+    "SELECT * FROM kv__t WHERE k IN (SELECT a FROM echo__t)",
+    "SELECT EXISTS (SELECT 1 FROM echo__t)",
+    "WITH x AS (SELECT a FROM echo__t) SELECT * FROM x",
+    "SELECT k FROM kv__t UNION SELECT a FROM echo__t",
+    "INSERT INTO kv__t (k, v) SELECT a, a FROM echo__t",
+    "INSERT INTO echo__t VALUES ('x')",
+    "UPDATE echo__t SET a = 'x'",
+    "DELETE FROM echo__t",
+    "REPLACE INTO echo__t VALUES ('x')",
+    "DROP TABLE echo__t",
+    "DROP INDEX echo__t_a",
+    "ALTER TABLE echo__t ADD COLUMN b TEXT",
+    "ALTER TABLE kv__t RENAME TO echo__stolen",
+    "CREATE TABLE echo__mine (a TEXT)",
+    "CREATE TABLE unprefixed (a TEXT)",
+    "CREATE TABLE kv__ (a TEXT)",
+    "CREATE TABLE sys__evil (a TEXT)",
+    "CREATE INDEX kv__i ON echo__t (a)",
+    "CREATE TRIGGER kv__trg AFTER INSERT ON echo__t BEGIN DELETE FROM echo__t; END",
+    "CREATE TABLE kv__copy AS SELECT * FROM echo__t",
+    "CREATE TABLE kv__schema AS SELECT sql FROM sqlite_master",
+    "CREATE TEMP TABLE kv__tmp (a TEXT)",
+    "CREATE TEMP VIEW kv__tv AS SELECT 1",
+    "SELECT * FROM sqlite_master",
+    "SELECT name FROM sqlite_schema",
+    "SELECT * FROM SQLITE_MASTER",
+    "SELECT * FROM sqlite_temp_master",
+    "SELECT * FROM sys__migrations",
+    "DELETE FROM sqlite_master",
+    "UPDATE sqlite_master SET sql = ''",
+    "INSERT INTO sqlite_master VALUES ('table', 'x', 'x', 0, '')",
+    "SELECT * FROM pragma_table_info('echo__t')",
+    "SELECT * FROM pragma_table_list",
+    "PRAGMA table_info(echo__t)",
+    "PRAGMA writable_schema = ON",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA main.journal_mode = DELETE",
+    "ATTACH DATABASE ':memory:' AS other",
+    "DETACH DATABASE main",
+    "BEGIN",
+    "COMMIT",
+    "SAVEPOINT s",
+    "VACUUM",
+    "  /* comment */ VACUUM INTO '/tmp/flotilla-copy.db'",
+    "REINDEX",
+    "ANALYZE",
+    "SELECT load_extension('x')",
+    "SELECT 1; DELETE FROM echo__t",
+];
+
+#[tokio::test]
+async fn no_statement_reaches_another_namespace() {
+    let f = fixture().await;
+    let before = echo_rows(&f).await;
+    // Compile each escape once in echo's own namespace too where it is valid
+    // there, so a cached compiled statement would be found by the text.
+    let _ = f.echo.read(stmt("SELECT * FROM echo__t")).await;
+    for sql in ESCAPES {
+        let write = f.kv.write(vec![stmt(sql)]).await;
+        assert!(write.is_err(), "write of `{sql}` was allowed: {write:?}");
+        let read = f.kv.read(stmt(sql)).await;
+        assert!(read.is_err(), "read of `{sql}` was allowed: {read:?}");
+    }
+    assert_eq!(echo_rows(&f).await, before);
+}
+
+#[tokio::test]
+async fn denials_name_the_reason() {
+    let f = fixture().await;
+    let err = f.kv.read(stmt("SELECT * FROM echo__t")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Denied { .. }), "{msg}");
+    assert!(msg.contains("echo__t") && msg.contains("kv__"), "{msg}");
+    let err = f.kv.write(vec![stmt("ALTER TABLE kv__t RENAME TO kv__u")]).await.unwrap_err();
+    assert!(err.to_string().contains("RENAME TO is not allowed"), "{err}");
+}
+
+#[tokio::test]
+async fn views_and_triggers_cannot_reach_out() {
+    let f = fixture().await;
+    // Creating a view over another namespace is harmless, using it is not.
+    if f.kv
+        .write(vec![stmt("CREATE VIEW kv__v AS SELECT a FROM echo__t")])
+        .await
+        .is_ok()
+    {
+        assert!(f.kv.read(stmt("SELECT * FROM kv__v")).await.is_err());
+        assert!(f.kv.write(vec![stmt("SELECT * FROM kv__v")]).await.is_err());
+    }
+    // A trigger on kv's own table whose body writes echo's table makes the
+    // triggering write fail as a whole.
+    f.kv.write(vec![stmt(
+        "CREATE TRIGGER kv__tr AFTER INSERT ON kv__t BEGIN INSERT INTO echo__t VALUES ('via trigger'); END",
+    )])
+    .await
+    .unwrap();
+    let err = f
+        .kv
+        .write(vec![stmt("INSERT INTO kv__t VALUES ('a', 'b')")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("echo__t"), "{err}");
+    assert_eq!(echo_rows(&f).await, vec![vec![Value::from("secret")]]);
+    let rows = f.kv.read(stmt("SELECT count(*) FROM kv__t")).await.unwrap().rows;
+    assert_eq!(rows, vec![vec![Value::Integer(0)]]);
+}
+
+#[tokio::test]
+async fn a_statement_compiled_for_one_namespace_is_not_reused_by_another() {
+    let f = fixture().await;
+    let sql = "SELECT a FROM echo__t";
+    for _ in 0..3 {
+        assert!(f.echo.read(stmt(sql)).await.is_ok());
+        assert!(f.kv.read(stmt(sql)).await.is_err());
+        assert!(f.echo.write(vec![stmt(sql)]).await.is_ok());
+        assert!(f.kv.write(vec![stmt(sql)]).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn own_namespace_is_fully_usable() {
+    let f = fixture().await;
+    let ok = [
+        "CREATE TABLE kv__x (a INTEGER PRIMARY KEY, b TEXT)",
+        "CREATE INDEX kv__x_b ON kv__x (b)",
+        "CREATE VIEW kv__xv AS SELECT a FROM kv__x",
+        "CREATE TRIGGER kv__xt AFTER INSERT ON kv__x BEGIN INSERT INTO kv__t VALUES (NEW.b, 'copied'); END",
+        "INSERT INTO kv__x (b) VALUES ('one')",
+        "ALTER TABLE kv__x ADD COLUMN c TEXT",
+        "ALTER TABLE kv__x RENAME COLUMN c TO d",
+        "UPDATE kv__x SET d = json_extract('{\"a\": 1}', '$.a')",
+        "DELETE FROM kv__x WHERE a IN (SELECT value FROM json_each('[5, 6]'))",
+    ];
+    for sql in ok {
+        f.kv.write(vec![stmt(sql)])
+            .await
+            .unwrap_or_else(|e| panic!("`{sql}` was refused: {e}"));
+    }
+    let out = f
+        .kv
+        .write(vec![Statement::new(
+            "INSERT INTO kv__t (k, v) VALUES (?1, ?2) RETURNING k, v",
+            vec!["k2".into(), "v2".into()],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out[0].rows, vec![vec![Value::from("k2"), Value::from("v2")]]);
+    assert_eq!(out[0].changed, 1);
+    let rows = f.kv.read(stmt("SELECT k, v FROM kv__t ORDER BY k")).await.unwrap().rows;
+    assert_eq!(
+        rows,
+        vec![
+            vec![Value::from("k2"), Value::from("v2")],
+            vec![Value::from("one"), Value::from("copied")],
+        ]
+    );
+    // Reads may use the clock and randomness: nothing is replicated from them.
+    assert!(f.kv.read(stmt("SELECT random(), datetime('now')")).await.is_ok());
+    f.kv.write(vec![stmt("DROP VIEW kv__xv"), stmt("DROP TABLE kv__x")])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn writes_refuse_non_deterministic_functions() {
+    let f = fixture().await;
+    for sql in [
+        "INSERT INTO kv__t VALUES ('a', random())",
+        "INSERT INTO kv__t VALUES ('a', hex(randomblob(4)))",
+        "INSERT INTO kv__t VALUES ('a', datetime('now'))",
+        "INSERT INTO kv__t VALUES ('a', CURRENT_TIMESTAMP)",
+        "INSERT INTO kv__t VALUES ('a', current_date)",
+        "INSERT INTO kv__t VALUES ('a', strftime('%s', 'now'))",
+        "INSERT INTO kv__t VALUES ('a', unixepoch())",
+        "INSERT INTO kv__t VALUES ('a', julianday('now'))",
+        "UPDATE kv__t SET v = (SELECT random())",
+        "INSERT INTO kv__t VALUES ('a', last_insert_rowid())",
+    ] {
+        let err = f.kv.write(vec![stmt(sql)]).await.unwrap_err();
+        assert!(err.to_string().contains("not deterministic"), "`{sql}`: {err}");
+    }
+}
+
+#[tokio::test]
+async fn reads_cannot_write() {
+    let f = fixture().await;
+    let err = f.kv.read(stmt("INSERT INTO kv__t VALUES ('a', 'b')")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Denied { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_failed_statement_undoes_its_whole_write_and_nothing_else() {
+    let f = fixture().await;
+    let good = f.kv.write(vec![stmt("INSERT INTO kv__t VALUES ('keep', '1')")]);
+    let bad = f.kv.write(vec![
+        stmt("INSERT INTO kv__t VALUES ('gone', '1')"),
+        stmt("INSERT INTO kv__t VALUES ('keep', 'duplicate')"),
+    ]);
+    let (good, bad) = tokio::join!(good, bad);
+    good.unwrap();
+    assert!(matches!(bad.unwrap_err(), StoreError::Constraint(_)));
+    let rows = f.kv.read(stmt("SELECT k, v FROM kv__t")).await.unwrap().rows;
+    assert_eq!(rows, vec![vec![Value::from("keep"), Value::from("1")]]);
+}
+
+#[tokio::test]
+async fn parameter_count_is_checked() {
+    let f = fixture().await;
+    let err = f
+        .kv
+        .write(vec![Statement::new("INSERT INTO kv__t VALUES (?1, ?2)", vec!["a".into()])])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("takes 2 parameters but 1"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_grouped_and_all_acknowledged_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let kv = store.namespace("kv");
+        kv.migrate(KV).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let kv = kv.clone();
+            tasks.push(tokio::spawn(async move {
+                kv.write(vec![Statement::new(
+                    "INSERT INTO kv__t VALUES (?1, 'v')",
+                    vec![format!("key{i}").into()],
+                )])
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    let store = open(dir.path());
+    let kv = store.namespace("kv");
+    assert_eq!(kv.migrate(KV).await.unwrap(), 0, "migrations are not re-applied");
+    let rows = kv.read(stmt("SELECT count(*) FROM kv__t")).await.unwrap().rows;
+    assert_eq!(rows, vec![vec![Value::Integer(200)]]);
+}
+
+#[tokio::test]
+async fn migrations_are_tracked_per_namespace_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = store.namespace("alpha");
+    let b = store.namespace("beta");
+    let v1 = Migration {
+        version: 1,
+        name: "t",
+        sql: "CREATE TABLE alpha__t (a TEXT);",
+    };
+    assert_eq!(a.migrate(&[v1]).await.unwrap(), 1);
+    assert_eq!(a.migrate(&[v1]).await.unwrap(), 0);
+    // The same version number in another namespace is a different migration.
+    let b1 = Migration {
+        version: 1,
+        name: "t",
+        sql: "CREATE TABLE beta__t (a TEXT);",
+    };
+    assert_eq!(b.migrate(&[b1]).await.unwrap(), 1);
+    // Editing an applied migration is refused.
+    let edited = Migration {
+        sql: "CREATE TABLE alpha__t (a TEXT, b TEXT);",
+        ..v1
+    };
+    let err = a.migrate(&[edited]).await.unwrap_err();
+    assert!(err.to_string().contains("was changed after it was applied"), "{err}");
+    // A binary that does not know an applied migration refuses to run.
+    let err = a.migrate(&[]).await.unwrap_err();
+    assert!(err.to_string().contains("newer version"), "{err}");
+    // A migration that reaches outside its namespace is refused whole: its
+    // first statement is rolled back too.
+    let bad = Migration {
+        version: 2,
+        name: "bad",
+        sql: "CREATE TABLE alpha__u (a TEXT); DROP TABLE beta__t;",
+    };
+    let err = a.migrate(&[v1, bad]).await.unwrap_err();
+    assert!(err.to_string().contains("migration 2 (`bad`)"), "{err}");
+    assert!(a.read(stmt("SELECT * FROM alpha__u")).await.is_err());
+    assert!(b.read(stmt("SELECT * FROM beta__t")).await.is_ok());
+}
