@@ -1,5 +1,20 @@
 //! flotilla: one binary that runs a fleet of services.
+//!
+//! See ARCHITECTURE.md for the map of this crate.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api_error;
+pub mod catalogue;
+pub mod cli;
+pub mod config;
+pub mod ingress;
 pub mod metrics;
+pub mod node;
+pub mod proto;
+pub mod registry;
+pub mod routing;
+pub mod server;
+pub mod services;
 pub mod store;
+pub mod telemetry;

@@ -4,10 +4,10 @@
 //! and routes from the declared route templates (never the raw path), so a
 //! client cannot grow the series count.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{
         counter::Counter,
         family::Family,
@@ -16,7 +16,57 @@ use prometheus_client::{
     registry::Registry,
 };
 
-type Label = Cow<'static, str>;
+/// A label value that is cheap to clone on the request path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Shared(s) => s,
+        }
+    }
+
+    /// The method's name; standard methods without allocating.
+    pub fn method(method: &http::Method) -> Label {
+        use http::Method as M;
+        let name = match *method {
+            M::GET => "GET",
+            M::POST => "POST",
+            M::PUT => "PUT",
+            M::DELETE => "DELETE",
+            M::HEAD => "HEAD",
+            M::PATCH => "PATCH",
+            M::OPTIONS => "OPTIONS",
+            // Extension methods are bounded by the routes that accept them;
+            // unrouted requests never reach here with their own method name.
+            _ => "OTHER",
+        };
+        Label::Static(name)
+    }
+}
+
+impl From<&'static str> for Label {
+    fn from(s: &'static str) -> Self {
+        Label::Static(s)
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Label::Shared(Arc::from(s))
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -53,7 +103,14 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub fn observe(&self, service: Label, route: Label, method: Label, status: u16, elapsed: Duration) {
+    pub fn observe(
+        &self,
+        service: Label,
+        route: Label,
+        method: Label,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.latency
             .get_or_create(&LatencyLabels {
                 service: service.clone(),

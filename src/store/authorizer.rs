@@ -203,10 +203,14 @@ impl State {
         let database = ctx.database_name.unwrap_or("main");
         if self.phase == Phase::Start {
             self.phase = match ctx.action {
-                A::Insert { table_name } | A::Delete { table_name } if is_schema_table(table_name) => {
+                A::Insert { table_name } | A::Delete { table_name }
+                    if is_schema_table(table_name) =>
+                {
                     Phase::Define { saw_select: false }
                 }
-                A::CreateTrigger { .. } | A::DropTrigger { .. } => Phase::Define { saw_select: false },
+                A::CreateTrigger { .. } | A::DropTrigger { .. } => {
+                    Phase::Define { saw_select: false }
+                }
                 A::AlterTable { .. } => Phase::Alter,
                 _ => Phase::Query,
             };
@@ -312,7 +316,9 @@ pub fn unguarded_statement(sql: &str) -> Option<&'static str> {
     let keyword = first_keyword(sql)?.to_ascii_uppercase();
     match keyword.as_str() {
         "VACUUM" => Some("VACUUM is not allowed in a service: it rewrites the whole database"),
-        "REINDEX" => Some("REINDEX is not allowed in a service: it rebuilds every namespace's indexes"),
+        "REINDEX" => {
+            Some("REINDEX is not allowed in a service: it rebuilds every namespace's indexes")
+        }
         _ => None,
     }
 }

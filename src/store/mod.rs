@@ -64,7 +64,9 @@ impl StoreError {
             };
         }
         match &err {
-            rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::AuthorizationForStatementDenied => {
+            rusqlite::Error::SqliteFailure(e, _)
+                if e.code == ErrorCode::AuthorizationForStatementDenied =>
+            {
                 StoreError::Denied {
                     namespace: namespace.to_owned(),
                     reason: err.to_string(),
@@ -286,8 +288,14 @@ impl Namespace {
             });
             let result = run_statement(&reader.conn, &reader.guard, &namespace, &statement, false);
             reader.guard.set_mode(Mode::System);
-            inner.metrics.observe_statement(&namespace, "read", started.elapsed());
-            inner.readers.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+            inner
+                .metrics
+                .observe_statement(&namespace, "read", started.elapsed());
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reader);
             result
         });
         let result = task
@@ -354,9 +362,13 @@ fn run_statement(
     let readonly = stmt.readonly();
     let mut outcome = Outcome::default();
     if columns == 0 {
-        outcome.changed = stmt.execute(params_from_iter(&statement.params)).map_err(fail)? as u64;
+        outcome.changed = stmt
+            .execute(params_from_iter(&statement.params))
+            .map_err(fail)? as u64;
     } else {
-        let mut rows = stmt.query(params_from_iter(&statement.params)).map_err(fail)?;
+        let mut rows = stmt
+            .query(params_from_iter(&statement.params))
+            .map_err(fail)?;
         while let Some(row) = rows.next().map_err(fail)? {
             let mut values = Vec::with_capacity(columns);
             for i in 0..columns {
@@ -409,7 +421,12 @@ type WriteJob = (Arc<str>, Vec<Statement>, Reply<Vec<Outcome>>);
 
 /// Runs every queued write in one transaction, one savepoint each, commits,
 /// and only then replies.
-fn commit_group(conn: &mut Connection, guard: &Guard, writes: &mut Vec<WriteJob>, metrics: &StoreMetrics) {
+fn commit_group(
+    conn: &mut Connection,
+    guard: &Guard,
+    writes: &mut Vec<WriteJob>,
+    metrics: &StoreMetrics,
+) {
     if writes.is_empty() {
         return;
     }
@@ -467,7 +484,9 @@ fn commit_group(conn: &mut Connection, guard: &Guard, writes: &mut Vec<WriteJob>
             }
             if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
                 for (_, _, later) in jobs.by_ref() {
-                    let _ = later.send(Err(StoreError::Storage("cannot restart the write transaction".into())));
+                    let _ = later.send(Err(StoreError::Storage(
+                        "cannot restart the write transaction".into(),
+                    )));
                 }
                 return;
             }
@@ -511,7 +530,8 @@ fn migrate(
     namespace: &str,
     migrations: &[Migration],
 ) -> Result<usize, StoreError> {
-    let sys = |e: rusqlite::Error| StoreError::Storage(format!("migration bookkeeping failed: {e}"));
+    let sys =
+        |e: rusqlite::Error| StoreError::Storage(format!("migration bookkeeping failed: {e}"));
     guard.set_mode(Mode::System);
     let applied: Vec<(u32, String, String)> = {
         let mut stmt = conn
@@ -539,7 +559,10 @@ fn migrate(
         }
     }
     let mut count = 0;
-    for m in migrations.iter().filter(|m| !applied.iter().any(|a| a.0 == m.version)) {
+    for m in migrations
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+    {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(sys)?;
         let result = apply_migration(conn, guard, namespace, m);
         guard.set_mode(Mode::System);
@@ -562,14 +585,22 @@ fn migrate(
     Ok(count)
 }
 
-fn apply_migration(conn: &Connection, guard: &Guard, namespace: &str, m: &Migration) -> Result<(), StoreError> {
+fn apply_migration(
+    conn: &Connection,
+    guard: &Guard,
+    namespace: &str,
+    m: &Migration,
+) -> Result<(), StoreError> {
     use fallible_iterator::FallibleIterator;
     let context = |e: StoreError| match e {
         StoreError::Denied { namespace, reason } => StoreError::Denied {
             namespace,
             reason: format!("migration {} (`{}`): {reason}", m.version, m.name),
         },
-        other => StoreError::Invalid(format!("migration {} (`{}`) failed: {other}", m.version, m.name)),
+        other => StoreError::Invalid(format!(
+            "migration {} (`{}`) failed: {other}",
+            m.version, m.name
+        )),
     };
     guard.set_mode(Mode::Service {
         namespace: namespace.to_owned(),

@@ -25,9 +25,12 @@ async fn fixture() -> Fixture {
     let echo = store.namespace("echo");
     kv.migrate(KV).await.unwrap();
     echo.migrate(ECHO).await.unwrap();
-    echo.write(vec![Statement::new("INSERT INTO echo__t VALUES ('secret')", vec![])])
-        .await
-        .unwrap();
+    echo.write(vec![Statement::new(
+        "INSERT INTO echo__t VALUES ('secret')",
+        vec![],
+    )])
+    .await
+    .unwrap();
     Fixture {
         _dir: dir,
         kv,
@@ -51,7 +54,11 @@ fn stmt(sql: &str) -> Statement {
 }
 
 async fn echo_rows(f: &Fixture) -> Vec<Vec<Value>> {
-    f.echo.read(stmt("SELECT a FROM echo__t ORDER BY a")).await.unwrap().rows
+    f.echo
+        .read(stmt("SELECT a FROM echo__t ORDER BY a"))
+        .await
+        .unwrap()
+        .rows
 }
 
 /// Every statement here names, reaches or could reveal another namespace's
@@ -140,8 +147,14 @@ async fn denials_name_the_reason() {
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Denied { .. }), "{msg}");
     assert!(msg.contains("echo__t") && msg.contains("kv__"), "{msg}");
-    let err = f.kv.write(vec![stmt("ALTER TABLE kv__t RENAME TO kv__u")]).await.unwrap_err();
-    assert!(err.to_string().contains("RENAME TO is not allowed"), "{err}");
+    let err =
+        f.kv.write(vec![stmt("ALTER TABLE kv__t RENAME TO kv__u")])
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("RENAME TO is not allowed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -163,14 +176,17 @@ async fn views_and_triggers_cannot_reach_out() {
     )])
     .await
     .unwrap();
-    let err = f
-        .kv
-        .write(vec![stmt("INSERT INTO kv__t VALUES ('a', 'b')")])
-        .await
-        .unwrap_err();
+    let err =
+        f.kv.write(vec![stmt("INSERT INTO kv__t VALUES ('a', 'b')")])
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("echo__t"), "{err}");
     assert_eq!(echo_rows(&f).await, vec![vec![Value::from("secret")]]);
-    let rows = f.kv.read(stmt("SELECT count(*) FROM kv__t")).await.unwrap().rows;
+    let rows =
+        f.kv.read(stmt("SELECT count(*) FROM kv__t"))
+            .await
+            .unwrap()
+            .rows;
     assert_eq!(rows, vec![vec![Value::Integer(0)]]);
 }
 
@@ -205,17 +221,23 @@ async fn own_namespace_is_fully_usable() {
             .await
             .unwrap_or_else(|e| panic!("`{sql}` was refused: {e}"));
     }
-    let out = f
-        .kv
-        .write(vec![Statement::new(
+    let out =
+        f.kv.write(vec![Statement::new(
             "INSERT INTO kv__t (k, v) VALUES (?1, ?2) RETURNING k, v",
             vec!["k2".into(), "v2".into()],
         )])
         .await
         .unwrap();
-    assert_eq!(out[0].rows, vec![vec![Value::from("k2"), Value::from("v2")]]);
+    assert_eq!(
+        out[0].rows,
+        vec![vec![Value::from("k2"), Value::from("v2")]]
+    );
     assert_eq!(out[0].changed, 1);
-    let rows = f.kv.read(stmt("SELECT k, v FROM kv__t ORDER BY k")).await.unwrap().rows;
+    let rows =
+        f.kv.read(stmt("SELECT k, v FROM kv__t ORDER BY k"))
+            .await
+            .unwrap()
+            .rows;
     assert_eq!(
         rows,
         vec![
@@ -224,7 +246,11 @@ async fn own_namespace_is_fully_usable() {
         ]
     );
     // Reads may use the clock and randomness: nothing is replicated from them.
-    assert!(f.kv.read(stmt("SELECT random(), datetime('now')")).await.is_ok());
+    assert!(
+        f.kv.read(stmt("SELECT random(), datetime('now')"))
+            .await
+            .is_ok()
+    );
     f.kv.write(vec![stmt("DROP VIEW kv__xv"), stmt("DROP TABLE kv__x")])
         .await
         .unwrap();
@@ -246,21 +272,28 @@ async fn writes_refuse_non_deterministic_functions() {
         "INSERT INTO kv__t VALUES ('a', last_insert_rowid())",
     ] {
         let err = f.kv.write(vec![stmt(sql)]).await.unwrap_err();
-        assert!(err.to_string().contains("not deterministic"), "`{sql}`: {err}");
+        assert!(
+            err.to_string().contains("not deterministic"),
+            "`{sql}`: {err}"
+        );
     }
 }
 
 #[tokio::test]
 async fn reads_cannot_write() {
     let f = fixture().await;
-    let err = f.kv.read(stmt("INSERT INTO kv__t VALUES ('a', 'b')")).await.unwrap_err();
+    let err =
+        f.kv.read(stmt("INSERT INTO kv__t VALUES ('a', 'b')"))
+            .await
+            .unwrap_err();
     assert!(matches!(err, StoreError::Denied { .. }), "{err}");
 }
 
 #[tokio::test]
 async fn a_failed_statement_undoes_its_whole_write_and_nothing_else() {
     let f = fixture().await;
-    let good = f.kv.write(vec![stmt("INSERT INTO kv__t VALUES ('keep', '1')")]);
+    let good =
+        f.kv.write(vec![stmt("INSERT INTO kv__t VALUES ('keep', '1')")]);
     let bad = f.kv.write(vec![
         stmt("INSERT INTO kv__t VALUES ('gone', '1')"),
         stmt("INSERT INTO kv__t VALUES ('keep', 'duplicate')"),
@@ -268,19 +301,28 @@ async fn a_failed_statement_undoes_its_whole_write_and_nothing_else() {
     let (good, bad) = tokio::join!(good, bad);
     good.unwrap();
     assert!(matches!(bad.unwrap_err(), StoreError::Constraint(_)));
-    let rows = f.kv.read(stmt("SELECT k, v FROM kv__t")).await.unwrap().rows;
+    let rows =
+        f.kv.read(stmt("SELECT k, v FROM kv__t"))
+            .await
+            .unwrap()
+            .rows;
     assert_eq!(rows, vec![vec![Value::from("keep"), Value::from("1")]]);
 }
 
 #[tokio::test]
 async fn parameter_count_is_checked() {
     let f = fixture().await;
-    let err = f
-        .kv
-        .write(vec![Statement::new("INSERT INTO kv__t VALUES (?1, ?2)", vec!["a".into()])])
+    let err =
+        f.kv.write(vec![Statement::new(
+            "INSERT INTO kv__t VALUES (?1, ?2)",
+            vec!["a".into()],
+        )])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("takes 2 parameters but 1"), "{err}");
+    assert!(
+        err.to_string().contains("takes 2 parameters but 1"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -307,8 +349,16 @@ async fn concurrent_writes_are_grouped_and_all_acknowledged_writes_survive_reope
     }
     let store = open(dir.path());
     let kv = store.namespace("kv");
-    assert_eq!(kv.migrate(KV).await.unwrap(), 0, "migrations are not re-applied");
-    let rows = kv.read(stmt("SELECT count(*) FROM kv__t")).await.unwrap().rows;
+    assert_eq!(
+        kv.migrate(KV).await.unwrap(),
+        0,
+        "migrations are not re-applied"
+    );
+    let rows = kv
+        .read(stmt("SELECT count(*) FROM kv__t"))
+        .await
+        .unwrap()
+        .rows;
     assert_eq!(rows, vec![vec![Value::Integer(200)]]);
 }
 
@@ -338,7 +388,10 @@ async fn migrations_are_tracked_per_namespace_and_checked() {
         ..v1
     };
     let err = a.migrate(&[edited]).await.unwrap_err();
-    assert!(err.to_string().contains("was changed after it was applied"), "{err}");
+    assert!(
+        err.to_string().contains("was changed after it was applied"),
+        "{err}"
+    );
     // A binary that does not know an applied migration refuses to run.
     let err = a.migrate(&[]).await.unwrap_err();
     assert!(err.to_string().contains("newer version"), "{err}");

@@ -1,0 +1,143 @@
+//! The admin listener: liveness, readiness, metrics and status.
+//!
+//! `/readyz` answers 200 only when every selected service has run its
+//! migrations and started, and not while the node drains; a load balancer
+//! that follows it never sends a request to a node that cannot serve it.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
+use http::{StatusCode, header};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Where a selected service is in its start-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum ServiceState {
+    Pending,
+    Migrating,
+    Running,
+    Failed(String),
+}
+
+/// Shared start-up and shutdown state of the node.
+pub struct Readiness {
+    services: Mutex<BTreeMap<&'static str, ServiceState>>,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(services: &[&'static str]) -> Readiness {
+        Readiness {
+            services: Mutex::new(
+                services
+                    .iter()
+                    .map(|s| (*s, ServiceState::Pending))
+                    .collect(),
+            ),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set(&self, service: &'static str, state: ServiceState) {
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service, state);
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn snapshot(&self) -> (bool, bool, BTreeMap<&'static str, ServiceState>) {
+        let services = self
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let draining = self.draining.load(Ordering::SeqCst);
+        let ready = !draining && services.values().all(|s| *s == ServiceState::Running);
+        (ready, draining, services)
+    }
+}
+
+/// What `/status` reports besides readiness.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: &'static str,
+    pub public: String,
+    pub admin: String,
+    pub database: String,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    readiness: Arc<Readiness>,
+    metrics: Metrics,
+    info: Arc<NodeInfo>,
+    started: Instant,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ready, draining, services) = s.readiness.snapshot();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "draining": draining, "services": services })),
+    )
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn status(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ready, draining, services) = s.readiness.snapshot();
+    Json(serde_json::json!({
+        "node": &*s.info,
+        "ready": ready,
+        "draining": draining,
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "services": services,
+    }))
+}
+
+/// The admin router.
+pub fn router(readiness: Arc<Readiness>, metrics: Metrics, info: NodeInfo) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .with_state(AdminState {
+            readiness,
+            metrics,
+            info: Arc::new(info),
+            started: Instant::now(),
+        })
+}

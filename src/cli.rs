@@ -1,0 +1,180 @@
+//! The command line: `serve` and `check-config`.
+//!
+//! Exit codes: 0 success; 64 (EX_USAGE) for a bad command line or config,
+//! always before any port is bound; 1 when the node fails to start or run.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    catalogue::{Access, Catalogue},
+    config::{Config, LogFormat},
+    routing::{Protocol, RoutingTable},
+};
+
+pub const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "One binary that runs a fleet of services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the services the config selects on this node.
+    Serve {
+        /// The node's config file.
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        /// Log format, overriding the config's `log.format`: human or json.
+        #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_parser = parse_log_format)]
+        log_format: Option<LogFormat>,
+    },
+    /// Validate a config and print the plan it resolves to, starting nothing.
+    CheckConfig {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(s)
+        .ok_or_else(|| format!("unknown log format `{s}`; valid formats: human, json"))
+}
+
+/// Runs the command line with `catalogue` as the set of compiled-in
+/// services. The binary passes [`Catalogue::builtin`]; an embedding program
+/// can pass its own.
+pub fn main(catalogue: Catalogue) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if let Err(e) = catalogue.validate() {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config, &catalogue) {
+            Ok(c) => {
+                print!("{}", plan(&c, &catalogue));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::Serve { config, log_format } => {
+            let config = match Config::load(&config, &catalogue) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            crate::telemetry::init(log_format.unwrap_or(config.log.format), &config.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::node::run(config, catalogue)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "node failed");
+                    eprintln!("flotilla: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The resolved plan, as `check-config` prints it.
+pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let table = RoutingTable::build(catalogue)
+        .unwrap_or_else(|e| panic!("catalogue routes are invalid: {e}"));
+    let _ = writeln!(out, "node: {}", config.node_id);
+    let _ = writeln!(
+        out,
+        "services (selected as [{}]):",
+        config.selection.join(", ")
+    );
+    for name in &config.services {
+        if let Some(s) = catalogue.get(name) {
+            let _ = writeln!(out, "  - {name}: {}", s.summary());
+        }
+    }
+    let _ = writeln!(out, "listeners:");
+    let _ = writeln!(
+        out,
+        "  public: {} (HTTP/1.1 and h2c: /api/<service>/… and gRPC)",
+        config.listeners.public
+    );
+    let _ = writeln!(
+        out,
+        "  admin: {} (/healthz, /readyz, /metrics, /status)",
+        config.listeners.admin
+    );
+    let absolute =
+        std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let _ = writeln!(
+        out,
+        "database: {}",
+        absolute.join(crate::store::DB_FILE).display()
+    );
+    let _ = writeln!(
+        out,
+        "limits: request body {} bytes, request timeout {} ms, shutdown grace {} ms",
+        config.limits.max_request_body_bytes,
+        config.limits.request_timeout.as_millis(),
+        config.limits.shutdown_grace.as_millis()
+    );
+    let _ = writeln!(out, "routes:");
+    for r in table.routes() {
+        let proto = match r.protocol {
+            Protocol::Http => "HTTP",
+            Protocol::Grpc => "gRPC",
+        };
+        let place = if config.runs(r.service) {
+            "local"
+        } else {
+            "not on this node"
+        };
+        let _ = writeln!(
+            out,
+            "  {proto} {:<6} {:<36} -> {} ({place}; {})",
+            r.method.as_str(),
+            r.template,
+            r.service,
+            r.access
+        );
+    }
+    let _ = writeln!(out, "public routes (no credentials needed):");
+    for r in table.routes().iter().filter(|r| r.access == Access::Public) {
+        let _ = writeln!(out, "  {} {}", r.method, r.template);
+    }
+    out
+}

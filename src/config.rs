@@ -1,0 +1,543 @@
+//! The node's configuration: the YAML a user writes, and the validated plan
+//! the node runs.
+//!
+//! Parsing and validation bind no port and start nothing, so `serve` and
+//! `check-config` fail the same way, before anything is listening. Every
+//! problem found is reported at once, each naming its field.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::catalogue::Catalogue;
+
+/// The alias that selects every service in the catalogue.
+pub const ALL: &str = "all";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: Option<RawNode>,
+    services: Option<Vec<String>>,
+    #[serde(default)]
+    listeners: RawListeners,
+    data_dir: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListeners {
+    public: Option<String>,
+    admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_request_body_bytes: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "human" => Some(LogFormat::Human),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// A validated configuration: everything `serve` needs, nothing unchecked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: String,
+    /// The selection as written, e.g. `[all]`.
+    pub selection: Vec<String>,
+    /// The services it resolves to, in catalogue order.
+    pub services: Vec<&'static str>,
+    pub listeners: Listeners,
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8081";
+const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
+const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_GRACE_MS: u64 = 10_000;
+
+/// One thing wrong with a config, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a config was refused. Shown to the user as is.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration {}:", self.source_name)?;
+        for p in &self.problems {
+            writeln!(f, "  - {}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path, catalogue: &Catalogue) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![Problem {
+                field: "(file)".into(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &name, catalogue)
+    }
+
+    /// Validates config text; `source_name` names it in errors.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        catalogue: &Catalogue,
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+            let field = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(document)".into());
+            fail(vec![Problem {
+                field,
+                message: e.to_string(),
+            }])
+        })?;
+        let mut problems = Problems(Vec::new());
+
+        let node_id = match raw.node.and_then(|n| n.id) {
+            Some(id) if valid_node_id(&id) => id,
+            Some(id) => {
+                problems.add(
+                    "node.id",
+                    format!("`{id}` is not a valid node id: use 1-63 characters of a-z, 0-9 and '-', starting with a letter or digit"),
+                );
+                String::new()
+            }
+            None => {
+                problems.add(
+                    "node.id",
+                    "missing: give this node a stable id, e.g. `node: {id: node-1}`",
+                );
+                String::new()
+            }
+        };
+
+        let valid_names = || {
+            let mut names = vec![ALL.to_owned()];
+            names.extend(catalogue.names().map(str::to_owned));
+            names.join(", ")
+        };
+        let selection = raw.services.unwrap_or_default();
+        let mut services = Vec::new();
+        if selection.is_empty() {
+            problems.add(
+                "services",
+                format!(
+                    "no services selected: list the services this node runs, e.g. `services: [all]`; valid names: {}",
+                    valid_names()
+                ),
+            );
+        }
+        for name in &selection {
+            if name == ALL {
+                services.extend(catalogue.names());
+            } else if let Some(known) = catalogue.names().find(|n| n == name) {
+                services.push(known);
+            } else {
+                problems.add(
+                    "services",
+                    format!("unknown service `{name}`; valid names: {}", valid_names()),
+                );
+            }
+        }
+        // Catalogue order, each once.
+        let services: Vec<&'static str> =
+            catalogue.names().filter(|n| services.contains(n)).collect();
+
+        let public = parse_listener(
+            &mut problems,
+            "listeners.public",
+            raw.listeners.public,
+            DEFAULT_PUBLIC,
+        );
+        let admin = parse_listener(
+            &mut problems,
+            "listeners.admin",
+            raw.listeners.admin,
+            DEFAULT_ADMIN,
+        );
+        if let (Some(p), Some(a)) = (public, admin)
+            && p.port() == a.port()
+            && (p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified())
+        {
+            problems.add(
+                "listeners.admin",
+                format!(
+                    "{a} collides with listeners.public ({p}): give each listener its own port"
+                ),
+            );
+        }
+
+        let data_dir = match raw.data_dir {
+            None => {
+                problems.add("data_dir", "missing: name the directory that holds this node's database, e.g. `data_dir: data/node-1`");
+                PathBuf::new()
+            }
+            Some(d) if d.trim().is_empty() => {
+                problems.add(
+                    "data_dir",
+                    "is empty: name the directory that holds this node's database",
+                );
+                PathBuf::new()
+            }
+            Some(d) => {
+                let dir = PathBuf::from(d);
+                if let Err(why) = check_data_dir(&dir) {
+                    problems.add(
+                        "data_dir",
+                        format!("{} is not usable: {why}", dir.display()),
+                    );
+                }
+                dir
+            }
+        };
+
+        let body = raw
+            .limits
+            .max_request_body_bytes
+            .unwrap_or(DEFAULT_BODY_LIMIT);
+        if !(1..=MAX_BODY_LIMIT).contains(&body) {
+            problems.add(
+                "limits.max_request_body_bytes",
+                format!("{body} is out of range: use 1 to {MAX_BODY_LIMIT}"),
+            );
+        }
+        let timeout = raw.limits.request_timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=3_600_000).contains(&timeout) {
+            problems.add(
+                "limits.request_timeout_ms",
+                format!("{timeout} is out of range: use 1 to 3600000 (one hour)"),
+            );
+        }
+        let grace = raw.limits.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS);
+        if grace > 600_000 {
+            problems.add(
+                "limits.shutdown_grace_ms",
+                format!("{grace} is out of range: use 0 to 600000 (ten minutes)"),
+            );
+        }
+
+        let format = match raw.log.format.as_deref() {
+            None => LogFormat::Human,
+            Some(f) => LogFormat::parse(f).unwrap_or_else(|| {
+                problems.add(
+                    "log.format",
+                    format!("unknown format `{f}`; valid formats: human, json"),
+                );
+                LogFormat::Human
+            }),
+        };
+        let level = raw.log.level.unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+            problems.add(
+                "log.level",
+                format!(
+                    "`{level}` is not a valid filter ({e}); e.g. `info` or `info,flotilla=debug`"
+                ),
+            );
+        }
+
+        if !problems.0.is_empty() {
+            return Err(fail(problems.0));
+        }
+        Ok(Config {
+            node_id,
+            selection,
+            services,
+            listeners: Listeners {
+                public: public.expect("validated above"),
+                admin: admin.expect("validated above"),
+            },
+            data_dir,
+            limits: Limits {
+                max_request_body_bytes: usize::try_from(body).expect("bounded by MAX_BODY_LIMIT"),
+                request_timeout: Duration::from_millis(timeout),
+                shutdown_grace: Duration::from_millis(grace),
+            },
+            log: LogConfig { format, level },
+        })
+    }
+
+    /// Whether the node runs `service`.
+    pub fn runs(&self, service: &str) -> bool {
+        self.services.contains(&service)
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn parse_listener(
+    problems: &mut Problems,
+    field: &str,
+    value: Option<String>,
+    default: &str,
+) -> Option<SocketAddr> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    let Some((host, port)) = text.rsplit_once(':') else {
+        problems.add(
+            field,
+            format!("`{text}` is not an address: use IP:PORT, e.g. {default}"),
+        );
+        return None;
+    };
+    let port = match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => p as u16,
+        Ok(p) => {
+            problems.add(field, format!("port {p} is out of range: use 1 to 65535"));
+            return None;
+        }
+        Err(_) => {
+            problems.add(field, format!("`{port}` is not a port number in `{text}`"));
+            return None;
+        }
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(SocketAddr::new(ip, port)),
+        Err(_) => {
+            problems.add(
+                field,
+                format!("`{host}` is not an IP address: use a literal address such as 127.0.0.1, 0.0.0.0 or [::1]"),
+            );
+            None
+        }
+    }
+}
+
+/// Checks that `dir` is, or can become, a writable directory, without
+/// creating it.
+fn check_data_dir(dir: &Path) -> Result<(), String> {
+    let mut probe = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&probe) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => return Err(format!("{} exists and is not a directory", probe.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !probe.pop() || probe.as_os_str().is_empty() {
+                    probe = PathBuf::from(".");
+                    break;
+                }
+            }
+            Err(e) => return Err(format!("cannot inspect {}: {e}", probe.display())),
+        }
+    }
+    let test = probe.join(format!(".flotilla-write-test-{}", std::process::id()));
+    std::fs::write(&test, b"").map_err(|e| format!("{} is not writable: {e}", probe.display()))?;
+    let _ = std::fs::remove_file(&test);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml", &Catalogue::builtin())
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse(text).unwrap_err().problems
+    }
+
+    const BASE: &str = "node: {id: n1}\ndata_dir: target/test-data\n";
+
+    #[test]
+    fn all_is_an_explicit_alias() {
+        let c = parse(&format!("{BASE}services: [all]")).unwrap();
+        assert_eq!(c.services, Catalogue::builtin().names().collect::<Vec<_>>());
+        let c = parse(&format!("{BASE}services: [kv, kv]")).unwrap();
+        assert_eq!(c.services, vec!["kv"]);
+    }
+
+    #[test]
+    fn selection_is_required_and_checked() {
+        for text in [
+            BASE.to_owned(),
+            format!("{BASE}services: []"),
+            format!("{BASE}services: [kv, nope]"),
+        ] {
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "services");
+            assert!(
+                p[0].message.contains("valid names: all, echo, kv"),
+                "{}",
+                p[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let p = problems(
+            "node: {id: Bad_Id}\nservices: [all]\ndata_dir: ''\nlisteners: {public: '127.0.0.1:99999', admin: 'localhost:1'}\nlimits: {max_request_body_bytes: 0, request_timeout_ms: 0}\nlog: {format: xml, level: 'not=a=filter'}\n",
+        );
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "node.id",
+                "listeners.public",
+                "listeners.admin",
+                "data_dir",
+                "limits.max_request_body_bytes",
+                "limits.request_timeout_ms",
+                "log.format",
+                "log.level",
+            ]
+        );
+        assert!(
+            p[1].message.contains("99999 is out of range"),
+            "{}",
+            p[1].message
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_place() {
+        let p = problems(&format!(
+            "{BASE}services: [all]\nlisteners: {{publik: '127.0.0.1:1'}}\n"
+        ));
+        assert!(
+            p[0].message.contains("unknown field `publik`"),
+            "{}",
+            p[0].message
+        );
+        assert!(p[0].field.starts_with("line 4"), "{}", p[0].field);
+    }
+
+    #[test]
+    fn listeners_must_not_collide() {
+        let p = problems(&format!(
+            "{BASE}services: [all]\nlisteners: {{public: '0.0.0.0:9000', admin: '127.0.0.1:9000'}}\n"
+        ));
+        assert_eq!(p[0].field, "listeners.admin");
+    }
+
+    #[test]
+    fn ipv6_listeners_parse() {
+        let c = parse(&format!(
+            "{BASE}services: [all]\nlisteners: {{public: '[::1]:9000'}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.listeners.public.to_string(), "[::1]:9000");
+    }
+
+    #[test]
+    fn a_file_as_data_dir_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let p = problems(&format!(
+            "node: {{id: n1}}\nservices: [all]\ndata_dir: '{}'\n",
+            file.path().display()
+        ));
+        assert_eq!(p[0].field, "data_dir");
+        assert!(p[0].message.contains("not a directory"), "{}", p[0].message);
+    }
+}

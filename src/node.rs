@@ -1,0 +1,200 @@
+//! Running a node: the start-up sequence and the graceful shutdown.
+//!
+//! Order matters and is the contract with operators:
+//! 1. the config was validated before this module is entered;
+//! 2. the database is opened (created if needed);
+//! 3. both listeners are bound, so a port in use fails the start at once;
+//! 4. the admin listener serves (`/readyz` is 503);
+//! 5. each selected service runs its migrations and starts;
+//! 6. the public listener serves and `/readyz` turns 200.
+//!
+//! On SIGTERM or SIGINT: `/readyz` turns 503, the public listener stops
+//! accepting, in-flight requests finish (within `limits.shutdown_grace_ms`),
+//! then the admin listener closes and the process exits 0.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{self, NodeInfo, Readiness, ServiceState},
+    catalogue::{Catalogue, ServiceContext},
+    config::Config,
+    ingress::{self, Ingress, IngressLimits},
+    metrics::Metrics,
+    registry::{NodeRecord, Registry},
+    routing::RoutingTable,
+    server,
+    store::{Store, StoreConfig},
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    #[error("service `{service}` could not migrate its namespace: {source}")]
+    Migrate {
+        service: &'static str,
+        source: crate::store::StoreError,
+    },
+    #[error(transparent)]
+    Start(#[from] crate::catalogue::StartError),
+    #[error("{0}")]
+    Catalogue(String),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Readers per node: enough for two cores, without idle connections.
+const READERS: usize = 4;
+
+/// Runs the node until SIGTERM or SIGINT.
+pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> {
+    catalogue
+        .validate()
+        .map_err(|e| NodeError::Catalogue(e.to_string()))?;
+    let table = Arc::new(RoutingTable::build(&catalogue).map_err(NodeError::Catalogue)?);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %config.node_id,
+        services = ?config.services,
+        "starting flotilla"
+    );
+    let mut stop_signal = shutdown_signal()?;
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let metrics = Metrics::new();
+    let store = Store::open(
+        &StoreConfig {
+            data_dir: config.data_dir.clone(),
+            readers: READERS,
+        },
+        metrics.store.clone(),
+    )?;
+
+    let admin_listener = server::bind("admin", config.listeners.admin).await?;
+    let public_listener = server::bind("public", config.listeners.public).await?;
+
+    let readiness = Arc::new(Readiness::new(&config.services));
+    let info = NodeInfo {
+        node_id: config.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        public: config.listeners.public.to_string(),
+        admin: config.listeners.admin.to_string(),
+        database: store.path().display().to_string(),
+    };
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        admin::router(readiness.clone(), metrics.clone(), info),
+        admin_stop.clone(),
+        config.limits.shutdown_grace,
+    ));
+    tracing::info!(addr = %config.listeners.admin, "admin listener serving");
+
+    let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+    let mut routers = HashMap::new();
+    for name in &config.services {
+        let service = catalogue
+            .get(name)
+            .expect("selection is validated against the catalogue");
+        let name = service.name();
+        readiness.set(name, ServiceState::Migrating);
+        let namespace = store.namespace(name);
+        let applied = match namespace.migrate(service.migrations()).await {
+            Ok(n) => n,
+            Err(source) => {
+                readiness.set(name, ServiceState::Failed(source.to_string()));
+                return Err(NodeError::Migrate {
+                    service: name,
+                    source,
+                });
+            }
+        };
+        let handlers = service.start(ServiceContext {
+            node_id: node_id.clone(),
+            store: namespace,
+        })?;
+        routers.insert(name, ingress::compose(name, handlers));
+        readiness.set(name, ServiceState::Running);
+        tracing::info!(
+            service = name,
+            migrations_applied = applied,
+            "service started"
+        );
+    }
+
+    let registry = Registry::single(NodeRecord {
+        id: config.node_id.clone(),
+        public: config.listeners.public,
+        services: config.services.clone(),
+        healthy: true,
+    });
+    let ingress = Ingress::new(
+        table,
+        registry,
+        routers,
+        metrics.http.clone(),
+        IngressLimits {
+            max_request_body_bytes: config.limits.max_request_body_bytes,
+            request_timeout: config.limits.request_timeout,
+        },
+    );
+    let public_stop = CancellationToken::new();
+    let public_task = tokio::spawn(server::serve(
+        public_listener,
+        ingress,
+        public_stop.clone(),
+        config.limits.shutdown_grace,
+    ));
+    tracing::info!(addr = %config.listeners.public, "public listener serving; node ready");
+
+    let signal = stop_signal.recv().await;
+    tracing::info!(signal, "shutting down: draining in-flight requests");
+    readiness.start_draining();
+    public_stop.cancel();
+    let drained = public_task.await.unwrap_or(false);
+    if !drained {
+        tracing::warn!(
+            grace_ms = config.limits.shutdown_grace.as_millis() as u64,
+            "some requests did not finish within the shutdown grace period and were cut off"
+        );
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn shutdown_signal() -> Result<Signals, NodeError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(Signals {
+        term: signal(SignalKind::terminate()).map_err(NodeError::Signals)?,
+        int: signal(SignalKind::interrupt()).map_err(NodeError::Signals)?,
+    })
+}

@@ -1,0 +1,11 @@
+//! gRPC APIs compiled from `proto/` by `build.rs`.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod kv {
+    tonic::include_proto!("flotilla.kv.v1");
+}
+
+pub mod echo {
+    tonic::include_proto!("flotilla.echo.v1");
+}

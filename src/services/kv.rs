@@ -1,0 +1,455 @@
+//! `kv`: a key/value store with versions and compare-and-set, over HTTP/JSON
+//! and gRPC. Both front ends call the same [`KvCore`].
+//!
+//! Every key carries a version: 1 when created, +1 on every write. A
+//! compare-and-set names the version it expects (0: the key must not
+//! exist), which makes it the workload for linearizability checks.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api_error::ApiError,
+    catalogue::{
+        Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
+        StartError, grpc_router,
+    },
+    proto::kv::{self as pb, kv_server},
+    store::{Migration, Namespace, Statement, Value},
+};
+
+pub const MAX_KEY_BYTES: usize = 1024;
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+const READ: Access = Access::Permission("kv.read");
+const WRITE: Access = Access::Permission("kv.write");
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "entries",
+    sql: "CREATE TABLE kv__entries (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL,
+        version INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;",
+}];
+
+pub struct Kv;
+
+/// One entry as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+}
+
+impl From<Entry> for pb::Entry {
+    fn from(e: Entry) -> Self {
+        pb::Entry {
+            key: e.key,
+            value: e.value,
+            version: e.version,
+        }
+    }
+}
+
+/// Result of a compare-and-set.
+#[derive(Debug, Serialize)]
+pub struct Swap {
+    pub swapped: bool,
+    pub current: Option<Entry>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub next_start_after: Option<String>,
+}
+
+/// The operations, shared by the HTTP and gRPC front ends.
+#[derive(Clone)]
+pub struct KvCore {
+    store: Namespace,
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("the key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "the key is {} bytes long; keys are at most {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn entry(row: Vec<Value>) -> Entry {
+    let mut it = row.into_iter();
+    let key = it.next().and_then(Value::into_string).unwrap_or_default();
+    let value = it.next().and_then(Value::into_string).unwrap_or_default();
+    let version = it.next().and_then(|v| v.as_i64()).unwrap_or_default();
+    Entry {
+        key,
+        value,
+        version: u64::try_from(version).unwrap_or_default(),
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`,
+/// if there is one. UTF-8 byte order is code point order, so bumping the
+/// last code point that can be bumped gives the bound.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(n) = next {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+impl KvCore {
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, ApiError> {
+        check_key(key)?;
+        let out = self
+            .store
+            .read(Statement::new(
+                "SELECT key, value, version FROM kv__entries WHERE key = ?1",
+                vec![key.into()],
+            ))
+            .await?;
+        Ok(out.rows.into_iter().next().map(entry))
+    }
+
+    pub async fn put(&self, key: &str, value: String) -> Result<u64, ApiError> {
+        check_key(key)?;
+        let out = self
+            .store
+            .write(vec![Statement::new(
+                "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = version + 1
+                 RETURNING version",
+                vec![key.into(), value.into()],
+            )])
+            .await?;
+        let version = out
+            .first()
+            .and_then(|o| o.rows.first())
+            .and_then(|r| r.first())
+            .and_then(Value::as_i64)
+            .unwrap_or_default();
+        Ok(u64::try_from(version).unwrap_or_default())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, ApiError> {
+        check_key(key)?;
+        let out = self
+            .store
+            .write(vec![Statement::new(
+                "DELETE FROM kv__entries WHERE key = ?1",
+                vec![key.into()],
+            )])
+            .await?;
+        Ok(out.first().is_some_and(|o| o.changed > 0))
+    }
+
+    /// Writes `value` if the key's version is `expected_version` (0: the key
+    /// must not exist), atomically, and returns the entry as it is after.
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected_version: u64,
+        value: String,
+    ) -> Result<Swap, ApiError> {
+        check_key(key)?;
+        let swap = if expected_version == 0 {
+            Statement::new(
+                "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
+                 ON CONFLICT (key) DO NOTHING RETURNING key",
+                vec![key.into(), value.into()],
+            )
+        } else {
+            Statement::new(
+                "UPDATE kv__entries SET value = ?2, version = version + 1
+                 WHERE key = ?1 AND version = ?3 RETURNING key",
+                vec![key.into(), value.into(), expected_version.into()],
+            )
+        };
+        let current = Statement::new(
+            "SELECT key, value, version FROM kv__entries WHERE key = ?1",
+            vec![key.into()],
+        );
+        let mut out = self.store.write(vec![swap, current]).await?.into_iter();
+        let swapped = out.next().is_some_and(|o| !o.rows.is_empty());
+        let current = out
+            .next()
+            .and_then(|o| o.rows.into_iter().next())
+            .map(entry);
+        Ok(Swap { swapped, current })
+    }
+
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<Page, ApiError> {
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let lower = if start_after.is_empty() || *start_after < *prefix {
+            (prefix.to_owned(), ">=")
+        } else {
+            (start_after.to_owned(), ">")
+        };
+        // Bound the index scan above by the first key past the prefix; only a
+        // prefix of U+10FFFF characters has no such key and is filtered.
+        let (bound, second) = match prefix_end(prefix) {
+            Some(end) => ("key < ?2", Value::from(end)),
+            None => ("substr(key, 1, length(?2)) = ?2", Value::from(prefix)),
+        };
+        let sql = format!(
+            "SELECT key, value, version FROM kv__entries WHERE key {} ?1 AND {bound} ORDER BY key LIMIT ?3",
+            lower.1
+        );
+        let params = vec![
+            Value::from(lower.0),
+            second,
+            Value::Integer(i64::from(limit) + 1),
+        ];
+        let out = self.store.read(Statement::new(sql, params)).await?;
+        let mut entries: Vec<Entry> = out.rows.into_iter().map(entry).collect();
+        let next_start_after = if entries.len() > limit as usize {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| e.key.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            entries,
+            next_start_after,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    key: String,
+    expected_version: u64,
+    value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    start_after: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+async fn http_get(
+    State(kv): State<KvCore>,
+    Path(key): Path<String>,
+) -> Result<Json<Entry>, ApiError> {
+    kv.get(&key)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no key `{key}`")))
+}
+
+async fn http_put(
+    State(kv): State<KvCore>,
+    Path(key): Path<String>,
+    Json(body): Json<PutBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let version = kv.put(&key, body.value).await?;
+    Ok(Json(serde_json::json!({ "key": key, "version": version })))
+}
+
+async fn http_delete(
+    State(kv): State<KvCore>,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let deleted = kv.delete(&key).await?;
+    Ok(Json(serde_json::json!({ "deleted": deleted })))
+}
+
+async fn http_cas(
+    State(kv): State<KvCore>,
+    Json(body): Json<CasBody>,
+) -> Result<Response, ApiError> {
+    let swap = kv
+        .compare_and_set(&body.key, body.expected_version, body.value)
+        .await?;
+    let status = if swap.swapped {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((status, Json(swap)).into_response())
+}
+
+async fn http_list(
+    State(kv): State<KvCore>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    Ok(Json(kv.list(&q.prefix, &q.start_after, q.limit).await?))
+}
+
+#[tonic::async_trait]
+impl kv_server::Kv for KvCore {
+    async fn get(
+        &self,
+        r: tonic::Request<pb::GetRequest>,
+    ) -> Result<tonic::Response<pb::GetResponse>, tonic::Status> {
+        let key = r.into_inner().key;
+        match KvCore::get(self, &key).await? {
+            Some(e) => Ok(tonic::Response::new(pb::GetResponse {
+                entry: Some(e.into()),
+            })),
+            None => Err(tonic::Status::not_found(format!("no key `{key}`"))),
+        }
+    }
+
+    async fn put(
+        &self,
+        r: tonic::Request<pb::PutRequest>,
+    ) -> Result<tonic::Response<pb::PutResponse>, tonic::Status> {
+        let r = r.into_inner();
+        let version = KvCore::put(self, &r.key, r.value).await?;
+        Ok(tonic::Response::new(pb::PutResponse { version }))
+    }
+
+    async fn delete(
+        &self,
+        r: tonic::Request<pb::DeleteRequest>,
+    ) -> Result<tonic::Response<pb::DeleteResponse>, tonic::Status> {
+        let deleted = KvCore::delete(self, &r.into_inner().key).await?;
+        Ok(tonic::Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn compare_and_set(
+        &self,
+        r: tonic::Request<pb::CompareAndSetRequest>,
+    ) -> Result<tonic::Response<pb::CompareAndSetResponse>, tonic::Status> {
+        let r = r.into_inner();
+        let swap = KvCore::compare_and_set(self, &r.key, r.expected_version, r.value).await?;
+        Ok(tonic::Response::new(pb::CompareAndSetResponse {
+            swapped: swap.swapped,
+            current: swap.current.map(Into::into),
+        }))
+    }
+
+    async fn list(
+        &self,
+        r: tonic::Request<pb::ListRequest>,
+    ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
+        let r = r.into_inner();
+        let page = KvCore::list(self, &r.prefix, &r.start_after, r.limit).await?;
+        Ok(tonic::Response::new(pb::ListResponse {
+            entries: page.entries.into_iter().map(Into::into).collect(),
+            next_start_after: page.next_start_after.unwrap_or_default(),
+        }))
+    }
+}
+
+impl Service for Kv {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn summary(&self) -> &'static str {
+        "versioned key/value store with compare-and-set and prefix listing"
+    }
+
+    fn api(&self) -> Api {
+        let route = |method, path, access| HttpRoute {
+            method,
+            path,
+            access,
+        };
+        let method = |name, access| GrpcMethod { name, access };
+        Api {
+            http: vec![
+                route(http::Method::GET, "/keys", READ),
+                route(http::Method::GET, "/keys/{*key}", READ),
+                route(http::Method::PUT, "/keys/{*key}", WRITE),
+                route(http::Method::DELETE, "/keys/{*key}", WRITE),
+                route(http::Method::POST, "/cas", WRITE),
+            ],
+            grpc: vec![GrpcService {
+                name: <kv_server::KvServer<KvCore> as tonic::server::NamedService>::NAME,
+                methods: vec![
+                    method("Get", READ),
+                    method("List", READ),
+                    method("Put", WRITE),
+                    method("Delete", WRITE),
+                    method("CompareAndSet", WRITE),
+                ],
+            }],
+        }
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
+        let core = KvCore { store: ctx.store };
+        let http = Router::new()
+            .route("/keys", get(http_list))
+            .route(
+                "/keys/{*key}",
+                get(http_get).put(http_put).delete(http_delete),
+            )
+            .route("/cas", post(http_cas))
+            .with_state(core.clone());
+        let grpc = grpc_router(kv_server::KvServer::new(core));
+        Ok(Handlers { http, grpc })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bounds_every_extension() {
+        assert_eq!(prefix_end("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
+        assert_eq!(prefix_end(""), None);
+        let end = prefix_end("user/").unwrap();
+        for k in ["user/", "user/a", "user/\u{10FFFF}\u{10FFFF}"] {
+            assert!(k < end.as_str());
+        }
+        assert!("user0" >= end.as_str());
+    }
+}

@@ -1,0 +1,4 @@
+//! The services shipped with flotilla.
+
+pub mod echo;
+pub mod kv;
