@@ -418,6 +418,7 @@ fn writer_loop(
 }
 
 type WriteJob = (Arc<str>, Vec<Statement>, Reply<Vec<Outcome>>);
+type JobResult = Result<Vec<Outcome>, StoreError>;
 
 /// Runs every queued write in one transaction, one savepoint each, commits,
 /// and only then replies.
@@ -439,8 +440,7 @@ fn commit_group(
         }
         return;
     }
-    let mut results: Vec<(Reply<Vec<Outcome>>, Result<Vec<Outcome>, StoreError>)> =
-        Vec::with_capacity(writes.len());
+    let mut results: Vec<(Reply<Vec<Outcome>>, JobResult)> = Vec::with_capacity(writes.len());
     let mut jobs = std::mem::take(writes).into_iter();
     while let Some((namespace, statements, reply)) = jobs.next() {
         let job_started = Instant::now();

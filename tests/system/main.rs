@@ -1,0 +1,9 @@
+//! System tests: the real `flotilla` binary as a process on loopback ports,
+//! driven by real HTTP (reqwest) and gRPC (tonic) clients.
+
+mod config;
+mod example;
+mod ingress;
+mod kv;
+mod lifecycle;
+mod support;

@@ -1,0 +1,247 @@
+//! Running the real binary on loopback ports for the system tests.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example binary built from `examples/<name>.rs` next to the main one.
+pub fn example_binary(name: &str) -> PathBuf {
+    let main = Path::new(BINARY);
+    let path = main.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} was not built: run the tests with cargo, which builds examples",
+        path.display()
+    );
+    path
+}
+
+pub struct NodeConfig {
+    pub services: String,
+    pub extra: String,
+    pub node_id: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            services: "[all]".into(),
+            extra: String::new(),
+            node_id: "test-node".into(),
+        }
+    }
+}
+
+/// A running `flotilla serve`, killed when dropped.
+pub struct Node {
+    pub child: Option<Child>,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub binary: PathBuf,
+}
+
+impl Node {
+    pub fn write_config(
+        dir: &Path,
+        public: SocketAddr,
+        admin: SocketAddr,
+        cfg: &NodeConfig,
+    ) -> PathBuf {
+        let text = format!(
+            "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\n{}",
+            cfg.node_id,
+            cfg.services,
+            dir.join("data").display(),
+            cfg.extra
+        );
+        let path = dir.join("node.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn start(cfg: NodeConfig) -> Node {
+        Node::start_binary(Path::new(BINARY), cfg)
+    }
+
+    pub fn start_binary(binary: &Path, cfg: NodeConfig) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = Node::write_config(dir.path(), public, admin, &cfg);
+        let mut node = Node {
+            child: None,
+            public,
+            admin,
+            dir,
+            config_path,
+            binary: binary.to_owned(),
+        };
+        node.spawn(&[]);
+        node
+    }
+
+    /// Starts the process (again) on the same config and data, and waits
+    /// until it is ready.
+    pub fn spawn(&mut self, extra_args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(extra_args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("http://{}/readyz", self.admin);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited during start-up with {status}:\n{}", self.log());
+            }
+            if let Ok(resp) = blocking_get(&url)
+                && resp.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("node not ready within 20 s:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET without a client library, for polling readiness
+/// from synchronous code.
+pub fn blocking_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().unwrap(), Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Runs the binary with `args` to completion (bounded) and returns its
+/// exit code, stdout and stderr.
+pub fn run_cli(binary: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} did not finish within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
