@@ -1,1 +1,391 @@
-fn main() {}
+//! Single-node benchmarks (issue 2). Not a test: it measures and prints a
+//! Markdown report for BENCHMARKS.md.
+//!
+//!     cargo bench --bench single                 # 5 s per load scenario
+//!     BENCH_SECONDS=10 cargo bench --bench single
+//!
+//! Scenarios:
+//! 1. kv writes through the public HTTP API of the real binary, 64
+//!    concurrent clients, each write acknowledged only after it is durable.
+//! 2. the same writes straight into the store (no HTTP), to show what the
+//!    ingress and HTTP cost.
+//! 3. echo through the ingress vs. the same echo handler served without the
+//!    ingress layer, both in this process on the same server code, so the
+//!    only difference is the ingress (routing table, limits, metrics).
+//! 4. start-up: exec to `/readyz` 200, and idle RSS.
+//!
+//! Every request goes to 127.0.0.1.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use flotilla::{
+    catalogue::{Catalogue, Service, ServiceContext},
+    ingress::{self, Ingress, IngressLimits},
+    metrics::Metrics,
+    registry::{NodeRecord, Registry},
+    routing::RoutingTable,
+    server,
+    services::echo::Echo,
+    store::{Statement, Store, StoreConfig},
+};
+use tokio_util::sync::CancellationToken;
+
+const CLIENTS: usize = 64;
+
+struct Figures {
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+    fn row(&self, name: &str) -> String {
+        format!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
+            self.rate(),
+            self.pct(0.50).as_secs_f64() * 1e3,
+            self.pct(0.99).as_secs_f64() * 1e3,
+            self.errors
+        )
+    }
+}
+
+/// Runs `op(client, i)` from `clients` concurrent tasks for `duration`.
+async fn load<F, Fut>(clients: usize, duration: Duration, op: F) -> Figures
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut errors = 0;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if op(c, i).await {
+                    lat.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Figures {
+        ops: latencies.len(),
+        elapsed,
+        latencies,
+        errors,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn write_config(dir: &Path, public: SocketAddr, admin: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("bench.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// exec → /readyz 200, polled every millisecond with a plain TCP request.
+fn startup(binary: &str, runs: usize) -> (Vec<Duration>, Vec<u64>) {
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, admin) = (free_addr(), free_addr());
+        let config = write_config(dir.path(), public, admin);
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = started + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "node not ready within 10 s");
+            if ready(admin) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        times.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(500));
+        rss.push(rss_kib(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    times.sort_unstable();
+    rss.sort_unstable();
+    (times, rss)
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", kernel.trim())
+}
+
+async fn serve_in_process<S>(service: S) -> (SocketAddr, CancellationToken)
+where
+    S: tower::Service<http::Request<axum::body::Body>, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = server::bind("public", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server::serve(listener, service, stop.clone(), Duration::from_secs(1)));
+    (addr, stop)
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let duration = Duration::from_secs(seconds);
+    let binary = env!("CARGO_BIN_EXE_flotilla");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    println!("Machine: {}", machine());
+    println!("Each load scenario: {CLIENTS} concurrent clients for {seconds} s, HTTP/1.1 keep-alive, loopback.\n");
+    println!("| scenario | ops/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|");
+
+    // 1. kv writes through the real binary.
+    let dir = tempfile::tempdir().unwrap();
+    let (public, admin) = (free_addr(), free_addr());
+    let config = write_config(dir.path(), public, admin);
+    let mut node = Command::new(binary)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready(admin) {
+        assert!(Instant::now() < deadline, "bench node not ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let http = client();
+    let kv_http = rt.block_on(load(CLIENTS, duration, move |c, i| {
+        let http = http.clone();
+        async move {
+            http.put(format!("http://{public}/api/kv/keys/bench/{c}/{i}"))
+                .header("content-type", "application/json")
+                .body(r#"{"value":"0123456789abcdef0123456789abcdef"}"#)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    }));
+    println!("{}", kv_http.row("kv PUT via HTTP (real binary, durable)"));
+    let http = client();
+    let echo_binary = rt.block_on(load(CLIENTS, duration, move |_, _| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{public}/api/echo?message=hi"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    }));
+    println!("{}", echo_binary.row("echo GET via HTTP (real binary)"));
+    let loaded_rss = rss_kib(node.id());
+    let _ = node.kill();
+    let _ = node.wait();
+
+    // 2. The store alone.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store_figures = rt.block_on(async {
+        let store = Store::open(
+            &StoreConfig {
+                data_dir: store_dir.path().to_owned(),
+                readers: 4,
+            },
+            Metrics::new().store,
+        )
+        .unwrap();
+        let kv = store.namespace("kv");
+        kv.migrate(flotilla::services::kv::Kv.migrations()).await.unwrap();
+        load(CLIENTS, duration, move |c, i| {
+            let kv = kv.clone();
+            async move {
+                kv.write(vec![Statement::new(
+                    "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = version + 1
+                     RETURNING version",
+                    vec![format!("bench/{c}/{i}").into(), "0123456789abcdef0123456789abcdef".into()],
+                )])
+                .await
+                .is_ok()
+            }
+        })
+        .await
+    });
+    println!("{}", store_figures.row("kv upsert, store alone (no HTTP, durable)"));
+
+    // 3. echo with and without the ingress layer, same process, same server.
+    let (with_ingress, without_ingress) = rt.block_on(async {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &StoreConfig {
+                data_dir: store_dir.path().to_owned(),
+                readers: 1,
+            },
+            Metrics::new().store,
+        )
+        .unwrap();
+        let ctx = ServiceContext {
+            node_id: Arc::from("bench-1"),
+            store: store.namespace("echo"),
+        };
+        let catalogue = Catalogue::builtin();
+        let table = Arc::new(RoutingTable::build(&catalogue).unwrap());
+        let routers = HashMap::from([("echo", ingress::compose("echo", Echo.start(ctx.clone()).unwrap()))]);
+        let registry = Registry::single(NodeRecord {
+            id: "bench-1".into(),
+            public: "127.0.0.1:1".parse().unwrap(),
+            services: vec!["echo"],
+            healthy: true,
+        });
+        let ingress = Ingress::new(
+            table,
+            registry,
+            routers,
+            Metrics::new().http,
+            IngressLimits {
+                max_request_body_bytes: 1 << 20,
+                request_timeout: Duration::from_secs(10),
+            },
+        );
+        let bare = axum::Router::new().nest("/api/echo", Echo.start(ctx).unwrap().http);
+        let (ingress_addr, stop_a) = serve_in_process(ingress).await;
+        let (bare_addr, stop_b) = serve_in_process(bare).await;
+        let run = |addr: SocketAddr| {
+            let http = client();
+            load(CLIENTS, duration, move |_, _| {
+                let http = http.clone();
+                async move {
+                    http.get(format!("http://{addr}/api/echo?message=hi"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            })
+        };
+        // Alternate to spread any drift in the machine's speed.
+        let a1 = run(ingress_addr).await;
+        let b1 = run(bare_addr).await;
+        stop_a.cancel();
+        stop_b.cancel();
+        (a1, b1)
+    });
+    println!("{}", with_ingress.row("echo GET through the ingress (in-process)"));
+    println!("{}", without_ingress.row("echo GET, same handler without the ingress (in-process)"));
+
+    // 4. Start-up.
+    let (times, rss) = startup(binary, 10);
+    println!();
+    println!("| measure | median | worst of 10 |");
+    println!("|---|---:|---:|");
+    println!(
+        "| exec → /readyz 200 (fresh data dir, 2 migrations) | {:.1} ms | {:.1} ms |",
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+    println!(
+        "| idle RSS 0.5 s after ready | {:.1} MiB | {:.1} MiB |",
+        rss[rss.len() / 2] as f64 / 1024.0,
+        rss[rss.len() - 1] as f64 / 1024.0
+    );
+    println!("| RSS after the load scenarios | {:.1} MiB | |", loaded_rss as f64 / 1024.0);
+    println!();
+    println!(
+        "Ratios: HTTP kv writes / store alone = {:.2}; echo through ingress / without = {:.2}",
+        kv_http.rate() / store_figures.rate(),
+        with_ingress.rate() / without_ingress.rate()
+    );
+}
