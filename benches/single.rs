@@ -192,6 +192,29 @@ fn ready(admin: SocketAddr) -> bool {
     s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
 }
 
+/// Commits and mean writes per commit, from the node's own metrics.
+async fn group_commit(admin: SocketAddr) -> String {
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let commits = value("flotilla_store_batch_size_count");
+    let writes = value("flotilla_store_batch_size_sum");
+    format!(
+        "{commits:.0} fsync'ed commits for {writes:.0} writes ({:.1} writes per commit)",
+        writes / commits.max(1.0)
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -262,6 +285,7 @@ fn main() {
         }
     }));
     println!("{}", kv_http.row("kv PUT via HTTP (real binary, durable)"));
+    let commits = rt.block_on(group_commit(admin));
     let http = client();
     let echo_binary = rt.block_on(load(CLIENTS, duration, move |_, _| {
         let http = http.clone();
@@ -383,6 +407,7 @@ fn main() {
     );
     println!("| RSS after the load scenarios | {:.1} MiB | |", loaded_rss as f64 / 1024.0);
     println!();
+    println!("Group commit during the HTTP kv run: {commits}.");
     println!(
         "Ratios: HTTP kv writes / store alone = {:.2}; echo through ingress / without = {:.2}",
         kv_http.rate() / store_figures.rate(),
