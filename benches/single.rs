@@ -122,7 +122,10 @@ fn client() -> reqwest::Client {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn write_config(dir: &Path, public: SocketAddr, admin: SocketAddr) -> std::path::PathBuf {
@@ -221,7 +224,9 @@ fn machine() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -233,27 +238,45 @@ fn machine() -> String {
 
 async fn serve_in_process<S>(service: S) -> (SocketAddr, CancellationToken)
 where
-    S: tower::Service<http::Request<axum::body::Body>, Response = axum::response::Response, Error = std::convert::Infallible>
-        + Clone
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    let listener = server::bind("public", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listener = server::bind("public", "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(server::serve(listener, service, stop.clone(), Duration::from_secs(1)));
+    tokio::spawn(server::serve(
+        listener,
+        service,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
     (addr, stop)
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let duration = Duration::from_secs(seconds);
     let binary = env!("CARGO_BIN_EXE_flotilla");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     println!("Machine: {}", machine());
-    println!("Each load scenario: {CLIENTS} concurrent clients for {seconds} s, HTTP/1.1 keep-alive, loopback.\n");
+    println!(
+        "Each load scenario: {CLIENTS} concurrent clients for {seconds} s, HTTP/1.1 keep-alive, loopback.\n"
+    );
     println!("| scenario | ops/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|");
 
@@ -313,7 +336,9 @@ fn main() {
         )
         .unwrap();
         let kv = store.namespace("kv");
-        kv.migrate(flotilla::services::kv::Kv.migrations()).await.unwrap();
+        kv.migrate(flotilla::services::kv::Kv.migrations())
+            .await
+            .unwrap();
         load(CLIENTS, duration, move |c, i| {
             let kv = kv.clone();
             async move {
@@ -321,7 +346,10 @@ fn main() {
                     "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = version + 1
                      RETURNING version",
-                    vec![format!("bench/{c}/{i}").into(), "0123456789abcdef0123456789abcdef".into()],
+                    vec![
+                        format!("bench/{c}/{i}").into(),
+                        "0123456789abcdef0123456789abcdef".into(),
+                    ],
                 )])
                 .await
                 .is_ok()
@@ -329,7 +357,10 @@ fn main() {
         })
         .await
     });
-    println!("{}", store_figures.row("kv upsert, store alone (no HTTP, durable)"));
+    println!(
+        "{}",
+        store_figures.row("kv upsert, store alone (no HTTP, durable)")
+    );
 
     // 3. echo with and without the ingress layer, same process, same server.
     let (with_ingress, without_ingress) = rt.block_on(async {
@@ -348,7 +379,10 @@ fn main() {
         };
         let catalogue = Catalogue::builtin();
         let table = Arc::new(RoutingTable::build(&catalogue).unwrap());
-        let routers = HashMap::from([("echo", ingress::compose("echo", Echo.start(ctx.clone()).unwrap()))]);
+        let routers = HashMap::from([(
+            "echo",
+            ingress::compose("echo", Echo.start(ctx.clone()).unwrap()),
+        )]);
         let registry = Registry::single(NodeRecord {
             id: "bench-1".into(),
             public: "127.0.0.1:1".parse().unwrap(),
@@ -387,8 +421,14 @@ fn main() {
         stop_b.cancel();
         (a1, b1)
     });
-    println!("{}", with_ingress.row("echo GET through the ingress (in-process)"));
-    println!("{}", without_ingress.row("echo GET, same handler without the ingress (in-process)"));
+    println!(
+        "{}",
+        with_ingress.row("echo GET through the ingress (in-process)")
+    );
+    println!(
+        "{}",
+        without_ingress.row("echo GET, same handler without the ingress (in-process)")
+    );
 
     // 4. Start-up.
     let (times, rss) = startup(binary, 10);
@@ -405,7 +445,10 @@ fn main() {
         rss[rss.len() / 2] as f64 / 1024.0,
         rss[rss.len() - 1] as f64 / 1024.0
     );
-    println!("| RSS after the load scenarios | {:.1} MiB | |", loaded_rss as f64 / 1024.0);
+    println!(
+        "| RSS after the load scenarios | {:.1} MiB | |",
+        loaded_rss as f64 / 1024.0
+    );
     println!();
     println!("Group commit during the HTTP kv run: {commits}.");
     println!(
