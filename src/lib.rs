@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod auth;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
