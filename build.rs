@@ -3,13 +3,16 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free alternative to std::env::set_var: hand the path to prost-build via its config.
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &["proto/kv.proto", "proto/echo.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/kv.proto", "proto/echo.proto", "proto/accounts.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -94,7 +94,7 @@ async fn hello(
 /// is sent.
 async fn peek_at_kv(State(store): State<Namespace>) -> Result<Json<serde_json::Value>, ApiError> {
     match store
-        .read(Statement::new("SELECT key, value FROM kv__entries", vec![]))
+        .read(Statement::new("SELECT key, value FROM kv__items", vec![]))
         .await
     {
         Ok(out) => Ok(Json(json!({ "rows": out.rows.len() }))),

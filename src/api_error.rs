@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds, sent as `Retry-After` (HTTP) or `retry-after` metadata (gRPC).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
         }
     }
 
@@ -37,11 +55,22 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({ "error": self.code, "message": self.message })),
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, secs.into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"flotilla\""),
+            );
+        }
+        response
     }
 }
 
@@ -67,23 +96,30 @@ impl From<StoreError> for ApiError {
 
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
-        let api = ApiError::from(e);
-        match api.status {
-            StatusCode::CONFLICT => tonic::Status::aborted(api.message),
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(api.message),
-            _ => tonic::Status::internal(api.message),
-        }
+        ApiError::from(e).into()
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        match e.status {
-            StatusCode::BAD_REQUEST => tonic::Status::invalid_argument(e.message),
+        let mut status = match e.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                tonic::Status::invalid_argument(e.message)
+            }
+            StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(e.message),
+            StatusCode::FORBIDDEN => tonic::Status::permission_denied(e.message),
             StatusCode::NOT_FOUND => tonic::Status::not_found(e.message),
-            StatusCode::CONFLICT => tonic::Status::aborted(e.message),
+            StatusCode::CONFLICT => tonic::Status::already_exists(e.message),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
+                tonic::Status::resource_exhausted(e.message)
+            }
             StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(e.message),
+            StatusCode::GATEWAY_TIMEOUT => tonic::Status::deadline_exceeded(e.message),
             _ => tonic::Status::internal(e.message),
+        };
+        if let Some(secs) = e.retry_after {
+            status.metadata_mut().insert("retry-after", secs.into());
         }
+        status
     }
 }

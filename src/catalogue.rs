@@ -70,12 +70,14 @@ pub struct Api {
     pub grpc: Vec<GrpcService>,
 }
 
-/// What a service gets when it starts: its identity on this node and its
-/// namespace of the store. Never the connection.
+/// What a service gets when it starts: its identity on this node, its
+/// namespace of the store (never the connection) and the node's auth
+/// (to issue credentials; checking them is the ingress's job).
 #[derive(Clone)]
 pub struct ServiceContext {
     pub node_id: Arc<str>,
     pub store: Namespace,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The handlers of a started service.
@@ -140,6 +142,7 @@ impl Catalogue {
     /// The services shipped with flotilla.
     pub fn builtin() -> Catalogue {
         Catalogue::empty()
+            .with(crate::services::accounts::Accounts)
             .with(crate::services::echo::Echo)
             .with(crate::services::kv::Kv)
     }

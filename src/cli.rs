@@ -42,6 +42,39 @@ enum Command {
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: PathBuf,
     },
+    /// Manage accounts directly in the node's database.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Manage token signing keys.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an admin account; the password is read from the first line of
+    /// standard input. The way to the first admin.
+    CreateAdmin {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        username: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Retire the current signing key and create a new one. Tokens signed
+    /// with the retired key stay valid until they expire; running nodes pick
+    /// the new key up within seconds.
+    RotateKeys {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -79,6 +112,31 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
+        Command::Accounts {
+            command: AccountsCommand::CreateAdmin { config, username },
+        } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("cannot read the password from standard input: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            offline(&config, &catalogue, |auth| async move {
+                let user = crate::services::accounts::create_admin(&auth, &username, password)
+                    .await
+                    .map_err(|e| e.message)?;
+                Ok(format!(
+                    "created admin `{}` (id {})",
+                    user.username, user.id
+                ))
+            })
+        }
+        Command::Auth {
+            command: AuthCommand::RotateKeys { config },
+        } => offline(&config, &catalogue, |auth| async move {
+            let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
+            Ok(format!("rotated: new signing key {kid}"))
+        }),
         Command::Serve { config, log_format } => {
             let config = match Config::load(&config, &catalogue) {
                 Ok(c) => c,
@@ -106,6 +164,59 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs `work` against the node's store and auth without serving: the
+/// administrative commands. Safe while the node runs (SQLite locks the file;
+/// the node reloads keys and accounts from it).
+fn offline<F, Fut>(config: &std::path::Path, catalogue: &Catalogue, work: F) -> ExitCode
+where
+    F: FnOnce(std::sync::Arc<crate::auth::Auth>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let config = match Config::load(config, catalogue) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        let store = crate::store::Store::open(
+            &crate::store::StoreConfig {
+                data_dir: config.data_dir.clone(),
+                readers: 1,
+            },
+            crate::metrics::Metrics::new().store,
+        )
+        .map_err(|e| e.to_string())?;
+        let auth = crate::auth::Auth::open(&store, config.auth.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        work(auth).await
+    });
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -151,6 +262,21 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
         config.limits.max_request_body_bytes,
         config.limits.request_timeout.as_millis(),
         config.limits.shutdown_grace.as_millis()
+    );
+    let auth = &config.auth;
+    let _ = writeln!(
+        out,
+        "auth: sign-up {}, access tokens {} s, refresh tokens {} s, key rotation {}, argon2id m={} KiB t={} p={}",
+        if auth.signup { "on" } else { "off" },
+        auth.access_token_ttl.as_secs(),
+        auth.refresh_token_ttl.as_secs(),
+        auth.key_rotation.map_or_else(
+            || "by command only".to_owned(),
+            |r| format!("every {} h", r.as_secs() / 3600)
+        ),
+        auth.password_hash.memory_kib,
+        auth.password_hash.iterations,
+        auth.password_hash.parallelism
     );
     let _ = writeln!(out, "routes:");
     for r in table.routes() {

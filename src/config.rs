@@ -14,7 +14,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::catalogue::Catalogue;
+use crate::{
+    auth::{AuthSettings, password::HashParams},
+    catalogue::Catalogue,
+};
 
 /// The alias that selects every service in the catalogue.
 pub const ALL: &str = "all";
@@ -31,6 +34,27 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    secret: Option<String>,
+    secret_file: Option<String>,
+    access_token_ttl_seconds: Option<u64>,
+    refresh_token_ttl_seconds: Option<u64>,
+    key_rotation_hours: Option<u64>,
+    signup: Option<bool>,
+    password_hash: Option<RawPasswordHash>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPasswordHash {
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +132,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub log: LogConfig,
+    pub auth: AuthSettings,
 }
 
 pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
@@ -333,6 +358,8 @@ impl Config {
             );
         }
 
+        let auth = parse_auth(&mut problems, raw.auth);
+
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -351,6 +378,7 @@ impl Config {
                 shutdown_grace: Duration::from_millis(grace),
             },
             log: LogConfig { format, level },
+            auth: auth.expect("validated above"),
         })
     }
 
@@ -358,6 +386,119 @@ impl Config {
     pub fn runs(&self, service: &str) -> bool {
         self.services.contains(&service)
     }
+}
+
+/// Shortest acceptable `auth.secret`, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+const DEFAULT_ACCESS_TTL: u64 = 900;
+const DEFAULT_REFRESH_TTL: u64 = 14 * 24 * 3600;
+const DEFAULT_ROTATION_HOURS: u64 = 30 * 24;
+
+fn secret_problem(secret: &str) -> Option<String> {
+    let distinct = secret
+        .chars()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    if secret.len() < MIN_SECRET_BYTES {
+        Some(format!(
+            "is too short ({} bytes): use at least {MIN_SECRET_BYTES} random bytes, e.g. the output of `openssl rand -base64 48`",
+            secret.len()
+        ))
+    } else if distinct < 10 {
+        Some(format!(
+            "is too repetitive ({distinct} distinct characters): use random bytes, e.g. `openssl rand -base64 48`"
+        ))
+    } else {
+        None
+    }
+}
+
+fn parse_auth(problems: &mut Problems, raw: Option<RawAuth>) -> Option<AuthSettings> {
+    let Some(raw) = raw else {
+        problems.add(
+            "auth",
+            "missing: every node authenticates requests; set at least `auth: {secret_file: <path>}` or `auth: {secret: <32+ random bytes>}`",
+        );
+        return None;
+    };
+    let secret = match (raw.secret, raw.secret_file) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                "auth.secret",
+                "set either auth.secret or auth.secret_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            problems.add(
+                "auth.secret",
+                "missing: set auth.secret or auth.secret_file; flotilla never makes one up",
+            );
+            None
+        }
+        (Some(s), None) => match secret_problem(&s) {
+            Some(p) => {
+                problems.add("auth.secret", p);
+                None
+            }
+            None => Some(s),
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let s = s.trim_end_matches(['\n', '\r']).to_owned();
+                match secret_problem(&s) {
+                    Some(p) => {
+                        problems.add("auth.secret_file", format!("the secret in {path} {p}"));
+                        None
+                    }
+                    None => Some(s),
+                }
+            }
+            Err(e) => {
+                problems.add("auth.secret_file", format!("cannot read {path}: {e}"));
+                None
+            }
+        },
+    };
+    let access = raw.access_token_ttl_seconds.unwrap_or(DEFAULT_ACCESS_TTL);
+    if !(60..=86_400).contains(&access) {
+        problems.add(
+            "auth.access_token_ttl_seconds",
+            format!("{access} is out of range: use 60 (one minute) to 86400 (one day)"),
+        );
+    }
+    let refresh = raw.refresh_token_ttl_seconds.unwrap_or(DEFAULT_REFRESH_TTL);
+    if refresh < access || refresh > 90 * 24 * 3600 {
+        problems.add(
+            "auth.refresh_token_ttl_seconds",
+            format!("{refresh} is out of range: use at least the access token lifetime ({access}) and at most 7776000 (90 days)"),
+        );
+    }
+    let rotation = raw.key_rotation_hours.unwrap_or(DEFAULT_ROTATION_HOURS);
+    if rotation > 24 * 365 {
+        problems.add(
+            "auth.key_rotation_hours",
+            format!("{rotation} is out of range: use 0 (rotate only with `flotilla auth rotate-keys`) or 1 to 8760"),
+        );
+    }
+    let password_hash = raw
+        .password_hash
+        .map_or_else(HashParams::default, |p| HashParams {
+            memory_kib: p.memory_kib,
+            iterations: p.iterations,
+            parallelism: p.parallelism,
+        });
+    if let Some(p) = password_hash.problem() {
+        problems.add("auth.password_hash", p);
+    }
+    Some(AuthSettings {
+        secret: secret?,
+        access_token_ttl: Duration::from_secs(access),
+        refresh_token_ttl: Duration::from_secs(refresh),
+        key_rotation: (rotation > 0).then(|| Duration::from_secs(rotation * 3600)),
+        signup: raw.signup.unwrap_or(false),
+        password_hash,
+    })
 }
 
 fn valid_node_id(id: &str) -> bool {
@@ -446,7 +587,7 @@ mod tests {
         parse(text).unwrap_err().problems
     }
 
-    const BASE: &str = "node: {id: n1}\ndata_dir: target/test-data\n";
+    const BASE: &str = "node: {id: n1}\ndata_dir: target/test-data\nauth: {secret: 'test-secret-0123456789abcdefghijklmnop'}\n";
 
     #[test]
     fn all_is_an_explicit_alias() {
@@ -467,7 +608,8 @@ mod tests {
             assert_eq!(p.len(), 1, "{p:?}");
             assert_eq!(p[0].field, "services");
             assert!(
-                p[0].message.contains("valid names: all, echo, kv"),
+                p[0].message
+                    .contains("valid names: all, accounts, echo, kv"),
                 "{}",
                 p[0].message
             );
@@ -491,6 +633,7 @@ mod tests {
                 "limits.request_timeout_ms",
                 "log.format",
                 "log.level",
+                "auth",
             ]
         );
         assert!(
@@ -510,7 +653,7 @@ mod tests {
             "{}",
             p[0].message
         );
-        assert!(p[0].field.starts_with("line 4"), "{}", p[0].field);
+        assert!(p[0].field.starts_with("line 5"), "{}", p[0].field);
     }
 
     #[test]
@@ -534,7 +677,7 @@ mod tests {
     fn a_file_as_data_dir_is_refused() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let p = problems(&format!(
-            "node: {{id: n1}}\nservices: [all]\ndata_dir: '{}'\n",
+            "node: {{id: n1}}\nservices: [all]\ndata_dir: '{}'\nauth: {{secret: 'test-secret-0123456789abcdefghijklmnop'}}\n",
             file.path().display()
         ));
         assert_eq!(p[0].field, "data_dir");

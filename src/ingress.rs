@@ -25,6 +25,11 @@ use tower::ServiceExt;
 
 use crate::{
     api_error::ApiError,
+    auth::{
+        Auth,
+        authz::{self, Decision, Identity},
+    },
+    catalogue::Access,
     metrics::{HttpMetrics, Label},
     registry::Registry,
     routing::{Lookup, RoutingTable},
@@ -39,6 +44,7 @@ pub struct IngressLimits {
 
 struct Inner {
     table: Arc<RoutingTable>,
+    auth: Arc<Auth>,
     registry: Registry,
     services: HashMap<&'static str, axum::Router>,
     metrics: HttpMetrics,
@@ -57,6 +63,7 @@ impl Ingress {
     /// this node, by name.
     pub fn new(
         table: Arc<RoutingTable>,
+        auth: Arc<Auth>,
         registry: Registry,
         services: HashMap<&'static str, axum::Router>,
         metrics: HttpMetrics,
@@ -65,6 +72,7 @@ impl Ingress {
         Ingress {
             inner: Arc::new(Inner {
                 table,
+                auth,
                 registry,
                 services,
                 metrics,
@@ -84,6 +92,15 @@ fn is_grpc(req: &Request<Body>) -> bool {
 
 fn grpc_error(status: tonic::Status) -> Response {
     status.into_http::<Body>()
+}
+
+/// The error response for `error`, as JSON or as a gRPC status.
+fn error_response(error: ApiError, grpc: bool) -> Response {
+    if grpc {
+        grpc_error(error.into())
+    } else {
+        error.into_response()
+    }
 }
 
 impl Inner {
@@ -166,18 +183,51 @@ impl Inner {
                 route.service,
                 self.registry.local_id()
             );
-            let response = if grpc {
-                grpc_error(tonic::Status::unavailable(message))
-            } else {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    message,
-                )
-                .into_response()
-            };
-            return (response, Some(service), Some(template));
+            let error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            );
+            return (error_response(error, grpc), Some(service), Some(template));
         };
+        // Authentication and authorization, before anything of the service
+        // runs: a request that is denied reaches no handler.
+        let identity = match route.access {
+            Access::Public => Identity::Anonymous,
+            Access::Permission(_) => match self.auth.authenticate(req.headers()).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check credentials");
+                    let error = ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "auth_unavailable",
+                        format!("credentials cannot be checked right now: {e}"),
+                    );
+                    return (error_response(error, grpc), Some(service), Some(template));
+                }
+            },
+        };
+        match authz::decide(route.access, &identity) {
+            Decision::Allow => {}
+            Decision::Unauthenticated(reason) => {
+                return (
+                    error_response(ApiError::unauthenticated(reason), grpc),
+                    Some(service),
+                    Some(template),
+                );
+            }
+            Decision::Forbidden(reason) => {
+                return (
+                    error_response(ApiError::forbidden(reason), grpc),
+                    Some(service),
+                    Some(template),
+                );
+            }
+        }
+        let mut req = req;
+        if let Identity::Known(principal) = identity {
+            req.extensions_mut().insert(principal);
+        }
         let limit = self.limits.max_request_body_bytes;
         let declared = req
             .headers()

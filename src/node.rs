@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, NodeInfo, Readiness, ServiceState},
+    auth::Auth,
     catalogue::{Catalogue, ServiceContext},
     config::Config,
     ingress::{self, Ingress, IngressLimits},
@@ -49,6 +50,8 @@ pub enum NodeError {
     Start(#[from] crate::catalogue::StartError),
     #[error("{0}")]
     Catalogue(String),
+    #[error("cannot start authentication: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -82,6 +85,8 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         },
         metrics.store.clone(),
     )?;
+
+    let auth = Auth::open(&store, config.auth.clone()).await?;
 
     let admin_listener = server::bind("admin", config.listeners.admin).await?;
     let public_listener = server::bind("public", config.listeners.public).await?;
@@ -125,6 +130,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         let handlers = service.start(ServiceContext {
             node_id: node_id.clone(),
             store: namespace,
+            auth: auth.clone(),
         })?;
         routers.insert(name, ingress::compose(name, handlers));
         readiness.set(name, ServiceState::Running);
@@ -141,8 +147,11 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         services: config.services.clone(),
         healthy: true,
     });
+    let maintenance_stop = CancellationToken::new();
+    let maintenance = tokio::spawn(auth.clone().maintain(maintenance_stop.clone()));
     let ingress = Ingress::new(
         table,
+        auth,
         registry,
         routers,
         metrics.http.clone(),
@@ -171,6 +180,8 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             "some requests did not finish within the shutdown grace period and were cut off"
         );
     }
+    maintenance_stop.cancel();
+    let _ = maintenance.await;
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");

@@ -9,3 +9,7 @@ pub mod kv {
 pub mod echo {
     tonic::include_proto!("flotilla.echo.v1");
 }
+
+pub mod accounts {
+    tonic::include_proto!("flotilla.accounts.v1");
+}

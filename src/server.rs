@@ -19,6 +19,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive pings on otherwise idle connections.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 
+/// The TCP peer of a request, put in its extensions by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// Binds `addr`, naming the listener in the error.
 pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
@@ -61,7 +65,7 @@ where
         .keep_alive_interval(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -76,8 +80,12 @@ where
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let hyper_service = TowerToHyperService::new(
-            tower::util::MapRequestLayer::new(|r: http::Request<Incoming>| r.map(Body::new))
-                .layer(service),
+            tower::util::MapRequestLayer::new(move |r: http::Request<Incoming>| {
+                let mut r = r.map(Body::new);
+                r.extensions_mut().insert(ClientAddr(peer));
+                r
+            })
+            .layer(service),
         );
         let conn = builder
             .serve_connection(TokioIo::new(stream), hyper_service)

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Query, State},
     routing::get,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    auth::authz::{self, Principal},
     catalogue::{
         Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
         StartError, grpc_router,
@@ -23,6 +24,8 @@ use crate::{
 
 pub struct Echo;
 
+const PRIVATE: Access = Access::Permission(authz::ECHO_CALL);
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EchoBody {
@@ -34,12 +37,27 @@ struct EchoBody {
 struct EchoJson {
     message: String,
     node: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 async fn echo_get(State(node): State<Arc<str>>, Query(q): Query<EchoBody>) -> Json<EchoJson> {
     Json(EchoJson {
         message: q.message,
         node,
+        user: None,
+    })
+}
+
+async fn echo_private(
+    State(node): State<Arc<str>>,
+    Extension(caller): Extension<Principal>,
+    Query(q): Query<EchoBody>,
+) -> Json<EchoJson> {
+    Json(EchoJson {
+        message: q.message,
+        node,
+        user: Some(caller.username),
     })
 }
 
@@ -47,6 +65,7 @@ async fn echo_post(State(node): State<Arc<str>>, Json(body): Json<EchoBody>) -> 
     Json(EchoJson {
         message: body.message,
         node,
+        user: None,
     })
 }
 
@@ -63,6 +82,23 @@ impl echo_server::Echo for EchoGrpc {
         Ok(tonic::Response::new(EchoReply {
             message: request.into_inner().message,
             node: self.node.to_string(),
+            user: String::new(),
+        }))
+    }
+
+    async fn echo_authenticated(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
+        let user = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.username.clone())
+            .ok_or_else(|| tonic::Status::unauthenticated("credentials required"))?;
+        Ok(tonic::Response::new(EchoReply {
+            message: request.into_inner().message,
+            node: self.node.to_string(),
+            user,
         }))
     }
 }
@@ -89,13 +125,24 @@ impl Service for Echo {
                     path: "",
                     access: Access::Public,
                 },
+                HttpRoute {
+                    method: http::Method::GET,
+                    path: "/private",
+                    access: PRIVATE,
+                },
             ],
             grpc: vec![GrpcService {
                 name: <EchoServer<EchoGrpc> as tonic::server::NamedService>::NAME,
-                methods: vec![GrpcMethod {
-                    name: "Echo",
-                    access: Access::Public,
-                }],
+                methods: vec![
+                    GrpcMethod {
+                        name: "Echo",
+                        access: Access::Public,
+                    },
+                    GrpcMethod {
+                        name: "EchoAuthenticated",
+                        access: PRIVATE,
+                    },
+                ],
             }],
         }
     }
@@ -103,6 +150,7 @@ impl Service for Echo {
     fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
         let http = Router::new()
             .route("/", get(echo_get).post(echo_post))
+            .route("/private", get(echo_private))
             .with_state(ctx.node_id.clone());
         let grpc = grpc_router(EchoServer::new(EchoGrpc { node: ctx.node_id }));
         Ok(Handlers { http, grpc })

@@ -4,9 +4,13 @@
 //! Every key carries a version: 1 when created, +1 on every write. A
 //! compare-and-set names the version it expects (0: the key must not
 //! exist), which makes it the workload for linearizability checks.
+//!
+//! Entries are owned per user: a caller reads and writes their own keys.
+//! Naming another `owner` needs the `accounts.admin` permission (the admin
+//! override); anyone else gets 403.
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -16,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api_error::ApiError,
+    auth::authz::Principal,
     catalogue::{
         Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
         StartError, grpc_router,
@@ -30,15 +35,45 @@ const MAX_LIST_LIMIT: u32 = 1000;
 const READ: Access = Access::Permission("kv.read");
 const WRITE: Access = Access::Permission("kv.write");
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "entries",
-    sql: "CREATE TABLE kv__entries (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "entries",
+        sql: "CREATE TABLE kv__entries (
         key TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL,
         version INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "entries owned per user",
+        // Entries written before ownership existed belong to owner '' and
+        // are reachable with the admin override.
+        sql: "CREATE TABLE kv__items (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (owner, key)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO kv__items (owner, key, value, version) SELECT '', key, value, version FROM kv__entries;
+    DROP TABLE kv__entries;",
+    },
+];
+
+/// The owner a call acts on: the caller, or with the admin override the
+/// one named.
+pub fn resolve_owner(caller: &Principal, requested: Option<&str>) -> Result<String, ApiError> {
+    match requested {
+        None | Some("") => Ok(caller.user_id.clone()),
+        Some(owner) if owner == caller.user_id => Ok(caller.user_id.clone()),
+        Some(owner) if caller.is_admin() => Ok(owner.to_owned()),
+        Some(_) => Err(ApiError::forbidden(
+            "only an admin (accounts.admin) can act on another user's entries",
+        )),
+    }
+}
 
 pub struct Kv;
 
@@ -124,27 +159,27 @@ fn prefix_end(prefix: &str) -> Option<String> {
 }
 
 impl KvCore {
-    pub async fn get(&self, key: &str) -> Result<Option<Entry>, ApiError> {
+    pub async fn get(&self, owner: &str, key: &str) -> Result<Option<Entry>, ApiError> {
         check_key(key)?;
         let out = self
             .store
             .read(Statement::new(
-                "SELECT key, value, version FROM kv__entries WHERE key = ?1",
-                vec![key.into()],
+                "SELECT key, value, version FROM kv__items WHERE owner = ?1 AND key = ?2",
+                vec![owner.into(), key.into()],
             ))
             .await?;
         Ok(out.rows.into_iter().next().map(entry))
     }
 
-    pub async fn put(&self, key: &str, value: String) -> Result<u64, ApiError> {
+    pub async fn put(&self, owner: &str, key: &str, value: String) -> Result<u64, ApiError> {
         check_key(key)?;
         let out = self
             .store
             .write(vec![Statement::new(
-                "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = version + 1
+                "INSERT INTO kv__items (owner, key, value, version) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (owner, key) DO UPDATE SET value = excluded.value, version = version + 1
                  RETURNING version",
-                vec![key.into(), value.into()],
+                vec![owner.into(), key.into(), value.into()],
             )])
             .await?;
         let version = out
@@ -156,13 +191,13 @@ impl KvCore {
         Ok(u64::try_from(version).unwrap_or_default())
     }
 
-    pub async fn delete(&self, key: &str) -> Result<bool, ApiError> {
+    pub async fn delete(&self, owner: &str, key: &str) -> Result<bool, ApiError> {
         check_key(key)?;
         let out = self
             .store
             .write(vec![Statement::new(
-                "DELETE FROM kv__entries WHERE key = ?1",
-                vec![key.into()],
+                "DELETE FROM kv__items WHERE owner = ?1 AND key = ?2",
+                vec![owner.into(), key.into()],
             )])
             .await?;
         Ok(out.first().is_some_and(|o| o.changed > 0))
@@ -172,6 +207,7 @@ impl KvCore {
     /// must not exist), atomically, and returns the entry as it is after.
     pub async fn compare_and_set(
         &self,
+        owner: &str,
         key: &str,
         expected_version: u64,
         value: String,
@@ -179,20 +215,25 @@ impl KvCore {
         check_key(key)?;
         let swap = if expected_version == 0 {
             Statement::new(
-                "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
-                 ON CONFLICT (key) DO NOTHING RETURNING key",
-                vec![key.into(), value.into()],
+                "INSERT INTO kv__items (owner, key, value, version) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (owner, key) DO NOTHING RETURNING key",
+                vec![owner.into(), key.into(), value.into()],
             )
         } else {
             Statement::new(
-                "UPDATE kv__entries SET value = ?2, version = version + 1
-                 WHERE key = ?1 AND version = ?3 RETURNING key",
-                vec![key.into(), value.into(), expected_version.into()],
+                "UPDATE kv__items SET value = ?3, version = version + 1
+                 WHERE owner = ?1 AND key = ?2 AND version = ?4 RETURNING key",
+                vec![
+                    owner.into(),
+                    key.into(),
+                    value.into(),
+                    expected_version.into(),
+                ],
             )
         };
         let current = Statement::new(
-            "SELECT key, value, version FROM kv__entries WHERE key = ?1",
-            vec![key.into()],
+            "SELECT key, value, version FROM kv__items WHERE owner = ?1 AND key = ?2",
+            vec![owner.into(), key.into()],
         );
         let mut out = self.store.write(vec![swap, current]).await?.into_iter();
         let swapped = out.next().is_some_and(|o| !o.rows.is_empty());
@@ -205,6 +246,7 @@ impl KvCore {
 
     pub async fn list(
         &self,
+        owner: &str,
         prefix: &str,
         start_after: &str,
         limit: u32,
@@ -225,13 +267,14 @@ impl KvCore {
             None => ("substr(key, 1, length(?2)) = ?2", Value::from(prefix)),
         };
         let sql = format!(
-            "SELECT key, value, version FROM kv__entries WHERE key {} ?1 AND {bound} ORDER BY key LIMIT ?3",
+            "SELECT key, value, version FROM kv__items WHERE owner = ?4 AND key {} ?1 AND {bound} ORDER BY key LIMIT ?3",
             lower.1
         );
         let params = vec![
             Value::from(lower.0),
             second,
             Value::Integer(i64::from(limit) + 1),
+            Value::from(owner),
         ];
         let out = self.store.read(Statement::new(sql, params)).await?;
         let mut entries: Vec<Entry> = out.rows.into_iter().map(entry).collect();
@@ -260,6 +303,14 @@ struct CasBody {
     key: String,
     expected_version: u64,
     value: String,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerQuery {
+    owner: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,13 +322,17 @@ struct ListQuery {
     start_after: String,
     #[serde(default)]
     limit: u32,
+    owner: Option<String>,
 }
 
 async fn http_get(
     State(kv): State<KvCore>,
+    Extension(caller): Extension<Principal>,
     Path(key): Path<String>,
+    Query(q): Query<OwnerQuery>,
 ) -> Result<Json<Entry>, ApiError> {
-    kv.get(&key)
+    let owner = resolve_owner(&caller, q.owner.as_deref())?;
+    kv.get(&owner, &key)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no key `{key}`")))
@@ -285,27 +340,35 @@ async fn http_get(
 
 async fn http_put(
     State(kv): State<KvCore>,
+    Extension(caller): Extension<Principal>,
     Path(key): Path<String>,
+    Query(q): Query<OwnerQuery>,
     Json(body): Json<PutBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let version = kv.put(&key, body.value).await?;
+    let owner = resolve_owner(&caller, q.owner.as_deref())?;
+    let version = kv.put(&owner, &key, body.value).await?;
     Ok(Json(serde_json::json!({ "key": key, "version": version })))
 }
 
 async fn http_delete(
     State(kv): State<KvCore>,
+    Extension(caller): Extension<Principal>,
     Path(key): Path<String>,
+    Query(q): Query<OwnerQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let deleted = kv.delete(&key).await?;
+    let owner = resolve_owner(&caller, q.owner.as_deref())?;
+    let deleted = kv.delete(&owner, &key).await?;
     Ok(Json(serde_json::json!({ "deleted": deleted })))
 }
 
 async fn http_cas(
     State(kv): State<KvCore>,
+    Extension(caller): Extension<Principal>,
     Json(body): Json<CasBody>,
 ) -> Result<Response, ApiError> {
+    let owner = resolve_owner(&caller, body.owner.as_deref())?;
     let swap = kv
-        .compare_and_set(&body.key, body.expected_version, body.value)
+        .compare_and_set(&owner, &body.key, body.expected_version, body.value)
         .await?;
     let status = if swap.swapped {
         StatusCode::OK
@@ -317,9 +380,21 @@ async fn http_cas(
 
 async fn http_list(
     State(kv): State<KvCore>,
+    Extension(caller): Extension<Principal>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    Ok(Json(kv.list(&q.prefix, &q.start_after, q.limit).await?))
+    let owner = resolve_owner(&caller, q.owner.as_deref())?;
+    Ok(Json(
+        kv.list(&owner, &q.prefix, &q.start_after, q.limit).await?,
+    ))
+}
+
+fn grpc_owner<T>(r: &tonic::Request<T>, requested: &str) -> Result<String, tonic::Status> {
+    let caller = r
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| tonic::Status::unauthenticated("credentials required"))?;
+    Ok(resolve_owner(caller, Some(requested))?)
 }
 
 #[tonic::async_trait]
@@ -328,8 +403,9 @@ impl kv_server::Kv for KvCore {
         &self,
         r: tonic::Request<pb::GetRequest>,
     ) -> Result<tonic::Response<pb::GetResponse>, tonic::Status> {
+        let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let key = r.into_inner().key;
-        match KvCore::get(self, &key).await? {
+        match KvCore::get(self, &owner, &key).await? {
             Some(e) => Ok(tonic::Response::new(pb::GetResponse {
                 entry: Some(e.into()),
             })),
@@ -341,8 +417,9 @@ impl kv_server::Kv for KvCore {
         &self,
         r: tonic::Request<pb::PutRequest>,
     ) -> Result<tonic::Response<pb::PutResponse>, tonic::Status> {
+        let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let r = r.into_inner();
-        let version = KvCore::put(self, &r.key, r.value).await?;
+        let version = KvCore::put(self, &owner, &r.key, r.value).await?;
         Ok(tonic::Response::new(pb::PutResponse { version }))
     }
 
@@ -350,7 +427,8 @@ impl kv_server::Kv for KvCore {
         &self,
         r: tonic::Request<pb::DeleteRequest>,
     ) -> Result<tonic::Response<pb::DeleteResponse>, tonic::Status> {
-        let deleted = KvCore::delete(self, &r.into_inner().key).await?;
+        let owner = grpc_owner(&r, &r.get_ref().owner)?;
+        let deleted = KvCore::delete(self, &owner, &r.into_inner().key).await?;
         Ok(tonic::Response::new(pb::DeleteResponse { deleted }))
     }
 
@@ -358,8 +436,10 @@ impl kv_server::Kv for KvCore {
         &self,
         r: tonic::Request<pb::CompareAndSetRequest>,
     ) -> Result<tonic::Response<pb::CompareAndSetResponse>, tonic::Status> {
+        let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let r = r.into_inner();
-        let swap = KvCore::compare_and_set(self, &r.key, r.expected_version, r.value).await?;
+        let swap =
+            KvCore::compare_and_set(self, &owner, &r.key, r.expected_version, r.value).await?;
         Ok(tonic::Response::new(pb::CompareAndSetResponse {
             swapped: swap.swapped,
             current: swap.current.map(Into::into),
@@ -370,8 +450,9 @@ impl kv_server::Kv for KvCore {
         &self,
         r: tonic::Request<pb::ListRequest>,
     ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
+        let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let r = r.into_inner();
-        let page = KvCore::list(self, &r.prefix, &r.start_after, r.limit).await?;
+        let page = KvCore::list(self, &owner, &r.prefix, &r.start_after, r.limit).await?;
         Ok(tonic::Response::new(pb::ListResponse {
             entries: page.entries.into_iter().map(Into::into).collect(),
             next_start_after: page.next_start_after.unwrap_or_default(),

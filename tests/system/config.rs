@@ -38,7 +38,10 @@ fn selection_missing_empty_or_unknown_exits_64_listing_valid_names() {
         let (code, err, _d) = serve_with(&format!("{HEAD}{selection}"));
         assert_eq!(code, 64, "{selection:?}: {err}");
         assert!(err.contains("services:"), "{err}");
-        assert!(err.contains("valid names: all, echo, kv"), "{err}");
+        assert!(
+            err.contains("valid names: all, accounts, echo, kv"),
+            "{err}"
+        );
         if selection.contains("frobnicator") {
             assert!(err.contains("unknown service `frobnicator`"), "{err}");
         }
@@ -131,7 +134,9 @@ fn check_config_prints_the_plan_and_starts_nothing() {
         "data/single/flotilla.db",
         "/api/kv/keys/{*key}",
         "/flotilla.kv.v1.Kv/CompareAndSet",
-        "public routes (no credentials needed):\n  GET /api/echo\n  POST /api/echo\n  POST /flotilla.echo.v1.Echo/Echo\n",
+        "public routes (no credentials needed):\n  POST /api/accounts/signup\n  POST /api/accounts/login\n",
+        "  GET /api/echo\n  POST /api/echo\n  POST /flotilla.echo.v1.Echo/Echo\n",
+        "auth: sign-up off, access tokens 900 s",
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }

@@ -36,7 +36,7 @@ async fn a_service_added_by_a_user_is_routed_and_namespaced() {
     assert_eq!(r.status(), 403);
     let body: Value = r.json().await.unwrap();
     assert!(
-        body["message"].as_str().unwrap().contains("kv__entries"),
+        body["message"].as_str().unwrap().contains("kv__items"),
         "{body}"
     );
     // And it is in the plan.

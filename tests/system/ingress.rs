@@ -13,7 +13,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::support::{Node, NodeConfig, http};
+use crate::support::{Node, NodeConfig, authed, http};
 
 #[tokio::test]
 async fn echo_names_the_node_over_http_and_grpc() {
@@ -115,7 +115,13 @@ async fn a_known_service_not_on_this_node_is_503_naming_it() {
         "service `kv` is not running on node `echo-only`"
     );
     let mut kv = KvClient::connect(node.url("")).await.unwrap();
-    let err = kv.get(GetRequest { key: "a".into() }).await.unwrap_err();
+    let err = kv
+        .get(GetRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("`kv`"), "{}", err.message());
     // echo is served.
@@ -146,6 +152,8 @@ async fn bodies_over_the_limit_are_refused_without_effect() {
         extra: "limits: {max_request_body_bytes: 1024}\n".into(),
         ..Default::default()
     });
+    let token = node.admin_token().await;
+    let http = || authed(&token);
     let big = "x".repeat(2048);
     let r = http()
         .put(node.url("/api/kv/keys/big"))
@@ -188,11 +196,13 @@ async fn a_request_that_exceeds_the_timeout_gets_504() {
         extra: "limits: {request_timeout_ms: 300}\n".into(),
         ..Default::default()
     });
+    let token = node.admin_token().await;
     // Announce a body and never send it: the handler waits on it.
     let mut s = TcpStream::connect(node.public).await.unwrap();
-    s.write_all(b"PUT /api/kv/keys/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"va")
-        .await
-        .unwrap();
+    let head = format!(
+        "PUT /api/kv/keys/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"va"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await
@@ -206,7 +216,8 @@ async fn a_request_that_exceeds_the_timeout_gets_504() {
 #[tokio::test]
 async fn admin_listener_reports_health_readiness_and_metrics() {
     let node = Node::start(NodeConfig::default());
-    let c = http();
+    let token = node.admin_token().await;
+    let c = authed(&token);
     c.put(node.url("/api/kv/keys/m"))
         .json(&json!({"value": "1"}))
         .send()

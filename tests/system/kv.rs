@@ -3,12 +3,14 @@
 use flotilla::proto::kv::{self as pb, kv_client::KvClient};
 use serde_json::{Value, json};
 
-use crate::support::{Node, NodeConfig, http};
+use crate::support::{Node, NodeConfig, authed, grpc_channel};
 
 #[tokio::test]
 async fn kv_over_http() {
     let node = Node::start(NodeConfig::default());
-    let c = http();
+    let admin = node.admin_token().await;
+    let (_, token) = node.user_token(&admin, "ada").await;
+    let c = authed(&token);
     let put = |key: &str, value: &str| {
         c.put(node.url(&format!("/api/kv/keys/{key}")))
             .json(&json!({ "value": value }))
@@ -130,18 +132,24 @@ async fn kv_over_http() {
 #[tokio::test]
 async fn kv_over_grpc() {
     let node = Node::start(NodeConfig::default());
-    let mut kv = KvClient::connect(node.url("")).await.unwrap();
+    let admin = node.admin_token().await;
+    let (_, token) = node.user_token(&admin, "grace").await;
+    let mut kv = KvClient::new(grpc_channel(&node, Some(format!("Bearer {token}"))).await);
     let v = kv
         .put(pb::PutRequest {
             key: "g/1".into(),
             value: "one".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(v.version, 1);
     let got = kv
-        .get(pb::GetRequest { key: "g/1".into() })
+        .get(pb::GetRequest {
+            key: "g/1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -149,12 +157,16 @@ async fn kv_over_grpc() {
     let err = kv
         .get(pb::GetRequest {
             key: "g/none".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = kv
-        .get(pb::GetRequest { key: String::new() })
+        .get(pb::GetRequest {
+            key: String::new(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -164,6 +176,7 @@ async fn kv_over_grpc() {
             key: "g/1".into(),
             expected_version: 7,
             value: "no".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -175,6 +188,7 @@ async fn kv_over_grpc() {
             key: "g/1".into(),
             expected_version: 1,
             value: "two".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -192,7 +206,10 @@ async fn kv_over_grpc() {
     assert_eq!(list.entries.len(), 1);
     assert_eq!(list.entries[0].value, "two");
     let del = kv
-        .delete(pb::DeleteRequest { key: "g/1".into() })
+        .delete(pb::DeleteRequest {
+            key: "g/1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -202,10 +219,11 @@ async fn kv_over_grpc() {
     kv.put(pb::PutRequest {
         key: "shared".into(),
         value: "from grpc".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
-    let r: Value = http()
+    let r: Value = authed(&token)
         .get(node.url("/api/kv/keys/shared"))
         .send()
         .await
@@ -219,7 +237,8 @@ async fn kv_over_grpc() {
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let mut node = Node::start(NodeConfig::default());
-    let c = http();
+    let token = node.admin_token().await;
+    let c = authed(&token);
     let mut tasks = Vec::new();
     for i in 0..64 {
         let c = c.clone();
@@ -237,7 +256,7 @@ async fn acknowledged_writes_survive_kill_9() {
     node.kill9();
     node.spawn(&[]);
     // A new client: the old one's pooled connections died with the process.
-    let r: Value = http()
+    let r: Value = authed(&token)
         .get(node.url("/api/kv/keys?prefix=durable/&limit=1000"))
         .send()
         .await

@@ -7,17 +7,18 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::support::{Node, NodeConfig, blocking_get};
+use crate::support::{Node, NodeConfig, authed, blocking_get};
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     for signal in ["TERM", "INT"] {
         let mut node = Node::start(NodeConfig::default());
+        let token = node.admin_token().await;
         // A request in flight: headers and half the body sent.
         let body = br#"{"value": "drained"}"#;
         let mut s = TcpStream::connect(node.public).await.unwrap();
         let head = format!(
-            "PUT /api/kv/keys/inflight HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "PUT /api/kv/keys/inflight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).await.unwrap();
@@ -63,10 +64,11 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 #[tokio::test]
 async fn the_write_of_a_drained_request_is_kept() {
     let mut node = Node::start(NodeConfig::default());
+    let token = node.admin_token().await;
     let mut s = TcpStream::connect(node.public).await.unwrap();
     let body = br#"{"value": "kept"}"#;
     let head = format!(
-        "PUT /api/kv/keys/kept HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/kv/keys/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -81,8 +83,15 @@ async fn the_write_of_a_drained_request_is_kept() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert_eq!(node.wait_exit(Duration::from_secs(10)).code(), Some(0));
     node.spawn(&[]);
-    let r = blocking_get(&node.url("/api/kv/keys/kept")).unwrap();
-    assert!(r.contains("\"value\":\"kept\""), "{r}");
+    let r: serde_json::Value = authed(&token)
+        .get(node.url("/api/kv/keys/kept"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["value"], "kept");
 }
 
 #[tokio::test]

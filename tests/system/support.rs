@@ -30,10 +30,16 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
+pub const SECRET: &str = "system-test-secret-7d2f9a4c1e8b6035";
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
 pub struct NodeConfig {
     pub services: String,
     pub extra: String,
     pub node_id: String,
+    /// The `auth:` map, in flow style.
+    pub auth: String,
 }
 
 impl Default for NodeConfig {
@@ -42,6 +48,7 @@ impl Default for NodeConfig {
             services: "[all]".into(),
             extra: String::new(),
             node_id: "test-node".into(),
+            auth: format!("{{secret: '{SECRET}'}}"),
         }
     }
 }
@@ -64,10 +71,11 @@ impl Node {
         cfg: &NodeConfig,
     ) -> PathBuf {
         let text = format!(
-            "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\n{}",
+            "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nauth: {}\n{}",
             cfg.node_id,
             cfg.services,
             dir.join("data").display(),
+            cfg.auth,
             cfg.extra
         );
         let path = dir.join("node.yaml");
@@ -217,12 +225,21 @@ pub fn blocking_get(url: &str) -> std::io::Result<String> {
 /// Runs the binary with `args` to completion (bounded) and returns its
 /// exit code, stdout and stderr.
 pub fn run_cli(binary: &Path, args: &[&str]) -> (i32, String, String) {
+    run_cli_with_input(binary, args, "")
+}
+
+pub fn run_cli_with_input(binary: &Path, args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
     let mut child = Command::new(binary)
         .args(args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         assert!(
@@ -244,4 +261,113 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// A client that sends `Authorization: Bearer <token>` on every request.
+pub fn authed(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// A gRPC channel to the node whose calls carry `authorization: <value>`.
+pub async fn grpc_channel(
+    node: &Node,
+    authorization: Option<String>,
+) -> tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    impl tonic::service::Interceptor + Clone,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(node.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        authorization.map(|v| v.parse().unwrap());
+    tonic::service::interceptor::InterceptedService::new(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            if let Some(v) = &value {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        },
+    )
+}
+
+impl Node {
+    /// Creates the admin account with the CLI (the documented way to the
+    /// first admin). Call once per node.
+    pub fn create_admin(&self) {
+        let (code, out, err) = run_cli_with_input(
+            &self.binary,
+            &[
+                "accounts",
+                "create-admin",
+                "--config",
+                self.config_path.to_str().unwrap(),
+                "--username",
+                ADMIN,
+            ],
+            &format!("{ADMIN_PASSWORD}\n"),
+        );
+        assert_eq!(code, 0, "create-admin failed: {out}{err}");
+    }
+
+    /// Logs in over HTTP and returns the whole token response.
+    pub async fn login(&self, username: &str, password: &str) -> serde_json::Value {
+        let r = http()
+            .post(self.url("/api/accounts/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login of {username} failed");
+        r.json().await.unwrap()
+    }
+
+    /// Creates the admin and returns an access token for it.
+    pub async fn admin_token(&self) -> String {
+        self.create_admin();
+        self.login(ADMIN, ADMIN_PASSWORD).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Has the admin create a user with role `user`; returns (id, token).
+    pub async fn user_token(&self, admin_token: &str, username: &str) -> (String, String) {
+        let password = user_password(username);
+        let r = authed(admin_token)
+            .post(self.url("/api/accounts/users"))
+            .json(
+                &serde_json::json!({"username": username, "password": password, "roles": ["user"]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "creating {username}");
+        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let token = self.login(username, &password).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (id, token)
+    }
+}
+
+/// The password `user_token` gives `username`.
+pub fn user_password(username: &str) -> String {
+    format!("{username}-password-123")
 }
