@@ -13,6 +13,9 @@
 //!    ingress layer, both in this process on the same server code, so the
 //!    only difference is the ingress (routing table, limits, metrics).
 //! 4. start-up: exec to `/readyz` 200, and idle RSS.
+//! 5. auth: echo behind a token vs. the public echo through the same
+//!    ingress; token verification cost (signature check, and the cached
+//!    path taken by a token seen before); login latency (argon2id).
 //!
 //! Every request goes to 127.0.0.1.
 
@@ -26,6 +29,7 @@ use std::{
 };
 
 use flotilla::{
+    auth::{Auth, AuthSettings, accounts, password::HashParams, tokens},
     catalogue::{Catalogue, Service, ServiceContext},
     ingress::{self, Ingress, IngressLimits},
     metrics::Metrics,
@@ -38,6 +42,19 @@ use flotilla::{
 use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 64;
+const SECRET: &str = "bench-secret-5c1e9a7f3b2d8e6a4c0f";
+const PASSWORD: &str = "bench-admin-password";
+
+fn auth_settings() -> AuthSettings {
+    AuthSettings {
+        secret: SECRET.into(),
+        access_token_ttl: Duration::from_secs(900),
+        refresh_token_ttl: Duration::from_secs(3600),
+        key_rotation: None,
+        signup: false,
+        password_hash: HashParams::default(),
+    }
+}
 
 struct Figures {
     ops: usize,
@@ -133,7 +150,7 @@ fn write_config(dir: &Path, public: SocketAddr, admin: SocketAddr) -> std::path:
     std::fs::write(
         &path,
         format!(
-            "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\n",
+            "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{SECRET}'}}\n",
             dir.join("data").display()
         ),
     )
@@ -295,11 +312,52 @@ fn main() {
         assert!(Instant::now() < deadline, "bench node not ready");
         std::thread::sleep(Duration::from_millis(5));
     }
+    let mut create = Command::new(binary)
+        .args([
+            "accounts",
+            "create-admin",
+            "--config",
+            config.to_str().unwrap(),
+            "--username",
+            "admin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    }
+    assert!(create.wait().unwrap().success(), "create-admin failed");
+    let (token, logins) = rt.block_on(async {
+        let mut times = Vec::new();
+        let mut token = String::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            let r: serde_json::Value = client()
+                .post(format!("http://{public}/api/accounts/login"))
+                .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            times.push(started.elapsed());
+            token = r["access_token"].as_str().unwrap().to_owned();
+        }
+        times.sort_unstable();
+        (token, times)
+    });
+    let bearer = format!("Bearer {token}");
     let http = client();
     let kv_http = rt.block_on(load(CLIENTS, duration, move |c, i| {
         let http = http.clone();
+        let bearer = bearer.clone();
         async move {
             http.put(format!("http://{public}/api/kv/keys/bench/{c}/{i}"))
+                .header("authorization", bearer)
                 .header("content-type", "application/json")
                 .body(r#"{"value":"0123456789abcdef0123456789abcdef"}"#)
                 .send()
@@ -343,8 +401,8 @@ fn main() {
             let kv = kv.clone();
             async move {
                 kv.write(vec![Statement::new(
-                    "INSERT INTO kv__entries (key, value, version) VALUES (?1, ?2, 1)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = version + 1
+                    "INSERT INTO kv__items (owner, key, value, version) VALUES ('bench', ?1, ?2, 1)
+                     ON CONFLICT (owner, key) DO UPDATE SET value = excluded.value, version = version + 1
                      RETURNING version",
                     vec![
                         format!("bench/{c}/{i}").into(),
@@ -362,20 +420,35 @@ fn main() {
         store_figures.row("kv upsert, store alone (no HTTP, durable)")
     );
 
-    // 3. echo with and without the ingress layer, same process, same server.
-    let (with_ingress, without_ingress) = rt.block_on(async {
+    // 3. echo with and without the ingress layer, same process, same server;
+    // 5. and the same echo behind a token.
+    let inproc = rt.block_on(async {
         let store_dir = tempfile::tempdir().unwrap();
         let store = Store::open(
             &StoreConfig {
                 data_dir: store_dir.path().to_owned(),
-                readers: 1,
+                readers: 2,
             },
             Metrics::new().store,
         )
         .unwrap();
+        let auth = Auth::open(&store, auth_settings()).await.unwrap();
+        let hash = auth.hasher.hash(PASSWORD);
+        let user = accounts::create_user(
+            &auth.accounts,
+            "bench",
+            &hash,
+            &["user"],
+            flotilla::auth::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let (token, _) = auth.issue_access_token(&user).unwrap();
         let ctx = ServiceContext {
             node_id: Arc::from("bench-1"),
             store: store.namespace("echo"),
+            auth: auth.clone(),
         };
         let catalogue = Catalogue::builtin();
         let table = Arc::new(RoutingTable::build(&catalogue).unwrap());
@@ -391,6 +464,7 @@ fn main() {
         });
         let ingress = Ingress::new(
             table,
+            auth.clone(),
             registry,
             routers,
             Metrics::new().http,
@@ -402,25 +476,64 @@ fn main() {
         let bare = axum::Router::new().nest("/api/echo", Echo.start(ctx).unwrap().http);
         let (ingress_addr, stop_a) = serve_in_process(ingress).await;
         let (bare_addr, stop_b) = serve_in_process(bare).await;
-        let run = |addr: SocketAddr| {
+        let run = |url: String, authorization: Option<String>| {
             let http = client();
             load(CLIENTS, duration, move |_, _| {
-                let http = http.clone();
-                async move {
-                    http.get(format!("http://{addr}/api/echo?message=hi"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
+                let mut req = http.get(&url);
+                if let Some(a) = &authorization {
+                    req = req.header("authorization", a);
                 }
+                async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
             })
         };
-        // Alternate to spread any drift in the machine's speed.
-        let a1 = run(ingress_addr).await;
-        let b1 = run(bare_addr).await;
+        let public_echo = run(format!("http://{ingress_addr}/api/echo?message=hi"), None).await;
+        let bare_echo = run(format!("http://{bare_addr}/api/echo?message=hi"), None).await;
+        let private_echo = run(
+            format!("http://{ingress_addr}/api/echo/private?message=hi"),
+            Some(format!("Bearer {token}")),
+        )
+        .await;
         stop_a.cancel();
         stop_b.cancel();
-        (a1, b1)
+
+        // Token verification: the signature check, and the path of a token
+        // seen before (cache hit + account state).
+        let ring = auth.ring();
+        let now = flotilla::auth::now();
+        let n = 2000;
+        let started = Instant::now();
+        for _ in 0..n {
+            tokens::verify(&ring, &token, now).unwrap();
+        }
+        let verify = started.elapsed() / n;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let n = 100_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            auth.authenticate(&headers).await.unwrap();
+        }
+        let cached = started.elapsed() / n;
+        let mut argon = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            auth.hasher.verify(PASSWORD, &hash);
+            argon.push(started.elapsed());
+        }
+        argon.sort_unstable();
+        (
+            public_echo,
+            bare_echo,
+            private_echo,
+            verify,
+            cached,
+            argon[argon.len() / 2],
+        )
     });
+    let (with_ingress, without_ingress, private_echo, verify, cached, argon) = inproc;
     println!(
         "{}",
         with_ingress.row("echo GET through the ingress (in-process)")
@@ -428,6 +541,31 @@ fn main() {
     println!(
         "{}",
         without_ingress.row("echo GET, same handler without the ingress (in-process)")
+    );
+    println!(
+        "{}",
+        private_echo.row("echo GET behind a bearer token, through the ingress (in-process)")
+    );
+
+    println!();
+    println!("| auth measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| token signature check (EdDSA verify + claims), per token | {:.1} µs |",
+        verify.as_secs_f64() * 1e6
+    );
+    println!(
+        "| authenticate a token seen before (cache hit + account state), per request | {:.2} µs |",
+        cached.as_secs_f64() * 1e6
+    );
+    println!(
+        "| argon2id verify (m=19456 KiB, t=2, p=1), median of 10 | {:.1} ms |",
+        argon.as_secs_f64() * 1e3
+    );
+    println!(
+        "| login over HTTP (real binary), median / worst of 10 | {:.1} ms / {:.1} ms |",
+        logins[logins.len() / 2].as_secs_f64() * 1e3,
+        logins[logins.len() - 1].as_secs_f64() * 1e3
     );
 
     // 4. Start-up.
@@ -451,6 +589,10 @@ fn main() {
     );
     println!();
     println!("Group commit during the HTTP kv run: {commits}.");
+    println!(
+        "Ratio: authenticated echo / public echo through the ingress = {:.2}",
+        private_echo.rate() / with_ingress.rate()
+    );
     println!(
         "Ratios: HTTP kv writes / store alone = {:.2}; echo through ingress / without = {:.2}",
         kv_http.rate() / store_figures.rate(),

@@ -23,7 +23,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         roles TEXT NOT NULL,
         disabled INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL,
-        tokens_valid_after INTEGER NOT NULL
+        token_generation INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     CREATE TABLE accounts__refresh_tokens (
         id TEXT PRIMARY KEY NOT NULL,
@@ -73,11 +73,13 @@ pub struct User {
     pub disabled: bool,
     pub created_at: i64,
     #[serde(skip)]
-    pub tokens_valid_after: i64,
+    /// Access tokens carry the generation they were issued in; bumping it
+    /// (password change, disabling) revokes every token issued before.
+    pub token_generation: i64,
 }
 
 const USER_COLUMNS: &str =
-    "id, username, password_hash, roles, disabled, created_at, tokens_valid_after";
+    "id, username, password_hash, roles, disabled, created_at, token_generation";
 
 fn user(row: Vec<Value>) -> User {
     let mut it = row.into_iter();
@@ -98,7 +100,7 @@ fn user(row: Vec<Value>) -> User {
             .collect(),
         disabled: ints.next().unwrap_or_default() != 0,
         created_at: ints.next().unwrap_or_default(),
-        tokens_valid_after: ints.next().unwrap_or_default(),
+        token_generation: ints.next().unwrap_or_default(),
     }
 }
 
@@ -154,8 +156,8 @@ pub async fn create_user(
     let out = ns
         .write(vec![Statement::new(
             format!(
-                "INSERT INTO accounts__users (id, username, password_hash, roles, created_at, tokens_valid_after)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (username) DO NOTHING RETURNING {USER_COLUMNS}"
+                "INSERT INTO accounts__users (id, username, password_hash, roles, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (username) DO NOTHING RETURNING {USER_COLUMNS}"
             ),
             vec![
                 id.into(),
@@ -174,7 +176,7 @@ pub async fn create_user(
 }
 
 /// Stores a new password hash. With `revoke_sessions`, every access token
-/// issued before `now` stops working and every refresh token is revoked.
+/// issued so far stops working and every refresh token is revoked.
 pub async fn set_password_hash(
     ns: &Namespace,
     user_id: &str,
@@ -196,8 +198,8 @@ pub async fn set_password_hash(
 fn revoke_sessions_statements(user_id: &str, now: i64) -> Vec<Statement> {
     vec![
         Statement::new(
-            "UPDATE accounts__users SET tokens_valid_after = ?2 WHERE id = ?1",
-            vec![user_id.into(), now.into()],
+            "UPDATE accounts__users SET token_generation = token_generation + 1 WHERE id = ?1",
+            vec![user_id.into()],
         ),
         Statement::new(
             "UPDATE accounts__refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",

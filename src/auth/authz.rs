@@ -131,7 +131,8 @@ mod tests {
         use Decision::*;
         let kv_write = Access::Permission(KV_WRITE);
         let admin = Access::Permission(ACCOUNTS_ADMIN);
-        let rows: Vec<(Access, Identity, fn(&Decision) -> bool)> = vec![
+        type Row = (Access, Identity, fn(&Decision) -> bool);
+        let rows: Vec<Row> = vec![
             (Access::Public, Identity::Anonymous, |d| *d == Allow),
             (Access::Public, Identity::Invalid("garbage".into()), |d| {
                 *d == Allow

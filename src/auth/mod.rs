@@ -1,14 +1,14 @@
 //! Authentication and authorization, done by flotilla on every node before
 //! any service handler runs, identically for HTTP and gRPC.
 //!
-//! * [`keys`]: Ed25519 signing keys in the reserved `auth` namespace,
+//! - `keys`: Ed25519 signing keys in the reserved `auth` namespace,
 //!   sealed with the configured secret, rotated without logging anyone out.
-//! * [`tokens`]: EdDSA JWT access tokens with a key id.
-//! * [`accounts`]: users, refresh tokens (rotating, reuse revokes the
+//! - `tokens`: EdDSA JWT access tokens with a key id.
+//! - `accounts`: users, refresh tokens (rotating, reuse revokes the
 //!   family) and API keys (shown once, stored hashed).
-//! * [`password`]: argon2id.
-//! * [`authz`]: roles, permissions and the one authorization decision.
-//! * [`ratelimit`]: login and sign-up limits.
+//! - `password`: argon2id.
+//! - `authz`: roles, permissions and the one authorization decision.
+//! - `ratelimit`: login and sign-up limits.
 //!
 //! [`Auth`] ties them together for the ingress (`authenticate`) and the
 //! `accounts` service (issuing and revoking credentials).
@@ -65,7 +65,7 @@ struct Cached<T> {
 #[derive(Clone)]
 struct VerifiedToken {
     sub: String,
-    iat: i64,
+    generation: i64,
     exp: i64,
     nbf: i64,
     kid: String,
@@ -192,12 +192,12 @@ impl Auth {
         }
     }
 
-    /// Issues an access token for `user_id`; returns it with its lifetime.
-    pub fn issue_access_token(&self, user_id: &str) -> Result<(String, i64), String> {
+    /// Issues an access token for `user`; returns it with its lifetime.
+    pub fn issue_access_token(&self, user: &accounts::User) -> Result<(String, i64), String> {
         let ttl = self.settings.access_token_ttl.as_secs() as i64;
         let token = tokens::sign(
             &self.ring(),
-            &tokens::AccessClaims::new(user_id, now(), ttl),
+            &tokens::AccessClaims::new(&user.id, user.token_generation, now(), ttl),
         )?;
         Ok((token, ttl))
     }
@@ -284,7 +284,7 @@ impl Auth {
         if user.disabled {
             return Ok(Identity::Invalid("the account is disabled".into()));
         }
-        if verified.iat < user.tokens_valid_after {
+        if verified.generation < user.token_generation {
             return Ok(Identity::Invalid(
                 "the token was revoked (the password changed or the account was disabled): log in again".into(),
             ));
@@ -314,7 +314,7 @@ impl Auth {
         let kid = tokens::key_id(token)?;
         let verified = VerifiedToken {
             sub: claims.sub,
-            iat: claims.iat,
+            generation: claims.generation,
             exp: claims.exp,
             nbf: claims.nbf,
             kid,

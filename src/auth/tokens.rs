@@ -25,10 +25,14 @@ pub struct AccessClaims {
     pub exp: i64,
     pub jti: String,
     pub typ: String,
+    /// The account's token generation when issued (see
+    /// `accounts::User::token_generation`).
+    #[serde(default)]
+    pub generation: i64,
 }
 
 impl AccessClaims {
-    pub fn new(user_id: &str, now: i64, ttl_secs: i64) -> AccessClaims {
+    pub fn new(user_id: &str, generation: i64, now: i64, ttl_secs: i64) -> AccessClaims {
         let mut jti = [0u8; 12];
         OsRng.fill_bytes(&mut jti);
         AccessClaims {
@@ -39,6 +43,7 @@ impl AccessClaims {
             exp: now + ttl_secs,
             jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
             typ: TYPE_ACCESS.into(),
+            generation,
         }
     }
 }
@@ -186,7 +191,7 @@ mod tests {
     #[test]
     fn a_signed_token_verifies() {
         let (ring, _) = ring("k1");
-        let claims = AccessClaims::new("u1", NOW, 900);
+        let claims = AccessClaims::new("u1", 0, NOW, 900);
         let token = sign(&ring, &claims).unwrap();
         assert_eq!(verify(&ring, &token, NOW).unwrap(), claims);
     }
@@ -194,7 +199,7 @@ mod tests {
     #[test]
     fn attacks_are_refused_with_their_reason() {
         let (ring, sk) = ring("k1");
-        let good = sign(&ring, &AccessClaims::new("u1", NOW, 900)).unwrap();
+        let good = sign(&ring, &AccessClaims::new("u1", 0, NOW, 900)).unwrap();
         let parts: Vec<&str> = good.split('.').collect();
         let payload = |claims: &AccessClaims| b64(&serde_json::to_vec(claims).unwrap());
 
@@ -214,7 +219,7 @@ mod tests {
                 kid: Some("k1".into()),
                 ..Header::new(Algorithm::HS256)
             },
-            &AccessClaims::new("u1", NOW, 900),
+            &AccessClaims::new("u1", 0, NOW, 900),
             &EncodingKey::from_secret(&sk.verifying_key().to_bytes()),
         )
         .unwrap();
@@ -223,18 +228,18 @@ mod tests {
             Err(TokenError::Algorithm(_))
         ));
 
-        let mut tampered = AccessClaims::new("u1", NOW, 900);
+        let mut tampered = AccessClaims::new("u1", 0, NOW, 900);
         tampered.sub = "admin".into();
         let forged = format!("{}.{}.{}", parts[0], payload(&tampered), parts[2]);
         assert_eq!(verify(&ring, &forged, NOW), Err(TokenError::Signature));
 
-        let expired = sign(&ring, &AccessClaims::new("u1", NOW - 2000, 900)).unwrap();
+        let expired = sign(&ring, &AccessClaims::new("u1", 0, NOW - 2000, 900)).unwrap();
         assert_eq!(verify(&ring, &expired, NOW), Err(TokenError::Expired));
-        let future = sign(&ring, &AccessClaims::new("u1", NOW + 600, 900)).unwrap();
+        let future = sign(&ring, &AccessClaims::new("u1", 0, NOW + 600, 900)).unwrap();
         assert_eq!(verify(&ring, &future, NOW), Err(TokenError::NotYetValid));
 
         let (other, _) = self::ring("k2");
-        let unknown = sign(&other, &AccessClaims::new("u1", NOW, 900)).unwrap();
+        let unknown = sign(&other, &AccessClaims::new("u1", 0, NOW, 900)).unwrap();
         assert_eq!(verify(&ring, &unknown, NOW), Err(TokenError::UnknownKeyId));
 
         for garbage in ["", "abc", "a.b.c", "a.b", &"x".repeat(5000)] {

@@ -103,15 +103,15 @@ impl AccountsCore {
             })
     }
 
-    async fn tokens(&self, user_id: &str, family: Option<&str>) -> Result<Tokens, ApiError> {
+    async fn tokens(&self, user: &User, family: Option<&str>) -> Result<Tokens, ApiError> {
         let (access_token, expires_in) = self
             .auth
-            .issue_access_token(user_id)
+            .issue_access_token(user)
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", e))?;
         let refresh_token = accounts::issue_refresh(
             self.ns(),
             &self.auth.secrets,
-            user_id,
+            &user.id,
             family,
             now(),
             self.auth.settings.refresh_token_ttl.as_secs() as i64,
@@ -207,21 +207,21 @@ impl AccountsCore {
                 return Err(ApiError::unauthenticated(LOGIN_FAILED));
             }
         };
-        self.tokens(&user.id, None).await
+        self.tokens(&user, None).await
     }
 
     pub async fn refresh(&self, token: &str) -> Result<Tokens, ApiError> {
         let refused = || ApiError::unauthenticated("the refresh token is not valid: log in again");
         match accounts::redeem_refresh(self.ns(), &self.auth.secrets, token, now()).await? {
             Ok((user_id, family)) => {
-                let active = accounts::user_by_id(self.ns(), &user_id)
-                    .await?
-                    .is_some_and(|u| !u.disabled);
-                if !active {
-                    accounts::revoke_family(self.ns(), &family, now()).await?;
-                    return Err(refused());
+                let user = accounts::user_by_id(self.ns(), &user_id).await?;
+                match user {
+                    Some(user) if !user.disabled => self.tokens(&user, Some(&family)).await,
+                    _ => {
+                        accounts::revoke_family(self.ns(), &family, now()).await?;
+                        Err(refused())
+                    }
                 }
-                self.tokens(&user_id, Some(&family)).await
             }
             Err(RefreshRefused::Invalid) => Err(refused()),
             Err(RefreshRefused::Reused) => Err(ApiError::unauthenticated(

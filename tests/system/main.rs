@@ -1,6 +1,7 @@
 //! System tests: the real `flotilla` binary as a process on loopback ports,
 //! driven by real HTTP (reqwest) and gRPC (tonic) clients.
 
+mod auth;
 mod config;
 mod example;
 mod ingress;
