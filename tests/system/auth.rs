@@ -702,6 +702,78 @@ async fn happy_paths_signup_login_refresh_kv_and_echo_over_http_and_grpc() {
 }
 
 #[tokio::test]
+async fn admins_manage_users_over_http_and_grpc() {
+    let node = Node::start(NodeConfig::default());
+    let admin = node.admin_token().await;
+    let (judy_id, judy) = node.user_token(&admin, "judy").await;
+    let users: Value = authed(&admin)
+        .get(node.url("/api/accounts/users"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["admin", "judy"]);
+    // Unknown roles are refused; granting admin takes effect on judy's
+    // existing token.
+    let r = authed(&admin)
+        .put(node.url(&format!("/api/accounts/users/{judy_id}/roles")))
+        .json(&json!({"roles": ["superuser"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(authed(&judy).get(node.url("/api/accounts/users")).send().await.unwrap().status(), 403);
+    let r = authed(&admin)
+        .put(node.url(&format!("/api/accounts/users/{judy_id}/roles")))
+        .json(&json!({"roles": ["user", "admin"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(authed(&judy).get(node.url("/api/accounts/users")).send().await.unwrap().status(), 200);
+    // Over gRPC: create a user, disable and re-enable it.
+    let mut accounts = AccountsClient::new(grpc_channel(&node, Some(format!("Bearer {admin}"))).await);
+    let kim = accounts
+        .create_user(flotilla::proto::accounts::CreateUserRequest {
+            username: "kim".into(),
+            password: "kim-password-123".into(),
+            roles: vec!["user".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let disabled = accounts
+        .set_disabled(flotilla::proto::accounts::SetDisabledRequest {
+            id: kim.id.clone(),
+            disabled: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(disabled.disabled);
+    let r = http()
+        .post(node.url("/api/accounts/login"))
+        .json(&json!({"username": "kim", "password": "kim-password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    accounts
+        .set_disabled(flotilla::proto::accounts::SetDisabledRequest {
+            id: kim.id,
+            disabled: false,
+        })
+        .await
+        .unwrap();
+    node.login("kim", "kim-password-123").await;
+    let listed = accounts.list_users(ListUsersRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.users.len(), 3);
+}
+
+#[tokio::test]
 async fn signup_is_off_by_default() {
     let node = Node::start(NodeConfig::default());
     let r = http()

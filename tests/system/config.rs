@@ -88,6 +88,24 @@ fn every_invalid_field_is_named() {
 }
 
 #[test]
+fn auth_mistakes_exit_64_and_nothing_is_made_up() {
+    let base = "node: {id: n1}\nservices: [all]\nlisteners: {public: 'PUBLIC', admin: 'ADMIN'}\ndata_dir: 'DATA'\n";
+    for (auth, expected) in [
+        ("", "auth: missing"),
+        ("auth: {}\n", "auth.secret: missing"),
+        ("auth: {secret: 'too-short'}\n", "auth.secret: is too short"),
+        (
+            "auth: {secret: 'system-test-secret-7d2f9a4c1e8b6035', access_token_ttl_seconds: 0}\n",
+            "auth.access_token_ttl_seconds",
+        ),
+    ] {
+        let (code, err, _d) = serve_with(&format!("{base}{auth}"));
+        assert_eq!(code, 64, "{auth}: {err}");
+        assert!(err.contains(expected), "expected `{expected}` in: {err}");
+    }
+}
+
+#[test]
 fn a_missing_config_file_exits_64() {
     let (code, _, err) = run_cli(
         Path::new(BINARY),
