@@ -714,7 +714,12 @@ async fn admins_manage_users_over_http_and_grpc() {
         .json()
         .await
         .unwrap();
-    let names: Vec<&str> = users["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["admin", "judy"]);
     // Unknown roles are refused; granting admin takes effect on judy's
     // existing token.
@@ -725,7 +730,15 @@ async fn admins_manage_users_over_http_and_grpc() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(authed(&judy).get(node.url("/api/accounts/users")).send().await.unwrap().status(), 403);
+    assert_eq!(
+        authed(&judy)
+            .get(node.url("/api/accounts/users"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let r = authed(&admin)
         .put(node.url(&format!("/api/accounts/users/{judy_id}/roles")))
         .json(&json!({"roles": ["user", "admin"]}))
@@ -733,9 +746,18 @@ async fn admins_manage_users_over_http_and_grpc() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(authed(&judy).get(node.url("/api/accounts/users")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        authed(&judy)
+            .get(node.url("/api/accounts/users"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Over gRPC: create a user, disable and re-enable it.
-    let mut accounts = AccountsClient::new(grpc_channel(&node, Some(format!("Bearer {admin}"))).await);
+    let mut accounts =
+        AccountsClient::new(grpc_channel(&node, Some(format!("Bearer {admin}"))).await);
     let kim = accounts
         .create_user(flotilla::proto::accounts::CreateUserRequest {
             username: "kim".into(),
@@ -769,7 +791,11 @@ async fn admins_manage_users_over_http_and_grpc() {
         .await
         .unwrap();
     node.login("kim", "kim-password-123").await;
-    let listed = accounts.list_users(ListUsersRequest {}).await.unwrap().into_inner();
+    let listed = accounts
+        .list_users(ListUsersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.users.len(), 3);
 }
 
