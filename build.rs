@@ -10,7 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_with_config(
             config,
-            &["proto/kv.proto", "proto/echo.proto", "proto/accounts.proto"],
+            &[
+                "proto/kv.proto",
+                "proto/echo.proto",
+                "proto/accounts.proto",
+                "proto/peer.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

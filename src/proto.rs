@@ -13,3 +13,7 @@ pub mod echo {
 pub mod accounts {
     tonic::include_proto!("flotilla.accounts.v1");
 }
+
+pub mod peer {
+    tonic::include_proto!("flotilla.peer.v1");
+}

@@ -19,15 +19,17 @@ mod value;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     thread,
     time::Instant,
 };
 
+use futures_util::future::BoxFuture;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, config::DbConfig, ffi::ErrorCode, params_from_iter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-pub use value::{Outcome, Statement, Value};
+pub use value::{Applied, Command, MigrationSpec, Outcome, Proposal, Statement, Value};
 
 use crate::metrics::StoreMetrics;
 use authorizer::{Guard, Mode};
@@ -39,7 +41,7 @@ const MAX_BATCH: usize = 1024;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StoreError {
     #[error("statement denied in namespace `{namespace}`: {reason}")]
     Denied { namespace: String, reason: String },
@@ -102,6 +104,47 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+impl From<&Migration> for MigrationSpec {
+    fn from(m: &Migration) -> Self {
+        MigrationSpec {
+            version: m.version,
+            name: m.name.to_owned(),
+            sql: m.sql.to_owned(),
+        }
+    }
+}
+
+/// Where a replicated store sends writes, reads and migrations instead of
+/// running them locally: the cluster (Raft) implements it. A store without
+/// one is a single node's.
+pub trait Replicator: Send + Sync + 'static {
+    fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>>;
+    fn read(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>>;
+}
+
+/// One Raft log entry for the state machine, in terms the store knows: the
+/// log position and membership as opaque bytes (stored with the data, in
+/// the same transaction), and the proposal, if the entry carries one.
+#[derive(Clone, Debug)]
+pub struct ApplyEntry {
+    pub log_id: Vec<u8>,
+    pub membership: Option<Vec<u8>>,
+    pub proposal: Option<Proposal>,
+}
+
+/// A consistent copy of the database, made without blocking writes for
+/// longer than the copy, with the log position and membership it contains.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub log_id: Option<Vec<u8>>,
+    pub membership: Option<Vec<u8>>,
+}
+
 /// How the database is opened.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -119,8 +162,23 @@ enum Job {
     },
     Migrate {
         namespace: Arc<str>,
-        migrations: Vec<Migration>,
+        migrations: Vec<MigrationSpec>,
         reply: Reply<usize>,
+    },
+    Apply {
+        entries: Vec<ApplyEntry>,
+        reply: Reply<Vec<Result<Applied, StoreError>>>,
+    },
+    Snapshot {
+        path: PathBuf,
+        reply: Reply<SnapshotFile>,
+    },
+    Restore {
+        path: PathBuf,
+        reply: Reply<()>,
+    },
+    AppliedState {
+        reply: Reply<(Option<Vec<u8>>, Option<Vec<u8>>)>,
     },
 }
 
@@ -131,6 +189,7 @@ struct Reader {
 
 struct Inner {
     jobs: mpsc::UnboundedSender<Job>,
+    replicator: OnceLock<Arc<dyn Replicator>>,
     readers: Mutex<Vec<Reader>>,
     reader_slots: Semaphore,
     metrics: StoreMetrics,
@@ -141,6 +200,69 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+/// The time (ms) and seed that `flotilla_now()` and `flotilla_random()`
+/// return on the writer while one command applies, with a counter so that
+/// several calls in one command differ, identically on every replica.
+#[derive(Clone, Default)]
+struct Determinism(Arc<Mutex<(i64, i64, i64)>>);
+
+impl Determinism {
+    fn set(&self, time_ms: i64, seed: i64) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (time_ms, seed, 0);
+    }
+
+    fn set_now(&self) {
+        use rand::RngCore;
+        self.set(now_ms(), rand::rngs::OsRng.next_u64() as i64);
+    }
+
+    fn now(&self) -> i64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    fn random(&self) -> i64 {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.2 += 1;
+        splitmix64(state.1.wrapping_add(state.2)) as i64
+    }
+}
+
+fn splitmix64(x: i64) -> u64 {
+    let mut z = (x as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Registers `flotilla_now()` (milliseconds since the epoch) and
+/// `flotilla_random()` (a 64-bit integer): on the writer they return what the
+/// command carries; on readers, the clock and fresh randomness.
+fn register_functions(conn: &Connection, determinism: Option<Determinism>) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    match determinism {
+        Some(d) => {
+            let n = d.clone();
+            conn.create_scalar_function("flotilla_now", 0, flags, move |_| Ok(n.now()))?;
+            conn.create_scalar_function("flotilla_random", 0, flags, move |_| Ok(d.random()))
+        }
+        None => {
+            conn.create_scalar_function("flotilla_now", 0, flags, |_| Ok(now_ms()))?;
+            conn.create_scalar_function("flotilla_random", 0, flags, |_| {
+                use rand::RngCore;
+                Ok(rand::rngs::OsRng.next_u64() as i64)
+            })
+        }
+    }
 }
 
 fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
@@ -182,6 +304,8 @@ impl Store {
             StoreError::Storage(format!("cannot open the database {}: {e}", path.display()))
         };
         let mut writer = open_writer(&path).map_err(storage)?;
+        let determinism = Determinism::default();
+        register_functions(&writer, Some(determinism.clone())).map_err(storage)?;
         let writer_guard = Guard::new();
         writer_guard.install(&mut writer).map_err(storage)?;
         writer
@@ -192,7 +316,17 @@ impl Store {
                     name TEXT NOT NULL,
                     checksum TEXT NOT NULL,
                     PRIMARY KEY (namespace, version)
-                ) STRICT",
+                ) STRICT;
+                CREATE TABLE IF NOT EXISTS raft__state (
+                    key TEXT PRIMARY KEY NOT NULL,
+                    value BLOB NOT NULL
+                ) STRICT;
+                CREATE TABLE IF NOT EXISTS raft__requests (
+                    request_id TEXT PRIMARY KEY NOT NULL,
+                    result BLOB NOT NULL,
+                    time_ms INTEGER NOT NULL
+                ) STRICT;
+                CREATE INDEX IF NOT EXISTS raft__requests_time ON raft__requests (time_ms);",
             )
             .map_err(storage)?;
         let mut readers = Vec::with_capacity(config.readers);
@@ -200,17 +334,29 @@ impl Store {
             let mut conn = open_reader(&path).map_err(storage)?;
             let guard = Guard::new();
             guard.install(&mut conn).map_err(storage)?;
+            register_functions(&conn, None).map_err(storage)?;
             readers.push(Reader { conn, guard });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_metrics = metrics.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer, writer_guard, rx, writer_metrics))
+            .spawn(move || {
+                writer_loop(
+                    Writer {
+                        conn: writer,
+                        guard: writer_guard,
+                        determinism,
+                        metrics: writer_metrics,
+                    },
+                    rx,
+                )
+            })
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: tx,
+                replicator: OnceLock::new(),
                 reader_slots: Semaphore::new(readers.len()),
                 readers: Mutex::new(readers),
                 metrics,
@@ -241,15 +387,32 @@ pub struct Namespace {
     store: Store,
 }
 
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Storage(format!(
+        "the replicated store answered {what} with the wrong kind of result"
+    ))
+}
+
 impl Namespace {
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Runs `statements` atomically in one transaction and returns what each
-    /// produced. Returns only after the transaction is durable. If any
-    /// statement fails, none of them has any effect.
+    /// produced. Returns only after the transaction is durable (on a quorum,
+    /// when the store is replicated). If any statement fails, none of them
+    /// has any effect.
     pub async fn write(&self, statements: Vec<Statement>) -> Result<Vec<Outcome>, StoreError> {
+        if let Some(r) = self.store.inner.replicator.get() {
+            let command = Command::Write {
+                namespace: self.name.to_string(),
+                statements,
+            };
+            return match r.write(command).await? {
+                Applied::Outcomes(o) => Ok(o),
+                Applied::Migrated(_) => Err(unexpected("a write")),
+            };
+        }
         let (reply, rx) = oneshot::channel();
         self.store
             .inner
@@ -263,17 +426,77 @@ impl Namespace {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs one read-only statement on a reader connection.
+    /// Runs one read-only statement. Linearizable when the store is
+    /// replicated (through the leader's read index).
     pub async fn read(&self, statement: Statement) -> Result<Outcome, StoreError> {
+        if let Some(r) = self.store.inner.replicator.get() {
+            return r.read(self.name.to_string(), statement).await;
+        }
+        self.store.read_local(&self.name, statement).await
+    }
+
+    /// Applies the migrations not applied yet, in order, in one transaction
+    /// with their bookkeeping rows. Returns how many were applied.
+    pub async fn migrate(&self, migrations: &[Migration]) -> Result<usize, StoreError> {
+        let migrations: Vec<MigrationSpec> = migrations.iter().map(MigrationSpec::from).collect();
+        if let Some(r) = self.store.inner.replicator.get() {
+            let command = Command::Migrate {
+                namespace: self.name.to_string(),
+                migrations,
+            };
+            return match r.write(command).await? {
+                Applied::Migrated(n) => Ok(n),
+                Applied::Outcomes(_) => Err(unexpected("a migration")),
+            };
+        }
+        let (reply, rx) = oneshot::channel();
+        self.store
+            .inner
+            .jobs
+            .send(Job::Migrate {
+                namespace: self.name.clone(),
+                migrations,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Store {
+    async fn job<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(make(reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes this store replicated: from now on, every namespace's writes,
+    /// reads and migrations go through `replicator`. Set once, at start.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> Result<(), StoreError> {
+        self.inner
+            .replicator
+            .set(replicator)
+            .map_err(|_| StoreError::Invalid("the store already has a replicator".into()))
+    }
+
+    /// Runs one read-only statement of `namespace` on a local reader,
+    /// whatever the replication: the replicator's own read path.
+    pub async fn read_local(
+        &self,
+        namespace: &str,
+        statement: Statement,
+    ) -> Result<Outcome, StoreError> {
         let permit = self
-            .store
             .inner
             .reader_slots
             .acquire()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let inner = self.store.inner.clone();
-        let namespace = self.name.clone();
+        let inner = self.inner.clone();
+        let namespace: Arc<str> = Arc::from(namespace);
         let task = tokio::task::spawn_blocking(move || {
             let reader = inner
                 .readers
@@ -305,20 +528,27 @@ impl Namespace {
         result
     }
 
-    /// Applies the migrations not applied yet, in order, each in its own
-    /// transaction with its bookkeeping row. Returns how many were applied.
-    pub async fn migrate(&self, migrations: &[Migration]) -> Result<usize, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.store
-            .inner
-            .jobs
-            .send(Job::Migrate {
-                namespace: self.name.clone(),
-                migrations: migrations.to_vec(),
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    /// Applies committed Raft entries (the state machine's `apply`).
+    pub async fn apply(
+        &self,
+        entries: Vec<ApplyEntry>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        self.job(|reply| Job::Apply { entries, reply }).await
+    }
+
+    /// The last applied log id and membership, as recorded with the data.
+    pub async fn applied_state(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+        self.job(|reply| Job::AppliedState { reply }).await
+    }
+
+    /// Writes a consistent copy of the database to `path`.
+    pub async fn snapshot(&self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
+        self.job(|reply| Job::Snapshot { path, reply }).await
+    }
+
+    /// Replaces the database with the copy at `path`.
+    pub async fn restore(&self, path: PathBuf) -> Result<(), StoreError> {
+        self.job(|reply| Job::Restore { path, reply }).await
     }
 }
 
@@ -383,12 +613,15 @@ fn run_statement(
     Ok(outcome)
 }
 
-fn writer_loop(
-    mut conn: Connection,
+/// The writer thread's state: the only read-write connection.
+struct Writer {
+    conn: Connection,
     guard: Guard,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    determinism: Determinism,
     metrics: StoreMetrics,
-) {
+}
+
+fn writer_loop(mut w: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut writes = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         let mut next = Some(first);
@@ -399,20 +632,18 @@ fn writer_loop(
                     statements,
                     reply,
                 } => writes.push((namespace, statements, reply)),
-                Job::Migrate {
-                    namespace,
-                    migrations,
-                    reply,
-                } => {
-                    commit_group(&mut conn, &guard, &mut writes, &metrics);
-                    let _ = reply.send(migrate(&mut conn, &guard, &namespace, &migrations));
+                other => {
+                    // Everything else runs alone, after the writes queued
+                    // before it, in order.
+                    w.commit_group(&mut writes);
+                    w.run(other);
                 }
             }
             if writes.len() < MAX_BATCH {
                 next = jobs.try_recv().ok();
             }
         }
-        commit_group(&mut conn, &guard, &mut writes, &metrics);
+        w.commit_group(&mut writes);
     }
     tracing::debug!("store writer stopped: every handle was dropped");
 }
@@ -420,43 +651,87 @@ fn writer_loop(
 type WriteJob = (Arc<str>, Vec<Statement>, Reply<Vec<Outcome>>);
 type JobResult = Result<Vec<Outcome>, StoreError>;
 
-/// Runs every queued write in one transaction, one savepoint each, commits,
-/// and only then replies.
-fn commit_group(
-    conn: &mut Connection,
-    guard: &Guard,
-    writes: &mut Vec<WriteJob>,
-    metrics: &StoreMetrics,
-) {
-    if writes.is_empty() {
-        return;
-    }
-    let started = Instant::now();
-    guard.set_mode(Mode::System);
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let msg = format!("cannot start a write transaction: {e}");
-        for (_, _, reply) in writes.drain(..) {
-            let _ = reply.send(Err(StoreError::Storage(msg.clone())));
+fn storage(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Storage(format!("{context}: {e}"))
+}
+
+impl Writer {
+    fn run(&mut self, job: Job) {
+        match job {
+            Job::Write { .. } => unreachable!("writes are grouped by the loop"),
+            Job::Migrate {
+                namespace,
+                migrations,
+                reply,
+            } => {
+                self.determinism.set_now();
+                let result = self.in_transaction(|w| w.migrate(&namespace, &migrations));
+                let _ = reply.send(result);
+            }
+            Job::Apply { entries, reply } => {
+                let _ = reply.send(self.apply(entries));
+            }
+            Job::Snapshot { path, reply } => {
+                let _ = reply.send(self.snapshot(path));
+            }
+            Job::Restore { path, reply } => {
+                let _ = reply.send(self.restore(&path));
+            }
+            Job::AppliedState { reply } => {
+                let _ = reply.send(self.applied_state());
+            }
         }
-        return;
     }
-    let mut results: Vec<(Reply<Vec<Outcome>>, JobResult)> = Vec::with_capacity(writes.len());
-    let mut jobs = std::mem::take(writes).into_iter();
-    while let Some((namespace, statements, reply)) = jobs.next() {
-        let job_started = Instant::now();
-        guard.set_mode(Mode::System);
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-            results.push((reply, Err(StoreError::Storage(e.to_string()))));
-            continue;
+
+    /// Runs `f` in a write transaction; commits on success, rolls back on
+    /// error.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Writer) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.guard.set_mode(Mode::System);
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(storage("cannot start a write transaction"))?;
+        match f(self) {
+            Ok(v) => {
+                self.guard.set_mode(Mode::System);
+                match self.conn.execute_batch("COMMIT") {
+                    Ok(()) => Ok(v),
+                    Err(e) => {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                        Err(StoreError::Storage(format!("commit failed: {e}")))
+                    }
+                }
+            }
+            Err(e) => {
+                self.guard.set_mode(Mode::System);
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Err(e)
+            }
         }
-        guard.set_mode(Mode::Service {
-            namespace: namespace.to_string(),
+    }
+
+    /// Runs `statements` of `namespace` in a savepoint: all or nothing.
+    fn run_job(
+        &mut self,
+        namespace: &str,
+        statements: &[Statement],
+    ) -> Result<JobResult, StoreError> {
+        self.guard.set_mode(Mode::System);
+        self.conn
+            .execute_batch("SAVEPOINT job")
+            .map_err(storage("cannot open a savepoint"))?;
+        self.guard.set_mode(Mode::Service {
+            namespace: namespace.to_owned(),
             write: true,
         });
         let mut outcomes = Vec::with_capacity(statements.len());
         let mut failure = None;
-        for statement in &statements {
-            match run_statement(conn, guard, &namespace, statement, true) {
+        for statement in statements {
+            match run_statement(&self.conn, &self.guard, namespace, statement, true) {
                 Ok(o) => outcomes.push(o),
                 Err(e) => {
                     failure = Some(e);
@@ -464,53 +739,285 @@ fn commit_group(
                 }
             }
         }
-        guard.set_mode(Mode::System);
+        self.guard.set_mode(Mode::System);
         let undo = if failure.is_some() {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            self.conn.execute_batch("ROLLBACK TO job; RELEASE job")
         } else {
-            conn.execute_batch("RELEASE job")
+            self.conn.execute_batch("RELEASE job")
         };
-        metrics.observe_statement(&namespace, "write", job_started.elapsed());
-        if let Err(e) = undo {
-            // SQLite rolled the whole transaction back (I/O error, disk
-            // full): nothing in this batch is durable.
-            let msg = format!("the transaction was aborted: {e}");
-            for (earlier, _) in results.drain(..) {
-                let _ = earlier.send(Err(StoreError::Storage(msg.clone())));
+        // An error here means SQLite rolled the whole transaction back.
+        undo.map_err(storage("the transaction was aborted"))?;
+        Ok(failure.map_or(Ok(outcomes), Err))
+    }
+
+    /// Runs every queued write in one transaction, one savepoint each,
+    /// commits, and only then replies.
+    fn commit_group(&mut self, writes: &mut Vec<WriteJob>) {
+        if writes.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let jobs = std::mem::take(writes);
+        let batch = jobs.len();
+        let mut replies = Vec::with_capacity(batch);
+        let result = self.in_transaction(|w| {
+            let mut results = Vec::with_capacity(batch);
+            for (namespace, statements, reply) in jobs {
+                let job_started = Instant::now();
+                w.determinism.set_now();
+                let result = w.run_job(&namespace, &statements);
+                w.metrics
+                    .observe_statement(&namespace, "write", job_started.elapsed());
+                match result {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        replies.push(reply);
+                        return Err(e);
+                    }
+                }
+                replies.push(reply);
             }
-            let _ = reply.send(Err(failure.unwrap_or(StoreError::Storage(msg))));
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+            Ok(results)
+        });
+        match result {
+            Ok(results) => {
+                self.metrics
+                    .observe_commit(started.elapsed(), batch, started.elapsed());
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
             }
-            if conn.execute_batch("BEGIN IMMEDIATE").is_err() {
-                for (_, _, later) in jobs.by_ref() {
-                    let _ = later.send(Err(StoreError::Storage(
-                        "cannot restart the write transaction".into(),
+            Err(e) => {
+                // Nothing of this batch is durable: every write fails.
+                tracing::error!(error = %e, batch, "group commit failed; no write of this batch is acknowledged");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies Raft entries: each proposal runs once (a retried request id
+    /// returns the recorded result), and the log position and membership are
+    /// written in the same transaction as the data.
+    fn apply(
+        &mut self,
+        entries: Vec<ApplyEntry>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let started = Instant::now();
+        let count = entries.len();
+        let result = self.in_transaction(|w| {
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in &entries {
+                let result = match &entry.proposal {
+                    None => Ok(Applied::Outcomes(Vec::new())),
+                    Some(p) => w.apply_proposal(p)?,
+                };
+                results.push(result);
+                w.guard.set_mode(Mode::System);
+                w.conn
+                    .execute(
+                        "INSERT INTO raft__state (key, value) VALUES ('applied', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        [&entry.log_id],
+                    )
+                    .map_err(storage("cannot record the applied log id"))?;
+                if let Some(m) = &entry.membership {
+                    w.conn
+                        .execute(
+                            "INSERT INTO raft__state (key, value) VALUES ('membership', ?1)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            [m],
+                        )
+                        .map_err(storage("cannot record the membership"))?;
+                }
+            }
+            Ok(results)
+        });
+        if result.is_ok() {
+            self.metrics
+                .observe_commit(started.elapsed(), count, started.elapsed());
+        }
+        result
+    }
+
+    fn apply_proposal(&mut self, p: &Proposal) -> Result<Result<Applied, StoreError>, StoreError> {
+        self.guard.set_mode(Mode::System);
+        let seen: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT result FROM raft__requests WHERE request_id = ?1",
+                [&p.request_id],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(storage("cannot look up the request id"))?;
+        if let Some(seen) = seen {
+            return serde_json::from_slice(&seen)
+                .map_err(|e| StoreError::Storage(format!("a recorded result is unreadable: {e}")));
+        }
+        self.determinism.set(p.time_ms, p.seed);
+        let result = match &p.command {
+            Command::Write {
+                namespace,
+                statements,
+            } => {
+                let started = Instant::now();
+                let r = self.run_job(namespace, statements)?.map(Applied::Outcomes);
+                self.metrics
+                    .observe_statement(namespace, "write", started.elapsed());
+                r
+            }
+            Command::Migrate {
+                namespace,
+                migrations,
+            } => self.migrate(namespace, migrations).map(Applied::Migrated),
+        };
+        self.guard.set_mode(Mode::System);
+        let encoded =
+            serde_json::to_vec(&result).map_err(|e| StoreError::Storage(e.to_string()))?;
+        self.conn
+            .execute(
+                "INSERT INTO raft__requests (request_id, result, time_ms) VALUES (?1, ?2, ?3)",
+                rusqlite::params![p.request_id, encoded, p.time_ms],
+            )
+            .map_err(storage("cannot record the request id"))?;
+        // Retries arrive within seconds; keep an hour of request ids.
+        self.conn
+            .execute(
+                "DELETE FROM raft__requests WHERE time_ms < ?1",
+                [p.time_ms - 3_600_000],
+            )
+            .map_err(storage("cannot purge old request ids"))?;
+        Ok(result)
+    }
+
+    fn applied_state(&mut self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+        self.guard.set_mode(Mode::System);
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            self.conn
+                .query_row("SELECT value FROM raft__state WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(storage("cannot read the applied state"))
+        };
+        Ok((get("applied")?, get("membership")?))
+    }
+
+    /// Copies the database to `path` (`VACUUM INTO`: a consistent, compact
+    /// copy), fsyncs it, and returns it with the state it contains.
+    fn snapshot(&mut self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
+        let (log_id, membership) = self.applied_state()?;
+        let _ = std::fs::remove_file(&path);
+        self.conn
+            .execute("VACUUM INTO ?1", [path.to_string_lossy()])
+            .map_err(storage("cannot copy the database for a snapshot"))?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Storage(format!("cannot sync the snapshot: {e}")))?;
+        Ok(SnapshotFile {
+            path,
+            log_id,
+            membership,
+        })
+    }
+
+    /// Replaces the whole database with the one at `path` (a received
+    /// snapshot), page by page through SQLite's backup API, in place, so
+    /// open readers see the new content.
+    fn restore(&mut self, path: &Path) -> Result<(), StoreError> {
+        let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(storage("cannot open the received snapshot"))?;
+        let ok: String = source
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(storage("cannot check the received snapshot"))?;
+        if ok != "ok" {
+            return Err(StoreError::Storage(format!(
+                "the received snapshot is corrupt: {ok}"
+            )));
+        }
+        {
+            let backup = rusqlite::backup::Backup::new(&source, &mut self.conn)
+                .map_err(storage("cannot start restoring the snapshot"))?;
+            backup
+                .run_to_completion(1024, std::time::Duration::ZERO, None)
+                .map_err(storage("cannot restore the snapshot"))?;
+        }
+        self.conn.flush_prepared_statement_cache();
+        Ok(())
+    }
+
+    /// Applies the migrations of `namespace` not applied yet, each in a
+    /// savepoint of the open transaction, with its bookkeeping row.
+    fn migrate(
+        &mut self,
+        namespace: &str,
+        migrations: &[MigrationSpec],
+    ) -> Result<usize, StoreError> {
+        let sys = storage("migration bookkeeping failed");
+        self.guard.set_mode(Mode::System);
+        let applied: Vec<(u32, String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT version, name, checksum FROM sys__migrations WHERE namespace = ?1 ORDER BY version")
+                .map_err(&sys)?;
+            stmt.query_map([namespace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(&sys)?
+                .collect::<Result<_, _>>()
+                .map_err(&sys)?
+        };
+        for (version, name, sum) in &applied {
+            match migrations.iter().find(|m| m.version == *version) {
+                Some(m) if checksum(&m.sql) == *sum => {}
+                Some(m) => {
+                    return Err(StoreError::Invalid(format!(
+                        "migration {version} (`{}`) of namespace `{namespace}` was changed after it was applied; add a new migration instead of editing an applied one",
+                        m.name
                     )));
                 }
-                return;
-            }
-            continue;
-        }
-        results.push((reply, failure.map_or(Ok(outcomes), Err)));
-    }
-    let batch = results.len();
-    let commit_started = Instant::now();
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => {
-            metrics.observe_commit(commit_started.elapsed(), batch, started.elapsed());
-            for (reply, result) in results {
-                let _ = reply.send(result);
+                None => {
+                    return Err(StoreError::Invalid(format!(
+                        "the database has migration {version} (`{name}`) of namespace `{namespace}`, which this binary does not know: it was written by a newer version"
+                    )));
+                }
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, batch, "commit failed; no write of this batch is acknowledged");
-            let _ = conn.execute_batch("ROLLBACK");
-            let msg = format!("commit failed: {e}");
-            for (reply, _) in results {
-                let _ = reply.send(Err(StoreError::Storage(msg.clone())));
+        let mut count = 0;
+        for m in migrations
+            .iter()
+            .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+        {
+            self.guard.set_mode(Mode::System);
+            self.conn
+                .execute_batch("SAVEPOINT migration")
+                .map_err(&sys)?;
+            let result = apply_migration(&self.conn, &self.guard, namespace, m);
+            self.guard.set_mode(Mode::System);
+            if let Err(e) = result {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO migration; RELEASE migration");
+                return Err(e);
             }
+            self.conn
+                .execute(
+                    "INSERT INTO sys__migrations (namespace, version, name, checksum) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![namespace, m.version, m.name, checksum(&m.sql)],
+                )
+                .map_err(&sys)?;
+            self.conn.execute_batch("RELEASE migration").map_err(&sys)?;
+            count += 1;
         }
+        Ok(count)
     }
 }
 
@@ -524,72 +1031,11 @@ fn checksum(sql: &str) -> String {
     format!("{hash:016x}")
 }
 
-fn migrate(
-    conn: &mut Connection,
-    guard: &Guard,
-    namespace: &str,
-    migrations: &[Migration],
-) -> Result<usize, StoreError> {
-    let sys =
-        |e: rusqlite::Error| StoreError::Storage(format!("migration bookkeeping failed: {e}"));
-    guard.set_mode(Mode::System);
-    let applied: Vec<(u32, String, String)> = {
-        let mut stmt = conn
-            .prepare_cached("SELECT version, name, checksum FROM sys__migrations WHERE namespace = ?1 ORDER BY version")
-            .map_err(sys)?;
-        stmt.query_map([namespace], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(sys)?
-            .collect::<Result<_, _>>()
-            .map_err(sys)?
-    };
-    for (version, name, sum) in &applied {
-        match migrations.iter().find(|m| m.version == *version) {
-            Some(m) if checksum(m.sql) == *sum => {}
-            Some(m) => {
-                return Err(StoreError::Invalid(format!(
-                    "migration {version} (`{}`) of namespace `{namespace}` was changed after it was applied; add a new migration instead of editing an applied one",
-                    m.name
-                )));
-            }
-            None => {
-                return Err(StoreError::Invalid(format!(
-                    "the database has migration {version} (`{name}`) of namespace `{namespace}`, which this binary does not know: it was written by a newer version"
-                )));
-            }
-        }
-    }
-    let mut count = 0;
-    for m in migrations
-        .iter()
-        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
-    {
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(sys)?;
-        let result = apply_migration(conn, guard, namespace, m);
-        guard.set_mode(Mode::System);
-        match result {
-            Ok(()) => {
-                conn.execute(
-                    "INSERT INTO sys__migrations (namespace, version, name, checksum) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![namespace, m.version, m.name, checksum(m.sql)],
-                )
-                .map_err(sys)?;
-                conn.execute_batch("COMMIT").map_err(sys)?;
-                count += 1;
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
-    }
-    Ok(count)
-}
-
 fn apply_migration(
     conn: &Connection,
     guard: &Guard,
     namespace: &str,
-    m: &Migration,
+    m: &MigrationSpec,
 ) -> Result<(), StoreError> {
     use fallible_iterator::FallibleIterator;
     let context = |e: StoreError| match e {
@@ -606,7 +1052,7 @@ fn apply_migration(
         namespace: namespace.to_owned(),
         write: true,
     });
-    let mut batch = rusqlite::Batch::new(conn, m.sql);
+    let mut batch = rusqlite::Batch::new(conn, &m.sql);
     loop {
         guard.begin_statement();
         let next = batch

@@ -407,3 +407,126 @@ async fn migrations_are_tracked_per_namespace_and_checked() {
     assert!(a.read(stmt("SELECT * FROM alpha__u")).await.is_err());
     assert!(b.read(stmt("SELECT * FROM beta__t")).await.is_ok());
 }
+
+fn proposal(request_id: &str, time_ms: i64, seed: i64, statements: Vec<Statement>) -> Proposal {
+    Proposal {
+        request_id: request_id.into(),
+        time_ms,
+        seed,
+        command: Command::Write {
+            namespace: "kv".into(),
+            statements,
+        },
+    }
+}
+
+fn entry(index: u8, proposal: Option<Proposal>) -> ApplyEntry {
+    ApplyEntry {
+        log_id: vec![index],
+        membership: None,
+        proposal,
+    }
+}
+
+#[tokio::test]
+async fn replicated_writes_are_deterministic_and_apply_once() {
+    let insert = || {
+        vec![stmt(
+            "INSERT INTO kv__t (k, v) VALUES (CAST(flotilla_random() AS TEXT), CAST(flotilla_now() AS TEXT) || ':' || CAST(flotilla_random() AS TEXT)) RETURNING k, v",
+        )]
+    };
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.namespace("kv").migrate(KV).await.unwrap();
+        let out = store
+            .apply(vec![
+                entry(1, Some(proposal("r1", 1_700_000_000_123, 42, insert()))),
+                // The same request again (a retry): recorded result, no second row.
+                entry(2, Some(proposal("r1", 1_700_000_000_999, 7, insert()))),
+                entry(3, None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out[0], out[1], "a retried request returns the first result");
+        assert_eq!(out[2], Ok(Applied::Outcomes(vec![])));
+        let rows = store
+            .namespace("kv")
+            .read(stmt("SELECT count(*) FROM kv__t"))
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(rows, vec![vec![Value::Integer(1)]]);
+        assert_eq!(store.applied_state().await.unwrap(), (Some(vec![3]), None));
+        results.push(out[0].clone());
+    }
+    // Two replicas applying the same proposal compute the same values.
+    assert_eq!(results[0], results[1]);
+    let Ok(Applied::Outcomes(o)) = &results[0] else {
+        panic!("{:?}", results[0])
+    };
+    assert!(
+        o[0].rows[0][1]
+            .as_str()
+            .unwrap()
+            .starts_with("1700000000123:")
+    );
+    // A failing statement is a deterministic result, recorded like any other.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.namespace("kv").migrate(KV).await.unwrap();
+    let out = store
+        .apply(vec![entry(
+            1,
+            Some(proposal(
+                "bad",
+                1,
+                1,
+                vec![stmt("INSERT INTO echo__t VALUES (1)")],
+            )),
+        )])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Err(StoreError::Denied { .. })), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_snapshot_restores_data_and_applied_state_elsewhere() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = open(a_dir.path());
+    a.namespace("kv").migrate(KV).await.unwrap();
+    a.apply(vec![ApplyEntry {
+        log_id: b"log-9".to_vec(),
+        membership: Some(b"members".to_vec()),
+        proposal: Some(proposal(
+            "w",
+            1,
+            1,
+            vec![stmt("INSERT INTO kv__t VALUES ('k', 'v')")],
+        )),
+    }])
+    .await
+    .unwrap();
+    let snap = a.snapshot(a_dir.path().join("snap.db")).await.unwrap();
+    assert_eq!(snap.log_id.as_deref(), Some(&b"log-9"[..]));
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = open(b_dir.path());
+    b.restore(snap.path.clone()).await.unwrap();
+    assert_eq!(
+        b.applied_state().await.unwrap(),
+        (Some(b"log-9".to_vec()), Some(b"members".to_vec()))
+    );
+    let rows = b
+        .namespace("kv")
+        .read(stmt("SELECT k, v FROM kv__t"))
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows, vec![vec![Value::from("k"), Value::from("v")]]);
+    // Writes continue on the restored store.
+    b.namespace("kv")
+        .write(vec![stmt("INSERT INTO kv__t VALUES ('k2', 'v2')")])
+        .await
+        .unwrap();
+}

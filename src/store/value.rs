@@ -113,3 +113,46 @@ pub struct Outcome {
     pub rows: Vec<Vec<Value>>,
     pub changed: u64,
 }
+
+/// A migration as data, so it can be replicated with the write that applies
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationSpec {
+    pub version: u32,
+    pub name: String,
+    pub sql: String,
+}
+
+/// A change to the database, as replicated through the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A service's write: its statements, atomically.
+    Write {
+        namespace: String,
+        statements: Vec<Statement>,
+    },
+    /// A namespace's pending migrations.
+    Migrate {
+        namespace: String,
+        migrations: Vec<MigrationSpec>,
+    },
+}
+
+/// A command with what the leader decided for it: a request id (a retried
+/// proposal applies once), the time and a random seed that
+/// `flotilla_now()` and `flotilla_random()` return while it applies, so every
+/// replica computes the same result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: String,
+    pub time_ms: i64,
+    pub seed: i64,
+    pub command: Command,
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    Outcomes(Vec<Outcome>),
+    Migrated(usize),
+}
