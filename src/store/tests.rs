@@ -483,7 +483,7 @@ async fn replicated_writes_are_deterministic_and_apply_once() {
                 "bad",
                 1,
                 1,
-                vec![stmt("INSERT INTO echo__t VALUES (1)")],
+                vec![stmt("SELECT * FROM sqlite_master")],
             )),
         )])
         .await
