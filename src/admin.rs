@@ -17,7 +17,7 @@ use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use http::{StatusCode, header};
 use serde::Serialize;
 
-use crate::metrics::Metrics;
+use crate::{cluster::Cluster, metrics::Metrics};
 
 /// Where a selected service is in its start-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -83,6 +83,7 @@ pub struct NodeInfo {
 
 #[derive(Clone)]
 struct AdminState {
+    cluster: Option<Arc<Cluster>>,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -95,6 +96,8 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let (ready, draining, services) = s.readiness.snapshot();
+    let has_leader = s.cluster.as_ref().is_none_or(|c| c.has_leader());
+    let ready = ready && has_leader;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -102,7 +105,12 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ready, "draining": draining, "services": services })),
+        Json(serde_json::json!({
+            "ready": ready,
+            "draining": draining,
+            "services": services,
+            "cluster": s.cluster.as_ref().map(|c| c.status()),
+        })),
     )
 }
 
@@ -124,17 +132,24 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "draining": draining,
         "uptime_seconds": s.started.elapsed().as_secs(),
         "services": services,
+        "cluster": s.cluster.as_ref().map(|c| c.status()),
     }))
 }
 
 /// The admin router.
-pub fn router(readiness: Arc<Readiness>, metrics: Metrics, info: NodeInfo) -> Router {
+pub fn router(
+    readiness: Arc<Readiness>,
+    metrics: Metrics,
+    info: NodeInfo,
+    cluster: Option<Arc<Cluster>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
         .with_state(AdminState {
+            cluster,
             readiness,
             metrics,
             info: Arc::new(info),

@@ -194,16 +194,30 @@ where
         }
     };
     let result = runtime.block_on(async {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        // In a cluster the command goes through Raft like any write: the
+        // local store only carries it to the members (it is a scratch copy
+        // in a temporary directory). Alone, it works on the node's database.
+        let scratch =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let data_dir = match &config.cluster {
+            Some(_) => scratch.path().to_owned(),
+            None => config.data_dir.clone(),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let store = crate::store::Store::open(
             &crate::store::StoreConfig {
-                data_dir: config.data_dir.clone(),
+                data_dir,
                 readers: 1,
             },
             crate::metrics::Metrics::new().store,
         )
         .map_err(|e| e.to_string())?;
+        if let Some(settings) = &config.cluster {
+            store
+                .set_replicator(crate::cluster::remote_replicator(settings))
+                .map_err(|e| e.to_string())?;
+        }
         let auth = crate::auth::Auth::open(&store, config.auth.clone())
             .await
             .map_err(|e| e.to_string())?;

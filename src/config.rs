@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::{
     auth::{AuthSettings, password::HashParams},
     catalogue::Catalogue,
+    cluster::{ClusterSettings, Member},
 };
 
 /// The alias that selects every service in the catalogue.
@@ -35,6 +36,35 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     auth: Option<RawAuth>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    topology: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<String>,
+    #[serde(default)]
+    bootstrap: bool,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<[u64; 2]>,
+    snapshot_every: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    members: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    id: u64,
+    node: String,
+    peer: String,
+    public: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +98,7 @@ struct RawNode {
 struct RawListeners {
     public: Option<String>,
     admin: Option<String>,
+    peer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +136,8 @@ impl LogFormat {
 pub struct Listeners {
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// Node-to-node traffic; present when the node is in a cluster.
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -133,10 +166,13 @@ pub struct Config {
     pub limits: Limits,
     pub log: LogConfig,
     pub auth: AuthSettings,
+    /// Present in HA and scaled modes: the Raft group this node belongs to.
+    pub cluster: Option<ClusterSettings>,
 }
 
 pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8081";
+pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
 const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
 const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -359,6 +395,20 @@ impl Config {
         }
 
         let auth = parse_auth(&mut problems, raw.auth);
+        let peer = match (&raw.cluster, raw.listeners.peer) {
+            (Some(_), p) => parse_listener(&mut problems, "listeners.peer", p, DEFAULT_PEER),
+            (None, Some(_)) => {
+                problems.add(
+                    "listeners.peer",
+                    "is set but there is no `cluster` section: remove it, or configure the cluster",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let cluster = raw
+            .cluster
+            .and_then(|c| parse_cluster(&mut problems, c, &node_id, public, peer));
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -370,6 +420,7 @@ impl Config {
             listeners: Listeners {
                 public: public.expect("validated above"),
                 admin: admin.expect("validated above"),
+                peer,
             },
             data_dir,
             limits: Limits {
@@ -379,6 +430,7 @@ impl Config {
             },
             log: LogConfig { format, level },
             auth: auth.expect("validated above"),
+            cluster,
         })
     }
 
@@ -421,45 +473,7 @@ fn parse_auth(problems: &mut Problems, raw: Option<RawAuth>) -> Option<AuthSetti
         );
         return None;
     };
-    let secret = match (raw.secret, raw.secret_file) {
-        (Some(_), Some(_)) => {
-            problems.add(
-                "auth.secret",
-                "set either auth.secret or auth.secret_file, not both",
-            );
-            None
-        }
-        (None, None) => {
-            problems.add(
-                "auth.secret",
-                "missing: set auth.secret or auth.secret_file; flotilla never makes one up",
-            );
-            None
-        }
-        (Some(s), None) => match secret_problem(&s) {
-            Some(p) => {
-                problems.add("auth.secret", p);
-                None
-            }
-            None => Some(s),
-        },
-        (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(s) => {
-                let s = s.trim_end_matches(['\n', '\r']).to_owned();
-                match secret_problem(&s) {
-                    Some(p) => {
-                        problems.add("auth.secret_file", format!("the secret in {path} {p}"));
-                        None
-                    }
-                    None => Some(s),
-                }
-            }
-            Err(e) => {
-                problems.add("auth.secret_file", format!("cannot read {path}: {e}"));
-                None
-            }
-        },
-    };
+    let secret = read_secret(problems, "auth.secret", raw.secret, raw.secret_file);
     let access = raw.access_token_ttl_seconds.unwrap_or(DEFAULT_ACCESS_TTL);
     if !(60..=86_400).contains(&access) {
         problems.add(
@@ -498,6 +512,206 @@ fn parse_auth(problems: &mut Problems, raw: Option<RawAuth>) -> Option<AuthSetti
         key_rotation: (rotation > 0).then(|| Duration::from_secs(rotation * 3600)),
         signup: raw.signup.unwrap_or(false),
         password_hash,
+    })
+}
+
+fn read_secret(
+    problems: &mut Problems,
+    field: &str,
+    secret: Option<String>,
+    file: Option<String>,
+) -> Option<String> {
+    match (secret, file) {
+        (Some(_), Some(_)) => {
+            problems.add(
+                field,
+                format!("set either {field} or {field}_file, not both"),
+            );
+            None
+        }
+        (None, None) => {
+            problems.add(
+                field,
+                format!("missing: set {field} or {field}_file; flotilla never makes one up"),
+            );
+            None
+        }
+        (Some(s), None) => match secret_problem(&s) {
+            Some(p) => {
+                problems.add(field, p);
+                None
+            }
+            None => Some(s),
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let s = s.trim_end_matches(['\n', '\r']).to_owned();
+                match secret_problem(&s) {
+                    Some(p) => {
+                        problems.add(
+                            &format!("{field}_file"),
+                            format!("the secret in {path} {p}"),
+                        );
+                        None
+                    }
+                    None => Some(s),
+                }
+            }
+            Err(e) => {
+                problems.add(&format!("{field}_file"), format!("cannot read {path}: {e}"));
+                None
+            }
+        },
+    }
+}
+
+fn parse_cluster(
+    problems: &mut Problems,
+    raw: RawCluster,
+    node_id: &str,
+    public: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+) -> Option<ClusterSettings> {
+    let secret = read_secret(problems, "cluster.secret", raw.secret, raw.secret_file);
+    let Some(path) = raw.topology else {
+        problems.add(
+            "cluster.topology",
+            "missing: name the topology file that lists the members",
+        );
+        return None;
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.add("cluster.topology", format!("cannot read {path}: {e}"));
+            return None;
+        }
+    };
+    let topology: RawTopology = match serde_yaml_ng::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.add("cluster.topology", format!("{path} is invalid: {e}"));
+            return None;
+        }
+    };
+    let field = format!("{path}: members");
+    let mut members = Vec::new();
+    for (i, m) in topology.members.iter().enumerate() {
+        let here = format!("{path}: members[{i}]");
+        let member_peer = parse_listener(
+            problems,
+            &format!("{here}.peer"),
+            Some(m.peer.clone()),
+            DEFAULT_PEER,
+        );
+        let member_public = parse_listener(
+            problems,
+            &format!("{here}.public"),
+            Some(m.public.clone()),
+            DEFAULT_PUBLIC,
+        );
+        if m.id == 0 {
+            problems.add(
+                &format!("{here}.id"),
+                "ids start at 1 (and never derive from an address)",
+            );
+        }
+        if !valid_node_id(&m.node) {
+            problems.add(
+                &format!("{here}.node"),
+                format!("`{}` is not a valid node id", m.node),
+            );
+        }
+        if let (Some(peer), Some(public)) = (member_peer, member_public) {
+            members.push(Member {
+                id: m.id,
+                name: m.node.clone(),
+                peer,
+                public,
+            });
+        }
+    }
+    for (i, m) in members.iter().enumerate() {
+        for other in &members[..i] {
+            if other.id == m.id
+                || other.name == m.name
+                || other.peer == m.peer
+                || other.public == m.public
+            {
+                problems.add(
+                    &field,
+                    format!(
+                        "members `{}` and `{}` share an id, a name or an address",
+                        other.name, m.name
+                    ),
+                );
+            }
+        }
+    }
+    match members.len() {
+        0 => problems.add(&field, "the topology has no members"),
+        2 => problems.add(
+            &field,
+            "two voters cannot tolerate the loss of either: use 1 (no fault tolerance) or 3 or more",
+        ),
+        _ => {}
+    }
+    let Some(me) = members.iter().find(|m| m.name == node_id).cloned() else {
+        problems.add(
+            &field,
+            format!("this node (`{node_id}`) is not a member of the topology"),
+        );
+        return None;
+    };
+    if peer.is_some_and(|p| p != me.peer) {
+        problems.add(
+            "listeners.peer",
+            format!(
+                "{} differs from this node's peer address in the topology ({})",
+                peer.unwrap_or(me.peer),
+                me.peer
+            ),
+        );
+    }
+    if public.is_some_and(|p| p != me.public) {
+        problems.add(
+            "listeners.public",
+            format!(
+                "{} differs from this node's public address in the topology ({})",
+                public.unwrap_or(me.public),
+                me.public
+            ),
+        );
+    }
+    let heartbeat = raw.heartbeat_ms.unwrap_or(100);
+    let [min, max] = raw.election_timeout_ms.unwrap_or([500, 1000]);
+    if !(10..=10_000).contains(&heartbeat) {
+        problems.add(
+            "cluster.heartbeat_ms",
+            format!("{heartbeat} is out of range: use 10 to 10000"),
+        );
+    }
+    if min <= heartbeat * 2 || max <= min || max > 60_000 {
+        problems.add(
+            "cluster.election_timeout_ms",
+            format!("[{min}, {max}] is not usable: use [min, max] with heartbeat_ms * 2 < min < max <= 60000"),
+        );
+    }
+    let snapshot_every = raw.snapshot_every.unwrap_or(5000);
+    if !(10..=10_000_000).contains(&snapshot_every) {
+        problems.add(
+            "cluster.snapshot_every",
+            format!("{snapshot_every} is out of range: use 10 to 10000000 log entries"),
+        );
+    }
+    Some(ClusterSettings {
+        id: me.id,
+        members,
+        secret: secret?,
+        bootstrap: raw.bootstrap,
+        heartbeat: Duration::from_millis(heartbeat),
+        election_timeout: (Duration::from_millis(min), Duration::from_millis(max)),
+        snapshot_every,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod api_error;
 pub mod auth;
 pub mod catalogue;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod ingress;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::{
     admin::{self, NodeInfo, Readiness, ServiceState},
     auth::Auth,
     catalogue::{Catalogue, ServiceContext},
+    cluster::Cluster,
     config::Config,
     ingress::{self, Ingress, IngressLimits},
     metrics::Metrics,
@@ -52,6 +53,8 @@ pub enum NodeError {
     Catalogue(String),
     #[error("cannot start authentication: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -86,10 +89,32 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         metrics.store.clone(),
     )?;
 
-    let auth = Auth::open(&store, config.auth.clone()).await?;
-
     let admin_listener = server::bind("admin", config.listeners.admin).await?;
     let public_listener = server::bind("public", config.listeners.public).await?;
+    let peer_listener = match config.listeners.peer {
+        Some(addr) => Some(server::bind("peer", addr).await?),
+        None => None,
+    };
+
+    // In a cluster, the store becomes replicated before anything writes to
+    // it: from here on every write, read and migration goes through Raft.
+    let cluster = match &config.cluster {
+        Some(settings) => Some(Cluster::start(settings, store.clone(), &config.data_dir).await?),
+        None => None,
+    };
+    let peer_stop = CancellationToken::new();
+    let peer_task = match (&cluster, peer_listener) {
+        (Some(c), Some(listener)) => {
+            tracing::info!(addr = ?config.listeners.peer, raft_id = c.id, "peer listener serving");
+            Some(tokio::spawn(server::serve(
+                listener,
+                c.peer_router(),
+                peer_stop.clone(),
+                config.limits.shutdown_grace,
+            )))
+        }
+        _ => None,
+    };
 
     let readiness = Arc::new(Readiness::new(&config.services));
     let info = NodeInfo {
@@ -102,11 +127,15 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        admin::router(readiness.clone(), metrics.clone(), info),
+        admin::router(readiness.clone(), metrics.clone(), info, cluster.clone()),
         admin_stop.clone(),
         config.limits.shutdown_grace,
     ));
     tracing::info!(addr = %config.listeners.admin, "admin listener serving");
+
+    // Auth's migrations and signing keys need a working store: in a cluster
+    // this waits until there is a leader.
+    let auth = Auth::open(&store, config.auth.clone()).await?;
 
     let node_id: Arc<str> = Arc::from(config.node_id.as_str());
     let mut routers = HashMap::new();
@@ -172,6 +201,11 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let signal = stop_signal.recv().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     readiness.start_draining();
+    if let Some(c) = &cluster {
+        // Hand leadership over first, so writes in flight here are
+        // forwarded to a leader that stays.
+        c.transfer_leadership().await;
+    }
     public_stop.cancel();
     let drained = public_task.await.unwrap_or(false);
     if !drained {
@@ -182,6 +216,13 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     }
     maintenance_stop.cancel();
     let _ = maintenance.await;
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
+    peer_stop.cancel();
+    if let Some(t) = peer_task {
+        let _ = t.await;
+    }
     admin_stop.cancel();
     let _ = admin_task.await;
     tracing::info!("stopped");

@@ -136,6 +136,9 @@ pub struct ApplyEntry {
     pub proposal: Option<Proposal>,
 }
 
+/// The last applied log id and the membership, as opaque bytes.
+pub type AppliedState = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A consistent copy of the database, made without blocking writes for
 /// longer than the copy, with the log position and membership it contains.
 #[derive(Debug)]
@@ -178,7 +181,7 @@ enum Job {
         reply: Reply<()>,
     },
     AppliedState {
-        reply: Reply<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+        reply: Reply<AppliedState>,
     },
 }
 
@@ -537,7 +540,7 @@ impl Store {
     }
 
     /// The last applied log id and membership, as recorded with the data.
-    pub async fn applied_state(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+    pub async fn applied_state(&self) -> Result<AppliedState, StoreError> {
         self.job(|reply| Job::AppliedState { reply }).await
     }
 
@@ -896,7 +899,7 @@ impl Writer {
         Ok(result)
     }
 
-    fn applied_state(&mut self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StoreError> {
+    fn applied_state(&mut self) -> Result<AppliedState, StoreError> {
         self.guard.set_mode(Mode::System);
         let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
             self.conn

@@ -1,0 +1,601 @@
+//! HA: the node's database replicated with Raft (openraft 0.9, pinned; see
+//! docs/adr/0005-openraft.md).
+//!
+//! - `log_store`: the Raft log and vote, fsynced before they are
+//!   acknowledged, with checksums.
+//! - `state_machine`: the store itself; each entry applies in one
+//!   transaction with the last applied log id and the membership.
+//! - `network`: the peer listener's gRPC transport, authenticated with the
+//!   cluster secret.
+//!
+//! [`Cluster`] is the store's [`Replicator`]: a service's write becomes a
+//! proposal (with a request id, and a time and random seed chosen by the
+//! leader), is committed on a quorum, applied everywhere, and answered with
+//! the result the leader's state machine computed. A follower forwards
+//! writes and reads to the leader. Reads are linearizable (read index
+//! through the leader).
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Cursor,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use futures_util::{FutureExt, future::BoxFuture};
+use openraft::{BasicNode, Config, Raft, error::ClientWriteError, raft::ClientWriteResponse};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    proto::peer::{Blob, peer_server},
+    store::{
+        Applied, Command, Outcome, Proposal, Replicator, Statement, Store, StoreError, now_ms,
+    },
+};
+
+/// A peer's answer to a forwarded write or read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerReply<T> {
+    Done(T),
+    /// This node does not lead; the leader it knows of, if any.
+    NotLeader(Option<u64>),
+}
+
+impl<T> From<Result<T, Option<u64>>> for PeerReply<T> {
+    fn from(r: Result<T, Option<u64>>) -> Self {
+        match r {
+            Ok(v) => PeerReply::Done(v),
+            Err(hint) => PeerReply::NotLeader(hint),
+        }
+    }
+}
+
+/// The result of applying one entry, as the state machine returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyResponse(pub Result<Applied, StoreError>);
+
+openraft::declare_raft_types!(
+    /// flotilla's Raft types: proposals in, apply results out.
+    pub TypeConfig:
+        D = Proposal,
+        R = ApplyResponse,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// One member of the static topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub peer: SocketAddr,
+    pub public: SocketAddr,
+}
+
+/// The cluster part of a validated config.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// This node's Raft id.
+    pub id: u64,
+    pub members: Vec<Member>,
+    pub secret: String,
+    /// Initialize the cluster from the topology if it is not initialized.
+    /// Safe on every member: all initialize with the same membership.
+    pub bootstrap: bool,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    pub snapshot_every: u64,
+}
+
+/// How long a write or read waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot open the raft log: {0}")]
+    Log(String),
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Start(String),
+}
+
+pub struct Cluster {
+    pub id: u64,
+    raft: Raft<TypeConfig>,
+    store: Store,
+    members: BTreeMap<u64, Member>,
+    credential: Arc<str>,
+}
+
+fn unavailable(message: String) -> StoreError {
+    StoreError::Storage(message)
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Cluster {
+    /// Opens the raft log in `data_dir`, starts Raft over the store, makes
+    /// the store replicated, and bootstraps if configured.
+    pub async fn start(
+        settings: &ClusterSettings,
+        store: Store,
+        data_dir: &Path,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let config = Config {
+            cluster_name: "flotilla".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_timeout.0.as_millis() as u64,
+            election_timeout_max: settings.election_timeout.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let log = log_store::LogStore::open(&data_dir.join("raft-log.db"))
+            .map_err(|e| ClusterError::Log(e.to_string()))?;
+        let snapshots = data_dir.join("snapshots");
+        std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;
+        let sm = state_machine::StateMachine::new(store.clone(), snapshots);
+        let credential: Arc<str> = Arc::from(network::credential(&settings.secret));
+        let raft = Raft::new(
+            settings.id,
+            Arc::new(config),
+            network::Network::new(credential.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let cluster = Arc::new(Cluster {
+            id: settings.id,
+            raft,
+            store: store.clone(),
+            members: settings.members.iter().map(|m| (m.id, m.clone())).collect(),
+            credential,
+        });
+        store
+            .set_replicator(Arc::new(ReplicatorHandle(Arc::downgrade(&cluster))))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        if settings.bootstrap {
+            cluster.bootstrap().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Initializes the cluster with every member of the topology as a voter,
+    /// unless this node already belongs to an initialized cluster.
+    async fn bootstrap(&self) -> Result<(), ClusterError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Start(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, BasicNode> = self
+            .members
+            .values()
+            .map(|m| (m.id, BasicNode::new(m.peer.to_string())))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(
+                    members = self.members.len(),
+                    "initialized the cluster from the topology"
+                );
+                Ok(())
+            }
+            // Another member's leader reached us first: nothing to do.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(ClusterError::Start(e.to_string())),
+        }
+    }
+
+    /// The peer gRPC service, behind the credential check.
+    pub fn peer_router(self: &Arc<Self>) -> axum::Router {
+        crate::catalogue::grpc_router(peer_server::PeerServer::with_interceptor(
+            PeerService {
+                cluster: self.clone(),
+            },
+            network::check_credential(self.credential.clone()),
+        ))
+    }
+
+    fn leader_client(&self, leader: u64) -> Result<network::Client, StoreError> {
+        let member = self
+            .members
+            .get(&leader)
+            .ok_or_else(|| unavailable(format!("the leader {leader} is not in the topology")))?;
+        network::client(&member.peer.to_string(), &self.credential).map_err(unavailable)
+    }
+
+    /// Proposes `command` on this node, which must be the leader; stamps the
+    /// leader's time and seed.
+    async fn propose(
+        &self,
+        request_id: String,
+        command: Command,
+    ) -> Result<ApplyResponse, Option<u64>> {
+        let proposal = Proposal {
+            request_id,
+            time_ms: now_ms(),
+            seed: rand::rngs::OsRng.next_u64() as i64,
+            command,
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(ClientWriteResponse { data, .. }) => Ok(data),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(f.leader_id)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a proposal failed");
+                Err(None)
+            }
+        }
+    }
+
+    /// A write from anywhere: proposed here if this node leads, forwarded to
+    /// the leader otherwise, retried (same request id, so it applies once)
+    /// until a leader answers or `LEADER_WAIT` passes.
+    async fn write(&self, command: Command) -> Result<Applied, StoreError> {
+        let id = request_id();
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut leader = self.raft.current_leader().await;
+        loop {
+            let attempt = match leader {
+                Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
+                Some(l) => self.forward_write(l, &id, &command).await,
+                None => Err(None),
+            };
+            match attempt {
+                Ok(ApplyResponse(result)) => return result,
+                Err(hint) => {
+                    if Instant::now() >= deadline {
+                        return Err(unavailable(format!(
+                            "no leader accepted the write within {} s: the cluster has no quorum",
+                            LEADER_WAIT.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    leader = hint.or(self.raft.current_leader().await);
+                }
+            }
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        leader: u64,
+        id: &str,
+        command: &Command,
+    ) -> Result<ApplyResponse, Option<u64>> {
+        let Ok(mut client) = self.leader_client(leader) else {
+            return Err(None);
+        };
+        let mut req = tonic::Request::new(network::blob(&(id, command)));
+        req.set_timeout(LEADER_WAIT);
+        match client.write(req).await {
+            Ok(reply) => match serde_json::from_slice(&reply.into_inner().data) {
+                Ok(PeerReply::Done(r)) => Ok(r),
+                Ok(PeerReply::NotLeader(hint)) => Err(hint),
+                Err(_) => Err(None),
+            },
+            Err(_) => Err(None),
+        }
+    }
+
+    /// A linearizable read: the leader confirms its leadership with a quorum
+    /// (read index) and waits until it has applied up to it, then reads.
+    async fn read(&self, namespace: String, statement: Statement) -> Result<Outcome, StoreError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match self.raft.ensure_linearizable().await {
+                Ok(_) => return self.store.read_local(&namespace, statement).await,
+                Err(e) => e.forward_to_leader().and_then(|f| f.leader_id),
+            };
+            if let Some(l) = leader.filter(|l| *l != self.id)
+                && let Ok(mut client) = self.leader_client(l)
+            {
+                let mut req = tonic::Request::new(network::blob(&(&namespace, &statement)));
+                req.set_timeout(LEADER_WAIT);
+                if let Ok(reply) = client.read(req).await
+                    && let Ok(PeerReply::Done(result)) =
+                        serde_json::from_slice::<PeerReply<Result<Outcome, StoreError>>>(
+                            &reply.into_inner().data,
+                        )
+                {
+                    return result;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "no leader confirmed the read within {} s: the cluster has no quorum",
+                    LEADER_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Raft's view of this node, for `/status` and `/readyz`.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let peers: Vec<serde_json::Value> = self
+            .members
+            .values()
+            .map(|member| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&member.id).cloned().flatten())
+                    .map(|l| l.index);
+                serde_json::json!({
+                    "id": member.id,
+                    "name": member.name,
+                    "peer": member.peer.to_string(),
+                    "voter": voters.contains(&member.id),
+                    "matched_index": matched,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "role": format!("{:?}", m.state),
+            "term": m.current_term,
+            "leader": m.current_leader,
+            "last_log_index": m.last_log_index,
+            "commit_index": m.last_applied.map(|l| l.index),
+            "applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "peers": peers,
+        })
+    }
+
+    /// Whether the cluster has a leader this node knows.
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    /// Hands leadership over (if this node leads) and stops Raft.
+    pub async fn shutdown(&self) {
+        if self.raft.current_leader().await == Some(self.id) {
+            self.transfer_leadership().await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+    }
+
+    /// Asks the most caught-up follower to start an election now and waits
+    /// (briefly) until someone else leads.
+    pub async fn transfer_leadership(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(replication) = m.replication else {
+            return;
+        };
+        let target = replication
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .max_by_key(|(_, matched)| matched.map(|l| l.index))
+            .map(|(id, _)| *id);
+        let Some(target) = target else { return };
+        let Ok(mut client) = self.leader_client(target) else {
+            return;
+        };
+        let mut req = tonic::Request::new(Blob::default());
+        req.set_timeout(Duration::from_secs(2));
+        if client.timeout_now(req).await.is_err() {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.id),
+                "leadership handed over",
+            )
+            .await;
+        tracing::info!(to = target, "handed leadership over");
+    }
+}
+
+/// The store's replicator: a weak handle, so the cluster and the store do
+/// not keep each other alive.
+struct ReplicatorHandle(Weak<Cluster>);
+
+impl Replicator for ReplicatorHandle {
+    fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let cluster = self.0.upgrade();
+        async move {
+            match cluster {
+                Some(c) => c.write(command).await,
+                None => Err(StoreError::Closed),
+            }
+        }
+        .boxed()
+    }
+
+    fn read(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        let cluster = self.0.upgrade();
+        async move {
+            match cluster {
+                Some(c) => c.read(namespace, statement).await,
+                None => Err(StoreError::Closed),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A replicator for administrative commands run outside a node (`accounts
+/// create-admin`, `auth rotate-keys`): it sends writes and reads to the
+/// running members over the peer listener, authenticated with the cluster
+/// secret, so they go through Raft like any other.
+pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
+    Arc::new(Remote {
+        members: settings.members.clone(),
+        credential: network::credential(&settings.secret),
+    })
+}
+
+struct Remote {
+    members: Vec<Member>,
+    credential: String,
+}
+
+impl Remote {
+    /// Calls `call` on the members, following leader hints, until one
+    /// answers with a result or `LEADER_WAIT` passes.
+    async fn call<T: serde::de::DeserializeOwned>(
+        members: Vec<Member>,
+        credential: String,
+        method: &'static str,
+        payload: Blob,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let mut next: Option<u64> = None;
+        let mut last_error = String::from("no member answered");
+        loop {
+            let order: Vec<&Member> = match next.and_then(|l| members.iter().find(|m| m.id == l)) {
+                Some(leader) => vec![leader],
+                None => members.iter().collect(),
+            };
+            next = None;
+            for member in order {
+                let Ok(mut client) = network::client(&member.peer.to_string(), &credential) else {
+                    continue;
+                };
+                let mut req = tonic::Request::new(payload.clone());
+                req.set_timeout(LEADER_WAIT);
+                let reply = match method {
+                    "write" => client.write(req).await,
+                    _ => client.read(req).await,
+                };
+                match reply {
+                    Ok(r) => match serde_json::from_slice::<PeerReply<T>>(&r.into_inner().data) {
+                        Ok(PeerReply::Done(v)) => return Ok(v),
+                        Ok(PeerReply::NotLeader(Some(leader))) => {
+                            next = Some(leader);
+                            break;
+                        }
+                        Ok(PeerReply::NotLeader(None)) => {}
+                        Err(e) => {
+                            last_error = format!("undecodable reply from {}: {e}", member.name)
+                        }
+                    },
+                    Err(status) => last_error = format!("{}: {}", member.name, status.message()),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "no cluster member accepted the request: {last_error}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Replicator for Remote {
+    fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let (members, credential) = (self.members.clone(), self.credential.clone());
+        async move {
+            let payload = network::blob(&(request_id(), command));
+            let ApplyResponse(result) = Remote::call(members, credential, "write", payload).await?;
+            result
+        }
+        .boxed()
+    }
+
+    fn read(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        let (members, credential) = (self.members.clone(), self.credential.clone());
+        async move {
+            let payload = network::blob(&(namespace, statement));
+            Remote::call::<Result<Outcome, StoreError>>(members, credential, "read", payload)
+                .await?
+        }
+        .boxed()
+    }
+}
+
+struct PeerService {
+    cluster: Arc<Cluster>,
+}
+
+type PeerResult = Result<tonic::Response<Blob>, tonic::Status>;
+
+fn reply<T: Serialize>(value: &T) -> PeerResult {
+    Ok(tonic::Response::new(network::blob(value)))
+}
+
+#[tonic::async_trait]
+impl peer_server::Peer for PeerService {
+    async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let req = network::unblob(r.get_ref())?;
+        reply(&self.cluster.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let req = network::unblob(r.get_ref())?;
+        reply(&self.cluster.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let req = network::unblob(r.get_ref())?;
+        reply(&self.cluster.raft.install_snapshot(req).await)
+    }
+
+    async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let (id, command): (String, Command) = network::unblob(r.get_ref())?;
+        reply(&PeerReply::from(self.cluster.propose(id, command).await))
+    }
+
+    async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
+        let result: PeerReply<Result<Outcome, StoreError>> =
+            match self.cluster.raft.ensure_linearizable().await {
+                Ok(_) => {
+                    PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
+                }
+                Err(e) => PeerReply::NotLeader(e.forward_to_leader().and_then(|f| f.leader_id)),
+            };
+        reply(&result)
+    }
+
+    async fn timeout_now(&self, _: tonic::Request<Blob>) -> PeerResult {
+        self.cluster
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        reply(&())
+    }
+}

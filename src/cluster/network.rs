@@ -1,0 +1,212 @@
+//! Node-to-node transport over the peer listener: tonic gRPC carrying the
+//! JSON encoding of openraft's messages, authenticated with a credential
+//! derived from the cluster secret.
+//!
+//! Every call carries `x-flotilla-peer: <credential>`; the server compares
+//! it in constant time before anything else, so nothing without the secret
+//! can join, vote or write.
+
+use std::{sync::Arc, time::Duration};
+
+use hmac::{Hmac, Mac};
+use openraft::{
+    BasicNode, RaftNetwork, RaftNetworkFactory,
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::RPCOption,
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tonic::{
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
+};
+
+use super::TypeConfig;
+use crate::proto::peer::{Blob, peer_client::PeerClient};
+
+type NodeId = u64;
+
+pub const CREDENTIAL_HEADER: &str = "x-flotilla-peer";
+
+/// The credential peers present, derived from the cluster secret.
+pub fn credential(secret: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(b"flotilla/v1/peer credential");
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Server side: refuses a call without the right credential.
+pub fn check_credential(
+    expected: Arc<str>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req: tonic::Request<()>| {
+        let presented = req
+            .metadata()
+            .get(CREDENTIAL_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(expected.as_bytes())) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "peer credential missing or wrong: this node belongs to another cluster (check cluster.secret)",
+            ))
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AddCredential(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AddCredential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(CREDENTIAL_HEADER, self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Client = PeerClient<InterceptedService<Channel, AddCredential>>;
+
+/// A client for the peer at `addr`, connecting lazily (and reconnecting).
+pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10));
+    let value = credential
+        .parse()
+        .map_err(|e| format!("the peer credential is not valid metadata: {e}"))?;
+    Ok(
+        PeerClient::with_interceptor(endpoint.connect_lazy(), AddCredential(value))
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024),
+    )
+}
+
+/// Encodes a message for the wire.
+pub fn blob<T: serde::Serialize>(value: &T) -> Blob {
+    Blob {
+        data: serde_json::to_vec(value).expect("openraft messages always encode"),
+    }
+}
+
+/// Decodes a message from the wire; bad input is an error, never a panic.
+pub fn unblob<T: serde::de::DeserializeOwned>(blob: &Blob) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&blob.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("undecodable peer message: {e}")))
+}
+
+pub struct Network {
+    credential: Arc<str>,
+}
+
+impl Network {
+    pub fn new(credential: Arc<str>) -> Network {
+        Network { credential }
+    }
+}
+
+pub struct Connection {
+    target: NodeId,
+    client: Result<Client, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            target,
+            client: client(&node.addr, &self.credential),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    e.clone(),
+                ))));
+            }
+        };
+        let mut client = client;
+        let mut req = tonic::Request::new(blob(request));
+        req.set_timeout(option.hard_ttl());
+        let result = match method {
+            "append_entries" => client.append_entries(req).await,
+            "vote" => client.vote(req).await,
+            _ => client.install_snapshot(req).await,
+        };
+        let reply = result.map_err(|status| {
+            let e = TransportError(format!("peer {}: {status}", self.target));
+            match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            }
+        })?;
+        let decoded: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
+                RPCError::Network(NetworkError::new(&TransportError(format!(
+                    "undecodable reply: {e}"
+                ))))
+            })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append_entries", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("install_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}
