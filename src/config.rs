@@ -50,6 +50,7 @@ struct RawCluster {
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<[u64; 2]>,
     snapshot_every: Option<u64>,
+    snapshot_keep_logs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -704,8 +705,16 @@ fn parse_cluster(
             format!("{snapshot_every} is out of range: use 10 to 10000000 log entries"),
         );
     }
+    let snapshot_keep_logs = raw.snapshot_keep_logs.unwrap_or(1000);
+    if snapshot_keep_logs > 10_000_000 {
+        problems.add(
+            "cluster.snapshot_keep_logs",
+            format!("{snapshot_keep_logs} is out of range: use 0 to 10000000"),
+        );
+    }
     Some(ClusterSettings {
         id: me.id,
+        snapshot_keep_logs,
         members,
         secret: secret?,
         bootstrap: raw.bootstrap,

@@ -93,6 +93,8 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, for followers that lag a little.
+    pub snapshot_keep_logs: u64,
 }
 
 /// How long a write or read waits for a leader before giving up.
@@ -140,7 +142,7 @@ impl Cluster {
             election_timeout_min: settings.election_timeout.0.as_millis() as u64,
             election_timeout_max: settings.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: settings.snapshot_keep_logs,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..Default::default()
         }

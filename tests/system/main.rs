@@ -4,6 +4,7 @@
 mod auth;
 mod config;
 mod example;
+mod ha;
 mod ingress;
 mod kv;
 mod lifecycle;

@@ -104,9 +104,33 @@ impl Node {
         node
     }
 
+    /// A node on a config the caller wrote, not started yet.
+    pub fn prepared(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        public: SocketAddr,
+        admin: SocketAddr,
+    ) -> Node {
+        Node {
+            child: None,
+            public,
+            admin,
+            dir,
+            config_path,
+            binary: PathBuf::from(BINARY),
+        }
+    }
+
     /// Starts the process (again) on the same config and data, and waits
     /// until it is ready.
     pub fn spawn(&mut self, extra_args: &[&str]) {
+        self.spawn_only(extra_args);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to be ready (a cluster
+    /// member is ready only once a quorum is up).
+    pub fn spawn_only(&mut self, extra_args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,7 +147,6 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready();
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -138,7 +161,7 @@ impl Node {
         self.child.as_ref().expect("running").id()
     }
 
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("http://{}/readyz", self.admin);
         while Instant::now() < deadline {

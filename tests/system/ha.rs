@@ -1,0 +1,399 @@
+//! HA mode: three real nodes on loopback forming a Raft group.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_port, http, run_cli_with_input,
+};
+
+pub struct TestCluster {
+    pub nodes: Vec<Node>,
+    _topology: tempfile::TempDir,
+}
+
+const CLUSTER_SECRET: &str = "ha-test-cluster-secret-0a9b8c7d6e5f4";
+
+impl TestCluster {
+    /// Three members on free loopback ports. `extra` goes into each node's
+    /// `cluster:` section.
+    pub fn start(extra: &str) -> TestCluster {
+        let topology_dir = tempfile::tempdir().unwrap();
+        let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> =
+            (0..3).map(|_| (addr(), addr(), addr())).collect();
+        let topology = topology_dir.path().join("topology.yaml");
+        let mut text = String::from("members:\n");
+        for (i, (public, _, peer)) in members.iter().enumerate() {
+            text.push_str(&format!(
+                "  - {{id: {}, node: ha-{}, peer: '{peer}', public: '{public}'}}\n",
+                i + 1,
+                i + 1
+            ));
+        }
+        std::fs::write(&topology, text).unwrap();
+        let mut nodes = Vec::new();
+        for (i, (public, admin, peer)) in members.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let config = format!(
+                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\n",
+                i + 1,
+                dir.path().join("data").display(),
+                topology.display()
+            );
+            let path = dir.path().join("node.yaml");
+            std::fs::write(&path, config).unwrap();
+            nodes.push(Node::prepared(dir, path, public, admin));
+        }
+        for n in &mut nodes {
+            n.spawn_only(&[]);
+        }
+        for n in &mut nodes {
+            n.wait_ready();
+        }
+        TestCluster {
+            nodes,
+            _topology: topology_dir,
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let r = http()
+            .get(self.nodes[i].admin_url("/status"))
+            .send()
+            .await
+            .ok()?;
+        r.json::<Value>().await.ok().map(|v| v["cluster"].clone())
+    }
+
+    /// The index of the current leader, as the running nodes see it.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].child.is_some()
+                    && let Some(s) = self.status(i).await
+                    && s["role"] == "Leader"
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node has applied the same index.
+    pub async fn converge(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut applied = HashSet::new();
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].child.is_some() {
+                    applied.insert(self.status(i).await.map(|s| s["applied_index"].clone()));
+                }
+            }
+            if applied.len() == 1 && !applied.contains(&None) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not converge: {applied:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates the admin through Raft with the CLI, and logs in.
+    pub async fn admin_token(&self) -> String {
+        let node = &self.nodes[0];
+        let (code, out, err) = run_cli_with_input(
+            std::path::Path::new(BINARY),
+            &[
+                "accounts",
+                "create-admin",
+                "--config",
+                node.config_path.to_str().unwrap(),
+                "--username",
+                ADMIN,
+            ],
+            &format!("{ADMIN_PASSWORD}\n"),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        self.nodes[1].login(ADMIN, ADMIN_PASSWORD).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn stop_all(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                n.signal("TERM");
+            }
+        }
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                let status = n.wait_exit(Duration::from_secs(20));
+                assert_eq!(status.code(), Some(0), "{}", n.log());
+            }
+        }
+    }
+
+    /// Every kv row (owner, key, value, version) of each node's database
+    /// file, with its integrity check.
+    pub fn kv_rows(&self) -> Vec<(String, BTreeMap<(String, String), (String, i64)>)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let db = rusqlite::Connection::open_with_flags(
+                    n.dir.path().join("data").join("flotilla.db"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                let check: String = db
+                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                    .unwrap();
+                let mut stmt = db
+                    .prepare("SELECT owner, key, value, version FROM kv__items")
+                    .unwrap();
+                let rows = stmt
+                    .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))
+                    .unwrap()
+                    .collect::<Result<BTreeMap<_, _>, _>>()
+                    .unwrap();
+                (check, rows)
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn writes_on_any_node_are_replicated_and_reads_are_linearizable() {
+    let mut cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let c = authed(&token);
+    // Write through each node (followers forward to the leader), read back
+    // through every other node at once.
+    for (i, writer) in cluster.nodes.iter().enumerate() {
+        let r = c
+            .put(writer.url(&format!("/api/kv/keys/from-{i}")))
+            .json(&json!({"value": format!("v{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        for reader in &cluster.nodes {
+            let r: Value = c
+                .get(reader.url(&format!("/api/kv/keys/from-{i}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                r["value"],
+                format!("v{i}"),
+                "read-your-write through another node"
+            );
+        }
+    }
+    // Status shows the Raft view.
+    let leader = cluster.leader().await;
+    let s = cluster.status(leader).await.unwrap();
+    assert_eq!(s["peers"].as_array().unwrap().len(), 3);
+    assert!(s["term"].as_u64().unwrap() >= 1);
+    cluster.converge().await;
+    cluster.stop_all();
+    let rows = cluster.kv_rows();
+    for (check, data) in &rows {
+        assert_eq!(check, "ok");
+        assert_eq!(data, &rows[0].1);
+        assert_eq!(data.len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
+    // Small snapshots so the restarted node catches up from a snapshot.
+    let mut cluster = TestCluster::start(", snapshot_every: 100, snapshot_keep_logs: 10");
+    let token = cluster.admin_token().await;
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let (acked, urls, stop) = (acked.clone(), urls.clone(), stop.clone());
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(12))
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {token}").parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            )
+            .build()
+            .unwrap();
+        writers.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{w}/k{i}");
+                let value = format!("{w}-{i}");
+                // Spread the writers over the nodes; a dead node's writers
+                // move on to the next one.
+                let base = &urls[(w + i + failed) % urls.len()];
+                match c
+                    .put(format!("{base}/api/kv/keys/{key}"))
+                    .json(&json!({ "value": value }))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => acked.lock().unwrap().push((key, value)),
+                    // Unacknowledged (error or timeout): unknown, never counted.
+                    _ => failed += 1,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = cluster.leader().await;
+    let before = acked.lock().unwrap().len();
+    cluster.nodes[leader].kill9();
+    let killed_at = Instant::now();
+    // A new leader accepts writes.
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let c = authed(&token);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .put(cluster.nodes[new_leader].url("/api/kv/keys/after-failover"))
+            .json(&json!({"value": "ok"}))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted after the failover"
+        );
+    }
+    let failover = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The killed node comes back and catches up.
+    cluster.nodes[leader].spawn(&[]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before,
+        "writes continued after the kill: {} then {}",
+        before,
+        acked.len()
+    );
+    cluster.converge().await;
+    cluster.stop_all();
+    let rows = cluster.kv_rows();
+    for (i, (check, data)) in rows.iter().enumerate() {
+        assert_eq!(check, "ok", "node {i} integrity");
+        assert_eq!(data, &rows[0].1, "node {i} differs from node 0");
+        for (key, value) in &acked {
+            let found = data.iter().find(|((_, k), _)| k == key).map(|(_, v)| &v.0);
+            assert_eq!(
+                found,
+                Some(value),
+                "acknowledged write {key} missing on node {i}"
+            );
+        }
+    }
+    eprintln!(
+        "acknowledged {} writes; first write accepted {:?} after kill -9 of the leader",
+        acked.len(),
+        failover
+    );
+}
+
+#[tokio::test]
+async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
+    let mut cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let c = authed(&token);
+    for i in 0..30 {
+        let node = &cluster.nodes[i % 3];
+        let r = c
+            .put(node.url(&format!("/api/kv/keys/r{i}")))
+            .json(&json!({"value": i.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    cluster.stop_all();
+    for n in &mut cluster.nodes {
+        n.spawn_only(&[]);
+    }
+    for n in &mut cluster.nodes {
+        n.wait_ready();
+    }
+    let token = cluster.nodes[2].login(ADMIN, ADMIN_PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r: Value = authed(&token)
+        .get(cluster.nodes[0].url("/api/kv/keys?prefix=r&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["entries"].as_array().unwrap().len(), 30);
+}
+
+#[tokio::test]
+async fn a_peer_without_the_cluster_secret_is_refused() {
+    let cluster = TestCluster::start("");
+    let peer = {
+        let text = std::fs::read_to_string(&cluster.nodes[0].config_path).unwrap();
+        let start = text.find("peer: '").unwrap() + 7;
+        text[start..start + text[start..].find('\'').unwrap()].to_owned()
+    };
+    let mut client =
+        flotilla::proto::peer::peer_client::PeerClient::connect(format!("http://{peer}"))
+            .await
+            .unwrap();
+    let err = client
+        .vote(flotilla::proto::peer::Blob {
+            data: b"{}".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let wrong = flotilla::cluster::network::client(
+        &peer,
+        &flotilla::cluster::network::credential("not-the-secret-at-all-0123456789"),
+    )
+    .unwrap()
+    .write(flotilla::proto::peer::Blob {
+        data: b"{}".to_vec(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+}
