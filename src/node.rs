@@ -201,6 +201,8 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let signal = stop_signal.recv().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     readiness.start_draining();
+    maintenance_stop.cancel();
+    let _ = maintenance.await;
     if let Some(c) = &cluster {
         // Hand leadership over first, so writes in flight here are
         // forwarded to a leader that stays.
@@ -214,8 +216,6 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             "some requests did not finish within the shutdown grace period and were cut off"
         );
     }
-    maintenance_stop.cancel();
-    let _ = maintenance.await;
     if let Some(c) = &cluster {
         c.shutdown().await;
     }

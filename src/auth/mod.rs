@@ -175,20 +175,29 @@ impl Auth {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(RING_RELOAD) => {}
             }
-            if let Some(period) = self.settings.key_rotation {
-                match keys::current_created_at(&self.keys).await {
-                    Ok(Some(created)) if created + period.as_secs() as i64 <= now() => {
-                        if let Err(e) = self.rotate_keys().await {
-                            tracing::error!(error = %e, "scheduled key rotation failed");
-                        }
+            // A round may wait on the store (in a cluster, on a quorum):
+            // stopping must not wait for it.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.maintenance_round() => {}
+            }
+        }
+    }
+
+    async fn maintenance_round(&self) {
+        if let Some(period) = self.settings.key_rotation {
+            match keys::current_created_at(&self.keys).await {
+                Ok(Some(created)) if created + period.as_secs() as i64 <= now() => {
+                    if let Err(e) = self.rotate_keys().await {
+                        tracing::error!(error = %e, "scheduled key rotation failed");
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot read the signing keys"),
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the signing keys"),
             }
-            if let Err(e) = self.reload_ring().await {
-                tracing::error!(error = %e, "cannot reload the signing keys; keeping the previous ones");
-            }
+        }
+        if let Err(e) = self.reload_ring().await {
+            tracing::error!(error = %e, "cannot reload the signing keys; keeping the previous ones");
         }
     }
 

@@ -99,6 +99,8 @@ pub struct ClusterSettings {
 
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long one proposal or read-index round may take before it is retried.
+const PROPOSAL_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -143,7 +145,10 @@ impl Cluster {
             election_timeout_max: settings.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_keep_logs,
-            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Per chunk; generous, so a loaded machine does not turn a slow
+            // chunk into an endless resend.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         }
         .validate()
@@ -242,13 +247,20 @@ impl Cluster {
             seed: rand::rngs::OsRng.next_u64() as i64,
             command,
         };
-        match self.raft.client_write(proposal).await {
-            Ok(ClientWriteResponse { data, .. }) => Ok(data),
-            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+        // A leader that loses its leadership while the entry is in flight
+        // may never answer: give up after a while and let the caller retry
+        // (the request id makes the retry apply at most once).
+        match tokio::time::timeout(PROPOSAL_WAIT, self.raft.client_write(proposal)).await {
+            Ok(Ok(ClientWriteResponse { data, .. })) => Ok(data),
+            Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(f.leader_id)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "a proposal failed");
+                Err(None)
+            }
+            Err(_) => {
+                tracing::warn!("a proposal was not answered in time; retrying");
                 Err(None)
             }
         }
@@ -259,17 +271,23 @@ impl Cluster {
     /// until a leader answers or `LEADER_WAIT` passes.
     async fn write(&self, command: Command) -> Result<Applied, StoreError> {
         let id = request_id();
+        tracing::debug!(request = %id, "write: start");
         let deadline = Instant::now() + LEADER_WAIT;
         let mut leader = self.raft.current_leader().await;
         loop {
+            tracing::debug!(request = %id, ?leader, "write: attempt");
             let attempt = match leader {
                 Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
                 Some(l) => self.forward_write(l, &id, &command).await,
                 None => Err(None),
             };
             match attempt {
-                Ok(ApplyResponse(result)) => return result,
+                Ok(ApplyResponse(result)) => {
+                    tracing::debug!(request = %id, ?leader, "write: done");
+                    return result;
+                }
                 Err(hint) => {
+                    tracing::debug!(?leader, ?hint, "write attempt found no leader; retrying");
                     if Instant::now() >= deadline {
                         return Err(unavailable(format!(
                             "no leader accepted the write within {} s: the cluster has no quorum",
@@ -292,9 +310,17 @@ impl Cluster {
         let Ok(mut client) = self.leader_client(leader) else {
             return Err(None);
         };
+        let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
         let mut req = tonic::Request::new(network::blob(&(id, command)));
-        req.set_timeout(LEADER_WAIT);
-        match client.write(req).await {
+        req.set_timeout(deadline);
+        let answer = tokio::time::timeout(deadline, client.write(req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "the leader did not answer in time",
+                ))
+            });
+        match answer {
             Ok(reply) => match serde_json::from_slice(&reply.into_inner().data) {
                 Ok(PeerReply::Done(r)) => Ok(r),
                 Ok(PeerReply::NotLeader(hint)) => Err(hint),
@@ -307,18 +333,23 @@ impl Cluster {
     /// A linearizable read: the leader confirms its leadership with a quorum
     /// (read index) and waits until it has applied up to it, then reads.
     async fn read(&self, namespace: String, statement: Statement) -> Result<Outcome, StoreError> {
+        tracing::debug!(%namespace, "read: start");
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let leader = match self.raft.ensure_linearizable().await {
-                Ok(_) => return self.store.read_local(&namespace, statement).await,
-                Err(e) => e.forward_to_leader().and_then(|f| f.leader_id),
-            };
+            let leader =
+                match tokio::time::timeout(PROPOSAL_WAIT, self.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => return self.store.read_local(&namespace, statement).await,
+                    Ok(Err(e)) => e.forward_to_leader().and_then(|f| f.leader_id),
+                    Err(_) => None,
+                };
+            tracing::debug!(?leader, "read attempt: this node does not lead");
             if let Some(l) = leader.filter(|l| *l != self.id)
                 && let Ok(mut client) = self.leader_client(l)
             {
+                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
                 let mut req = tonic::Request::new(network::blob(&(&namespace, &statement)));
-                req.set_timeout(LEADER_WAIT);
-                if let Ok(reply) = client.read(req).await
+                req.set_timeout(deadline);
+                if let Ok(Ok(reply)) = tokio::time::timeout(deadline, client.read(req)).await
                     && let Ok(PeerReply::Done(result)) =
                         serde_json::from_slice::<PeerReply<Result<Outcome, StoreError>>>(
                             &reply.into_inner().data,
@@ -405,7 +436,10 @@ impl Cluster {
         };
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(2));
-        if client.timeout_now(req).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), client.timeout_now(req)).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         let _ = self
@@ -490,12 +524,18 @@ impl Remote {
                 let Ok(mut client) = network::client(&member.peer.to_string(), &credential) else {
                     continue;
                 };
+                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
                 let mut req = tonic::Request::new(payload.clone());
-                req.set_timeout(LEADER_WAIT);
-                let reply = match method {
-                    "write" => client.write(req).await,
-                    _ => client.read(req).await,
+                req.set_timeout(deadline);
+                let call = async {
+                    match method {
+                        "write" => client.write(req).await,
+                        _ => client.read(req).await,
+                    }
                 };
+                let reply = tokio::time::timeout(deadline, call)
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
                 match reply {
                     Ok(r) => match serde_json::from_slice::<PeerReply<T>>(&r.into_inner().data) {
                         Ok(PeerReply::Done(v)) => return Ok(v),
@@ -570,7 +610,9 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
-        let req = network::unblob(r.get_ref())?;
+        let blob = r.into_inner();
+        let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
+        req.data = blob.payload;
         reply(&self.cluster.raft.install_snapshot(req).await)
     }
 
@@ -581,13 +623,15 @@ impl peer_server::Peer for PeerService {
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
-        let result: PeerReply<Result<Outcome, StoreError>> =
-            match self.cluster.raft.ensure_linearizable().await {
-                Ok(_) => {
-                    PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
-                }
-                Err(e) => PeerReply::NotLeader(e.forward_to_leader().and_then(|f| f.leader_id)),
-            };
+        let confirmed =
+            tokio::time::timeout(PROPOSAL_WAIT, self.cluster.raft.ensure_linearizable()).await;
+        let result: PeerReply<Result<Outcome, StoreError>> = match confirmed {
+            Ok(Ok(_)) => {
+                PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
+            }
+            Ok(Err(e)) => PeerReply::NotLeader(e.forward_to_leader().and_then(|f| f.leader_id)),
+            Err(_) => PeerReply::NotLeader(None),
+        };
         reply(&result)
     }
 

@@ -80,6 +80,10 @@ pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
+        // A deadline on the client side too: `grpc-timeout` alone is only a
+        // request to the server, and a stalled connection must not hang a
+        // caller forever.
+        .timeout(Duration::from_secs(15))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10));
     let value = credential
@@ -96,6 +100,7 @@ pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
 pub fn blob<T: serde::Serialize>(value: &T) -> Blob {
     Blob {
         data: serde_json::to_vec(value).expect("openraft messages always encode"),
+        payload: Vec::new(),
     }
 }
 
@@ -136,14 +141,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 struct TransportError(String);
 
 impl Connection {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &mut self,
         method: &'static str,
-        request: &Req,
+        request: Blob,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
@@ -156,13 +160,22 @@ impl Connection {
             }
         };
         let mut client = client;
-        let mut req = tonic::Request::new(blob(request));
+        let mut req = tonic::Request::new(request);
         req.set_timeout(option.hard_ttl());
-        let result = match method {
-            "append_entries" => client.append_entries(req).await,
-            "vote" => client.vote(req).await,
-            _ => client.install_snapshot(req).await,
+        let call = async {
+            match method {
+                "append_entries" => client.append_entries(req).await,
+                "vote" => client.vote(req).await,
+                _ => client.install_snapshot(req).await,
+            }
         };
+        let result = tokio::time::timeout(option.hard_ttl(), call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "no answer within the RPC deadline",
+                ))
+            });
         let reply = result.map_err(|status| {
             let e = TransportError(format!("peer {}: {status}", self.target));
             match status.code() {
@@ -188,7 +201,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append_entries", &rpc, &option).await
+        self.call("append_entries", blob(&rpc), &option).await
     }
 
     async fn install_snapshot(
@@ -199,7 +212,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("install_snapshot", &rpc, &option).await
+        let mut rpc = rpc;
+        let payload = std::mem::take(&mut rpc.data);
+        let request = Blob {
+            payload,
+            ..blob(&rpc)
+        };
+        self.call("install_snapshot", request, &option).await
     }
 
     async fn vote(
@@ -207,6 +226,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", blob(&rpc), &option).await
     }
 }

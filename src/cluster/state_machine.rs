@@ -11,7 +11,10 @@
 // return the same type so that `?` needs no conversion.
 #![allow(clippy::result_large_err)]
 
-use std::{io::Cursor, path::PathBuf};
+use std::{
+    io::{Cursor, Write},
+    path::PathBuf,
+};
 
 use openraft::{
     EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
@@ -37,6 +40,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A snapshot's meta and bytes.
+type Current = (SnapshotMeta<NodeId, Node>, Vec<u8>);
+
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
@@ -48,33 +54,69 @@ impl StateMachine {
         StateMachine { store, dir }
     }
 
+    /// The current snapshot: one file holding the length of the meta, the
+    /// meta (JSON) and the database bytes, replaced atomically (written to
+    /// a temporary name, fsynced, renamed), so a reader never pairs the
+    /// meta of one snapshot with the bytes of another.
     fn current_path(&self) -> PathBuf {
-        self.dir.join("snapshot.db")
+        self.dir.join("snapshot.current")
     }
 
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join("snapshot.json")
-    }
-
-    /// Keeps `bytes` with `meta` as the current snapshot (file, then meta,
-    /// each written to a temporary name, fsynced and renamed).
     fn keep(
         &self,
         meta: &SnapshotMeta<NodeId, Node>,
         bytes: &[u8],
     ) -> Result<(), StorageError<NodeId>> {
-        let write = |path: PathBuf, data: &[u8]| -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, data)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
+        let meta = serde_json::to_vec(meta).map_err(snap_err)?;
+        let path = self.current_path();
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&(meta.len() as u64).to_le_bytes())?;
+            file.write_all(&meta)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write(self.current_path(), bytes).map_err(snap_err)?;
-        write(
-            self.meta_path(),
-            &serde_json::to_vec(meta).map_err(snap_err)?,
-        )
-        .map_err(snap_err)
+        write().map_err(snap_err)
+    }
+
+    fn read_current(&self) -> Result<Option<Current>, StorageError<NodeId>> {
+        let mut data = match std::fs::read(self.current_path()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(e)),
+        };
+        if data.len() < 8 {
+            return Err(snap_err("the current snapshot file is truncated"));
+        }
+        let meta_len = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
+        if data.len() < 8 + meta_len {
+            return Err(snap_err("the current snapshot file is truncated"));
+        }
+        let meta: SnapshotMeta<NodeId, Node> =
+            serde_json::from_slice(&data[8..8 + meta_len]).map_err(snap_err)?;
+        let bytes = data.split_off(8 + meta_len);
+        verify(&meta, &bytes)?;
+        Ok(Some((meta, bytes)))
+    }
+}
+
+/// Checks that `bytes` hash to the SHA-256 named in the snapshot id.
+fn verify(meta: &SnapshotMeta<NodeId, Node>, bytes: &[u8]) -> Result<(), StorageError<NodeId>> {
+    let expected = meta
+        .snapshot_id
+        .rsplit("sha256:")
+        .next()
+        .unwrap_or_default();
+    let actual = hex(&Sha256::digest(bytes));
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(snap_err(format!(
+            "snapshot {} is damaged: its SHA-256 is {actual}",
+            meta.snapshot_id
+        )))
     }
 }
 
@@ -177,18 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let expected = meta
-            .snapshot_id
-            .rsplit("sha256:")
-            .next()
-            .unwrap_or_default();
-        let actual = hex(&Sha256::digest(&bytes));
-        if expected != actual {
-            return Err(snap_err(format!(
-                "snapshot {} arrived damaged: its SHA-256 is {actual}",
-                meta.snapshot_id
-            )));
-        }
+        verify(meta, &bytes)?;
         let received = self.dir.join("snapshot-received.db");
         std::fs::write(&received, &bytes).map_err(snap_err)?;
         std::fs::File::open(&received)
@@ -207,12 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Ok(meta) = std::fs::read(self.meta_path()) else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, Node> = serde_json::from_slice(&meta).map_err(snap_err)?;
-        let bytes = std::fs::read(self.current_path()).map_err(snap_err)?;
-        Ok(Some(Snapshot {
+        Ok(self.read_current()?.map(|(meta, bytes)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))

@@ -13,6 +13,9 @@ use crate::support::{
     ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_port, http, run_cli_with_input,
 };
 
+/// (owner, key) → (value, version) of one node's database.
+pub type KvRows = BTreeMap<(String, String), (String, i64)>;
+
 pub struct TestCluster {
     pub nodes: Vec<Node>,
     _topology: tempfile::TempDir,
@@ -42,7 +45,7 @@ impl TestCluster {
         for (i, (public, admin, peer)) in members.into_iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
-                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\n",
+                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
                 i + 1,
                 dir.path().join("data").display(),
                 topology.display()
@@ -102,10 +105,32 @@ impl TestCluster {
             if applied.len() == 1 && !applied.contains(&None) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "nodes did not converge: {applied:?}"
-            );
+            if Instant::now() >= deadline {
+                let errors: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        n.log()
+                            .lines()
+                            .filter(|l| {
+                                ["RaftCore exited", "Fatal", "StorageError", "panicked"]
+                                    .iter()
+                                    .any(|k| l.contains(k))
+                            })
+                            .take(6)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .collect();
+                let mut statuses = Vec::new();
+                for i in 0..self.nodes.len() {
+                    statuses.push(self.status(i).await);
+                }
+                panic!(
+                    "nodes did not converge: {applied:?}\nstatus: {statuses:#?}\nerrors:\n{}",
+                    errors.join("\n--\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -148,7 +173,7 @@ impl TestCluster {
 
     /// Every kv row (owner, key, value, version) of each node's database
     /// file, with its integrity check.
-    pub fn kv_rows(&self) -> Vec<(String, BTreeMap<(String, String), (String, i64)>)> {
+    pub fn kv_rows(&self) -> Vec<(String, KvRows)> {
         self.nodes
             .iter()
             .map(|n| {
@@ -381,6 +406,7 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
     let err = client
         .vote(flotilla::proto::peer::Blob {
             data: b"{}".to_vec(),
+            payload: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -392,6 +418,7 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
     .unwrap()
     .write(flotilla::proto::peer::Blob {
         data: b"{}".to_vec(),
+        payload: Vec::new(),
     })
     .await
     .unwrap_err();

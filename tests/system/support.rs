@@ -206,7 +206,8 @@ impl Node {
             }
             assert!(
                 Instant::now() < deadline,
-                "node did not exit within {within:?}"
+                "node did not exit within {within:?}:\n{}",
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
