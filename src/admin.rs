@@ -136,6 +136,32 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
     }))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Isolate {
+    isolated: bool,
+}
+
+/// Fault injection for partition tests; refused unless the config allows it.
+async fn isolate(State(s): State<AdminState>, Json(body): Json<Isolate>) -> impl IntoResponse {
+    match s.cluster.as_ref().map(|c| c.set_isolated(body.isolated)) {
+        Some(Ok(())) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "isolated": body.isolated })),
+        ),
+        Some(Err(e)) => (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": "forbidden", "message": e })),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(
+                serde_json::json!({ "error": "not_found", "message": "this node is not in a cluster" }),
+            ),
+        ),
+    }
+}
+
 /// The admin router.
 pub fn router(
     readiness: Arc<Readiness>,
@@ -148,6 +174,7 @@ pub fn router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
+        .route("/debug/isolate", axum::routing::post(isolate))
         .with_state(AdminState {
             cluster,
             readiness,

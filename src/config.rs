@@ -51,6 +51,8 @@ struct RawCluster {
     election_timeout_ms: Option<[u64; 2]>,
     snapshot_every: Option<u64>,
     snapshot_keep_logs: Option<u64>,
+    #[serde(default)]
+    fault_injection: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -713,6 +715,7 @@ fn parse_cluster(
         );
     }
     Some(ClusterSettings {
+        fault_injection: raw.fault_injection,
         id: me.id,
         snapshot_keep_logs,
         members,

@@ -40,21 +40,36 @@ use crate::{
     },
 };
 
+/// Why a node did not take a write or read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Refusal {
+    /// This node does not lead; the leader it knows of, if any.
+    NotLeader(Option<u64>),
+    /// This node leads but has not heard from a quorum for this many
+    /// milliseconds: it is on the minority side of a partition.
+    NoQuorum(u64),
+}
+
 /// A peer's answer to a forwarded write or read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerReply<T> {
     Done(T),
-    /// This node does not lead; the leader it knows of, if any.
-    NotLeader(Option<u64>),
+    Refused(Refusal),
 }
 
-impl<T> From<Result<T, Option<u64>>> for PeerReply<T> {
-    fn from(r: Result<T, Option<u64>>) -> Self {
+impl<T> From<Result<T, Refusal>> for PeerReply<T> {
+    fn from(r: Result<T, Refusal>) -> Self {
         match r {
             Ok(v) => PeerReply::Done(v),
-            Err(hint) => PeerReply::NotLeader(hint),
+            Err(refusal) => PeerReply::Refused(refusal),
         }
     }
+}
+
+fn no_quorum(ms: u64) -> StoreError {
+    unavailable(format!(
+        "the leader has not heard from a majority for {ms} ms: it is cut off from the cluster; retry on a node of the majority"
+    ))
 }
 
 /// The result of applying one entry, as the state machine returns it.
@@ -95,6 +110,8 @@ pub struct ClusterSettings {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, for followers that lag a little.
     pub snapshot_keep_logs: u64,
+    /// Allow isolating this node through the admin listener (tests only).
+    pub fault_injection: bool,
 }
 
 /// How long a write or read waits for a leader before giving up.
@@ -114,6 +131,9 @@ pub enum ClusterError {
 
 pub struct Cluster {
     pub id: u64,
+    pub faults: network::Faults,
+    fault_injection: bool,
+    election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
     store: Store,
     members: BTreeMap<u64, Member>,
@@ -159,10 +179,11 @@ impl Cluster {
         std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;
         let sm = state_machine::StateMachine::new(store.clone(), snapshots);
         let credential: Arc<str> = Arc::from(network::credential(&settings.secret));
+        let faults = network::Faults::default();
         let raft = Raft::new(
             settings.id,
             Arc::new(config),
-            network::Network::new(credential.clone()),
+            network::Network::new(credential.clone(), faults.clone()),
             log,
             sm,
         )
@@ -170,6 +191,9 @@ impl Cluster {
         .map_err(|e| ClusterError::Start(e.to_string()))?;
         let cluster = Arc::new(Cluster {
             id: settings.id,
+            faults,
+            fault_injection: settings.fault_injection,
+            election_timeout_max: settings.election_timeout.1,
             raft,
             store: store.clone(),
             members: settings.members.iter().map(|m| (m.id, m.clone())).collect(),
@@ -222,7 +246,7 @@ impl Cluster {
             PeerService {
                 cluster: self.clone(),
             },
-            network::check_credential(self.credential.clone()),
+            network::check_credential(self.credential.clone(), self.faults.clone()),
         ))
     }
 
@@ -240,7 +264,10 @@ impl Cluster {
         &self,
         request_id: String,
         command: Command,
-    ) -> Result<ApplyResponse, Option<u64>> {
+    ) -> Result<ApplyResponse, Refusal> {
+        if let Some(silent) = self.quorum_silence() {
+            return Err(Refusal::NoQuorum(silent));
+        }
         let proposal = Proposal {
             request_id,
             time_ms: now_ms(),
@@ -253,17 +280,30 @@ impl Cluster {
         match tokio::time::timeout(PROPOSAL_WAIT, self.raft.client_write(proposal)).await {
             Ok(Ok(ClientWriteResponse { data, .. })) => Ok(data),
             Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(f.leader_id)
+                Err(Refusal::NotLeader(f.leader_id))
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "a proposal failed");
-                Err(None)
+                Err(Refusal::NotLeader(None))
             }
             Err(_) => {
                 tracing::warn!("a proposal was not answered in time; retrying");
-                Err(None)
+                Err(Refusal::NotLeader(None))
             }
         }
+    }
+
+    /// If this node leads but has not heard from a quorum for longer than
+    /// the election timeout, how long: a leader cut off by a partition
+    /// refuses at once instead of letting its clients wait.
+    fn quorum_silence(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        m.millis_since_quorum_ack
+            .filter(|ms| *ms > self.election_timeout_max.as_millis() as u64)
     }
 
     /// A write from anywhere: proposed here if this node leads, forwarded to
@@ -273,31 +313,38 @@ impl Cluster {
         let id = request_id();
         tracing::debug!(request = %id, "write: start");
         let deadline = Instant::now() + LEADER_WAIT;
+        let leaderless_limit = (self.election_timeout_max * 3).max(Duration::from_secs(3));
+        let mut leaderless_since: Option<Instant> = None;
         let mut leader = self.raft.current_leader().await;
         loop {
             tracing::debug!(request = %id, ?leader, "write: attempt");
             let attempt = match leader {
                 Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
                 Some(l) => self.forward_write(l, &id, &command).await,
-                None => Err(None),
+                None => Err(Refusal::NotLeader(None)),
             };
-            match attempt {
+            let hint = match attempt {
                 Ok(ApplyResponse(result)) => {
                     tracing::debug!(request = %id, ?leader, "write: done");
                     return result;
                 }
-                Err(hint) => {
-                    tracing::debug!(?leader, ?hint, "write attempt found no leader; retrying");
-                    if Instant::now() >= deadline {
-                        return Err(unavailable(format!(
-                            "no leader accepted the write within {} s: the cluster has no quorum",
-                            LEADER_WAIT.as_secs()
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    leader = hint.or(self.raft.current_leader().await);
-                }
+                Err(Refusal::NoQuorum(ms)) => return Err(no_quorum(ms)),
+                Err(Refusal::NotLeader(hint)) => hint,
+            };
+            leader = hint.or(self.raft.current_leader().await);
+            let now = Instant::now();
+            let since = *leaderless_since.get_or_insert(now);
+            if leader.is_some() {
+                leaderless_since = None;
             }
+            if now >= deadline || (leader.is_none() && now - since >= leaderless_limit) {
+                return Err(unavailable(format!(
+                    "no leader accepted the write within {} ms: this node cannot reach a majority of the cluster",
+                    (now - since).as_millis().max(1)
+                )));
+            }
+            tracing::debug!(request = %id, ?leader, "write: retrying");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -306,9 +353,9 @@ impl Cluster {
         leader: u64,
         id: &str,
         command: &Command,
-    ) -> Result<ApplyResponse, Option<u64>> {
+    ) -> Result<ApplyResponse, Refusal> {
         let Ok(mut client) = self.leader_client(leader) else {
-            return Err(None);
+            return Err(Refusal::NotLeader(None));
         };
         let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
         let mut req = tonic::Request::new(network::blob(&(id, command)));
@@ -323,10 +370,10 @@ impl Cluster {
         match answer {
             Ok(reply) => match serde_json::from_slice(&reply.into_inner().data) {
                 Ok(PeerReply::Done(r)) => Ok(r),
-                Ok(PeerReply::NotLeader(hint)) => Err(hint),
-                Err(_) => Err(None),
+                Ok(PeerReply::Refused(refusal)) => Err(refusal),
+                Err(_) => Err(Refusal::NotLeader(None)),
             },
-            Err(_) => Err(None),
+            Err(_) => Err(Refusal::NotLeader(None)),
         }
     }
 
@@ -334,6 +381,9 @@ impl Cluster {
     /// (read index) and waits until it has applied up to it, then reads.
     async fn read(&self, namespace: String, statement: Statement) -> Result<Outcome, StoreError> {
         tracing::debug!(%namespace, "read: start");
+        if let Some(ms) = self.quorum_silence() {
+            return Err(no_quorum(ms));
+        }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let leader =
@@ -366,6 +416,19 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Cuts this node off from its peers (or reconnects it), when the config
+    /// allows fault injection: the partition tests' switch.
+    pub fn set_isolated(&self, isolated: bool) -> Result<(), String> {
+        if !self.fault_injection {
+            return Err(
+                "fault injection is off: set cluster.fault_injection (for tests only)".into(),
+            );
+        }
+        self.faults.set_isolated(isolated);
+        tracing::warn!(isolated, "fault injection: peer traffic switched");
+        Ok(())
     }
 
     /// Raft's view of this node, for `/status` and `/readyz`.
@@ -539,11 +602,11 @@ impl Remote {
                 match reply {
                     Ok(r) => match serde_json::from_slice::<PeerReply<T>>(&r.into_inner().data) {
                         Ok(PeerReply::Done(v)) => return Ok(v),
-                        Ok(PeerReply::NotLeader(Some(leader))) => {
+                        Ok(PeerReply::Refused(Refusal::NotLeader(Some(leader)))) => {
                             next = Some(leader);
                             break;
                         }
-                        Ok(PeerReply::NotLeader(None)) => {}
+                        Ok(PeerReply::Refused(_)) => {}
                         Err(e) => {
                             last_error = format!("undecodable reply from {}: {e}", member.name)
                         }
@@ -629,8 +692,10 @@ impl peer_server::Peer for PeerService {
             Ok(Ok(_)) => {
                 PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
             }
-            Ok(Err(e)) => PeerReply::NotLeader(e.forward_to_leader().and_then(|f| f.leader_id)),
-            Err(_) => PeerReply::NotLeader(None),
+            Ok(Err(e)) => PeerReply::Refused(Refusal::NotLeader(
+                e.forward_to_leader().and_then(|f| f.leader_id),
+            )),
+            Err(_) => PeerReply::Refused(Refusal::NotLeader(None)),
         };
         reply(&result)
     }

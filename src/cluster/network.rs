@@ -46,8 +46,14 @@ pub fn credential(secret: &str) -> String {
 /// Server side: refuses a call without the right credential.
 pub fn check_credential(
     expected: Arc<str>,
+    faults: Faults,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |req: tonic::Request<()>| {
+        if faults.isolated() {
+            return Err(tonic::Status::unavailable(
+                "this node is isolated (fault injection)",
+            ));
+        }
         let presented = req
             .metadata()
             .get(CREDENTIAL_HEADER)
@@ -110,18 +116,35 @@ pub fn unblob<T: serde::de::DeserializeOwned>(blob: &Blob) -> Result<T, tonic::S
         .map_err(|e| tonic::Status::invalid_argument(format!("undecodable peer message: {e}")))
 }
 
+/// Fault injection for tests of partitions: an isolated node neither sends
+/// nor accepts peer traffic. Off unless `cluster.fault_injection` is set.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<std::sync::atomic::AtomicBool>);
+
+impl Faults {
+    pub fn isolated(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_isolated(&self, isolated: bool) {
+        self.0.store(isolated, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub struct Network {
     credential: Arc<str>,
+    faults: Faults,
 }
 
 impl Network {
-    pub fn new(credential: Arc<str>) -> Network {
-        Network { credential }
+    pub fn new(credential: Arc<str>, faults: Faults) -> Network {
+        Network { credential, faults }
     }
 }
 
 pub struct Connection {
     target: NodeId,
+    faults: Faults,
     client: Result<Client, String>,
 }
 
@@ -131,6 +154,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
             target,
+            faults: self.faults.clone(),
             client: client(&node.addr, &self.credential),
         }
     }
@@ -151,6 +175,11 @@ impl Connection {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        if self.faults.isolated() {
+            return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                "this node is isolated (fault injection)".into(),
+            ))));
+        }
         let client = match &self.client {
             Ok(c) => c.clone(),
             Err(e) => {

@@ -424,3 +424,123 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
     .unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_partitioned_leader_refuses_writes_and_the_majority_goes_on_without_divergence() {
+    let mut cluster = TestCluster::start(", fault_injection: true");
+    let token = cluster.admin_token().await;
+    let c = authed(&token);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let node = &cluster.nodes[i % 3];
+        let r = c
+            .put(node.url(&format!("/api/kv/keys/before-{i}")))
+            .json(&json!({"value": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        acked.push(format!("before-{i}"));
+    }
+    let old = cluster.leader().await;
+    let r = http()
+        .post(cluster.nodes[old].admin_url("/debug/isolate"))
+        .json(&json!({"isolated": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let isolated_at = Instant::now();
+    // The cut-off leader refuses writes: 503, within the election timeout
+    // (1 s here) plus one proposal round (3 s) at most.
+    let refused_after = loop {
+        let r = c
+            .put(cluster.nodes[old].url("/api/kv/keys/minority"))
+            .json(&json!({"value": "lost"}))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 200, "the isolated leader acknowledged a write");
+        if r.status() == 503 {
+            assert!(r.text().await.unwrap().contains("majority"));
+            break isolated_at.elapsed();
+        }
+        assert!(
+            isolated_at.elapsed() < Duration::from_secs(15),
+            "never refused"
+        );
+    };
+    assert!(
+        refused_after < Duration::from_secs(5),
+        "refused only after {refused_after:?}"
+    );
+    // The majority elects a leader and takes writes.
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new = loop {
+        let mut found = None;
+        for i in &others {
+            if cluster
+                .status(*i)
+                .await
+                .is_some_and(|s| s["role"] == "Leader")
+            {
+                found = Some(*i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for i in 0..10 {
+        let node = &cluster.nodes[others[i % 2]];
+        let r = c
+            .put(node.url(&format!("/api/kv/keys/during-{i}")))
+            .json(&json!({"value": "y"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "majority write through {}", others[i % 2]);
+        acked.push(format!("during-{i}"));
+    }
+    assert_ne!(new, old);
+    // Heal: the old leader rejoins as a follower and converges.
+    let r = http()
+        .post(cluster.nodes[old].admin_url("/debug/isolate"))
+        .json(&json!({"isolated": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cluster.converge().await;
+    cluster.stop_all();
+    let rows = cluster.kv_rows();
+    for (i, (check, data)) in rows.iter().enumerate() {
+        assert_eq!(check, "ok");
+        assert_eq!(data, &rows[0].1, "node {i} diverged");
+        for key in &acked {
+            assert!(
+                data.keys().any(|(_, k)| k == key),
+                "{key} missing on node {i}"
+            );
+        }
+        assert!(
+            !data.keys().any(|(_, k)| k == "minority"),
+            "a refused write was applied on node {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fault_injection_is_refused_unless_configured() {
+    let cluster = TestCluster::start("");
+    let r = http()
+        .post(cluster.nodes[0].admin_url("/debug/isolate"))
+        .json(&json!({"isolated": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
