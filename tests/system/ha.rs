@@ -544,3 +544,111 @@ async fn fault_injection_is_refused_unless_configured() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test]
+async fn compare_and_set_histories_stay_linearizable_across_a_leader_kill() {
+    use crate::linearizability::{Kind, Op, State, linearizable};
+    let mut cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let origin = Instant::now();
+    let keys = 4;
+    let histories: Vec<Arc<Mutex<Vec<Op>>>> = (0..keys).map(|_| Arc::default()).collect();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
+    let mut clients = Vec::new();
+    for client in 0..8usize {
+        let history = histories[client % keys].clone();
+        let urls = urls.clone();
+        let key = format!("lin-{}", client % keys);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {token}").parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            )
+            .build()
+            .unwrap();
+        clients.push(tokio::spawn(async move {
+            let now = move || origin.elapsed().as_nanos() as u64;
+            let state = |v: &Value| State {
+                version: v["version"].as_u64().unwrap(),
+                value: v["value"].as_str().unwrap().to_owned(),
+            };
+            // Paced, so that the operations span the leader's kill.
+            for i in 0..15usize {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let base = &urls[(client + i) % urls.len()];
+                // Read, then compare-and-set on what was read.
+                let call = now();
+                let read = http.get(format!("{base}/api/kv/keys/{key}")).send().await;
+                let observed = match read {
+                    Ok(r) if r.status() == 200 => Some(state(&r.json::<Value>().await.unwrap())),
+                    Ok(r) if r.status() == 404 => Some(State::absent()),
+                    _ => None,
+                };
+                let Some(seen) = observed else { continue };
+                history.lock().unwrap().push(Op {
+                    call,
+                    ret: Some(now()),
+                    kind: Kind::Read {
+                        observed: Some(seen.clone()),
+                    },
+                });
+                let value = format!("c{client}-{i}");
+                let call = now();
+                let reply = http
+                    .post(format!("{base}/api/kv/cas"))
+                    .json(&json!({"key": key, "expected_version": seen.version, "value": value}))
+                    .send()
+                    .await;
+                let (ret, observed) = match reply {
+                    Ok(r) if r.status() == 200 || r.status() == 409 => {
+                        let swapped = r.status() == 200;
+                        let body: Value = r.json().await.unwrap();
+                        let current = if body["current"].is_null() {
+                            State::absent()
+                        } else {
+                            state(&body["current"])
+                        };
+                        (Some(now()), Some((swapped, current)))
+                    }
+                    // A timeout, a 503, a dropped connection: unknown.
+                    _ => (None, None),
+                };
+                history.lock().unwrap().push(Op {
+                    call,
+                    ret,
+                    kind: Kind::Cas {
+                        expected: seen.version,
+                        value,
+                        observed,
+                    },
+                });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let leader = cluster.leader().await;
+    cluster.nodes[leader].kill9();
+    let killed_at = origin.elapsed().as_nanos() as u64;
+    for c in clients {
+        c.await.unwrap();
+    }
+    for (k, history) in histories.iter().enumerate() {
+        let ops = history.lock().unwrap().clone();
+        let unknown = ops.iter().filter(|o| o.ret.is_none()).count();
+        assert!(ops.len() > 10, "key {k}: only {} operations", ops.len());
+        assert!(
+            ops.iter().any(|o| o.call > killed_at),
+            "key {k}: no operation after the kill"
+        );
+        assert!(
+            linearizable(&ops, State::absent()),
+            "key lin-{k}: the history of {} operations ({unknown} unknown) is not linearizable:\n{ops:#?}",
+            ops.len()
+        );
+    }
+}

@@ -8,4 +8,5 @@ mod ha;
 mod ingress;
 mod kv;
 mod lifecycle;
+mod linearizability;
 mod support;
