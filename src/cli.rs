@@ -52,6 +52,53 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Inspect and change the Raft group, through the running members.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Every member's view: role, term, leader, log, commit and applied
+    /// indexes, peers.
+    Status {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Add a node as a learner (it receives the log but does not vote);
+    /// returns once it has caught up.
+    AddLearner {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// The new node's peer address (IP:PORT).
+        #[arg(long)]
+        peer: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a voter. Leaving two voters is refused.
+    Remove {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Hand leadership to another voter (the most caught-up one by default).
+    TransferLeader {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +184,21 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
+        Command::Cluster { command } => {
+            use crate::cluster::AdminOp;
+            let (config, op) = match command {
+                ClusterCommand::Status { config } => (config, AdminOp::Status),
+                ClusterCommand::AddLearner { config, id, peer } => {
+                    (config, AdminOp::AddLearner { id, peer })
+                }
+                ClusterCommand::Promote { config, id } => (config, AdminOp::Promote { id }),
+                ClusterCommand::Remove { config, id } => (config, AdminOp::Remove { id }),
+                ClusterCommand::TransferLeader { config, to } => {
+                    (config, AdminOp::TransferLeader { to })
+                }
+            };
+            cluster_command(&config, &catalogue, op)
+        }
         Command::Serve { config, log_format } => {
             let config = match Config::load(&config, &catalogue) {
                 Ok(c) => c,
@@ -226,6 +288,44 @@ where
     match result {
         Ok(message) => {
             println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cluster_command(
+    config: &std::path::Path,
+    catalogue: &Catalogue,
+    op: crate::cluster::AdminOp,
+) -> ExitCode {
+    let config = match Config::load(config, catalogue) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let Some(settings) = config.cluster else {
+        eprintln!("flotilla: this config has no `cluster` section: the node is not in a cluster");
+        return ExitCode::from(EX_USAGE);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::cluster::remote_admin(&settings, op)) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -40,6 +40,18 @@ use crate::{
     },
 };
 
+/// An operation of `flotilla cluster ...`, sent to any member over the peer
+/// listener (authenticated with the cluster secret); membership changes are
+/// forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AdminOp {
+    Status,
+    AddLearner { id: u64, peer: String },
+    Promote { id: u64 },
+    Remove { id: u64 },
+    TransferLeader { to: Option<u64> },
+}
+
 /// Why a node did not take a write or read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Refusal {
@@ -133,6 +145,7 @@ pub struct Cluster {
     pub id: u64,
     pub faults: network::Faults,
     fault_injection: bool,
+    election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
     store: Store,
@@ -193,6 +206,7 @@ impl Cluster {
             id: settings.id,
             faults,
             fault_injection: settings.fault_injection,
+            election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
             raft,
             store: store.clone(),
@@ -250,12 +264,104 @@ impl Cluster {
         ))
     }
 
-    fn leader_client(&self, leader: u64) -> Result<network::Client, StoreError> {
-        let member = self
-            .members
-            .get(&leader)
-            .ok_or_else(|| unavailable(format!("the leader {leader} is not in the topology")))?;
-        network::client(&member.peer.to_string(), &self.credential).map_err(unavailable)
+    /// A client for member `id`: its address from the topology, or from the
+    /// membership for a member added later.
+    fn leader_client(&self, id: u64) -> Result<network::Client, StoreError> {
+        let addr = match self.members.get(&id) {
+            Some(member) => member.peer.to_string(),
+            None => self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| unavailable(format!("member {id} is not known")))?,
+        };
+        network::client(&addr, &self.credential).map_err(unavailable)
+    }
+
+    /// Runs a `flotilla cluster` operation here, if this node can (status,
+    /// or any change when it leads); `Err(leader)` asks the caller to go to
+    /// the leader.
+    pub async fn admin(
+        &self,
+        op: AdminOp,
+    ) -> Result<Result<serde_json::Value, String>, Option<u64>> {
+        use openraft::ChangeMembers;
+        if matches!(op, AdminOp::Status) {
+            return Ok(Ok(self.status()));
+        }
+        let leader = self.raft.current_leader().await;
+        if leader != Some(self.id) {
+            return Err(leader);
+        }
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let two_voters = |n: usize| {
+            (n == 2).then(|| {
+                "refused: two voters cannot tolerate the loss of either; keep 1 or 3 or more"
+                    .to_owned()
+            })
+        };
+        let result = match op {
+            AdminOp::Status => unreachable!("answered above"),
+            AdminOp::AddLearner { id, peer } => {
+                if voters.contains(&id) {
+                    return Ok(Err(format!("{id} is already a voter")));
+                }
+                self.raft
+                    .add_learner(id, BasicNode::new(peer), true)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            AdminOp::Promote { id } => {
+                if let Some(refusal) = two_voters(voters.len() + usize::from(!voters.contains(&id)))
+                {
+                    return Ok(Err(refusal));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            AdminOp::Remove { id } => {
+                if let Some(refusal) = two_voters(voters.len() - usize::from(voters.contains(&id)))
+                {
+                    return Ok(Err(refusal));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            AdminOp::TransferLeader { to } => match to {
+                Some(target) if !voters.contains(&target) => {
+                    Err(format!("{target} is not a voter"))
+                }
+                Some(target) => match self.hand_over_to(target).await {
+                    Some(l) if l == target => Ok(()),
+                    other => Err(format!(
+                        "leadership went to {other:?}, not {target}: try again"
+                    )),
+                },
+                None => {
+                    self.transfer_leadership().await;
+                    Ok(())
+                }
+            },
+        };
+        Ok(result.map(|()| self.status()))
     }
 
     /// Proposes `command` on this node, which must be the leader; stamps the
@@ -435,20 +541,23 @@ impl Cluster {
     pub fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        let peers: Vec<serde_json::Value> = self
-            .members
-            .values()
-            .map(|member| {
+        // Everyone in the membership (voters and learners), named from the
+        // topology when it knows them.
+        let peers: Vec<serde_json::Value> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
                 let matched = m
                     .replication
                     .as_ref()
-                    .and_then(|r| r.get(&member.id).cloned().flatten())
+                    .and_then(|r| r.get(id).cloned().flatten())
                     .map(|l| l.index);
                 serde_json::json!({
-                    "id": member.id,
-                    "name": member.name,
-                    "peer": member.peer.to_string(),
-                    "voter": voters.contains(&member.id),
+                    "id": id,
+                    "name": self.members.get(id).map(|member| member.name.clone()),
+                    "peer": node.addr,
+                    "voter": voters.contains(id),
                     "matched_index": matched,
                 })
             })
@@ -493,27 +602,45 @@ impl Cluster {
             .filter(|(id, _)| **id != self.id)
             .max_by_key(|(_, matched)| matched.map(|l| l.index))
             .map(|(id, _)| *id);
-        let Some(target) = target else { return };
+        if let Some(target) = target {
+            self.hand_over_to(target).await;
+        }
+    }
+
+    /// Asks `target` to start an election now; a caught-up target wins it.
+    /// Hands leadership to `target` and returns who leads afterwards.
+    ///
+    /// openraft 0.9 has no leadership transfer: followers refuse to vote
+    /// while their leader's lease lasts. So the leader stops its heartbeats,
+    /// waits until the leases are about to lapse, and then asks the target
+    /// to campaign; the target campaigns first and usually wins. The caller
+    /// gets the outcome, not a promise.
+    async fn hand_over_to(&self, target: u64) -> Option<u64> {
         let Ok(mut client) = self.leader_client(target) else {
-            return;
+            return self.raft.current_leader().await;
         };
+        self.raft.runtime_config().heartbeat(false);
+        tokio::time::sleep(self.election_timeout_min + self.election_timeout_min / 10).await;
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(2));
-        if !matches!(
+        let asked = matches!(
             tokio::time::timeout(Duration::from_secs(2), client.timeout_now(req)).await,
             Ok(Ok(_))
-        ) {
-            return;
+        );
+        if asked {
+            let _ = self
+                .raft
+                .wait(Some(Duration::from_secs(3)))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != self.id),
+                    "leadership handed over",
+                )
+                .await;
         }
-        let _ = self
-            .raft
-            .wait(Some(Duration::from_secs(3)))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != self.id),
-                "leadership handed over",
-            )
-            .await;
-        tracing::info!(to = target, "handed leadership over");
+        self.raft.runtime_config().heartbeat(true);
+        let leader = self.raft.current_leader().await;
+        tracing::info!(asked = target, ?leader, "leadership hand-over");
+        leader
     }
 }
 
@@ -574,7 +701,12 @@ impl Remote {
         method: &'static str,
         payload: Blob,
     ) -> Result<T, StoreError> {
-        let deadline = Instant::now() + LEADER_WAIT;
+        let deadline = Instant::now()
+            + if method == "admin" {
+                Duration::from_secs(60)
+            } else {
+                LEADER_WAIT
+            };
         let mut next: Option<u64> = None;
         let mut last_error = String::from("no member answered");
         loop {
@@ -587,12 +719,18 @@ impl Remote {
                 let Ok(mut client) = network::client(&member.peer.to_string(), &credential) else {
                     continue;
                 };
-                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
+                // Membership changes wait for a learner to catch up.
+                let deadline = if method == "admin" {
+                    Duration::from_secs(60)
+                } else {
+                    PROPOSAL_WAIT + Duration::from_secs(1)
+                };
                 let mut req = tonic::Request::new(payload.clone());
                 req.set_timeout(deadline);
                 let call = async {
                     match method {
                         "write" => client.write(req).await,
+                        "admin" => client.admin(req).await,
                         _ => client.read(req).await,
                     }
                 };
@@ -622,6 +760,48 @@ impl Remote {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Runs a `flotilla cluster` operation against the running members: status
+/// from every reachable member, changes on the leader.
+pub async fn remote_admin(
+    settings: &ClusterSettings,
+    op: AdminOp,
+) -> Result<serde_json::Value, String> {
+    let credential = network::credential(&settings.secret);
+    if matches!(op, AdminOp::Status) {
+        let mut members = Vec::new();
+        for m in &settings.members {
+            let status = match network::client(&m.peer.to_string(), &credential) {
+                Ok(mut client) => {
+                    let call = client.admin(tonic::Request::new(network::blob(&op)));
+                    match tokio::time::timeout(Duration::from_secs(3), call).await {
+                        Ok(Ok(r)) => match serde_json::from_slice::<
+                            PeerReply<Result<serde_json::Value, String>>,
+                        >(&r.into_inner().data)
+                        {
+                            Ok(PeerReply::Done(Ok(v))) => v,
+                            other => serde_json::json!({ "error": format!("{other:?}") }),
+                        },
+                        Ok(Err(status)) => serde_json::json!({ "error": status.message() }),
+                        Err(_) => serde_json::json!({ "error": "no answer within 3 s" }),
+                    }
+                }
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            members.push(serde_json::json!({ "member": m.name, "status": status }));
+        }
+        return Ok(serde_json::Value::Array(members));
+    }
+    let result: Result<serde_json::Value, String> = Remote::call(
+        settings.members.clone(),
+        credential,
+        "admin",
+        network::blob(&op),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    result
 }
 
 impl Replicator for Remote {
@@ -698,6 +878,29 @@ impl peer_server::Peer for PeerService {
             Err(_) => PeerReply::Refused(Refusal::NotLeader(None)),
         };
         reply(&result)
+    }
+
+    async fn admin(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let op: AdminOp = network::unblob(r.get_ref())?;
+        let reply_value: PeerReply<Result<serde_json::Value, String>> =
+            match self.cluster.admin(op.clone()).await {
+                Ok(result) => PeerReply::Done(result),
+                // Not the leader: pass it on (the caller may not know the
+                // leader's address, e.g. a member added after its topology).
+                Err(Some(leader)) if leader != self.cluster.id => {
+                    if let Ok(mut client) = self.cluster.leader_client(leader) {
+                        let call = client.admin(tonic::Request::new(network::blob(&op)));
+                        if let Ok(Ok(answer)) =
+                            tokio::time::timeout(Duration::from_secs(60), call).await
+                        {
+                            return Ok(answer);
+                        }
+                    }
+                    PeerReply::Refused(Refusal::NotLeader(Some(leader)))
+                }
+                Err(leader) => PeerReply::Refused(Refusal::NotLeader(leader)),
+            };
+        reply(&reply_value)
     }
 
     async fn timeout_now(&self, _: tonic::Request<Blob>) -> PeerResult {

@@ -18,6 +18,8 @@ pub type KvRows = BTreeMap<(String, String), (String, i64)>;
 
 pub struct TestCluster {
     pub nodes: Vec<Node>,
+    /// (public, admin, peer) of each member, in id order.
+    pub addresses: Vec<(SocketAddr, SocketAddr, SocketAddr)>,
     _topology: tempfile::TempDir,
 }
 
@@ -42,7 +44,7 @@ impl TestCluster {
         }
         std::fs::write(&topology, text).unwrap();
         let mut nodes = Vec::new();
-        for (i, (public, admin, peer)) in members.into_iter().enumerate() {
+        for (i, (public, admin, peer)) in members.iter().copied().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
                 "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
@@ -62,6 +64,7 @@ impl TestCluster {
         }
         TestCluster {
             nodes,
+            addresses: members,
             _topology: topology_dir,
         }
     }
@@ -651,4 +654,120 @@ async fn compare_and_set_histories_stay_linearizable_across_a_leader_kill() {
             ops.len()
         );
     }
+}
+
+#[tokio::test]
+async fn membership_changes_through_the_cluster_commands() {
+    let cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let cli = |args: &[&str]| run_cli_with_input(std::path::Path::new(BINARY), args, "");
+    let config1 = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
+
+    let (code, out, err) = cli(&["cluster", "status", "--config", &config1]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("\"Leader\"").count(), 1, "{out}");
+    assert_eq!(out.matches("\"Follower\"").count(), 2, "{out}");
+
+    // Leaving two voters is refused.
+    let (code, _, err) = cli(&["cluster", "remove", "--config", &config1, "--id", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("two voters"), "{err}");
+
+    // A fourth node: it knows the topology but is not a member yet.
+    let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (public, admin, peer) = (addr(), addr(), addr());
+    let dir = tempfile::tempdir().unwrap();
+    let mut topology = String::from("members:\n");
+    for (i, (p, _, r)) in cluster.addresses.iter().enumerate() {
+        topology.push_str(&format!(
+            "  - {{id: {}, node: ha-{}, peer: '{r}', public: '{p}'}}\n",
+            i + 1,
+            i + 1
+        ));
+    }
+    topology.push_str(&format!(
+        "  - {{id: 4, node: ha-4, peer: '{peer}', public: '{public}'}}\n"
+    ));
+    std::fs::write(dir.path().join("topology.yaml"), topology).unwrap();
+    let config = format!(
+        "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
+        dir.path().join("data").display(),
+        dir.path().join("topology.yaml").display()
+    );
+    let path = dir.path().join("node.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut fourth = Node::prepared(dir, path, public, admin);
+    fourth.spawn_only(&[]);
+
+    let (code, out, err) = cli(&[
+        "cluster",
+        "add-learner",
+        "--config",
+        &config1,
+        "--id",
+        "4",
+        "--peer",
+        &peer.to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    fourth.wait_ready();
+    let (code, out, err) = cli(&["cluster", "promote", "--config", &config1, "--id", "4"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let voters = |out: &str| out.matches("\"voter\": true").count();
+    assert_eq!(voters(&out), 4, "{out}");
+    // The new member serves writes.
+    let r = authed(&token)
+        .put(fourth.url("/api/kv/keys/joined"))
+        .json(&json!({"value": "4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Leadership moves where it is asked to.
+    // A hand-over is a best effort (see Cluster::hand_over_to): retry.
+    let mut transferred = false;
+    for _ in 0..5 {
+        let (code, _, _) = cli(&[
+            "cluster",
+            "transfer-leader",
+            "--config",
+            &config1,
+            "--to",
+            "4",
+        ]);
+        if code == 0 {
+            transferred = true;
+            break;
+        }
+    }
+    assert!(transferred, "leadership never moved to node 4");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s: Value = http()
+            .get(fourth.admin_url("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["cluster"]["role"] == "Leader" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 did not become leader: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // With four voters, removing one leaves three: allowed.
+    let (code, out, err) = cli(&["cluster", "remove", "--config", &config1, "--id", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(voters(&out), 3, "{out}");
+    let r = authed(&token)
+        .get(fourth.url("/api/kv/keys/joined"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
