@@ -53,6 +53,7 @@ struct RawCluster {
     snapshot_keep_logs: Option<u64>,
     #[serde(default)]
     fault_injection: bool,
+    stale_read_max_lag_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -714,7 +715,15 @@ fn parse_cluster(
             format!("{snapshot_keep_logs} is out of range: use 0 to 10000000"),
         );
     }
+    let stale = raw.stale_read_max_lag_ms.unwrap_or(1000);
+    if !(10..=60_000).contains(&stale) {
+        problems.add(
+            "cluster.stale_read_max_lag_ms",
+            format!("{stale} is out of range: use 10 to 60000"),
+        );
+    }
     Some(ClusterSettings {
+        stale_read_max_lag: Duration::from_millis(stale),
         fault_injection: raw.fault_injection,
         id: me.id,
         snapshot_keep_logs,

@@ -50,6 +50,8 @@ fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    /// The highest commit index this node has learned, for stale reads.
+    pub committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LogStore {
@@ -71,6 +73,7 @@ impl LogStore {
         )?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),
+            committed: Arc::default(),
         })
     }
 
@@ -214,6 +217,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        if let Some(c) = committed {
+            self.committed
+                .fetch_max(c.index, std::sync::atomic::Ordering::SeqCst);
+        }
         self.put_meta("committed", &committed)
     }
 

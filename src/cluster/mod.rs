@@ -124,6 +124,9 @@ pub struct ClusterSettings {
     pub snapshot_keep_logs: u64,
     /// Allow isolating this node through the admin listener (tests only).
     pub fault_injection: bool,
+    /// How far behind a stale read may be: a node that has not heard from a
+    /// leader for longer refuses them.
+    pub stale_read_max_lag: Duration,
 }
 
 /// How long a write or read waits for a leader before giving up.
@@ -145,6 +148,9 @@ pub struct Cluster {
     pub id: u64,
     pub faults: network::Faults,
     fault_injection: bool,
+    stale_read_max_lag: Duration,
+    committed: Arc<std::sync::atomic::AtomicU64>,
+    last_leader_contact: std::sync::Mutex<Option<Instant>>,
     election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
@@ -191,6 +197,7 @@ impl Cluster {
         let snapshots = data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;
         let sm = state_machine::StateMachine::new(store.clone(), snapshots);
+        let committed = log.committed.clone();
         let credential: Arc<str> = Arc::from(network::credential(&settings.secret));
         let faults = network::Faults::default();
         let raft = Raft::new(
@@ -206,6 +213,9 @@ impl Cluster {
             id: settings.id,
             faults,
             fault_injection: settings.fault_injection,
+            stale_read_max_lag: settings.stale_read_max_lag,
+            committed,
+            last_leader_contact: std::sync::Mutex::new(None),
             election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
             raft,
@@ -537,6 +547,51 @@ impl Cluster {
         Ok(())
     }
 
+    /// A read of this node's own copy, within the stale-read bound: the
+    /// node must have heard from a leader within the bound (or lead with a
+    /// quorum) and have applied everything it knows to be committed.
+    async fn read_stale(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> Result<Outcome, StoreError> {
+        let (leading, applied) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.state == openraft::ServerState::Leader,
+                m.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let bound = self.stale_read_max_lag.as_millis();
+        if leading {
+            if let Some(ms) = self.quorum_silence() {
+                return Err(no_quorum(ms));
+            }
+        } else {
+            let contact = *self
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match contact.map(|c| c.elapsed().as_millis()) {
+                Some(ms) if ms <= bound => {}
+                other => {
+                    return Err(unavailable(format!(
+                        "this node last heard from a leader {} ago, beyond the stale-read bound of {bound} ms: read without consistency=stale",
+                        other.map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"))
+                    )));
+                }
+            }
+        }
+        let committed = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        if applied < committed {
+            return Err(unavailable(format!(
+                "this node is catching up (applied {applied} of {committed} committed entries): read without consistency=stale"
+            )));
+        }
+        self.store.read_local(&namespace, statement).await
+    }
+
     /// Raft's view of this node, for `/status` and `/readyz`.
     pub fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
@@ -669,6 +724,21 @@ impl Replicator for ReplicatorHandle {
         async move {
             match cluster {
                 Some(c) => c.read(namespace, statement).await,
+                None => Err(StoreError::Closed),
+            }
+        }
+        .boxed()
+    }
+
+    fn read_stale(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        let cluster = self.0.upgrade();
+        async move {
+            match cluster {
+                Some(c) => c.read_stale(namespace, statement).await,
                 None => Err(StoreError::Closed),
             }
         }
@@ -828,6 +898,15 @@ impl Replicator for Remote {
         }
         .boxed()
     }
+
+    /// An outside tool has no copy of its own: it reads through the leader.
+    fn read_stale(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.read(namespace, statement)
+    }
 }
 
 struct PeerService {
@@ -844,7 +923,19 @@ fn reply<T: Serialize>(value: &T) -> PeerResult {
 impl peer_server::Peer for PeerService {
     async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
         let req = network::unblob(r.get_ref())?;
-        reply(&self.cluster.raft.append_entries(req).await)
+        let result = self.cluster.raft.append_entries(req).await;
+        if matches!(
+            result,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            *self
+                .cluster
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        reply(&result)
     }
 
     async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {

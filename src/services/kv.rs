@@ -159,14 +159,32 @@ fn prefix_end(prefix: &str) -> Option<String> {
 }
 
 impl KvCore {
-    pub async fn get(&self, owner: &str, key: &str) -> Result<Option<Entry>, ApiError> {
+    async fn read(
+        &self,
+        consistency: Consistency,
+        statement: Statement,
+    ) -> Result<crate::store::Outcome, ApiError> {
+        Ok(match consistency {
+            Consistency::Linearizable => self.store.read(statement).await?,
+            Consistency::Stale => self.store.read_stale(statement).await?,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        owner: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Entry>, ApiError> {
         check_key(key)?;
         let out = self
-            .store
-            .read(Statement::new(
-                "SELECT key, value, version FROM kv__items WHERE owner = ?1 AND key = ?2",
-                vec![owner.into(), key.into()],
-            ))
+            .read(
+                consistency,
+                Statement::new(
+                    "SELECT key, value, version FROM kv__items WHERE owner = ?1 AND key = ?2",
+                    vec![owner.into(), key.into()],
+                ),
+            )
             .await?;
         Ok(out.rows.into_iter().next().map(entry))
     }
@@ -250,6 +268,7 @@ impl KvCore {
         prefix: &str,
         start_after: &str,
         limit: u32,
+        consistency: Consistency,
     ) -> Result<Page, ApiError> {
         let limit = match limit {
             0 => DEFAULT_LIST_LIMIT,
@@ -276,7 +295,7 @@ impl KvCore {
             Value::Integer(i64::from(limit) + 1),
             Value::from(owner),
         ];
-        let out = self.store.read(Statement::new(sql, params)).await?;
+        let out = self.read(consistency, Statement::new(sql, params)).await?;
         let mut entries: Vec<Entry> = out.rows.into_iter().map(entry).collect();
         let next_start_after = if entries.len() > limit as usize {
             entries.truncate(limit as usize);
@@ -311,6 +330,29 @@ struct CasBody {
 #[serde(deny_unknown_fields)]
 struct OwnerQuery {
     owner: Option<String>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// How fresh a read must be. Linearizable (the default) sees every write
+/// acknowledged before it started; stale reads this node's copy, which in a
+/// cluster may lag by up to `cluster.stale_read_max_lag_ms` (refused beyond).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+impl Consistency {
+    fn from_stale(stale: bool) -> Consistency {
+        if stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +365,8 @@ struct ListQuery {
     #[serde(default)]
     limit: u32,
     owner: Option<String>,
+    #[serde(default)]
+    consistency: Consistency,
 }
 
 async fn http_get(
@@ -332,7 +376,7 @@ async fn http_get(
     Query(q): Query<OwnerQuery>,
 ) -> Result<Json<Entry>, ApiError> {
     let owner = resolve_owner(&caller, q.owner.as_deref())?;
-    kv.get(&owner, &key)
+    kv.get(&owner, &key, q.consistency)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no key `{key}`")))
@@ -385,7 +429,8 @@ async fn http_list(
 ) -> Result<Json<Page>, ApiError> {
     let owner = resolve_owner(&caller, q.owner.as_deref())?;
     Ok(Json(
-        kv.list(&owner, &q.prefix, &q.start_after, q.limit).await?,
+        kv.list(&owner, &q.prefix, &q.start_after, q.limit, q.consistency)
+            .await?,
     ))
 }
 
@@ -404,8 +449,9 @@ impl kv_server::Kv for KvCore {
         r: tonic::Request<pb::GetRequest>,
     ) -> Result<tonic::Response<pb::GetResponse>, tonic::Status> {
         let owner = grpc_owner(&r, &r.get_ref().owner)?;
+        let consistency = Consistency::from_stale(r.get_ref().stale);
         let key = r.into_inner().key;
-        match KvCore::get(self, &owner, &key).await? {
+        match KvCore::get(self, &owner, &key, consistency).await? {
             Some(e) => Ok(tonic::Response::new(pb::GetResponse {
                 entry: Some(e.into()),
             })),
@@ -452,7 +498,16 @@ impl kv_server::Kv for KvCore {
     ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
         let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let r = r.into_inner();
-        let page = KvCore::list(self, &owner, &r.prefix, &r.start_after, r.limit).await?;
+        let consistency = Consistency::from_stale(r.stale);
+        let page = KvCore::list(
+            self,
+            &owner,
+            &r.prefix,
+            &r.start_after,
+            r.limit,
+            consistency,
+        )
+        .await?;
         Ok(tonic::Response::new(pb::ListResponse {
             entries: page.entries.into_iter().map(Into::into).collect(),
             next_start_after: page.next_start_after.unwrap_or_default(),

@@ -124,6 +124,13 @@ pub trait Replicator: Send + Sync + 'static {
         namespace: String,
         statement: Statement,
     ) -> BoxFuture<'static, Result<Outcome, StoreError>>;
+    /// A read from this node's copy, refused if the copy may lag more than
+    /// the configured bound.
+    fn read_stale(
+        &self,
+        namespace: String,
+        statement: Statement,
+    ) -> BoxFuture<'static, Result<Outcome, StoreError>>;
 }
 
 /// One Raft log entry for the state machine, in terms the store knows: the
@@ -434,6 +441,17 @@ impl Namespace {
     pub async fn read(&self, statement: Statement) -> Result<Outcome, StoreError> {
         if let Some(r) = self.store.inner.replicator.get() {
             return r.read(self.name.to_string(), statement).await;
+        }
+        self.store.read_local(&self.name, statement).await
+    }
+
+    /// Runs one read-only statement on this node's copy without asking the
+    /// leader: faster, and possibly behind by up to the cluster's
+    /// `stale_read_max_lag_ms` (refused beyond it). The same as `read` on a
+    /// single node.
+    pub async fn read_stale(&self, statement: Statement) -> Result<Outcome, StoreError> {
+        if let Some(r) = self.store.inner.replicator.get() {
+            return r.read_stale(self.name.to_string(), statement).await;
         }
         self.store.read_local(&self.name, statement).await
     }

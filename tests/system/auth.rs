@@ -255,6 +255,7 @@ async fn attack_table() {
         .get(GetRequest {
             key: "diary".into(),
             owner: alice_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

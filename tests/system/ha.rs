@@ -771,3 +771,65 @@ async fn membership_changes_through_the_cluster_commands() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn stale_reads_serve_the_local_copy_within_their_bound() {
+    let cluster = TestCluster::start(", fault_injection: true, stale_read_max_lag_ms: 500");
+    let token = cluster.admin_token().await;
+    let c = authed(&token);
+    let r = c
+        .put(cluster.nodes[0].url("/api/kv/keys/fresh"))
+        .json(&json!({"value": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cluster.converge().await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let url = cluster.nodes[follower].url("/api/kv/keys/fresh?consistency=stale");
+    let r: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["value"], "1");
+    let r = c
+        .get(cluster.nodes[follower].url("/api/kv/keys/fresh?consistency=sometimes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Cut the follower off: beyond the bound, it refuses stale reads rather
+    // than serve data of unknown age.
+    let r = http()
+        .post(cluster.nodes[follower].admin_url("/debug/isolate"))
+        .json(&json!({"isolated": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("stale-read bound of 500 ms")
+    );
+    http()
+        .post(cluster.nodes[follower].admin_url("/debug/isolate"))
+        .json(&json!({"isolated": false}))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get(&url).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale reads did not come back after healing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
