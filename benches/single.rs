@@ -41,7 +41,10 @@ use flotilla::{
 };
 use tokio_util::sync::CancellationToken;
 
-const CLIENTS: usize = 64;
+#[path = "common/mod.rs"]
+mod common;
+use common::{CLIENTS, client, free_addr, load, machine, ready};
+
 const SECRET: &str = "bench-secret-5c1e9a7f3b2d8e6a4c0f";
 const PASSWORD: &str = "bench-admin-password";
 
@@ -54,95 +57,6 @@ fn auth_settings() -> AuthSettings {
         signup: false,
         password_hash: HashParams::default(),
     }
-}
-
-struct Figures {
-    ops: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    errors: usize,
-}
-
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
-    }
-    fn row(&self, name: &str) -> String {
-        format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} |",
-            self.rate(),
-            self.pct(0.50).as_secs_f64() * 1e3,
-            self.pct(0.99).as_secs_f64() * 1e3,
-            self.errors
-        )
-    }
-}
-
-/// Runs `op(client, i)` from `clients` concurrent tasks for `duration`.
-async fn load<F, Fut>(clients: usize, duration: Duration, op: F) -> Figures
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let op = op.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(100_000);
-            let mut errors = 0;
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                if op(c, i).await {
-                    lat.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
-                i += 1;
-            }
-            (lat, errors)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    Figures {
-        ops: latencies.len(),
-        elapsed,
-        latencies,
-        errors,
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn write_config(dir: &Path, public: SocketAddr, admin: SocketAddr) -> std::path::PathBuf {
@@ -202,16 +116,6 @@ fn startup(binary: &str, runs: usize) -> (Vec<Duration>, Vec<u64>) {
     (times, rss)
 }
 
-fn ready(admin: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
-        return false;
-    };
-    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
-}
-
 /// Commits and mean writes per commit, from the node's own metrics.
 async fn group_commit(admin: SocketAddr) -> String {
     let text = client()
@@ -233,24 +137,6 @@ async fn group_commit(admin: SocketAddr) -> String {
         "{commits:.0} fsync'ed commits for {writes:.0} writes ({:.1} writes per commit)",
         writes / commits.max(1.0)
     )
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", kernel.trim())
 }
 
 async fn serve_in_process<S>(service: S) -> (SocketAddr, CancellationToken)

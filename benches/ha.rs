@@ -1,0 +1,509 @@
+//! HA benchmark (issue 4): flotilla's 3-node cluster beside a 3-node etcd
+//! 3.4 cluster, both on loopback, in one run.
+//!
+//!     scripts/bench-ha                     # installs etcd-server if needed
+//!     BENCH_SECONDS=10 scripts/bench-ha
+//!
+//! Same workload for both: distinct keys, ~32-byte values, each write
+//! acknowledged only once committed on a quorum (flotilla: Raft log fsynced
+//! on a majority; etcd: its default, WAL fsynced on a majority), spread over
+//! the three members, at 1, 16 and 64 concurrent clients. Then failover:
+//! kill -9 of the leader → first acknowledged write through a survivor,
+//! median of 10 trials, for both.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::{client, free_addr, load, machine, ready};
+
+const PASSWORD: &str = "bench-admin-password";
+const VALUE: &str = "0123456789abcdef0123456789abcdef";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+trait Cluster {
+    fn name(&self) -> &'static str;
+    /// How to send writes to the members (cheap to clone into clients).
+    fn target(&self) -> Target;
+    fn leader(&self) -> usize;
+    fn kill(&mut self, i: usize);
+    fn restart(&mut self, i: usize);
+    fn stop(&mut self);
+}
+
+struct Flotilla {
+    binary: String,
+    dir: tempfile::TempDir,
+    configs: Vec<PathBuf>,
+    public: Vec<SocketAddr>,
+    admin: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+    token: String,
+}
+
+impl Flotilla {
+    fn start(binary: &str) -> Flotilla {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
+            .map(|_| (free_addr(), free_addr(), free_addr()))
+            .collect();
+        let topology = dir.path().join("topology.yaml");
+        let mut text = String::from("members:\n");
+        for (i, (public, _, peer)) in members.iter().enumerate() {
+            text.push_str(&format!(
+                "  - {{id: {}, node: b-{}, peer: '{peer}', public: '{public}'}}\n",
+                i + 1,
+                i + 1
+            ));
+        }
+        std::fs::write(&topology, text).unwrap();
+        let mut configs = Vec::new();
+        for (i, (public, admin, peer)) in members.iter().enumerate() {
+            let path = dir.path().join(format!("node{i}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "node: {{id: b-{n}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true}}\n",
+                    dir.path().join(format!("data{i}")).display(),
+                    topology.display(),
+                    n = i + 1
+                ),
+            )
+            .unwrap();
+            configs.push(path);
+        }
+        let mut c = Flotilla {
+            binary: binary.to_owned(),
+            dir,
+            configs,
+            public: members.iter().map(|m| m.0).collect(),
+            admin: members.iter().map(|m| m.1).collect(),
+            children: vec![None, None, None],
+            token: String::new(),
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        for i in 0..3 {
+            c.wait_ready(i);
+        }
+        let mut create = Command::new(binary)
+            .args([
+                "accounts",
+                "create-admin",
+                "--config",
+                c.configs[0].to_str().unwrap(),
+                "--username",
+                "admin",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        }
+        assert!(create.wait().unwrap().success());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let public = c.public[0];
+        c.token = rt.block_on(async move {
+            let r: serde_json::Value = client()
+                .post(format!("http://{public}/api/accounts/login"))
+                .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["access_token"].as_str().unwrap().to_owned()
+        });
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.path().join(format!("node{i}.log"))).unwrap();
+        self.children[i] = Some(
+            Command::new(&self.binary)
+                .args(["serve", "--config", self.configs[i].to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(self.admin[i]) {
+            assert!(Instant::now() < deadline, "flotilla member {i} not ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn blocking_json(url: &str, body: Option<&str>) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&host.parse().ok()?, Duration::from_millis(300))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request = match body {
+        Some(b) => format!(
+            "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        ),
+        None => format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    };
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split_once("\r\n\r\n")?.1;
+    // Tolerate chunked encoding by taking the JSON object.
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    serde_json::from_str(&body[start..=end]).ok()
+}
+
+impl Cluster for Flotilla {
+    fn name(&self) -> &'static str {
+        "flotilla"
+    }
+
+    fn target(&self) -> Target {
+        Target::Flotilla {
+            public: self.public.clone(),
+            bearer: format!("Bearer {}", self.token).into(),
+        }
+    }
+
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..3 {
+                if self.children[i].is_some()
+                    && let Some(s) =
+                        blocking_json(&format!("http://{}/status", self.admin[i]), None)
+                    && s["cluster"]["role"] == "Leader"
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "flotilla has no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    fn stop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+struct Etcd {
+    dir: tempfile::TempDir,
+    client: Vec<SocketAddr>,
+    peer: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = Etcd {
+            dir,
+            client: (0..3).map(|_| free_addr()).collect(),
+            peer: (0..3).map(|_| free_addr()).collect(),
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            e.spawn(i, "new");
+        }
+        e.wait_healthy();
+        e
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let cluster: Vec<String> = (0..3)
+            .map(|j| format!("e{j}=http://{}", self.peer[j]))
+            .collect();
+        let log = std::fs::File::create(self.dir.path().join(format!("etcd{i}.log"))).unwrap();
+        self.children[i] = Some(
+            Command::new("etcd")
+                .args([
+                    "--name",
+                    &format!("e{i}"),
+                    "--data-dir",
+                    &self.dir.path().join(format!("e{i}")).to_string_lossy(),
+                    "--listen-client-urls",
+                    &format!("http://{}", self.client[i]),
+                    "--advertise-client-urls",
+                    &format!("http://{}", self.client[i]),
+                    "--listen-peer-urls",
+                    &format!("http://{}", self.peer[i]),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{}", self.peer[i]),
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-state",
+                    state,
+                    "--initial-cluster-token",
+                    "bench",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd is not installed: run scripts/install-etcd"),
+        );
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = (0..3).filter(|i| self.children[*i].is_some()).all(|i| {
+                blocking_json(&format!("http://{}/health", self.client[i]), None)
+                    .is_some_and(|h| h["health"] == "true")
+            });
+            if healthy {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd not healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Cluster for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd 3.4"
+    }
+
+    fn target(&self) -> Target {
+        Target::Etcd {
+            client: self.client.clone(),
+        }
+    }
+
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..3 {
+                if self.children[i].is_some()
+                    && let Some(s) = blocking_json(
+                        &format!("http://{}/v3/maintenance/status", self.client[i]),
+                        Some("{}"),
+                    )
+                    && s["leader"].is_string()
+                    && s["leader"] == s["header"]["member_id"]
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd has no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.spawn(i, "existing");
+        self.wait_healthy();
+    }
+
+    fn stop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Flotilla {
+        public: Vec<SocketAddr>,
+        bearer: std::sync::Arc<str>,
+    },
+    Etcd {
+        client: Vec<SocketAddr>,
+    },
+}
+
+impl Target {
+    /// A write of `key` to member `i`.
+    fn put(&self, http: &reqwest::Client, i: usize, key: &str) -> reqwest::RequestBuilder {
+        match self {
+            Target::Flotilla { public, bearer } => http
+                .put(format!(
+                    "http://{}/api/kv/keys/{key}",
+                    public[i % public.len()]
+                ))
+                .header("authorization", &**bearer)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"value":"{VALUE}"}}"#)),
+            Target::Etcd { client } => http
+                .post(format!("http://{}/v3/kv/put", client[i % client.len()]))
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"key":"{}","value":"{}"}}"#,
+                    b64(key),
+                    b64(VALUE)
+                )),
+        }
+    }
+}
+
+fn throughput(
+    rt: &tokio::runtime::Runtime,
+    target: Target,
+    clients: usize,
+    duration: Duration,
+    tag: &str,
+) -> common::Figures {
+    let http = client();
+    let tag = tag.to_owned();
+    rt.block_on(load(clients, duration, move |client_id, i| {
+        let req = target.put(
+            &http,
+            client_id + i as usize,
+            &format!("{tag}/{client_id}/{i}"),
+        );
+        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+    }))
+}
+
+/// kill -9 of the leader → first acknowledged write through a survivor.
+fn failover(rt: &tokio::runtime::Runtime, c: &mut dyn Cluster, trial: usize) -> Duration {
+    let leader = c.leader();
+    let survivor = (leader + 1) % 3;
+    let target = c.target();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    c.kill(leader);
+    let killed = Instant::now();
+    let elapsed = rt.block_on(async {
+        let mut i = 0u64;
+        loop {
+            let ok = target
+                .put(&http, survivor, &format!("failover/{trial}/{i}"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return killed.elapsed();
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "{}: no write accepted after the kill",
+                c.name()
+            );
+            i += 1;
+        }
+    });
+    c.restart(leader);
+    elapsed
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let duration = Duration::from_secs(seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let binary = env!("CARGO_BIN_EXE_flotilla");
+    println!("Machine: {}", machine());
+    println!(
+        "Each throughput run: {seconds} s, distinct keys, writes spread over the 3 members, loopback.\n"
+    );
+
+    let mut flotilla = Flotilla::start(binary);
+    let mut etcd = Etcd::start();
+    println!("| system | clients | writes/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut at64 = Vec::new();
+    for clients in [1, 16, 64] {
+        for c in [&flotilla as &dyn Cluster, &etcd as &dyn Cluster] {
+            let f = throughput(&rt, c.target(), clients, duration, &format!("t{clients}"));
+            println!(
+                "| {} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
+                c.name(),
+                f.rate(),
+                f.pct(0.5).as_secs_f64() * 1e3,
+                f.pct(0.99).as_secs_f64() * 1e3,
+                f.errors
+            );
+            if clients == 64 {
+                at64.push(f.rate());
+            }
+        }
+    }
+    println!();
+    println!("| system | failover median | min | max | trials |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut medians = Vec::new();
+    for c in [
+        &mut flotilla as &mut dyn Cluster,
+        &mut etcd as &mut dyn Cluster,
+    ] {
+        let mut times: Vec<Duration> = (0..10).map(|t| failover(&rt, c, t)).collect();
+        times.sort_unstable();
+        let median = times[times.len() / 2];
+        medians.push(median);
+        println!(
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {} |",
+            c.name(),
+            median.as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3,
+            times.len()
+        );
+    }
+    println!();
+    println!(
+        "Ratios (flotilla / etcd): writes/s at 64 clients {:.2}; failover median {:.2}",
+        at64[0] / at64[1],
+        medians[0].as_secs_f64() / medians[1].as_secs_f64()
+    );
+    flotilla.stop();
+    etcd.stop();
+}
