@@ -37,7 +37,7 @@ use flotilla::{
     routing::RoutingTable,
     server,
     services::echo::Echo,
-    store::{Statement, Store, StoreConfig},
+    store::{Durability, Statement, Store, StoreConfig},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -275,6 +275,7 @@ fn main() {
             &StoreConfig {
                 data_dir: store_dir.path().to_owned(),
                 readers: 4,
+                durability: Durability::Full,
             },
             Metrics::new().store,
         )
@@ -314,6 +315,7 @@ fn main() {
             &StoreConfig {
                 data_dir: store_dir.path().to_owned(),
                 readers: 2,
+                durability: Durability::Full,
             },
             Metrics::new().store,
         )

@@ -271,6 +271,7 @@ where
             &crate::store::StoreConfig {
                 data_dir,
                 readers: 1,
+                durability: crate::store::Durability::Full,
             },
             crate::metrics::Metrics::new().store,
         )

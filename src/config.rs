@@ -687,8 +687,8 @@ fn parse_cluster(
             ),
         );
     }
-    let heartbeat = raw.heartbeat_ms.unwrap_or(100);
-    let [min, max] = raw.election_timeout_ms.unwrap_or([500, 1000]);
+    let heartbeat = raw.heartbeat_ms.unwrap_or(50);
+    let [min, max] = raw.election_timeout_ms.unwrap_or([300, 600]);
     if !(10..=10_000).contains(&heartbeat) {
         problems.add(
             "cluster.heartbeat_ms",

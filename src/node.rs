@@ -27,7 +27,7 @@ use crate::{
     registry::{NodeRecord, Registry},
     routing::RoutingTable,
     server,
-    store::{Store, StoreConfig},
+    store::{Durability, Store, StoreConfig},
 };
 
 /// Why a node could not start.
@@ -85,6 +85,11 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         &StoreConfig {
             data_dir: config.data_dir.clone(),
             readers: READERS,
+            durability: if config.cluster.is_some() {
+                Durability::ReplayedFromLog
+            } else {
+                Durability::Full
+            },
         },
         metrics.store.clone(),
     )?;

@@ -623,7 +623,7 @@ impl Cluster {
             "term": m.current_term,
             "leader": m.current_leader,
             "last_log_index": m.last_log_index,
-            "commit_index": m.last_applied.map(|l| l.index),
+            "commit_index": self.committed.load(std::sync::atomic::Ordering::SeqCst),
             "applied_index": m.last_applied.map(|l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
             "peers": peers,

@@ -160,6 +160,20 @@ pub struct SnapshotFile {
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub readers: usize,
+    /// Whether the database itself must fsync every commit. A single node
+    /// must; in a cluster the Raft log is fsynced before anything is
+    /// acknowledged and every entry after the last durable one is re-applied
+    /// from it on restart, so the database may leave fsync to checkpoints.
+    pub durability: Durability,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit is on disk when it returns.
+    Full,
+    /// `synchronous=NORMAL`: only for a Raft state machine, whose log is
+    /// the durable record.
+    ReplayedFromLog,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -178,10 +192,6 @@ enum Job {
     Apply {
         entries: Vec<ApplyEntry>,
         reply: Reply<Vec<Result<Applied, StoreError>>>,
-    },
-    Snapshot {
-        path: PathBuf,
-        reply: Reply<SnapshotFile>,
     },
     Restore {
         path: PathBuf,
@@ -275,11 +285,15 @@ fn register_functions(conn: &Connection, determinism: Option<Determinism>) -> ru
     }
 }
 
-fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: every commit fsyncs the WAL, so a committed write survives power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::ReplayedFromLog => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     harden(&conn)?;
@@ -313,7 +327,7 @@ impl Store {
         let storage = |e: rusqlite::Error| {
             StoreError::Storage(format!("cannot open the database {}: {e}", path.display()))
         };
-        let mut writer = open_writer(&path).map_err(storage)?;
+        let mut writer = open_writer(&path, config.durability).map_err(storage)?;
         let determinism = Determinism::default();
         register_functions(&writer, Some(determinism.clone())).map_err(storage)?;
         let writer_guard = Guard::new();
@@ -563,8 +577,64 @@ impl Store {
     }
 
     /// Writes a consistent copy of the database to `path`.
+    /// Made on a reader connection (`VACUUM INTO` reads one consistent
+    /// WAL snapshot), so writes go on while it is copied; the log position
+    /// and membership are read back from the copy itself, so they match its
+    /// data exactly.
     pub async fn snapshot(&self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
-        self.job(|reply| Job::Snapshot { path, reply }).await
+        let permit = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let inner = self.inner.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            reader.guard.set_mode(Mode::System);
+            let _ = std::fs::remove_file(&path);
+            let copied = reader
+                .conn
+                .execute("VACUUM INTO ?1", [path.to_string_lossy()])
+                .map_err(storage("cannot copy the database for a snapshot"));
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reader);
+            copied?;
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::Storage(format!("cannot sync the snapshot: {e}")))?;
+            let copy = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(storage("cannot open the snapshot"))?;
+            let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+                copy.query_row("SELECT value FROM raft__state WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(storage("cannot read the snapshot's state"))
+            };
+            Ok(SnapshotFile {
+                log_id: get("applied")?,
+                membership: get("membership")?,
+                path,
+            })
+        });
+        let result = task
+            .await
+            .map_err(|e| StoreError::Storage(format!("snapshot task failed: {e}")))?;
+        drop(permit);
+        result
     }
 
     /// Replaces the database with the copy at `path`.
@@ -691,9 +761,6 @@ impl Writer {
             }
             Job::Apply { entries, reply } => {
                 let _ = reply.send(self.apply(entries));
-            }
-            Job::Snapshot { path, reply } => {
-                let _ = reply.send(self.snapshot(path));
             }
             Job::Restore { path, reply } => {
                 let _ = reply.send(self.restore(&path));
@@ -932,24 +999,6 @@ impl Writer {
                 .map_err(storage("cannot read the applied state"))
         };
         Ok((get("applied")?, get("membership")?))
-    }
-
-    /// Copies the database to `path` (`VACUUM INTO`: a consistent, compact
-    /// copy), fsyncs it, and returns it with the state it contains.
-    fn snapshot(&mut self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
-        let (log_id, membership) = self.applied_state()?;
-        let _ = std::fs::remove_file(&path);
-        self.conn
-            .execute("VACUUM INTO ?1", [path.to_string_lossy()])
-            .map_err(storage("cannot copy the database for a snapshot"))?;
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| StoreError::Storage(format!("cannot sync the snapshot: {e}")))?;
-        Ok(SnapshotFile {
-            path,
-            log_id,
-            membership,
-        })
     }
 
     /// Replaces the whole database with the one at `path` (a received

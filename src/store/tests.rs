@@ -43,6 +43,7 @@ fn open(dir: &Path) -> Store {
         &StoreConfig {
             data_dir: dir.to_owned(),
             readers: 2,
+            durability: Durability::Full,
         },
         Metrics::new().store,
     )
