@@ -347,7 +347,7 @@ fn main() {
         let registry = Registry::single(NodeRecord {
             id: "bench-1".into(),
             public: "127.0.0.1:1".parse().unwrap(),
-            services: vec!["echo"],
+            services: vec!["echo".into()],
             healthy: true,
         });
         let ingress = Ingress::new(

@@ -17,7 +17,7 @@ use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use http::{StatusCode, header};
 use serde::Serialize;
 
-use crate::{cluster::Cluster, metrics::Metrics};
+use crate::{cluster::Cluster, metrics::Metrics, registry::Registry};
 
 /// Where a selected service is in its start-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -84,6 +84,7 @@ pub struct NodeInfo {
 #[derive(Clone)]
 struct AdminState {
     cluster: Option<Arc<Cluster>>,
+    registry: Registry,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -133,6 +134,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "uptime_seconds": s.started.elapsed().as_secs(),
         "services": services,
         "cluster": s.cluster.as_ref().map(|c| c.status()),
+        "registry": s.registry.nodes(),
     }))
 }
 
@@ -168,6 +170,7 @@ pub fn router(
     metrics: Metrics,
     info: NodeInfo,
     cluster: Option<Arc<Cluster>>,
+    registry: Registry,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -177,6 +180,7 @@ pub fn router(
         .route("/debug/isolate", axum::routing::post(isolate))
         .with_state(AdminState {
             cluster,
+            registry,
             readiness,
             metrics,
             info: Arc::new(info),

@@ -12,7 +12,7 @@
 //! accepting, in-flight requests finish (within `limits.shutdown_grace_ms`),
 //! then the admin listener closes and the process exits 0.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +55,8 @@ pub enum NodeError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("cannot record this node in the registry: {0}")]
+    Registry(crate::store::StoreError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -122,6 +124,12 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     };
 
     let readiness = Arc::new(Readiness::new(&config.services));
+    let registry = Registry::single(NodeRecord {
+        id: config.node_id.clone(),
+        public: config.listeners.public,
+        services: config.services.iter().map(|s| s.to_string()).collect(),
+        healthy: true,
+    });
     let info = NodeInfo {
         node_id: config.node_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -132,7 +140,13 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
-        admin::router(readiness.clone(), metrics.clone(), info, cluster.clone()),
+        admin::router(
+            readiness.clone(),
+            metrics.clone(),
+            info,
+            cluster.clone(),
+            registry.clone(),
+        ),
         admin_stop.clone(),
         config.limits.shutdown_grace,
     ));
@@ -175,18 +189,41 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         );
     }
 
-    let registry = Registry::single(NodeRecord {
-        id: config.node_id.clone(),
-        public: config.listeners.public,
-        services: config.services.clone(),
-        healthy: true,
-    });
+    // The registry: this node and the topology's members, in the store.
+    let registry_store = store.namespace(crate::registry::NAMESPACE);
+    registry_store
+        .migrate(crate::registry::MIGRATIONS)
+        .await
+        .map_err(|source| NodeError::Migrate {
+            service: "registry",
+            source,
+        })?;
+    let topology: Vec<NodeRecord> = config
+        .cluster
+        .iter()
+        .flat_map(|c| c.members.iter())
+        .map(|m| NodeRecord {
+            id: m.name.clone(),
+            public: m.public,
+            services: Vec::new(),
+            healthy: false,
+        })
+        .collect();
+    registry
+        .register(&registry_store, &topology)
+        .await
+        .map_err(NodeError::Registry)?;
     let maintenance_stop = CancellationToken::new();
     let maintenance = tokio::spawn(auth.clone().maintain(maintenance_stop.clone()));
+    let refresher = tokio::spawn(refresh_registry(
+        registry.clone(),
+        registry_store.clone(),
+        maintenance_stop.clone(),
+    ));
     let ingress = Ingress::new(
         table,
         auth,
-        registry,
+        registry.clone(),
         routers,
         metrics.http.clone(),
         IngressLimits {
@@ -206,14 +243,23 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let signal = stop_signal.recv().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     readiness.start_draining();
+    // No new connections from here on; requests in flight finish.
+    public_stop.cancel();
     maintenance_stop.cancel();
     let _ = maintenance.await;
+    let _ = refresher.await;
+    if let Err(e) =
+        tokio::time::timeout(Duration::from_secs(3), registry.deregister(&registry_store))
+            .await
+            .unwrap_or_else(|_| Err(crate::store::StoreError::Storage("timed out".into())))
+    {
+        tracing::warn!(error = %e, "could not mark this node unhealthy in the registry");
+    }
     if let Some(c) = &cluster {
-        // Hand leadership over first, so writes in flight here are
-        // forwarded to a leader that stays.
+        // Hand leadership over before the last requests finish, so writes
+        // in flight here are forwarded to a leader that stays.
         c.transfer_leadership().await;
     }
-    public_stop.cancel();
     let drained = public_task.await.unwrap_or(false);
     if !drained {
         tracing::warn!(
@@ -232,6 +278,28 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the in-memory registry close to the store's.
+async fn refresh_registry(
+    registry: Registry,
+    store: crate::store::Namespace,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = registry.refresh(&store) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "registry refresh skipped");
+                }
+            }
+        }
+    }
 }
 
 struct Signals {

@@ -1,22 +1,26 @@
 //! The registry: which node runs which service at which address, and
 //! whether it is healthy.
 //!
-//! In single mode it holds this node alone, seeded from the config. The HA
-//! and scaled modes seed it from the topology and keep it in a reserved
-//! namespace of the replicated store; the ingress forwarding, the xDS
-//! resources and `gen-envoy` read it and keep no list of their own.
+//! It lives in the reserved `registry` namespace of the store (replicated
+//! in a cluster): every member of the topology is seeded when a node
+//! starts, each node records itself (address, services, healthy) on start
+//! and marks itself unhealthy when it stops gracefully. Each node keeps a
+//! copy in memory, refreshed from its local store; the ingress forwarding,
+//! the xDS resources and `gen-envoy` read it and keep no list of their own.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, RwLock},
 };
 
+use crate::store::{Migration, Namespace, Statement, StoreError, Value};
+
 /// One node as the registry knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct NodeRecord {
     pub id: String,
     pub public: SocketAddr,
-    pub services: Vec<&'static str>,
+    pub services: Vec<String>,
     pub healthy: bool,
 }
 
@@ -55,14 +59,14 @@ impl Registry {
     pub fn is_local(&self, service: &str) -> bool {
         self.read()
             .iter()
-            .any(|n| *n.id == *self.local && n.services.contains(&service))
+            .any(|n| *n.id == *self.local && n.services.iter().any(|s| s == service))
     }
 
     /// Every instance of `service`, healthy or not, in node order.
     pub fn instances(&self, service: &str) -> Vec<Instance> {
         self.read()
             .iter()
-            .filter(|n| n.services.contains(&service))
+            .filter(|n| n.services.iter().any(|s| s == service))
             .map(|n| Instance {
                 node_id: n.id.clone(),
                 public: n.public,
@@ -82,7 +86,113 @@ impl Registry {
     pub fn nodes(&self) -> Vec<NodeRecord> {
         self.read().clone()
     }
+
+    /// Records the topology's members (as not yet seen) and this node (as
+    /// healthy, with its services) in the store.
+    pub async fn register(
+        &self,
+        store: &Namespace,
+        topology: &[NodeRecord],
+    ) -> Result<(), StoreError> {
+        let local = self
+            .read()
+            .iter()
+            .find(|n| *n.id == *self.local)
+            .cloned()
+            .expect("the registry always holds the local node");
+        let mut statements: Vec<Statement> = topology
+            .iter()
+            .filter(|n| n.id != local.id)
+            .map(|n| {
+                Statement::new(
+                    "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+                     VALUES (?1, ?2, '', 0, flotilla_now()) ON CONFLICT (node) DO NOTHING",
+                    vec![n.id.clone().into(), n.public.to_string().into()],
+                )
+            })
+            .collect();
+        statements.push(upsert(&local, true));
+        store.write(statements).await?;
+        // The copy may still be catching up; the periodic refresh follows.
+        if let Err(e) = self.refresh(store).await {
+            tracing::debug!(error = %e, "registry not refreshed yet");
+        }
+        Ok(())
+    }
+
+    /// Marks this node unhealthy (a graceful stop).
+    pub async fn deregister(&self, store: &Namespace) -> Result<(), StoreError> {
+        let local = self.read().iter().find(|n| *n.id == *self.local).cloned();
+        if let Some(local) = local {
+            store.write(vec![upsert(&local, false)]).await?;
+        }
+        Ok(())
+    }
+
+    /// Reloads the nodes from this node's copy of the store.
+    pub async fn refresh(&self, store: &Namespace) -> Result<(), StoreError> {
+        let rows = store
+            .read_stale(Statement::new(
+                "SELECT node, public, services, healthy FROM registry__nodes ORDER BY node",
+                vec![],
+            ))
+            .await?
+            .rows;
+        let mut nodes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut it = row.into_iter();
+            let id = it.next().and_then(Value::into_string).unwrap_or_default();
+            let public = it.next().and_then(Value::into_string).unwrap_or_default();
+            let services = it.next().and_then(Value::into_string).unwrap_or_default();
+            let healthy = it.next().and_then(|v| v.as_i64()).unwrap_or_default() != 0;
+            let Ok(public) = public.parse() else { continue };
+            nodes.push(NodeRecord {
+                id,
+                public,
+                services: services
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                healthy,
+            });
+        }
+        if nodes.iter().any(|n| *n.id == *self.local) {
+            *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+        }
+        Ok(())
+    }
 }
+
+fn upsert(node: &NodeRecord, healthy: bool) -> Statement {
+    Statement::new(
+        "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, flotilla_now())
+         ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
+             healthy = excluded.healthy, updated_ms = excluded.updated_ms",
+        vec![
+            node.id.clone().into(),
+            node.public.to_string().into(),
+            node.services.join(",").into(),
+            i64::from(healthy).into(),
+        ],
+    )
+}
+
+/// The reserved namespace of the registry.
+pub const NAMESPACE: &str = "registry";
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "nodes",
+    sql: "CREATE TABLE registry__nodes (
+        node TEXT PRIMARY KEY NOT NULL,
+        public TEXT NOT NULL,
+        services TEXT NOT NULL,
+        healthy INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) STRICT;",
+}];
 
 #[cfg(test)]
 mod tests {
@@ -93,7 +203,7 @@ mod tests {
         let r = Registry::single(NodeRecord {
             id: "n1".into(),
             public: "127.0.0.1:8080".parse().unwrap(),
-            services: vec!["kv"],
+            services: vec!["kv".into()],
             healthy: false,
         });
         assert!(r.is_local("kv"));

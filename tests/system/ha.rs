@@ -238,6 +238,51 @@ async fn writes_on_any_node_are_replicated_and_reads_are_linearizable() {
     let s = cluster.status(leader).await.unwrap();
     assert_eq!(s["peers"].as_array().unwrap().len(), 3);
     assert!(s["term"].as_u64().unwrap() >= 1);
+    // The registry, replicated: every node knows every member, its address
+    // and services, and that it is healthy...
+    let status_url = cluster.nodes[0].admin_url("/status");
+    let registry = || {
+        let url = status_url.clone();
+        async move {
+            let s: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+            s["registry"].clone()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = registry().await;
+        let nodes = r.as_array().unwrap();
+        if nodes.len() == 3 && nodes.iter().all(|n| n["healthy"] == true) {
+            assert!(
+                nodes
+                    .iter()
+                    .all(|n| n["services"] == json!(["accounts", "echo", "kv"])),
+                "{r}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "registry incomplete: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and a node that stops gracefully is marked unhealthy everywhere.
+    cluster.nodes[2].signal("TERM");
+    assert_eq!(
+        cluster.nodes[2].wait_exit(Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = registry().await;
+        if r.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "ha-3" && n["healthy"] == false)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ha-3 still healthy: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.converge().await;
     cluster.stop_all();
     let rows = cluster.kv_rows();
