@@ -437,17 +437,14 @@ impl Namespace {
                 Applied::Migrated(_) => Err(unexpected("a write")),
             };
         }
-        let (reply, rx) = oneshot::channel();
+        let namespace = self.name.clone();
         self.store
-            .inner
-            .jobs
-            .send(Job::Write {
-                namespace: self.name.clone(),
+            .job(|reply| Job::Write {
+                namespace,
                 statements,
                 reply,
             })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+            .await
     }
 
     /// Runs one read-only statement. Linearizable when the store is
@@ -484,17 +481,14 @@ impl Namespace {
                 Applied::Outcomes(_) => Err(unexpected("a migration")),
             };
         }
-        let (reply, rx) = oneshot::channel();
+        let namespace = self.name.clone();
         self.store
-            .inner
-            .jobs
-            .send(Job::Migrate {
-                namespace: self.name.clone(),
+            .job(|reply| Job::Migrate {
+                namespace,
                 migrations,
                 reply,
             })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+            .await
     }
 }
 
@@ -517,6 +511,39 @@ impl Store {
             .map_err(|_| StoreError::Invalid("the store already has a replicator".into()))
     }
 
+    /// Runs `work` on a reader connection from the pool, on a blocking
+    /// thread, and puts the reader back.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let result = work(&reader);
+            reader.guard.set_mode(Mode::System);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(reader);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("reader task failed: {e}")))?
+    }
+
     /// Runs one read-only statement of `namespace` on a local reader,
     /// whatever the replication: the replicator's own read path.
     pub async fn read_local(
@@ -524,43 +551,19 @@ impl Store {
         namespace: &str,
         statement: Statement,
     ) -> Result<Outcome, StoreError> {
-        let permit = self
-            .inner
-            .reader_slots
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let inner = self.inner.clone();
         let namespace: Arc<str> = Arc::from(namespace);
-        let task = tokio::task::spawn_blocking(move || {
-            let reader = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop()
-                .ok_or(StoreError::Closed)?;
+        let metrics = self.inner.metrics.clone();
+        self.with_reader(move |reader| {
             let started = Instant::now();
             reader.guard.set_mode(Mode::Service {
                 namespace: namespace.to_string(),
                 write: false,
             });
             let result = run_statement(&reader.conn, &reader.guard, &namespace, &statement, false);
-            reader.guard.set_mode(Mode::System);
-            inner
-                .metrics
-                .observe_statement(&namespace, "read", started.elapsed());
-            inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(reader);
+            metrics.observe_statement(&namespace, "read", started.elapsed());
             result
-        });
-        let result = task
-            .await
-            .map_err(|e| StoreError::Storage(format!("reader task failed: {e}")))?;
-        drop(permit);
-        result
+        })
+        .await
     }
 
     /// Applies committed Raft entries (the state machine's `apply`).
@@ -582,32 +585,13 @@ impl Store {
     /// and membership are read back from the copy itself, so they match its
     /// data exactly.
     pub async fn snapshot(&self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
-        let permit = self
-            .inner
-            .reader_slots
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let inner = self.inner.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let reader = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop()
-                .ok_or(StoreError::Closed)?;
+        self.with_reader(move |reader| {
             reader.guard.set_mode(Mode::System);
             let _ = std::fs::remove_file(&path);
-            let copied = reader
+            reader
                 .conn
                 .execute("VACUUM INTO ?1", [path.to_string_lossy()])
-                .map_err(storage("cannot copy the database for a snapshot"));
-            inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(reader);
-            copied?;
+                .map_err(storage("cannot copy the database for a snapshot"))?;
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| StoreError::Storage(format!("cannot sync the snapshot: {e}")))?;
@@ -629,12 +613,8 @@ impl Store {
                 membership: get("membership")?,
                 path,
             })
-        });
-        let result = task
-            .await
-            .map_err(|e| StoreError::Storage(format!("snapshot task failed: {e}")))?;
-        drop(permit);
-        result
+        })
+        .await
     }
 
     /// Replaces the database with the copy at `path`.
