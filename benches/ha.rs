@@ -22,9 +22,8 @@ use base64::Engine;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{client, free_addr, load, machine, ready};
+use common::{client, create_admin, free_addr, load, login, machine, ready};
 
-const PASSWORD: &str = "bench-admin-password";
 const VALUE: &str = "0123456789abcdef0123456789abcdef";
 
 fn b64(s: &str) -> String {
@@ -97,41 +96,12 @@ impl Flotilla {
         for i in 0..3 {
             c.wait_ready(i);
         }
-        let mut create = Command::new(binary)
-            .args([
-                "accounts",
-                "create-admin",
-                "--config",
-                c.configs[0].to_str().unwrap(),
-                "--username",
-                "admin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-        }
-        assert!(create.wait().unwrap().success());
+        create_admin(binary, &c.configs[0]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let public = c.public[0];
-        c.token = rt.block_on(async move {
-            let r: serde_json::Value = client()
-                .post(format!("http://{public}/api/accounts/login"))
-                .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["access_token"].as_str().unwrap().to_owned()
-        });
+        c.token = rt.block_on(login(c.public[0]));
         c
     }
 

@@ -43,10 +43,9 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{CLIENTS, client, free_addr, load, machine, ready};
+use common::{CLIENTS, PASSWORD, client, create_admin, free_addr, load, login, machine, ready};
 
 const SECRET: &str = "bench-secret-5c1e9a7f3b2d8e6a4c0f";
-const PASSWORD: &str = "bench-admin-password";
 
 fn auth_settings() -> AuthSettings {
     AuthSettings {
@@ -198,40 +197,14 @@ fn main() {
         assert!(Instant::now() < deadline, "bench node not ready");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut create = Command::new(binary)
-        .args([
-            "accounts",
-            "create-admin",
-            "--config",
-            config.to_str().unwrap(),
-            "--username",
-            "admin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    }
-    assert!(create.wait().unwrap().success(), "create-admin failed");
+    create_admin(binary, &config);
     let (token, logins) = rt.block_on(async {
         let mut times = Vec::new();
         let mut token = String::new();
         for _ in 0..10 {
             let started = Instant::now();
-            let r: serde_json::Value = client()
-                .post(format!("http://{public}/api/accounts/login"))
-                .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            token = login(public).await;
             times.push(started.elapsed());
-            token = r["access_token"].as_str().unwrap().to_owned();
         }
         times.sort_unstable();
         (token, times)

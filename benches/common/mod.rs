@@ -127,3 +127,40 @@ pub fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", kernel.trim())
 }
+
+/// The admin password the benchmarks create.
+pub const PASSWORD: &str = "bench-admin-password";
+
+/// Creates the admin with `flotilla accounts create-admin` on `config`.
+pub fn create_admin(binary: &str, config: &std::path::Path) {
+    use std::io::Write;
+    let mut create = std::process::Command::new(binary)
+        .args([
+            "accounts",
+            "create-admin",
+            "--config",
+            config.to_str().unwrap(),
+            "--username",
+            "admin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writeln!(create.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    assert!(create.wait().unwrap().success(), "create-admin failed");
+}
+
+/// Logs the admin in at `public`; returns the access token.
+pub async fn login(public: SocketAddr) -> String {
+    let r: serde_json::Value = client()
+        .post(format!("http://{public}/api/accounts/login"))
+        .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["access_token"].as_str().unwrap().to_owned()
+}

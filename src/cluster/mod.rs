@@ -703,16 +703,25 @@ impl Cluster {
 /// not keep each other alive.
 struct ReplicatorHandle(Weak<Cluster>);
 
+impl ReplicatorHandle {
+    /// Runs `op` on the cluster, if it is still there.
+    fn with<T: Send + 'static, Fut>(
+        &self,
+        op: impl FnOnce(Arc<Cluster>) -> Fut,
+    ) -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        match self.0.upgrade() {
+            Some(c) => op(c).boxed(),
+            None => async { Err(StoreError::Closed) }.boxed(),
+        }
+    }
+}
+
 impl Replicator for ReplicatorHandle {
     fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let cluster = self.0.upgrade();
-        async move {
-            match cluster {
-                Some(c) => c.write(command).await,
-                None => Err(StoreError::Closed),
-            }
-        }
-        .boxed()
+        self.with(|c| async move { c.write(command).await })
     }
 
     fn read(
@@ -720,14 +729,7 @@ impl Replicator for ReplicatorHandle {
         namespace: String,
         statement: Statement,
     ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        let cluster = self.0.upgrade();
-        async move {
-            match cluster {
-                Some(c) => c.read(namespace, statement).await,
-                None => Err(StoreError::Closed),
-            }
-        }
-        .boxed()
+        self.with(|c| async move { c.read(namespace, statement).await })
     }
 
     fn read_stale(
@@ -735,14 +737,7 @@ impl Replicator for ReplicatorHandle {
         namespace: String,
         statement: Statement,
     ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        let cluster = self.0.upgrade();
-        async move {
-            match cluster {
-                Some(c) => c.read_stale(namespace, statement).await,
-                None => Err(StoreError::Closed),
-            }
-        }
-        .boxed()
+        self.with(|c| async move { c.read_stale(namespace, statement).await })
     }
 }
 
