@@ -701,7 +701,7 @@ fn parse_cluster(
             format!("[{min}, {max}] is not usable: use [min, max] with heartbeat_ms * 2 < min < max <= 60000"),
         );
     }
-    let snapshot_every = raw.snapshot_every.unwrap_or(5000);
+    let snapshot_every = raw.snapshot_every.unwrap_or(50_000);
     if !(10..=10_000_000).contains(&snapshot_every) {
         problems.add(
             "cluster.snapshot_every",

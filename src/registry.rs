@@ -157,9 +157,20 @@ impl Registry {
                 healthy,
             });
         }
-        if nodes.iter().any(|n| *n.id == *self.local) {
-            *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+        // This node knows best what it runs: its own record stays as it is
+        // in memory (a copy still catching up may hold an older one).
+        let mut current = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let Some(local) = current.iter().find(|n| *n.id == *self.local).cloned() else {
+            return Ok(());
+        };
+        for n in nodes.iter_mut().filter(|n| *n.id == *self.local) {
+            *n = local.clone();
         }
+        if !nodes.iter().any(|n| *n.id == *self.local) {
+            nodes.push(local);
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        *current = nodes;
         Ok(())
     }
 }
@@ -212,5 +223,40 @@ mod tests {
         assert!(r.instances("echo").is_empty());
         r.set_healthy("n1", true);
         assert!(r.instances("kv")[0].healthy);
+    }
+
+    /// A copy of the store that has not caught up with this node's own
+    /// registration (only another member's seed of it, without services)
+    /// must not make the node forget what it runs.
+    #[tokio::test]
+    async fn a_stale_copy_does_not_hide_the_local_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(
+            &crate::store::StoreConfig {
+                data_dir: dir.path().to_owned(),
+                readers: 1,
+                durability: crate::store::Durability::Full,
+            },
+            crate::metrics::Metrics::new().store,
+        )
+        .unwrap();
+        let ns = store.namespace(NAMESPACE);
+        ns.migrate(MIGRATIONS).await.unwrap();
+        ns.write(vec![Statement::new(
+            "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+             VALUES ('n1', '127.0.0.1:8080', '', 0, 0), ('n2', '127.0.0.1:8081', 'kv', 1, 0)",
+            vec![],
+        )])
+        .await
+        .unwrap();
+        let r = Registry::single(NodeRecord {
+            id: "n1".into(),
+            public: "127.0.0.1:8080".parse().unwrap(),
+            services: vec!["kv".into(), "echo".into()],
+            healthy: true,
+        });
+        r.refresh(&ns).await.unwrap();
+        assert!(r.is_local("kv") && r.is_local("echo"));
+        assert_eq!(r.instances("kv").len(), 2, "the other member is learned");
     }
 }

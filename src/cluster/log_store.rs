@@ -1,21 +1,28 @@
 //! The Raft log and vote, in their own SQLite file (`raft-log.db`) next to
 //! the database.
 //!
-//! `append` calls back only after the transaction that holds the entries
-//! committed with `synchronous=FULL` (fsync); `save_vote` returns only after
-//! the vote is on disk. Every entry is stored with a checksum of its
-//! encoding; a record that does not match is reported as corrupt, never
-//! applied.
+//! One writer thread owns the write connection and commits with
+//! `synchronous=FULL` (fsync). Appends are group-committed: `append` hands
+//! its entries to the writer and returns at once (they are readable from an
+//! in-memory tail until they are on disk); the writer commits everything
+//! queued while the previous fsync ran in one transaction and only then
+//! calls each append's `LogFlushed` back. openraft issues one append per
+//! client write on the leader, so without this every write paid its own
+//! fsync on Raft's single core task. `save_vote`, `truncate` and `purge`
+//! return only after their transaction is on disk. Every entry is stored
+//! with a checksum of its encoding; a record that does not match is
+//! reported as corrupt, never applied.
 
 // openraft's storage traits return `StorageError` by value; our helpers
 // return the same type so that `?` needs no conversion.
 #![allow(clippy::result_large_err)]
 
 use std::{
+    collections::BTreeMap,
     fmt::Debug,
     ops::{Bound, RangeBounds},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
 };
 
 use openraft::{
@@ -23,6 +30,7 @@ use openraft::{
     storage::{LogFlushed, RaftLogStorage},
 };
 use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::oneshot;
 
 use super::TypeConfig;
 
@@ -46,12 +54,48 @@ fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::<NodeId>::read(&std::io::Error::other(e.to_string())).into()
 }
 
+/// One entry as stored: index, encoding, checksum of the encoding.
+type Record = (u64, Vec<u8>, i64);
+
+/// Work for the writer thread, done in queue order.
+enum Op {
+    Append {
+        records: Vec<Record>,
+        /// The log ids of the appended entries, to drop them from the tail
+        /// once they are on disk.
+        ids: Vec<LogId<NodeId>>,
+        done: LogFlushed<TypeConfig>,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        upto: u64,
+        purged: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 /// The log store; cheap to clone (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
-    conn: Arc<Mutex<Connection>>,
+    /// A read connection (WAL: it sees every committed transaction).
+    reader: Arc<Mutex<Connection>>,
+    /// Entries handed to the writer and not yet on disk, by index.
+    tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: mpsc::Sender<Op>,
     /// The highest commit index this node has learned, for stale reads.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LogStore {
@@ -71,38 +115,49 @@ impl LogStore {
                 checksum INTEGER NOT NULL
             ) STRICT;",
         )?;
+        let reader = Connection::open(path)?;
+        let tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let writer_tail = tail.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(conn, rx, writer_tail))
+            .map_err(|e| {
+                rusqlite::Error::ToSqlConversionFailure(
+                    format!("cannot start the raft log writer thread: {e}").into(),
+                )
+            })?;
         Ok(LogStore {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            tail,
+            writer: tx,
             committed: Arc::default(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn send(&self, op: Op) -> Result<(), StorageError<NodeId>> {
+        self.writer
+            .send(op)
+            .map_err(|_| io_err("the raft log writer has stopped"))
     }
 
-    fn put_meta<T: serde::Serialize>(
+    /// Runs `op` on the writer and waits until it is on disk.
+    async fn write_and_wait(
         &self,
-        key: &str,
-        value: &T,
+        op: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Op,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(value).map_err(io_err)?;
-        self.lock()
-            .execute(
-                "INSERT INTO meta (key, value, checksum) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, checksum = excluded.checksum",
-                rusqlite::params![key, bytes, checksum(&bytes)],
-            )
-            .map_err(io_err)?;
-        Ok(())
+        let (done, wait) = oneshot::channel();
+        self.send(op(done))?;
+        wait.await
+            .map_err(|_| io_err("the raft log writer has stopped"))?
+            .map_err(io_err)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError<NodeId>> {
-        let row: Option<(Vec<u8>, i64)> = self
-            .lock()
+        let row: Option<(Vec<u8>, i64)> = lock(&self.reader)
             .query_row(
                 "SELECT value, checksum FROM meta WHERE key = ?1",
                 [key],
@@ -135,6 +190,78 @@ impl LogStore {
     }
 }
 
+/// The writer thread: takes everything queued, does it in one transaction,
+/// commits (fsync), then answers each operation.
+fn write_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        for op in batch {
+            match op {
+                Op::Append { ids, done, .. } => {
+                    if result.is_ok() {
+                        let mut tail = lock(&tail);
+                        for id in ids {
+                            if tail.get(&id.index).is_some_and(|e| e.log_id == id) {
+                                tail.remove(&id.index);
+                            }
+                        }
+                    }
+                    done.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Op::Meta { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+                Op::Truncate { done, .. } | Op::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for op in batch {
+        match op {
+            Op::Append { records, .. } => {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO log (idx, payload, checksum) VALUES (?1, ?2, ?3)",
+                )?;
+                for (idx, payload, sum) in records {
+                    stmt.execute(rusqlite::params![*idx as i64, payload, sum])?;
+                }
+            }
+            Op::Meta { key, value, .. } => put_meta(&tx, key, value)?,
+            Op::Truncate { from, .. } => {
+                tx.execute("DELETE FROM log WHERE idx >= ?1", [*from as i64])?;
+            }
+            Op::Purge { upto, purged, .. } => {
+                put_meta(&tx, "purged", purged)?;
+                tx.execute("DELETE FROM log WHERE idx <= ?1", [*upto as i64])?;
+            }
+        }
+    }
+    // synchronous=FULL: COMMIT returns after fsync.
+    tx.commit()
+}
+
+fn put_meta(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value, checksum) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, checksum = excluded.checksum",
+    )?
+    .execute(rusqlite::params![key, value, checksum(value)])?;
+    Ok(())
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -146,34 +273,48 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(i) => Some(i + 1),
-            Bound::Excluded(i) => Some(*i),
-            Bound::Unbounded => None,
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT idx, payload, checksum FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-            )
-            .map_err(read_err)?;
-        let rows = stmt
-            .query_map(
-                rusqlite::params![start as i64, end.map_or(i64::MAX, |e| e as i64)],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                },
-            )
-            .map_err(read_err)?;
-        let mut entries = Vec::new();
-        for row in rows {
-            let (idx, payload, sum) = row.map_err(read_err)?;
-            entries.push(LogStore::decode(idx as u64, &payload, sum)?);
+        if start >= end {
+            return Ok(Vec::new());
         }
-        Ok(entries)
+        // The tail first: an entry the writer commits meanwhile leaves the
+        // tail only after it is readable from the file.
+        let mut found: BTreeMap<u64, Entry<TypeConfig>> = lock(&self.tail)
+            .range(start..end)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        let covered = found.len() as u64 == end.saturating_sub(start);
+        if !covered {
+            let conn = lock(&self.reader);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, payload, checksum FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+                )
+                .map_err(read_err)?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::params![start as i64, end.min(i64::MAX as u64) as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .map_err(read_err)?;
+            for row in rows {
+                let (idx, payload, sum) = row.map_err(read_err)?;
+                let idx = idx as u64;
+                if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(idx) {
+                    slot.insert(LogStore::decode(idx, &payload, sum)?);
+                }
+            }
+        }
+        Ok(found.into_values().collect())
     }
 }
 
@@ -182,8 +323,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let purged: Option<LogId<NodeId>> = self.get_meta("purged")?;
-        let last: Option<(i64, Vec<u8>, i64)> = self
-            .lock()
+        let pending = lock(&self.tail).values().next_back().map(|e| e.log_id);
+        let last: Option<(i64, Vec<u8>, i64)> = lock(&self.reader)
             .query_row(
                 "SELECT idx, payload, checksum FROM log ORDER BY idx DESC LIMIT 1",
                 [],
@@ -191,13 +332,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
             .optional()
             .map_err(read_err)?;
-        let last_log_id = match last {
+        let stored = match last {
             Some((idx, payload, sum)) => Some(LogStore::decode(idx as u64, &payload, sum)?.log_id),
-            None => purged,
+            None => None,
         };
         Ok(LogState {
             last_purged_log_id: purged,
-            last_log_id,
+            last_log_id: pending.max(stored).or(purged),
         })
     }
 
@@ -206,13 +347,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta("vote", vote)
+        let value = serde_json::to_vec(vote).map_err(io_err)?;
+        self.write_and_wait(|done| Op::Meta {
+            key: "vote",
+            value,
+            done: Some(done),
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         self.get_meta("vote")
     }
 
+    /// The committed index is a hint for replay after a restart: it is
+    /// written with the next batch and not waited for.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
@@ -221,7 +370,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.committed
                 .fetch_max(c.index, std::sync::atomic::Ordering::SeqCst);
         }
-        self.put_meta("committed", &committed)
+        let value = serde_json::to_vec(&committed).map_err(io_err)?;
+        self.send(Op::Meta {
+            key: "committed",
+            value,
+            done: None,
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -239,45 +393,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut records = Vec::new();
+        let mut ids = Vec::new();
         {
-            let mut conn = self.lock();
-            let tx = conn.transaction().map_err(io_err)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO log (idx, payload, checksum) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(io_err)?;
-                for entry in entries {
-                    let payload = serde_json::to_vec(&entry).map_err(io_err)?;
-                    stmt.execute(rusqlite::params![
-                        entry.log_id.index as i64,
-                        payload,
-                        checksum(&payload)
-                    ])
-                    .map_err(io_err)?;
-                }
+            let mut tail = lock(&self.tail);
+            for entry in entries {
+                let payload = serde_json::to_vec(&entry).map_err(io_err)?;
+                let sum = checksum(&payload);
+                records.push((entry.log_id.index, payload, sum));
+                ids.push(entry.log_id);
+                tail.insert(entry.log_id.index, entry);
             }
-            // synchronous=FULL: COMMIT returns after fsync.
-            tx.commit().map_err(io_err)?;
         }
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        self.send(Op::Append {
+            records,
+            ids,
+            done: callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.lock()
-            .execute("DELETE FROM log WHERE idx >= ?1", [log_id.index as i64])
-            .map_err(io_err)?;
-        Ok(())
+        lock(&self.tail).split_off(&log_id.index);
+        self.write_and_wait(|done| Op::Truncate {
+            from: log_id.index,
+            done,
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta("purged", &log_id)?;
-        self.lock()
-            .execute("DELETE FROM log WHERE idx <= ?1", [log_id.index as i64])
-            .map_err(io_err)?;
-        Ok(())
+        let purged = serde_json::to_vec(&log_id).map_err(io_err)?;
+        lock(&self.tail).retain(|i, _| *i > log_id.index);
+        self.write_and_wait(|done| Op::Purge {
+            upto: log_id.index,
+            purged,
+            done,
+        })
+        .await
     }
 }
 
@@ -286,6 +438,45 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::{
+        cluster::state_machine::StateMachine,
+        metrics::Metrics,
+        store::{Durability, Store, StoreConfig},
+    };
+
+    /// Builds the log store and state machine on a fresh directory, for
+    /// openraft's own storage test suite.
+    struct Builder;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir>
+        for Builder
+    {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+            let dir = tempfile::tempdir().map_err(io_err)?;
+            let log = LogStore::open(&dir.path().join("raft-log.db")).map_err(io_err)?;
+            let store = Store::open(
+                &StoreConfig {
+                    data_dir: dir.path().to_owned(),
+                    readers: 2,
+                    durability: Durability::ReplayedFromLog,
+                },
+                Metrics::new().store,
+            )
+            .map_err(io_err)?;
+            let sm = StateMachine::new(store, dir.path().to_owned());
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's conformance suite for storage: appends (through the
+    /// group-committing writer), reads, truncation, purging, votes, applied
+    /// state and snapshots.
+    #[test]
+    fn passes_openraft_storage_suite() {
+        openraft::testing::Suite::test_all(Builder).unwrap();
+    }
 
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
@@ -301,8 +492,8 @@ mod tests {
         {
             let mut store = LogStore::open(&path).unwrap();
             {
-                let conn = store.lock();
-                let tx = conn.unchecked_transaction().unwrap();
+                let mut conn = Connection::open(&path).unwrap();
+                let tx = conn.transaction().unwrap();
                 for e in [entry(1, 1), entry(1, 2), entry(2, 3)] {
                     let payload = serde_json::to_vec(&e).unwrap();
                     tx.execute(
@@ -342,8 +533,8 @@ mod tests {
         assert_eq!(state.last_purged_log_id.unwrap().index, 1);
         assert_eq!(store.try_get_log_entries(0..10).await.unwrap().len(), 1);
         // Flip a byte of a stored entry: reading it fails loudly.
-        store
-            .lock()
+        Connection::open(&path)
+            .unwrap()
             .execute("UPDATE log SET payload = CAST(replace(CAST(payload AS TEXT), 'Blank', 'Blanc') AS BLOB) WHERE idx = 2", [])
             .unwrap();
         let err = store.try_get_log_entries(0..10).await.unwrap_err();

@@ -84,15 +84,25 @@ fn no_quorum(ms: u64) -> StoreError {
     ))
 }
 
-/// The result of applying one entry, as the state machine returns it.
+/// The result of one proposal: what a client's write gets back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApplyResponse(pub Result<Applied, StoreError>);
 
+/// What one Raft entry carries: the proposals the leader gathered while
+/// earlier entries were in flight, applied in order, each all or nothing on
+/// its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Proposal>);
+
+/// The results of one entry's proposals, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchResponse(pub Vec<Result<Applied, StoreError>>);
+
 openraft::declare_raft_types!(
-    /// flotilla's Raft types: proposals in, apply results out.
+    /// flotilla's Raft types: batches of proposals in, their results out.
     pub TypeConfig:
-        D = Proposal,
-        R = ApplyResponse,
+        D = Batch,
+        R = BatchResponse,
         NodeId = u64,
         Node = BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
@@ -129,6 +139,128 @@ pub struct ClusterSettings {
     pub stale_read_max_lag: Duration,
 }
 
+/// At most this many entries of gathered proposals are in flight at once;
+/// proposals that arrive meanwhile wait and share the next entry, so the
+/// per-entry costs (log record, replication round, apply transaction) are
+/// paid once for many writes.
+const ENTRIES_IN_FLIGHT: usize = 4;
+/// The most proposals one entry carries.
+const MAX_BATCH: usize = 512;
+
+/// A proposal waiting to be gathered into an entry.
+struct Pending {
+    request_id: String,
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<Result<ApplyResponse, Refusal>>,
+}
+
+/// Gathers proposals into entries (see `ENTRIES_IN_FLIGHT`), stamps them
+/// with the leader's time and seeds, proposes, and answers each one.
+async fn gather_proposals(
+    raft: Raft<TypeConfig>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let time_ms = now_ms();
+            let (proposals, replies): (Vec<Proposal>, Vec<_>) = pending
+                .into_iter()
+                .map(|p| {
+                    let proposal = Proposal {
+                        request_id: p.request_id,
+                        time_ms,
+                        seed: rand::rngs::OsRng.next_u64() as i64,
+                        command: p.command,
+                    };
+                    (proposal, p.reply)
+                })
+                .unzip();
+            let refusal = match propose_entry(&raft, Batch(proposals)).await {
+                Ok(BatchResponse(results)) => {
+                    // A reply left without a result (there is none) drops
+                    // its sender: the caller retries with the same id.
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(ApplyResponse(result)));
+                    }
+                    return;
+                }
+                Err(refusal) => refusal,
+            };
+            for reply in replies {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+        });
+    }
+}
+
+/// Gathers the writes this follower forwards: like `gather_proposals`, at
+/// most `ENTRIES_IN_FLIGHT` calls to the leader at once, and the writes that
+/// arrive meanwhile share the next call.
+async fn gather_forwards(
+    cluster: Weak<Cluster>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(u64, Pending)>,
+) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut by_leader: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
+        let mut gathered = 0;
+        let mut next = Some(first);
+        while let Some((leader, pending)) = next.take() {
+            by_leader.entry(leader).or_default().push(pending);
+            gathered += 1;
+            if gathered < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        let Some(cluster) = cluster.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            for (leader, pending) in by_leader {
+                cluster.forward_batch(leader, pending).await;
+            }
+        });
+    }
+}
+
+/// Proposes one entry on this node, which must lead.
+async fn propose_entry(raft: &Raft<TypeConfig>, batch: Batch) -> Result<BatchResponse, Refusal> {
+    // A leader that loses its leadership while the entry is in flight may
+    // never answer: give up after a while and let the callers retry (their
+    // request ids make the retries apply at most once).
+    match tokio::time::timeout(PROPOSAL_WAIT, raft.client_write(batch)).await {
+        Ok(Ok(ClientWriteResponse { data, .. })) => Ok(data),
+        Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(Refusal::NotLeader(f.leader_id))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a proposal failed");
+            Err(Refusal::NotLeader(None))
+        }
+        Err(_) => {
+            tracing::warn!("a proposal was not answered in time; retrying");
+            Err(Refusal::NotLeader(None))
+        }
+    }
+}
+
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long one proposal or read-index round may take before it is retried.
@@ -154,8 +286,14 @@ pub struct Cluster {
     election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
+    /// Proposals on their way into entries (see `gather_proposals`).
+    proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
+    /// Writes on their way to the leader (see `gather_forwards`).
+    forwards: tokio::sync::mpsc::UnboundedSender<(u64, Pending)>,
     store: Store,
     members: BTreeMap<u64, Member>,
+    /// Peer clients by member id, with the address they dial.
+    clients: std::sync::Mutex<BTreeMap<u64, (String, network::Client)>>,
     credential: Arc<str>,
 }
 
@@ -163,10 +301,15 @@ fn unavailable(message: String) -> StoreError {
     StoreError::Storage(message)
 }
 
+/// A new request id: this node's clock in milliseconds, then 64 random
+/// bits, in hex. Ids made about the same time sort together, so recording
+/// them appends to the end of the index instead of touching a random page.
 fn request_id() -> String {
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!(
+        "{:012x}{:016x}",
+        now_ms().max(0),
+        rand::rngs::OsRng.next_u64()
+    )
 }
 
 impl Cluster {
@@ -209,6 +352,9 @@ impl Cluster {
         )
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(gather_proposals(raft.clone(), queue));
+        let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             id: settings.id,
             faults,
@@ -219,10 +365,14 @@ impl Cluster {
             election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
             raft,
+            proposals,
+            forwards,
             store: store.clone(),
             members: settings.members.iter().map(|m| (m.id, m.clone())).collect(),
+            clients: std::sync::Mutex::default(),
             credential,
         });
+        tokio::spawn(gather_forwards(Arc::downgrade(&cluster), forward_queue));
         store
             .set_replicator(Arc::new(ReplicatorHandle(Arc::downgrade(&cluster))))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
@@ -276,6 +426,8 @@ impl Cluster {
 
     /// A client for member `id`: its address from the topology, or from the
     /// membership for a member added later.
+    /// Clients are kept per member and address, so forwarded calls share
+    /// one HTTP/2 connection instead of opening one each.
     fn leader_client(&self, id: u64) -> Result<network::Client, StoreError> {
         let addr = match self.members.get(&id) {
             Some(member) => member.peer.to_string(),
@@ -289,7 +441,15 @@ impl Cluster {
                 .map(|n| n.addr.clone())
                 .ok_or_else(|| unavailable(format!("member {id} is not known")))?,
         };
-        network::client(&addr, &self.credential).map_err(unavailable)
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, client)) = clients.get(&id)
+            && *known == addr
+        {
+            return Ok(client.clone());
+        }
+        let client = network::client(&addr, &self.credential).map_err(unavailable)?;
+        clients.insert(id, (addr, client.clone()));
+        Ok(client)
     }
 
     /// Runs a `flotilla cluster` operation here, if this node can (status,
@@ -374,8 +534,8 @@ impl Cluster {
         Ok(result.map(|()| self.status()))
     }
 
-    /// Proposes `command` on this node, which must be the leader; stamps the
-    /// leader's time and seed.
+    /// Proposes `command` on this node, which must be the leader; it goes
+    /// into the next entry with the other proposals waiting then.
     async fn propose(
         &self,
         request_id: String,
@@ -384,29 +544,16 @@ impl Cluster {
         if let Some(silent) = self.quorum_silence() {
             return Err(Refusal::NoQuorum(silent));
         }
-        let proposal = Proposal {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
             request_id,
-            time_ms: now_ms(),
-            seed: rand::rngs::OsRng.next_u64() as i64,
             command,
+            reply,
         };
-        // A leader that loses its leadership while the entry is in flight
-        // may never answer: give up after a while and let the caller retry
-        // (the request id makes the retry apply at most once).
-        match tokio::time::timeout(PROPOSAL_WAIT, self.raft.client_write(proposal)).await {
-            Ok(Ok(ClientWriteResponse { data, .. })) => Ok(data),
-            Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(Refusal::NotLeader(f.leader_id))
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "a proposal failed");
-                Err(Refusal::NotLeader(None))
-            }
-            Err(_) => {
-                tracing::warn!("a proposal was not answered in time; retrying");
-                Err(Refusal::NotLeader(None))
-            }
+        if self.proposals.send(pending).is_err() {
+            return Err(Refusal::NotLeader(None));
         }
+        answer.await.unwrap_or(Err(Refusal::NotLeader(None)))
     }
 
     /// If this node leads but has not heard from a quorum for longer than
@@ -464,32 +611,61 @@ impl Cluster {
         }
     }
 
+    /// Sends a write to the leader, together with the other writes this
+    /// node is forwarding at the moment (see `gather_forwards`).
     async fn forward_write(
         &self,
         leader: u64,
         id: &str,
         command: &Command,
     ) -> Result<ApplyResponse, Refusal> {
-        let Ok(mut client) = self.leader_client(leader) else {
-            return Err(Refusal::NotLeader(None));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            request_id: id.to_owned(),
+            command: command.clone(),
+            reply,
         };
-        let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
-        let mut req = tonic::Request::new(network::blob(&(id, command)));
-        req.set_timeout(deadline);
-        let answer = tokio::time::timeout(deadline, client.write(req))
-            .await
-            .unwrap_or_else(|_| {
-                Err(tonic::Status::deadline_exceeded(
-                    "the leader did not answer in time",
-                ))
-            });
-        match answer {
-            Ok(reply) => match serde_json::from_slice(&reply.into_inner().data) {
-                Ok(PeerReply::Done(r)) => Ok(r),
-                Ok(PeerReply::Refused(refusal)) => Err(refusal),
-                Err(_) => Err(Refusal::NotLeader(None)),
-            },
-            Err(_) => Err(Refusal::NotLeader(None)),
+        if self.forwards.send((leader, pending)).is_err() {
+            return Err(Refusal::NotLeader(None));
+        }
+        answer.await.unwrap_or(Err(Refusal::NotLeader(None)))
+    }
+
+    /// Sends gathered writes to `leader` in one call and answers each.
+    async fn forward_batch(&self, leader: u64, pending: Vec<Pending>) {
+        let (writes, replies): (Vec<(String, Command)>, Vec<_>) = pending
+            .into_iter()
+            .map(|p| ((p.request_id, p.command), p.reply))
+            .unzip();
+        let answers = match self.leader_client(leader) {
+            Ok(mut client) => {
+                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
+                let mut req = tonic::Request::new(network::blob(&writes));
+                req.set_timeout(deadline);
+                match tokio::time::timeout(deadline, client.write_batch(req)).await {
+                    Ok(Ok(reply)) => serde_json::from_slice::<Vec<PeerReply<ApplyResponse>>>(
+                        &reply.into_inner().data,
+                    )
+                    .ok(),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match answers {
+            Some(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(match answer {
+                        PeerReply::Done(r) => Ok(r),
+                        PeerReply::Refused(refusal) => Err(refusal),
+                    });
+                }
+            }
+            None => {
+                for reply in replies {
+                    let _ = reply.send(Err(Refusal::NotLeader(None)));
+                }
+            }
         }
     }
 
@@ -948,6 +1124,22 @@ impl peer_server::Peer for PeerService {
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (id, command): (String, Command) = network::unblob(r.get_ref())?;
         reply(&PeerReply::from(self.cluster.propose(id, command).await))
+    }
+
+    async fn write_batch(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let writes: Vec<(String, Command)> = network::unblob(r.get_ref())?;
+        let answers = futures_util::future::join_all(
+            writes
+                .into_iter()
+                .map(|(id, command)| self.cluster.propose(id, command)),
+        )
+        .await;
+        reply(
+            &answers
+                .into_iter()
+                .map(PeerReply::from)
+                .collect::<Vec<PeerReply<ApplyResponse>>>(),
+        )
     }
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {

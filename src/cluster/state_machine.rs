@@ -22,7 +22,7 @@ use openraft::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{ApplyResponse, TypeConfig};
+use super::{Batch, BatchResponse, TypeConfig};
 use crate::store::{ApplyEntry, Store};
 
 type NodeId = u64;
@@ -174,7 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((log_id, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -182,25 +182,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = Vec::new();
         for entry in entries {
             let log_id = serde_json::to_vec(&entry.log_id).map_err(sm_err)?;
-            let (membership, proposal) = match entry.payload {
-                EntryPayload::Blank => (None, None),
-                EntryPayload::Normal(p) => (None, Some(p)),
+            let (membership, proposals) = match entry.payload {
+                EntryPayload::Blank => (None, Vec::new()),
+                EntryPayload::Normal(Batch(proposals)) => (None, proposals),
                 EntryPayload::Membership(m) => (
                     Some(
                         serde_json::to_vec(&StoredMembership::new(Some(entry.log_id), m))
                             .map_err(sm_err)?,
                     ),
-                    None,
+                    Vec::new(),
                 ),
             };
             batch.push(ApplyEntry {
                 log_id,
                 membership,
-                proposal,
+                proposals,
             });
         }
         let results = self.store.apply(batch).await.map_err(sm_err)?;
-        Ok(results.into_iter().map(ApplyResponse).collect())
+        Ok(results.into_iter().map(BatchResponse).collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

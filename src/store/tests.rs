@@ -421,11 +421,11 @@ fn proposal(request_id: &str, time_ms: i64, seed: i64, statements: Vec<Statement
     }
 }
 
-fn entry(index: u8, proposal: Option<Proposal>) -> ApplyEntry {
+fn entry(index: u8, proposals: Vec<Proposal>) -> ApplyEntry {
     ApplyEntry {
         log_id: vec![index],
         membership: None,
-        proposal,
+        proposals,
     }
 }
 
@@ -443,15 +443,30 @@ async fn replicated_writes_are_deterministic_and_apply_once() {
         store.namespace("kv").migrate(KV).await.unwrap();
         let out = store
             .apply(vec![
-                entry(1, Some(proposal("r1", 1_700_000_000_123, 42, insert()))),
-                // The same request again (a retry): recorded result, no second row.
-                entry(2, Some(proposal("r1", 1_700_000_000_999, 7, insert()))),
-                entry(3, None),
+                entry(1, vec![proposal("r1", 1_700_000_000_123, 42, insert())]),
+                // The same request again (a retry), once in a later entry
+                // and once within one entry: the recorded result, no
+                // second row.
+                entry(
+                    2,
+                    vec![
+                        proposal("r1", 1_700_000_000_999, 7, insert()),
+                        proposal("r1", 1_700_000_000_999, 8, insert()),
+                    ],
+                ),
+                entry(3, vec![]),
             ])
             .await
             .unwrap();
-        assert_eq!(out[0], out[1], "a retried request returns the first result");
-        assert_eq!(out[2], Ok(Applied::Outcomes(vec![])));
+        assert_eq!(
+            out[0][0], out[1][0],
+            "a retried request returns the first result"
+        );
+        assert_eq!(
+            out[0][0], out[1][1],
+            "a retried request returns the first result"
+        );
+        assert!(out[2].is_empty());
         let rows = store
             .namespace("kv")
             .read(stmt("SELECT count(*) FROM kv__t"))
@@ -460,7 +475,7 @@ async fn replicated_writes_are_deterministic_and_apply_once() {
             .rows;
         assert_eq!(rows, vec![vec![Value::Integer(1)]]);
         assert_eq!(store.applied_state().await.unwrap(), (Some(vec![3]), None));
-        results.push(out[0].clone());
+        results.push(out[0][0].clone());
     }
     // Two replicas applying the same proposal compute the same values.
     assert_eq!(results[0], results[1]);
@@ -480,16 +495,19 @@ async fn replicated_writes_are_deterministic_and_apply_once() {
     let out = store
         .apply(vec![entry(
             1,
-            Some(proposal(
-                "bad",
-                1,
-                1,
-                vec![stmt("SELECT * FROM sqlite_master")],
-            )),
+            vec![
+                proposal("bad", 1, 1, vec![stmt("SELECT * FROM sqlite_master")]),
+                proposal("good", 1, 1, insert()),
+            ],
         )])
         .await
         .unwrap();
-    assert!(matches!(out[0], Err(StoreError::Denied { .. })), "{out:?}");
+    // ... and does not affect the other proposals of its entry.
+    assert!(
+        matches!(out[0][0], Err(StoreError::Denied { .. })),
+        "{out:?}"
+    );
+    assert!(matches!(out[0][1], Ok(Applied::Outcomes(_))), "{out:?}");
 }
 
 #[tokio::test]
@@ -500,12 +518,12 @@ async fn a_snapshot_restores_data_and_applied_state_elsewhere() {
     a.apply(vec![ApplyEntry {
         log_id: b"log-9".to_vec(),
         membership: Some(b"members".to_vec()),
-        proposal: Some(proposal(
+        proposals: vec![proposal(
             "w",
             1,
             1,
             vec![stmt("INSERT INTO kv__t VALUES ('k', 'v')")],
-        )),
+        )],
     }])
     .await
     .unwrap();

@@ -354,8 +354,10 @@ impl Node {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "login of {username} failed");
-        r.json().await.unwrap()
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "login of {username} failed: {body}");
+        body
     }
 
     /// Creates the admin and returns an access token for it.
