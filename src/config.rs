@@ -688,7 +688,7 @@ fn parse_cluster(
         );
     }
     let heartbeat = raw.heartbeat_ms.unwrap_or(50);
-    let [min, max] = raw.election_timeout_ms.unwrap_or([300, 600]);
+    let [min, max] = raw.election_timeout_ms.unwrap_or([200, 400]);
     if !(10..=10_000).contains(&heartbeat) {
         problems.add(
             "cluster.heartbeat_ms",

@@ -305,6 +305,8 @@ fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connecti
     // Up to 32 MiB of pages cached (SQLite's default is 2 MiB): a writer
     // that touches many pages per group commit re-reads fewer of them.
     conn.pragma_update(None, "cache_size", -32 * 1024)?;
+    // Savepoint journals in memory, not in temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     harden(&conn)?;
     Ok(conn)
@@ -691,6 +693,17 @@ fn run_statement(
     Ok(outcome)
 }
 
+/// Transaction control statements, compiled once per connection.
+trait ExecCached {
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()>;
+}
+
+impl ExecCached for Connection {
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+}
+
 /// The writer thread's state: the only read-write connection.
 struct Writer {
     conn: Connection,
@@ -766,12 +779,12 @@ impl Writer {
     ) -> Result<T, StoreError> {
         self.guard.set_mode(Mode::System);
         self.conn
-            .execute_batch("BEGIN IMMEDIATE")
+            .exec_cached("BEGIN IMMEDIATE")
             .map_err(storage("cannot start a write transaction"))?;
         match f(self) {
             Ok(v) => {
                 self.guard.set_mode(Mode::System);
-                match self.conn.execute_batch("COMMIT") {
+                match self.conn.exec_cached("COMMIT") {
                     Ok(()) => Ok(v),
                     Err(e) => {
                         let _ = self.conn.execute_batch("ROLLBACK");
@@ -797,7 +810,7 @@ impl Writer {
     ) -> Result<JobResult, StoreError> {
         self.guard.set_mode(Mode::System);
         self.conn
-            .execute_batch("SAVEPOINT job")
+            .exec_cached("SAVEPOINT job")
             .map_err(storage("cannot open a savepoint"))?;
         self.guard.set_mode(Mode::Service {
             namespace: namespace.to_owned(),
@@ -816,9 +829,11 @@ impl Writer {
         }
         self.guard.set_mode(Mode::System);
         let undo = if failure.is_some() {
-            self.conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            self.conn
+                .exec_cached("ROLLBACK TO job")
+                .and_then(|()| self.conn.exec_cached("RELEASE job"))
         } else {
-            self.conn.execute_batch("RELEASE job")
+            self.conn.exec_cached("RELEASE job")
         };
         // An error here means SQLite rolled the whole transaction back.
         undo.map_err(storage("the transaction was aborted"))?;

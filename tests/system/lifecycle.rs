@@ -37,11 +37,17 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
             }
         }
         assert!(not_ready, "readyz did not turn 503 while draining");
-        // ... and new connections are refused.
-        assert!(
-            TcpStream::connect(node.public).await.is_err(),
-            "public listener still accepting"
-        );
+        // ... and new connections are refused (the listener closes on the
+        // serving task, moments after readiness flips).
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(node.public).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "public listener still accepting");
         // The in-flight request completes.
         s.write_all(&body[5..]).await.unwrap();
         let mut buf = vec![0u8; 1024];
