@@ -10,12 +10,18 @@ use std::{
 pub const BINARY: &str = env!("CARGO_BIN_EXE_flotilla");
 
 /// A port that was free a moment ago on 127.0.0.1.
+/// A port that is free now, below the kernel's ephemeral range (32768 and
+/// up), so that no test's outgoing connection can take it before the node
+/// under test binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    for _ in 0..1000 {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port found between 20000 and 32000 on 127.0.0.1")
 }
 
 /// The example binary built from `examples/<name>.rs` next to the main one.
