@@ -20,3 +20,4 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod telemetry;
+pub mod xds;

@@ -1,0 +1,375 @@
+//! Envoy resources built from the routing table and the registry.
+//!
+//! These builders are the only place that knows how flotilla looks to Envoy
+//! and to proxyless gRPC clients; the xDS server serves what they build, and
+//! `gen-envoy` writes the same resources into static bootstraps.
+//!
+//! - The ingress: one listener (`INGRESS_LISTENER`) whose HTTP connection
+//!   manager takes its routes over ADS (`INGRESS_ROUTES`): every service's
+//!   HTTP prefix and gRPC service paths, each to the service's cluster.
+//! - One cluster per service, named after it, speaking HTTP/2 to the
+//!   service's public port so that gRPC is balanced per request, with
+//!   outlier detection; endpoints from the registry (EDS over ADS, or inline
+//!   for static configs).
+//! - For proxyless gRPC clients dialing `xds:///<service>`: a listener named
+//!   `<service>` holding an API listener whose routes send everything to the
+//!   service's cluster.
+
+use std::{net::SocketAddr, time::Duration};
+
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::{
+                Cluster, OutlierDetection,
+                cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+            },
+            core::v3::{
+                Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
+                Http2ProtocolOptions, SocketAddress, address, config_source::ConfigSourceSpecifier,
+                socket_address::PortSpecifier,
+            },
+            endpoint::v3::{
+                ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+                lb_endpoint::HostIdentifier,
+            },
+            listener::v3::{ApiListener, Filter, FilterChain, Listener, filter},
+            route::v3::{
+                RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+            },
+        },
+        extensions::{
+            filters::{
+                http::router::v3::Router,
+                network::http_connection_manager::v3::{
+                    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+                },
+            },
+            upstreams::http::v3::{
+                HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
+                http_protocol_options::UpstreamProtocolOptions,
+                http_protocol_options::explicit_http_config::ProtocolConfig,
+            },
+        },
+    },
+    google::protobuf::{Any, Duration as PbDuration, UInt32Value},
+};
+use envoy_types::util::pack_any;
+
+use crate::{
+    registry::Registry,
+    routing::{API_PREFIX, RoutingTable},
+};
+
+/// The ingress listener's name.
+pub const INGRESS_LISTENER: &str = "flotilla-ingress";
+/// The ingress listener's route configuration.
+pub const INGRESS_ROUTES: &str = "flotilla-ingress-routes";
+
+/// Retries that are safe for any request: the upstream never saw it.
+const RETRY_UNSEEN: &str = "connect-failure,refused-stream,reset-before-request";
+/// Retries for idempotent HTTP methods: also after a failure or a reset.
+const RETRY_IDEMPOTENT: &str = "5xx,reset,connect-failure,refused-stream,retriable-status-codes";
+
+/// One service as the resources see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    pub name: String,
+    /// gRPC service names (`package.Service`).
+    pub grpc_services: Vec<String>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EndpointView {
+    pub node: String,
+    pub addr: SocketAddr,
+    pub healthy: bool,
+}
+
+/// Every service of the routing table with its instances in the registry,
+/// in name order.
+pub fn services(table: &RoutingTable, registry: &Registry) -> Vec<ServiceView> {
+    let mut names: Vec<&'static str> = table.routes().iter().map(|r| r.service).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let mut endpoints: Vec<EndpointView> = registry
+                .instances(name)
+                .into_iter()
+                .map(|i| EndpointView {
+                    node: i.node_id.to_string(),
+                    addr: i.public,
+                    healthy: i.healthy,
+                })
+                .collect();
+            endpoints.sort();
+            ServiceView {
+                name: name.to_owned(),
+                grpc_services: table.grpc_services_of(name).map(str::to_owned).collect(),
+                endpoints,
+            }
+        })
+        .collect()
+}
+
+fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn socket_address(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// An HTTP connection manager whose routes come over ADS.
+fn connection_manager(stat_prefix: &str, routes: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: routes.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The public ingress listener on `addr`, its routes over ADS.
+pub fn ingress_listener(addr: SocketAddr) -> Listener {
+    Listener {
+        name: INGRESS_LISTENER.into(),
+        address: Some(socket_address(addr)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(
+                    connection_manager("ingress", INGRESS_ROUTES),
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(service.to_owned())),
+            timeout: Some(duration(Duration::from_secs(15))),
+            retry_policy: Some(RetryPolicy {
+                retry_on: retry_on.into(),
+                num_retries: Some(UInt32Value { value: 2 }),
+                retriable_status_codes: vec![503],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The ingress routes: for every service, its gRPC service paths and its
+/// HTTP prefix, to its cluster. Only `services` that have a cluster may be
+/// named here (make before break is the server's job).
+pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
+    let mut routes = Vec::new();
+    for s in services {
+        for g in &s.grpc_services {
+            routes.push(route_to(
+                &s.name,
+                PathSpecifier::Prefix(format!("/{g}/")),
+                RETRY_UNSEEN,
+            ));
+        }
+        let prefix = format!("{API_PREFIX}{}", s.name);
+        // Idempotent methods are retried after failures too; the others
+        // only when the upstream never saw the request.
+        let mut idempotent = route_to(
+            &s.name,
+            PathSpecifier::Prefix(prefix.clone()),
+            RETRY_IDEMPOTENT,
+        );
+        if let Some(m) = idempotent.r#match.as_mut() {
+            m.headers = vec![method_matcher(&["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])];
+        }
+        routes.push(idempotent);
+        routes.push(route_to(
+            &s.name,
+            PathSpecifier::Prefix(prefix),
+            RETRY_UNSEEN,
+        ));
+    }
+    RouteConfiguration {
+        name: INGRESS_ROUTES.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "flotilla".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn method_matcher(methods: &[&str]) -> envoy_types::pb::envoy::config::route::v3::HeaderMatcher {
+    use envoy_types::pb::envoy::{
+        config::route::v3::{HeaderMatcher, header_matcher::HeaderMatchSpecifier},
+        r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+    };
+    HeaderMatcher {
+        name: ":method".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+                regex: methods.join("|"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The cluster of `service`: HTTP/2 to its instances, round robin, with
+/// outlier detection. `eds`: endpoints over ADS; otherwise inline (static
+/// configurations).
+pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
+    let protocol = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut cluster = Cluster {
+        name: service.name.clone(),
+        connect_timeout: Some(duration(Duration::from_secs(1))),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            pack_any(protocol),
+        )]
+        .into_iter()
+        .collect(),
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx: Some(UInt32Value { value: 3 }),
+            interval: Some(duration(Duration::from_secs(1))),
+            base_ejection_time: Some(duration(Duration::from_secs(5))),
+            max_ejection_percent: Some(UInt32Value { value: 50 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if eds {
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+        cluster.eds_cluster_config = Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        });
+    } else {
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+        cluster.load_assignment = Some(load_assignment(service));
+    }
+    cluster
+}
+
+/// The endpoints of `service`: its healthy instances (an empty assignment
+/// is valid and keeps a cluster from warming forever). The locality has a
+/// weight: gRPC clients skip localities without one.
+pub fn load_assignment(service: &ServiceView) -> ClusterLoadAssignment {
+    let lb_endpoints = service
+        .endpoints
+        .iter()
+        .filter(|e| e.healthy)
+        .map(|e| LbEndpoint {
+            health_status: HealthStatus::Healthy as i32,
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(e.addr)),
+                hostname: e.node.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: service.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// For a proxyless gRPC client of `service`: the API listener named after
+/// the service, its routes over ADS.
+pub fn api_listener(service: &str) -> Listener {
+    Listener {
+        name: service.to_owned(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(connection_manager(service, service))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The routes of `service`'s API listener: everything to its cluster.
+pub fn api_routes(service: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: service.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: service.to_owned(),
+            domains: vec!["*".into()],
+            routes: vec![route_to(
+                service,
+                PathSpecifier::Prefix(String::new()),
+                RETRY_UNSEEN,
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Packs a resource for the wire.
+pub fn any<T: prost::Name + prost::Message>(resource: T) -> Any {
+    pack_any(resource)
+}

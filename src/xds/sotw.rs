@@ -1,0 +1,535 @@
+//! State-of-the-world ADS for one stream: what to answer to a request, and
+//! what to push when the snapshot changes. No I/O here; the server feeds
+//! requests and snapshots in and sends what comes out.
+//!
+//! The rules (numbers from `xds-notes.md`):
+//! - (1) an ACK is never answered; a response goes out only when what the
+//!   client subscribes to changed, or it subscribed to something new (8).
+//! - (2) a NACK is recorded (version and error) and the same content is not
+//!   sent again; the next different content is.
+//! - (3) an empty nonce is a (re)subscription and is answered, even when it
+//!   carries a version.
+//! - (4) a request whose nonce is not the last one sent for its type is
+//!   stale and ignored.
+//! - (5) the node is taken from the first request.
+//! - (6) an empty name list on the first request of a type, or `*`, is a
+//!   wildcard; later an empty list unsubscribes.
+//! - (7) every response carries the full subscribed set, without
+//!   duplicates; for listeners and clusters a missing name is a deletion.
+//! - (10) make before break, for clients that take clusters by wildcard
+//!   (Envoy): a route configuration is sent only once the clusters it names
+//!   have been ACKed; a cluster still named by ACKed routes stays in the
+//!   cluster responses until routes without it are ACKed.
+//! - (11) names that do not exist are answered at once with a response
+//!   without them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::Node,
+    service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
+};
+
+use super::{CLUSTER, ROUTE, Resource, Snapshot, TYPES, version};
+
+/// One type's state on a stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    subscribed: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Answer the next evaluation even if nothing changed.
+    must_send: bool,
+    /// The last response: its nonce, version and resources.
+    sent: Option<Sent>,
+    /// The resources of the last ACKed response.
+    acked: BTreeMap<String, Arc<Resource>>,
+    acked_version: Option<String>,
+    /// The version the client refused last, and why.
+    nacked: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    nonce: String,
+    version: String,
+    resources: BTreeMap<String, Arc<Resource>>,
+}
+
+/// What one client has ACKed and NACKed for one type (status, CSDS).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypeStatus {
+    pub type_url: String,
+    pub acked_version: Option<String>,
+    pub nacked: Option<(String, String)>,
+}
+
+/// The protocol state of one SotW ADS stream.
+#[derive(Debug, Default)]
+pub struct Stream {
+    node: Option<Node>,
+    types: BTreeMap<String, TypeState>,
+    nonces: u64,
+}
+
+impl Stream {
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    pub fn status(&self) -> Vec<TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| TypeStatus {
+                type_url: t.clone(),
+                acked_version: s.acked_version.clone(),
+                nacked: s.nacked.clone(),
+            })
+            .collect()
+    }
+
+    /// Handles one request; returns the responses to send, in order.
+    pub fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        if self.node.is_none() {
+            self.node = req.node.clone();
+        }
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if req.response_nonce.is_empty() {
+            // (3) A new subscription, or a reconnect replaying its version.
+            let first = !state.subscribed;
+            state.subscribed = true;
+            state.wildcard = (first && req.resource_names.is_empty())
+                || req.resource_names.iter().any(|n| n == "*");
+            state.names = req
+                .resource_names
+                .into_iter()
+                .filter(|n| n != "*")
+                .collect();
+            state.must_send = true;
+        } else {
+            let Some(sent) = state.sent.as_ref() else {
+                return Vec::new();
+            };
+            if sent.nonce != req.response_nonce {
+                // (4) Stale: an answer to an earlier response.
+                return Vec::new();
+            }
+            match &req.error_detail {
+                Some(status) => {
+                    // (2) Keep what the client runs; remember the refusal.
+                    state.nacked = Some((sent.version.clone(), status.message.clone()));
+                }
+                None => {
+                    state.acked = sent.resources.clone();
+                    state.acked_version = Some(sent.version.clone());
+                    state.nacked = None;
+                }
+            }
+            // (6) and (8): the request may also change the subscription.
+            let wildcard = req.resource_names.iter().any(|n| n == "*")
+                || (state.wildcard && req.resource_names.is_empty());
+            let names: BTreeSet<String> = req
+                .resource_names
+                .into_iter()
+                .filter(|n| n != "*")
+                .collect();
+            if (wildcard && !state.wildcard) || names.difference(&state.names).next().is_some() {
+                state.must_send = true;
+            }
+            state.wildcard = wildcard;
+            state.names = names;
+        }
+        // An ACK of clusters or routes may unblock the other (10).
+        let type_url = req.type_url;
+        let mut out = Vec::new();
+        for t in std::iter::once(type_url.as_str()).chain(TYPES) {
+            if out.iter().any(|r: &DiscoveryResponse| r.type_url == t) {
+                continue;
+            }
+            if let Some(r) = self.evaluate(t, snap) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// The snapshot changed: the responses to push, clusters first.
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        TYPES
+            .iter()
+            .filter_map(|t| self.evaluate(t, snap))
+            .collect()
+    }
+
+    /// Does the client take clusters by wildcard (Envoy)? Then routes must
+    /// never name a cluster it has not ACKed.
+    fn gates_routes(&self) -> bool {
+        self.types.get(CLUSTER).is_some_and(|c| c.wildcard)
+    }
+
+    /// What `type_url`'s subscription should hold now, and whether a route
+    /// configuration is being held back until its clusters are ACKed.
+    fn desired(&self, type_url: &str, snap: &Snapshot) -> (BTreeMap<String, Arc<Resource>>, bool) {
+        let Some(state) = self.types.get(type_url) else {
+            return (BTreeMap::new(), false);
+        };
+        let all = snap.of(type_url);
+        let mut want: BTreeMap<String, Arc<Resource>> = all
+            .into_iter()
+            .flatten()
+            .filter(|(name, r)| {
+                (state.wildcard && r.wildcard) || state.names.contains(name.as_str())
+            })
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        if !self.gates_routes() {
+            return (want, false);
+        }
+        let acked_clusters = self
+            .types
+            .get(CLUSTER)
+            .map(|c| &c.acked)
+            .cloned()
+            .unwrap_or_default();
+        match type_url {
+            ROUTE => {
+                // (10) A route naming a cluster the client has not ACKed
+                // waits; the client keeps the version it has.
+                let ready =
+                    |r: &Resource| r.clusters.iter().all(|c| acked_clusters.contains_key(c));
+                if want.values().any(|r| !ready(r)) {
+                    return (want, true);
+                }
+            }
+            CLUSTER => {
+                // (10) A cluster that ACKed routes still name stays.
+                if let Some(routes) = self.types.get(ROUTE) {
+                    for r in routes.acked.values() {
+                        for c in &r.clusters {
+                            if !want.contains_key(c)
+                                && let Some(old) = state.acked.get(c)
+                            {
+                                want.insert(c.clone(), old.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        (want, false)
+    }
+
+    /// A response for `type_url` if one is due.
+    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Option<DiscoveryResponse> {
+        if !self.types.get(type_url).is_some_and(|s| s.subscribed) {
+            return None;
+        }
+        let (want, held) = self.desired(type_url, snap);
+        if held {
+            // Answered when the clusters' ACK comes.
+            return None;
+        }
+        let v = version(want.values());
+        let state = self.types.get_mut(type_url).expect("checked above");
+        let changed = state.sent.as_ref().is_none_or(|s| s.version != v);
+        let refused = state.nacked.as_ref().is_some_and(|(nv, _)| *nv == v);
+        if !(state.must_send || (changed && !refused)) {
+            return None;
+        }
+        state.must_send = false;
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let response = DiscoveryResponse {
+            version_info: v.clone(),
+            resources: want.values().map(|r| r.body.clone()).collect(),
+            type_url: type_url.to_owned(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        state.sent = Some(Sent {
+            nonce,
+            version: v,
+            resources: want,
+        });
+        Some(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::rpc::Status;
+
+    use super::*;
+    use crate::xds::{ENDPOINT, LISTENER, tests::service};
+
+    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(mut r: DiscoveryRequest) -> DiscoveryRequest {
+        r.error_detail = Some(Status {
+            code: 3,
+            message: "bad cluster".into(),
+            ..Default::default()
+        });
+        r
+    }
+
+    fn names(r: &DiscoveryResponse) -> Vec<String> {
+        r.resources
+            .iter()
+            .map(|a| {
+                let res = Resource {
+                    name: String::new(),
+                    body: a.clone(),
+                    hash: String::new(),
+                    wildcard: false,
+                    clusters: BTreeSet::new(),
+                };
+                match a.type_url.as_str() {
+                    CLUSTER => {
+                        crate::xds::decode::<envoy_types::pb::envoy::config::cluster::v3::Cluster>(
+                            &res,
+                        )
+                        .unwrap()
+                        .name
+                    }
+                    ENDPOINT => {
+                        crate::xds::decode::<
+                            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+                        >(&res)
+                        .unwrap()
+                        .cluster_name
+                    }
+                    LISTENER => crate::xds::decode::<
+                        envoy_types::pb::envoy::config::listener::v3::Listener,
+                    >(&res)
+                    .unwrap()
+                    .name,
+                    _ => {
+                        crate::xds::decode::<
+                            envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
+                        >(&res)
+                        .unwrap()
+                        .name
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn snap(services: &[(&str, &[u16])]) -> Snapshot {
+        let views: Vec<_> = services.iter().map(|(n, p)| service(n, p)).collect();
+        Snapshot::build(&views, Some("127.0.0.1:10000".parse().unwrap()))
+    }
+
+    #[test]
+    fn an_ack_is_never_answered_and_a_change_is_pushed() {
+        let s1 = snap(&[("echo", &[1])]);
+        let mut st = Stream::default();
+        let out = st.on_request(req(CLUSTER, &[], "", ""), &s1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["echo"]);
+        let (v, n) = (out[0].version_info.clone(), out[0].nonce.clone());
+        assert!(
+            st.on_request(req(CLUSTER, &[], &v, &n), &s1).is_empty(),
+            "ACK answered"
+        );
+        assert!(st.on_snapshot(&s1).is_empty(), "unchanged input pushed");
+        let s2 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let out = st.on_snapshot(&s2);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["echo", "kv"], "full set every time");
+    }
+
+    #[test]
+    fn a_nack_is_recorded_and_the_same_content_is_not_resent() {
+        let s1 = snap(&[("echo", &[1])]);
+        let mut st = Stream::default();
+        let first = st.on_request(req(CLUSTER, &[], "", ""), &s1).remove(0);
+        let acked = first.version_info.clone();
+        assert!(
+            st.on_request(req(CLUSTER, &[], &acked, &first.nonce), &s1)
+                .is_empty()
+        );
+        let s2 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let pushed = st.on_snapshot(&s2).remove(0);
+        // The client refuses it, replaying the version it runs.
+        let out = st.on_request(nack(req(CLUSTER, &[], &acked, &pushed.nonce)), &s2);
+        assert!(out.is_empty(), "resent after a NACK: {out:?}");
+        assert!(st.on_snapshot(&s2).is_empty());
+        let status = st.status();
+        assert_eq!(status[0].acked_version.as_deref(), Some(acked.as_str()));
+        assert_eq!(
+            status[0].nacked,
+            Some((pushed.version_info.clone(), "bad cluster".to_string()))
+        );
+        // New input: sent again.
+        let s3 = snap(&[("echo", &[1]), ("kv", &[2]), ("more", &[3])]);
+        assert_eq!(st.on_snapshot(&s3).len(), 1);
+    }
+
+    #[test]
+    fn an_empty_nonce_is_a_subscription_even_with_a_version() {
+        let s1 = snap(&[("echo", &[1])]);
+        let mut st = Stream::default();
+        // A reconnecting client replays the version it has.
+        let v = version(s1.of(CLUSTER).unwrap().values());
+        let out = st.on_request(req(CLUSTER, &[], &v, ""), &s1);
+        assert_eq!(out.len(), 1, "a reconnect must be answered");
+        assert_eq!(out[0].version_info, v);
+    }
+
+    #[test]
+    fn a_stale_nonce_is_ignored() {
+        let s1 = snap(&[("echo", &[1])]);
+        let mut st = Stream::default();
+        let first = st.on_request(req(CLUSTER, &[], "", ""), &s1).remove(0);
+        let s2 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let second = st.on_snapshot(&s2).remove(0);
+        assert!(
+            st.on_request(nack(req(CLUSTER, &[], "", &first.nonce)), &s2)
+                .is_empty()
+        );
+        assert_eq!(
+            st.status()[0].nacked,
+            None,
+            "a stale NACK counts for nothing"
+        );
+        assert!(
+            st.on_request(req(CLUSTER, &[], &second.version_info, &second.nonce), &s2)
+                .is_empty()
+        );
+        assert_eq!(st.status()[0].acked_version, Some(second.version_info));
+    }
+
+    #[test]
+    fn wildcard_and_named_subscriptions() {
+        let s = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let mut st = Stream::default();
+        // Envoy: LDS by wildcard gets the ingress listener, not the API
+        // listeners meant for proxyless clients.
+        let out = st.on_request(req(LISTENER, &[], "", ""), &s);
+        assert_eq!(names(&out[0]), [crate::xds::resources::INGRESS_LISTENER]);
+        // A gRPC client names what it wants; new names are answered even
+        // though nothing changed (8), unknown ones at once without them (11).
+        let mut g = Stream::default();
+        let out = g.on_request(req(LISTENER, &["echo"], "", ""), &s);
+        assert_eq!(names(&out[0]), ["echo"]);
+        let ack = req(
+            LISTENER,
+            &["echo", "kv"],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
+        let out = g.on_request(ack, &s);
+        assert_eq!(names(&out[0]), ["echo", "kv"]);
+        let out = g.on_request(req(ENDPOINT, &["nope"], "", ""), &s);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].resources.is_empty());
+        // After names, an empty list unsubscribes: nothing is sent.
+        let out = g.on_request(req(ENDPOINT, &[], &out[0].version_info, &out[0].nonce), &s);
+        assert!(out.is_empty());
+        assert!(
+            g.on_snapshot(&snap(&[("echo", &[9])]))
+                .iter()
+                .all(|r| r.type_url != ENDPOINT)
+        );
+    }
+
+    #[test]
+    fn make_before_break_for_added_and_removed_services() {
+        let s1 = snap(&[("echo", &[1])]);
+        let mut envoy = Stream::default();
+        let c = envoy.on_request(req(CLUSTER, &[], "", ""), &s1).remove(0);
+        let r = envoy.on_request(
+            req(ROUTE, &[crate::xds::resources::INGRESS_ROUTES], "", ""),
+            &s1,
+        );
+        assert!(
+            r.is_empty(),
+            "routes before their clusters were ACKed: {r:?}"
+        );
+        // The cluster ACK releases the routes.
+        let out = envoy.on_request(req(CLUSTER, &[], &c.version_info, &c.nonce), &s1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].type_url, ROUTE);
+        let r = out[0].clone();
+        assert!(
+            envoy
+                .on_request(
+                    req(
+                        ROUTE,
+                        &[crate::xds::resources::INGRESS_ROUTES],
+                        &r.version_info,
+                        &r.nonce
+                    ),
+                    &s1
+                )
+                .is_empty()
+        );
+
+        // Added: clusters go first, routes wait for their ACK.
+        let s2 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let out = envoy.on_snapshot(&s2);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [CLUSTER]
+        );
+        let c = out[0].clone();
+        let out = envoy.on_request(req(CLUSTER, &[], &c.version_info, &c.nonce), &s2);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ROUTE]
+        );
+        let r = out[0].clone();
+        assert!(
+            envoy
+                .on_request(
+                    req(
+                        ROUTE,
+                        &[crate::xds::resources::INGRESS_ROUTES],
+                        &r.version_info,
+                        &r.nonce
+                    ),
+                    &s2
+                )
+                .is_empty()
+        );
+
+        // Removed: the routes go first; the cluster stays until they are
+        // ACKed.
+        let s3 = snap(&[("echo", &[1])]);
+        let out = envoy.on_snapshot(&s3);
+        assert_eq!(
+            out.iter().map(|r| r.type_url.as_str()).collect::<Vec<_>>(),
+            [ROUTE]
+        );
+        let r = out[0].clone();
+        let out = envoy.on_request(
+            req(
+                ROUTE,
+                &[crate::xds::resources::INGRESS_ROUTES],
+                &r.version_info,
+                &r.nonce,
+            ),
+            &s3,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            names(&out[0]),
+            ["echo"],
+            "the cluster leaves after the routes"
+        );
+    }
+}
