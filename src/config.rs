@@ -103,6 +103,7 @@ struct RawListeners {
     public: Option<String>,
     admin: Option<String>,
     peer: Option<String>,
+    xds: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +143,9 @@ pub struct Listeners {
     pub admin: SocketAddr,
     /// Node-to-node traffic; present when the node is in a cluster.
     pub peer: Option<SocketAddr>,
+    /// The xDS management server (ADS) for Envoy and proxyless gRPC
+    /// clients; served when set.
+    pub xds: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +181,7 @@ pub struct Config {
 pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8081";
 pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
+const DEFAULT_XDS: &str = "127.0.0.1:18000";
 const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
 const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -410,6 +415,10 @@ impl Config {
             }
             (None, None) => None,
         };
+        let xds = raw
+            .listeners
+            .xds
+            .and_then(|x| parse_listener(&mut problems, "listeners.xds", Some(x), DEFAULT_XDS));
         let cluster = raw
             .cluster
             .and_then(|c| parse_cluster(&mut problems, c, &node_id, public, peer));
@@ -425,6 +434,7 @@ impl Config {
                 public: public.expect("validated above"),
                 admin: admin.expect("validated above"),
                 peer,
+                xds,
             },
             data_dir,
             limits: Limits {

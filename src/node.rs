@@ -98,6 +98,10 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
 
     let admin_listener = server::bind("admin", config.listeners.admin).await?;
     let public_listener = server::bind("public", config.listeners.public).await?;
+    let xds_listener = match config.listeners.xds {
+        Some(addr) => Some(server::bind("xds", addr).await?),
+        None => None,
+    };
     let peer_listener = match config.listeners.peer {
         Some(addr) => Some(server::bind("peer", addr).await?),
         None => None,
@@ -220,6 +224,21 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         registry_store.clone(),
         maintenance_stop.clone(),
     ));
+    // The xDS server: the same routing table and registry as the ingress.
+    let xds_stop = CancellationToken::new();
+    let xds_task = xds_listener.map(|listener| {
+        let snapshots =
+            crate::xds::server::snapshots(table.clone(), registry.clone(), None, xds_stop.clone());
+        tracing::info!(addr = ?config.listeners.xds, "xds listener serving");
+        // ADS streams last as long as their clients: a short grace, then
+        // they are cut and the clients reconnect elsewhere.
+        tokio::spawn(server::serve(
+            listener,
+            crate::catalogue::grpc_router(crate::xds::server::Ads::service(snapshots)),
+            xds_stop.clone(),
+            Duration::from_secs(1),
+        ))
+    });
     let ingress = Ingress::new(
         table,
         auth,
@@ -269,6 +288,10 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     }
     if let Some(c) = &cluster {
         c.shutdown().await;
+    }
+    xds_stop.cancel();
+    if let Some(t) = xds_task {
+        let _ = t.await;
     }
     peer_stop.cancel();
     if let Some(t) = peer_task {

@@ -9,6 +9,7 @@
 //!   `xds-notes.md` is tested beside the code.
 
 pub mod resources;
+pub mod server;
 pub mod sotw;
 
 use std::{

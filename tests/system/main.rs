@@ -10,3 +10,4 @@ mod kv;
 mod lifecycle;
 mod linearizability;
 mod support;
+mod xds;

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// The `auth:` map, in flow style.
     pub auth: String,
+    /// Serve xDS on this address.
+    pub xds: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +57,7 @@ impl Default for NodeConfig {
             extra: String::new(),
             node_id: "test-node".into(),
             auth: format!("{{secret: '{SECRET}'}}"),
+            xds: None,
         }
     }
 }
@@ -77,9 +80,10 @@ impl Node {
         cfg: &NodeConfig,
     ) -> PathBuf {
         let text = format!(
-            "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nauth: {}\n{}",
+            "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'{}}}\ndata_dir: '{}'\nauth: {}\n{}",
             cfg.node_id,
             cfg.services,
+            cfg.xds.map(|a| format!(", xds: '{a}'")).unwrap_or_default(),
             dir.join("data").display(),
             cfg.auth,
             cfg.extra

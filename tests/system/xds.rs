@@ -1,0 +1,174 @@
+//! The xDS server of a real node, driven by the raw ADS client that
+//! envoy-types generates.
+
+use std::time::Duration;
+
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::Cluster, core::v3::Node as XdsNode, endpoint::v3::ClusterLoadAssignment,
+            listener::v3::Listener,
+        },
+        service::discovery::v3::{
+            DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        },
+    },
+    google::rpc::Status,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::support::{Node, NodeConfig, free_port};
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+/// The request stream: what the test writes into the channel.
+struct Requests(mpsc::Receiver<DiscoveryRequest>);
+
+impl futures_util::Stream for Requests {
+    type Item = DiscoveryRequest;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        node: Some(XdsNode {
+            id: "test-envoy".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Ads {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Ads {
+    async fn connect(addr: std::net::SocketAddr) -> Ads {
+        let mut client = None;
+        for _ in 0..100 {
+            if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
+            {
+                client = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut client = client.expect("the xds listener accepts connections");
+        let (tx, requests) = mpsc::channel(16);
+        let rx = client
+            .stream_aggregated_resources(Requests(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        Ads { tx, rx }
+    }
+
+    async fn send(&self, r: DiscoveryRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a response within 5 s")
+            .unwrap()
+            .expect("the stream stays open")
+    }
+
+    /// Nothing arrives within `wait`.
+    async fn quiet(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.rx.message()).await.is_err()
+    }
+}
+
+fn decode<T: Message + Default>(r: &DiscoveryResponse) -> Vec<T> {
+    r.resources
+        .iter()
+        .map(|a| T::decode(a.value.as_slice()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_serves_its_services_over_ads_by_the_rules() {
+    let xds: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut node = Node::start(NodeConfig {
+        xds: Some(xds),
+        ..Default::default()
+    });
+    node.wait_ready();
+    let mut ads = Ads::connect(xds).await;
+
+    // Wildcard CDS: one cluster per service of the routing table.
+    ads.send(request(CDS, &[], "", "")).await;
+    let cds = ads.next().await;
+    let mut clusters: Vec<String> = decode::<Cluster>(&cds)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    clusters.sort();
+    assert_eq!(clusters, ["accounts", "echo", "kv"]);
+    // An ACK is not answered.
+    ads.send(request(CDS, &[], &cds.version_info, &cds.nonce))
+        .await;
+    assert!(
+        ads.quiet(Duration::from_millis(300)).await,
+        "an ACK was answered"
+    );
+
+    // Named EDS: the node's public address, healthy.
+    ads.send(request(EDS, &["echo"], "", "")).await;
+    let eds = ads.next().await;
+    let cla = decode::<ClusterLoadAssignment>(&eds);
+    assert_eq!(cla.len(), 1);
+    let text = format!("{:?}", cla[0]);
+    assert!(text.contains(&node.public.port().to_string()), "{text}");
+
+    // A NACK is recorded and not answered with the same content.
+    ads.send(DiscoveryRequest {
+        error_detail: Some(Status {
+            code: 3,
+            message: "refused for the test".into(),
+            ..Default::default()
+        }),
+        ..request(EDS, &["echo"], "", &eds.nonce)
+    })
+    .await;
+    assert!(
+        ads.quiet(Duration::from_millis(300)).await,
+        "resent after a NACK"
+    );
+
+    // Proxyless gRPC: the API listener named after the service.
+    ads.send(request(LDS, &["echo"], "", "")).await;
+    let lds = ads.next().await;
+    let listeners = decode::<Listener>(&lds);
+    assert_eq!(listeners.len(), 1);
+    assert!(listeners[0].api_listener.is_some());
+
+    // Delta is refused with a clear status, not left hanging.
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap();
+    let status = client
+        .delta_aggregated_resources(futures_util::stream::iter(
+            Vec::<DeltaDiscoveryRequest>::new(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
