@@ -37,6 +37,14 @@ struct RawConfig {
     log: RawLog,
     auth: Option<RawAuth>,
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    xds: RawXds,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXds {
+    ingress_listener: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,12 +184,16 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Present in HA and scaled modes: the Raft group this node belongs to.
     pub cluster: Option<ClusterSettings>,
+    /// Where the Envoys fed by this node's xDS server listen for the
+    /// public ingress (`xds.ingress_listener`).
+    pub xds_ingress: SocketAddr,
 }
 
 pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8081";
 pub const DEFAULT_PEER: &str = "127.0.0.1:7070";
 const DEFAULT_XDS: &str = "127.0.0.1:18000";
+const DEFAULT_XDS_INGRESS: &str = "0.0.0.0:10000";
 const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
 const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -419,6 +431,12 @@ impl Config {
             .listeners
             .xds
             .and_then(|x| parse_listener(&mut problems, "listeners.xds", Some(x), DEFAULT_XDS));
+        let xds_ingress = parse_listener(
+            &mut problems,
+            "xds.ingress_listener",
+            raw.xds.ingress_listener,
+            DEFAULT_XDS_INGRESS,
+        );
         let cluster = raw
             .cluster
             .and_then(|c| parse_cluster(&mut problems, c, &node_id, public, peer));
@@ -445,6 +463,7 @@ impl Config {
             log: LogConfig { format, level },
             auth: auth.expect("validated above"),
             cluster,
+            xds_ingress: xds_ingress.expect("validated above"),
         })
     }
 

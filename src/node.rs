@@ -227,8 +227,12 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     // The xDS server: the same routing table and registry as the ingress.
     let xds_stop = CancellationToken::new();
     let xds_task = xds_listener.map(|listener| {
-        let snapshots =
-            crate::xds::server::snapshots(table.clone(), registry.clone(), None, xds_stop.clone());
+        let snapshots = crate::xds::server::snapshots(
+            table.clone(),
+            registry.clone(),
+            Some(config.xds_ingress),
+            xds_stop.clone(),
+        );
         tracing::info!(addr = ?config.listeners.xds, "xds listener serving");
         // ADS streams last as long as their clients: a short grace, then
         // they are cut and the clients reconnect elsewhere.

@@ -160,8 +160,10 @@ pub fn decode<T: Name + prost::Message + Default>(r: &Resource) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-        route::v3::RouteConfiguration,
+        cluster::v3::Cluster,
+        endpoint::v3::ClusterLoadAssignment,
+        listener::v3::Listener,
+        route::v3::{RouteConfiguration, route_match::PathSpecifier},
     };
 
     use super::*;
@@ -241,9 +243,7 @@ mod tests {
             .routes
             .iter()
             .filter_map(|r| match r.r#match.as_ref()?.path_specifier.as_ref()? {
-                envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
-                    p,
-                ) => Some(p.clone()),
+                PathSpecifier::Prefix(p) | PathSpecifier::PathSeparatedPrefix(p) => Some(p.clone()),
                 _ => None,
             })
             .collect();

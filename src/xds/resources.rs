@@ -214,12 +214,13 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
                 RETRY_UNSEEN,
             ));
         }
+        // `/api/kv` and `/api/kv/...`, not `/api/kvx`.
         let prefix = format!("{API_PREFIX}{}", s.name);
         // Idempotent methods are retried after failures too; the others
         // only when the upstream never saw the request.
         let mut idempotent = route_to(
             &s.name,
-            PathSpecifier::Prefix(prefix.clone()),
+            PathSpecifier::PathSeparatedPrefix(prefix.clone()),
             RETRY_IDEMPOTENT,
         );
         if let Some(m) = idempotent.r#match.as_mut() {
@@ -228,7 +229,7 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
         routes.push(idempotent);
         routes.push(route_to(
             &s.name,
-            PathSpecifier::Prefix(prefix),
+            PathSpecifier::PathSeparatedPrefix(prefix),
             RETRY_UNSEEN,
         ));
     }

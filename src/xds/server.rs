@@ -77,6 +77,14 @@ async fn run_stream(
         let responses = tokio::select! {
             msg = incoming.message() => match msg {
                 Ok(Some(request)) => {
+                    tracing::debug!(
+                        type_url = %request.type_url,
+                        names = ?request.resource_names,
+                        version = %request.version_info,
+                        nonce = %request.response_nonce,
+                        nack = request.error_detail.is_some(),
+                        "ads request"
+                    );
                     let snap = snapshots.borrow().clone();
                     stream.on_request(request, &snap)
                 }
@@ -95,6 +103,13 @@ async fn run_stream(
             }
         };
         for r in responses {
+            tracing::debug!(
+                type_url = %r.type_url,
+                version = %r.version_info,
+                nonce = %r.nonce,
+                resources = r.resources.len(),
+                "ads response"
+            );
             if out.send(Ok(r)).await.is_err() {
                 return;
             }

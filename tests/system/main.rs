@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod envoy;
 mod example;
 mod ha;
 mod ingress;

