@@ -26,8 +26,8 @@ use envoy_types::pb::{
             },
             core::v3::{
                 Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
-                Http2ProtocolOptions, SocketAddress, address, config_source::ConfigSourceSpecifier,
-                socket_address::PortSpecifier,
+                Http2ProtocolOptions, Locality, SocketAddress, address,
+                config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
             },
             endpoint::v3::{
                 ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -36,7 +36,10 @@ use envoy_types::pb::{
             listener::v3::{ApiListener, Filter, FilterChain, Listener, filter},
             route::v3::{
                 RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-                route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+                retry_policy::{RetryHostPredicate, retry_host_predicate},
+                route::Action,
+                route_action::ClusterSpecifier,
+                route_match::PathSpecifier,
             },
         },
         extensions::{
@@ -46,6 +49,7 @@ use envoy_types::pb::{
                     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
                 },
             },
+            retry::host::previous_hosts::v3::PreviousHostsPredicate,
             upstreams::http::v3::{
                 HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
                 http_protocol_options::UpstreamProtocolOptions,
@@ -193,6 +197,14 @@ fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
                 retry_on: retry_on.into(),
                 num_retries: Some(UInt32Value { value: 2 }),
                 retriable_status_codes: vec![503],
+                // A retry goes to another instance than the ones that failed.
+                retry_host_predicate: vec![RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.previous_hosts".into(),
+                    config_type: Some(retry_host_predicate::ConfigType::TypedConfig(pack_any(
+                        PreviousHostsPredicate::default(),
+                    ))),
+                }],
+                host_selection_retry_max_attempts: 3,
                 ..Default::default()
             }),
             ..Default::default()
@@ -332,6 +344,8 @@ pub fn load_assignment(service: &ServiceView) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
         cluster_name: service.name.clone(),
         endpoints: vec![LocalityLbEndpoints {
+            // gRPC clients refuse an assignment without a locality.
+            locality: Some(Locality::default()),
             lb_endpoints,
             load_balancing_weight: Some(UInt32Value { value: 1 }),
             ..Default::default()

@@ -175,3 +175,58 @@ async fn envoy_routes_http_and_grpc_to_the_services_it_learns_over_ads() {
         );
     }
 }
+
+/// GETs `/api/echo` through Envoy at `ingress` `n` times; the nodes that
+/// answered, and how many requests failed.
+async fn echo_through(
+    ingress: SocketAddr,
+    n: usize,
+) -> (std::collections::BTreeMap<String, u64>, usize) {
+    let client = http();
+    let mut nodes = std::collections::BTreeMap::new();
+    let mut failed = 0;
+    for i in 0..n {
+        match client
+            .get(format!("http://{ingress}/api/echo?message=m{i}"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                *nodes
+                    .entry(body["node"].as_str().unwrap().to_owned())
+                    .or_insert(0) += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    (nodes, failed)
+}
+
+#[tokio::test]
+async fn envoy_balances_over_a_cluster_and_moves_away_from_a_killed_node() {
+    let mut cluster = crate::ha::TestCluster::start("");
+    let ingress = cluster.envoy_ingress;
+    let envoy = Envoy::start(cluster.xds[0]);
+    // Until Envoy routes to all three members.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (nodes, _) = echo_through(ingress, 12).await;
+        if nodes.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never reached the three members: {nodes:?}\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // kill -9 of a member: with retries on another instance, no idempotent
+    // request fails, and the others answer.
+    cluster.nodes[2].kill9();
+    let (nodes, failed) = echo_through(ingress, 60).await;
+    assert_eq!(failed, 0, "requests failed after the kill: {nodes:?}");
+    assert!(!nodes.contains_key("ha-3"), "{nodes:?}");
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+}

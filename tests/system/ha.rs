@@ -20,6 +20,10 @@ pub struct TestCluster {
     pub nodes: Vec<Node>,
     /// (public, admin, peer) of each member, in id order.
     pub addresses: Vec<(SocketAddr, SocketAddr, SocketAddr)>,
+    /// Each member's xDS listener.
+    pub xds: Vec<SocketAddr>,
+    /// Where Envoys fed by the members listen for the ingress.
+    pub envoy_ingress: SocketAddr,
     _topology: tempfile::TempDir,
 }
 
@@ -43,12 +47,15 @@ impl TestCluster {
             ));
         }
         std::fs::write(&topology, text).unwrap();
+        let xds: Vec<SocketAddr> = (0..3).map(|_| addr()).collect();
+        let envoy_ingress = addr();
         let mut nodes = Vec::new();
         for (i, (public, admin, peer)) in members.iter().copied().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
-                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
+                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\nxds: {{ingress_listener: '{envoy_ingress}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
                 i + 1,
+                xds[i],
                 dir.path().join("data").display(),
                 topology.display()
             );
@@ -65,6 +72,8 @@ impl TestCluster {
         TestCluster {
             nodes,
             addresses: members,
+            xds,
+            envoy_ingress,
             _topology: topology_dir,
         }
     }

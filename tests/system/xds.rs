@@ -172,3 +172,81 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
+
+/// Python grpcio, installed by scripts/install-test-tools; missing fails.
+fn grpc_python() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/grpc/bin/python");
+    assert!(
+        path.exists(),
+        "Python grpcio is not installed at {}: run scripts/install-test-tools (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
+    let cluster = crate::ha::TestCluster::start("");
+    // Every member knows every member's services before the client starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ads = Ads::connect(cluster.xds[0]).await;
+    loop {
+        ads.send(request(EDS, &["echo"], "", "")).await;
+        let eds = ads.next().await;
+        let cla = decode::<ClusterLoadAssignment>(&eds);
+        if cla
+            .first()
+            .is_some_and(|c| c.endpoints[0].lb_endpoints.len() == 3)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "echo never had 3 endpoints: {cla:?}"
+        );
+        ads = Ads::connect(cluster.xds[0]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({
+            "xds_servers": [{
+                "server_uri": cluster.xds[0].to_string(),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": "proxyless-test", "locality": {}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/system/proxyless_echo.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(grpc_python())
+            .arg(script)
+            .arg("30")
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the proxyless client finishes within 60 s")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "proxyless client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replies.values().sum::<u64>(), 30);
+    assert_eq!(
+        replies.keys().cloned().collect::<Vec<_>>(),
+        ["ha-1", "ha-2", "ha-3"],
+        "not balanced across the nodes: {replies:?}"
+    );
+}
