@@ -4,10 +4,12 @@
 //!   registry (shared with `gen-envoy`).
 //! - [`Snapshot`]: every resource encoded once, with its content hash; what
 //!   all streams serve from.
-//! - `sotw`: the state-of-the-world ADS protocol for one stream, as pure
-//!   logic (requests and snapshots in, responses out), so that every rule of
-//!   `xds-notes.md` is tested beside the code.
+//! - `sotw` and `delta`: the state-of-the-world and incremental ADS
+//!   protocols for one stream, as pure logic (requests and snapshots in,
+//!   responses out), so that every rule of `xds-notes.md` is tested beside
+//!   the code.
 
+pub mod delta;
 pub mod resources;
 pub mod server;
 pub mod sotw;
@@ -148,6 +150,59 @@ impl Snapshot {
     pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
         self.types.get(type_url).and_then(|m| m.get(name))
     }
+}
+
+/// What a client that takes clusters by wildcard (Envoy) has ACKed: make
+/// before break (rule 10) is decided from it.
+pub(crate) struct Gate<'a> {
+    pub acked_clusters: &'a BTreeMap<String, Arc<Resource>>,
+    pub acked_routes: &'a BTreeMap<String, Arc<Resource>>,
+}
+
+/// The resources of `type_url` a subscription (wildcard and/or names)
+/// should hold now. With a `gate`: `None` while a route configuration names
+/// a cluster the client has not ACKed (it keeps what it has), and a cluster
+/// that ACKed routes still name stays until routes without it are ACKed.
+pub(crate) fn select(
+    type_url: &str,
+    snap: &Snapshot,
+    wildcard: bool,
+    names: &BTreeSet<String>,
+    gate: Option<Gate<'_>>,
+) -> Option<BTreeMap<String, Arc<Resource>>> {
+    let mut want: BTreeMap<String, Arc<Resource>> = snap
+        .of(type_url)
+        .into_iter()
+        .flatten()
+        .filter(|(name, r)| (wildcard && r.wildcard) || names.contains(name.as_str()))
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect();
+    let Some(gate) = gate else {
+        return Some(want);
+    };
+    match type_url {
+        ROUTE => {
+            let ready = |r: &Resource| {
+                r.clusters
+                    .iter()
+                    .all(|c| gate.acked_clusters.contains_key(c))
+            };
+            if want.values().any(|r| !ready(r)) {
+                return None;
+            }
+        }
+        CLUSTER => {
+            for c in gate.acked_routes.values().flat_map(|r| &r.clusters) {
+                if !want.contains_key(c)
+                    && let Some(old) = gate.acked_clusters.get(c)
+                {
+                    want.insert(c.clone(), old.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(want)
 }
 
 /// Decodes what a resource holds (tests and status pages).

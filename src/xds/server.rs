@@ -15,7 +15,7 @@ use futures_util::Stream as FuturesStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Snapshot, resources, sotw};
+use super::{Snapshot, delta, resources, sotw};
 use crate::{registry::Registry, routing::RoutingTable};
 
 /// How often the registry is compared with the last snapshot. Changes in
@@ -66,25 +66,74 @@ impl Ads {
     }
 }
 
-async fn run_stream(
-    mut incoming: Streaming<DiscoveryRequest>,
+/// One ADS protocol variant, as the stream task drives it.
+trait Protocol: Default + Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    fn on_request(&mut self, r: Self::Request, snap: &Snapshot) -> Vec<Self::Response>;
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
+    /// Type, nonce and whether it is a NACK, for the debug log.
+    fn describe(r: &Self::Request) -> (&str, &str, bool);
+    fn describe_response(r: &Self::Response) -> (&str, &str, usize);
+}
+
+impl Protocol for sotw::Stream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    fn on_request(&mut self, r: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        sotw::Stream::on_request(self, r, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        sotw::Stream::on_snapshot(self, snap)
+    }
+    fn describe(r: &DiscoveryRequest) -> (&str, &str, bool) {
+        (&r.type_url, &r.response_nonce, r.error_detail.is_some())
+    }
+    fn describe_response(r: &DiscoveryResponse) -> (&str, &str, usize) {
+        (&r.type_url, &r.nonce, r.resources.len())
+    }
+}
+
+impl Protocol for delta::Stream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    fn on_request(
+        &mut self,
+        r: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        delta::Stream::on_request(self, r, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        delta::Stream::on_snapshot(self, snap)
+    }
+    fn describe(r: &DeltaDiscoveryRequest) -> (&str, &str, bool) {
+        (&r.type_url, &r.response_nonce, r.error_detail.is_some())
+    }
+    fn describe_response(r: &DeltaDiscoveryResponse) -> (&str, &str, usize) {
+        (
+            &r.type_url,
+            &r.nonce,
+            r.resources.len() + r.removed_resources.len(),
+        )
+    }
+}
+
+async fn run_stream<P: Protocol>(
+    mut incoming: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let mut stream = sotw::Stream::default();
+    out: mpsc::Sender<Result<P::Response, Status>>,
+) where
+    P::Request: prost::Message + Default,
+{
+    let mut stream = P::default();
     snapshots.mark_unchanged();
     loop {
         let responses = tokio::select! {
             msg = incoming.message() => match msg {
                 Ok(Some(request)) => {
-                    tracing::debug!(
-                        type_url = %request.type_url,
-                        names = ?request.resource_names,
-                        version = %request.version_info,
-                        nonce = %request.response_nonce,
-                        nack = request.error_detail.is_some(),
-                        "ads request"
-                    );
+                    let (type_url, nonce, nack) = P::describe(&request);
+                    tracing::debug!(%type_url, %nonce, nack, "ads request");
                     let snap = snapshots.borrow().clone();
                     stream.on_request(request, &snap)
                 }
@@ -103,18 +152,28 @@ async fn run_stream(
             }
         };
         for r in responses {
-            tracing::debug!(
-                type_url = %r.type_url,
-                version = %r.version_info,
-                nonce = %r.nonce,
-                resources = r.resources.len(),
-                "ads response"
-            );
+            let (type_url, nonce, resources) = P::describe_response(&r);
+            tracing::debug!(%type_url, %nonce, resources, "ads response");
             if out.send(Ok(r)).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Runs `P` on a new stream; the responses as the gRPC response stream.
+fn serve_stream<P: Protocol>(
+    incoming: Streaming<P::Request>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+) -> ResponseStream<P::Response>
+where
+    P::Request: prost::Message + Default,
+{
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(run_stream::<P>(incoming, snapshots, tx));
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    }))
 }
 
 #[tonic::async_trait]
@@ -126,22 +185,19 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(run_stream(request.into_inner(), self.snapshots.clone(), tx));
-        let responses =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-            );
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(serve_stream::<sotw::Stream>(
+            request.into_inner(),
+            self.snapshots.clone(),
+        )))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "incremental (delta) xDS is not served yet: use the state-of-the-world ADS stream",
-        ))
+        Ok(Response::new(serve_stream::<delta::Stream>(
+            request.into_inner(),
+            self.snapshots.clone(),
+        )))
     }
 }

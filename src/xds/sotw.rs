@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::{
     service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
 
-use super::{CLUSTER, ROUTE, Resource, Snapshot, TYPES, version};
+use super::{CLUSTER, Gate, ROUTE, Resource, Snapshot, TYPES, select, version};
 
 /// One type's state on a stream.
 #[derive(Debug, Default)]
@@ -170,57 +170,16 @@ impl Stream {
         self.types.get(CLUSTER).is_some_and(|c| c.wildcard)
     }
 
-    /// What `type_url`'s subscription should hold now, and whether a route
-    /// configuration is being held back until its clusters are ACKed.
-    fn desired(&self, type_url: &str, snap: &Snapshot) -> (BTreeMap<String, Arc<Resource>>, bool) {
-        let Some(state) = self.types.get(type_url) else {
-            return (BTreeMap::new(), false);
-        };
-        let all = snap.of(type_url);
-        let mut want: BTreeMap<String, Arc<Resource>> = all
-            .into_iter()
-            .flatten()
-            .filter(|(name, r)| {
-                (state.wildcard && r.wildcard) || state.names.contains(name.as_str())
-            })
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect();
-        if !self.gates_routes() {
-            return (want, false);
-        }
-        let acked_clusters = self
-            .types
-            .get(CLUSTER)
-            .map(|c| &c.acked)
-            .cloned()
-            .unwrap_or_default();
-        match type_url {
-            ROUTE => {
-                // (10) A route naming a cluster the client has not ACKed
-                // waits; the client keeps the version it has.
-                let ready =
-                    |r: &Resource| r.clusters.iter().all(|c| acked_clusters.contains_key(c));
-                if want.values().any(|r| !ready(r)) {
-                    return (want, true);
-                }
-            }
-            CLUSTER => {
-                // (10) A cluster that ACKed routes still name stays.
-                if let Some(routes) = self.types.get(ROUTE) {
-                    for r in routes.acked.values() {
-                        for c in &r.clusters {
-                            if !want.contains_key(c)
-                                && let Some(old) = state.acked.get(c)
-                            {
-                                want.insert(c.clone(), old.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        (want, false)
+    /// What `type_url`'s subscription should hold now; `None` while a
+    /// route configuration waits for its clusters' ACK.
+    fn desired(&self, type_url: &str, snap: &Snapshot) -> Option<BTreeMap<String, Arc<Resource>>> {
+        let state = self.types.get(type_url)?;
+        let empty = BTreeMap::new();
+        let gate = self.gates_routes().then(|| Gate {
+            acked_clusters: self.types.get(CLUSTER).map_or(&empty, |c| &c.acked),
+            acked_routes: self.types.get(ROUTE).map_or(&empty, |r| &r.acked),
+        });
+        select(type_url, snap, state.wildcard, &state.names, gate)
     }
 
     /// A response for `type_url` if one is due.
@@ -228,11 +187,8 @@ impl Stream {
         if !self.types.get(type_url).is_some_and(|s| s.subscribed) {
             return None;
         }
-        let (want, held) = self.desired(type_url, snap);
-        if held {
-            // Answered when the clusters' ACK comes.
-            return None;
-        }
+        // Held back: answered when the clusters' ACK comes.
+        let want = self.desired(type_url, snap)?;
         let v = version(want.values());
         let state = self.types.get_mut(type_url).expect("checked above");
         let changed = state.sent.as_ref().is_none_or(|s| s.version != v);

@@ -36,6 +36,11 @@ pub struct Envoy {
 impl Envoy {
     /// Envoy with nothing but an ADS bootstrap pointing at `xds`.
     pub fn start(xds: SocketAddr) -> Envoy {
+        Envoy::start_with(xds, "GRPC")
+    }
+
+    /// `api_type`: `GRPC` (state of the world) or `DELTA_GRPC`.
+    pub fn start_with(xds: SocketAddr, api_type: &str) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let bootstrap = format!(
@@ -44,7 +49,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   cds_config: {{resource_api_version: V3, ads: {{}}}}
@@ -116,6 +121,15 @@ impl Drop for Envoy {
 
 #[tokio::test]
 async fn envoy_routes_http_and_grpc_to_the_services_it_learns_over_ads() {
+    routes_http_and_grpc("GRPC").await;
+}
+
+#[tokio::test]
+async fn envoy_on_delta_xds_routes_http_and_grpc_too() {
+    routes_http_and_grpc("DELTA_GRPC").await;
+}
+
+async fn routes_http_and_grpc(api_type: &str) {
     let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut node = Node::start(NodeConfig {
@@ -124,7 +138,7 @@ async fn envoy_routes_http_and_grpc_to_the_services_it_learns_over_ads() {
         ..Default::default()
     });
     node.wait_ready();
-    let envoy = Envoy::start(xds);
+    let envoy = Envoy::start_with(xds, api_type);
 
     // HTTP through Envoy, once it has the listener, routes, clusters and
     // endpoints.

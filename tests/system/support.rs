@@ -11,17 +11,21 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_flotilla");
 
 /// A port that was free a moment ago on 127.0.0.1.
 /// A port that is free now, below the kernel's ephemeral range (32768 and
-/// up), so that no test's outgoing connection can take it before the node
-/// under test binds it.
+/// up), so that no outgoing connection can take it before the node under
+/// test binds it. Each test process (nextest runs one per test) takes its
+/// ports from its own block of 100, chosen by its pid, so that tests running
+/// at the same time do not pick the same port.
 pub fn free_port() -> u16 {
-    use rand::Rng;
-    for _ in 0..1000 {
-        let port = rand::thread_rng().gen_range(20_000..32_000);
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = 20_000 + (std::process::id() % 120) as u16 * 100;
+    for _ in 0..100 {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port found between 20000 and 32000 on 127.0.0.1")
+    panic!("no free port in 127.0.0.1:{block}..{}", block + 100)
 }
 
 /// The example binary built from `examples/<name>.rs` next to the main one.

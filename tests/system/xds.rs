@@ -25,6 +25,19 @@ const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
+/// The delta request stream.
+struct DeltaRequests(mpsc::Receiver<DeltaDiscoveryRequest>);
+
+impl futures_util::Stream for DeltaRequests {
+    type Item = DeltaDiscoveryRequest;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 /// The request stream: what the test writes into the channel.
 struct Requests(mpsc::Receiver<DiscoveryRequest>);
 
@@ -160,17 +173,45 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
     assert_eq!(listeners.len(), 1);
     assert!(listeners[0].api_listener.is_some());
 
-    // Delta is refused with a clear status, not left hanging.
+    // Delta (incremental) on the same server: the clusters with their
+    // versions; the ACK is not answered.
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
         .await
         .unwrap();
-    let status = client
-        .delta_aggregated_resources(futures_util::stream::iter(
-            Vec::<DeltaDiscoveryRequest>::new(),
-        ))
+    let (tx, requests) = mpsc::channel(4);
+    let mut delta = client
+        .delta_aggregated_resources(DeltaRequests(requests))
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), delta.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut names: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["accounts", "echo", "kv"]);
+    assert!(r.resources.iter().all(|x| !x.version.is_empty()));
+    tx.send(DeltaDiscoveryRequest {
+        type_url: CDS.into(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), delta.message())
+            .await
+            .is_err(),
+        "a delta ACK was answered"
+    );
 }
 
 /// Python grpcio, installed by scripts/install-test-tools; missing fails.
