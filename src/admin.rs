@@ -85,6 +85,7 @@ pub struct NodeInfo {
 struct AdminState {
     cluster: Option<Arc<Cluster>>,
     registry: Registry,
+    xds: Option<crate::xds::clients::Clients>,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -135,6 +136,10 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "services": services,
         "cluster": s.cluster.as_ref().map(|c| c.status()),
         "registry": s.registry.nodes(),
+        "xds": s.xds.as_ref().map(|x| serde_json::json!({
+            "clients": x.views(),
+            "nacks_total": x.nacks(),
+        })),
     }))
 }
 
@@ -171,6 +176,7 @@ pub fn router(
     info: NodeInfo,
     cluster: Option<Arc<Cluster>>,
     registry: Registry,
+    xds: Option<crate::xds::clients::Clients>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -181,6 +187,7 @@ pub fn router(
         .with_state(AdminState {
             cluster,
             registry,
+            xds,
             readiness,
             metrics,
             info: Arc::new(info),

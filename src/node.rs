@@ -141,6 +141,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         admin: config.listeners.admin.to_string(),
         database: store.path().display().to_string(),
     };
+    let xds_clients = crate::xds::clients::Clients::default();
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
@@ -150,6 +151,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             info,
             cluster.clone(),
             registry.clone(),
+            xds_listener.is_some().then(|| xds_clients.clone()),
         ),
         admin_stop.clone(),
         config.limits.shutdown_grace,
@@ -238,7 +240,11 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         // they are cut and the clients reconnect elsewhere.
         tokio::spawn(server::serve(
             listener,
-            crate::catalogue::grpc_router(crate::xds::server::Ads::service(snapshots)),
+            crate::catalogue::grpc_router(crate::xds::server::Ads::service(
+                snapshots,
+                xds_clients.clone(),
+            ))
+            .merge(crate::catalogue::grpc_router(xds_clients.csds())),
             xds_stop.clone(),
             Duration::from_secs(1),
         ))

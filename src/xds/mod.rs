@@ -9,6 +9,7 @@
 //!   responses out), so that every rule of `xds-notes.md` is tested beside
 //!   the code.
 
+pub mod clients;
 pub mod delta;
 pub mod resources;
 pub mod server;

@@ -15,7 +15,7 @@ use futures_util::Stream as FuturesStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Snapshot, delta, resources, sotw};
+use super::{Snapshot, clients, delta, resources, sotw};
 use crate::{registry::Registry, routing::RoutingTable};
 
 /// How often the registry is compared with the last snapshot. Changes in
@@ -28,6 +28,7 @@ type ResponseStream<T> = Pin<Box<dyn FuturesStream<Item = Result<T, Status>> + S
 
 pub struct Ads {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    clients: clients::Clients,
 }
 
 /// Keeps the snapshot in step with the registry until `stop`; returns the
@@ -61,8 +62,9 @@ pub fn snapshots(
 impl Ads {
     pub fn service(
         snapshots: watch::Receiver<Arc<Snapshot>>,
+        clients: clients::Clients,
     ) -> AggregatedDiscoveryServiceServer<Ads> {
-        AggregatedDiscoveryServiceServer::new(Ads { snapshots })
+        AggregatedDiscoveryServiceServer::new(Ads { snapshots, clients })
     }
 }
 
@@ -70,6 +72,9 @@ impl Ads {
 trait Protocol: Default + Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
+    const VARIANT: &'static str;
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    fn status(&self) -> Vec<sotw::TypeStatus>;
     fn on_request(&mut self, r: Self::Request, snap: &Snapshot) -> Vec<Self::Response>;
     fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
     /// Type, nonce and whether it is a NACK, for the debug log.
@@ -80,6 +85,13 @@ trait Protocol: Default + Send + 'static {
 impl Protocol for sotw::Stream {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    const VARIANT: &'static str = "sotw";
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        sotw::Stream::node(self)
+    }
+    fn status(&self) -> Vec<sotw::TypeStatus> {
+        sotw::Stream::status(self)
+    }
     fn on_request(&mut self, r: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
         sotw::Stream::on_request(self, r, snap)
     }
@@ -97,6 +109,13 @@ impl Protocol for sotw::Stream {
 impl Protocol for delta::Stream {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    const VARIANT: &'static str = "delta";
+    fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        delta::Stream::node(self)
+    }
+    fn status(&self) -> Vec<sotw::TypeStatus> {
+        delta::Stream::status(self)
+    }
     fn on_request(
         &mut self,
         r: DeltaDiscoveryRequest,
@@ -122,6 +141,7 @@ impl Protocol for delta::Stream {
 async fn run_stream<P: Protocol>(
     mut incoming: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    client: clients::Entry,
     out: mpsc::Sender<Result<P::Response, Status>>,
 ) where
     P::Request: prost::Message + Default,
@@ -135,7 +155,9 @@ async fn run_stream<P: Protocol>(
                     let (type_url, nonce, nack) = P::describe(&request);
                     tracing::debug!(%type_url, %nonce, nack, "ads request");
                     let snap = snapshots.borrow().clone();
-                    stream.on_request(request, &snap)
+                    let responses = stream.on_request(request, &snap);
+                    client.update(stream.node(), stream.status());
+                    responses
                 }
                 Ok(None) => return,
                 Err(status) => {
@@ -165,12 +187,14 @@ async fn run_stream<P: Protocol>(
 fn serve_stream<P: Protocol>(
     incoming: Streaming<P::Request>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    clients: &clients::Clients,
 ) -> ResponseStream<P::Response>
 where
     P::Request: prost::Message + Default,
 {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(run_stream::<P>(incoming, snapshots, tx));
+    let client = clients.connect(P::VARIANT);
+    tokio::spawn(run_stream::<P>(incoming, snapshots, client, tx));
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))
     }))
@@ -188,6 +212,7 @@ impl AggregatedDiscoveryService for Ads {
         Ok(Response::new(serve_stream::<sotw::Stream>(
             request.into_inner(),
             self.snapshots.clone(),
+            &self.clients,
         )))
     }
 
@@ -198,6 +223,7 @@ impl AggregatedDiscoveryService for Ads {
         Ok(Response::new(serve_stream::<delta::Stream>(
             request.into_inner(),
             self.snapshots.clone(),
+            &self.clients,
         )))
     }
 }

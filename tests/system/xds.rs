@@ -5,13 +5,20 @@ use std::time::Duration;
 
 use envoy_types::pb::{
     envoy::{
+        admin::v3::ClientResourceStatus,
         config::{
             cluster::v3::Cluster, core::v3::Node as XdsNode, endpoint::v3::ClusterLoadAssignment,
             listener::v3::Listener,
         },
-        service::discovery::v3::{
-            DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        service::{
+            discovery::v3::{
+                DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+                aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+            },
+            status::v3::{
+                ClientStatusRequest,
+                client_status_discovery_service_client::ClientStatusDiscoveryServiceClient,
+            },
         },
     },
     google::rpc::Status,
@@ -165,6 +172,50 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
         ads.quiet(Duration::from_millis(300)).await,
         "resent after a NACK"
     );
+    // ... and shown: in /status on the admin listener and over CSDS.
+    let status: serde_json::Value = crate::support::http()
+        .get(node.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["xds"]["nacks_total"], 1, "{status}");
+    let client = &status["xds"]["clients"][0];
+    assert_eq!(client["node_id"], "test-envoy", "{status}");
+    let eds_state = client["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type_url"] == EDS)
+        .unwrap();
+    assert_eq!(eds_state["nack_error"], "refused for the test", "{status}");
+    let csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap()
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let config = &csds.config[0];
+    assert_eq!(config.node.as_ref().unwrap().id, "test-envoy");
+    let eds_config = config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.type_url == EDS)
+        .unwrap();
+    assert_eq!(
+        eds_config.client_status,
+        ClientResourceStatus::Nacked as i32
+    );
+    let cds_config = config
+        .generic_xds_configs
+        .iter()
+        .find(|c| c.type_url == CDS)
+        .unwrap();
+    assert_eq!(cds_config.client_status, ClientResourceStatus::Acked as i32);
+    assert_eq!(cds_config.version_info, cds.version_info);
 
     // Proxyless gRPC: the API listener named after the service.
     ads.send(request(LDS, &["echo"], "", "")).await;

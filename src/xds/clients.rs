@@ -1,0 +1,218 @@
+//! Who is connected to the xDS server and what each client has ACKed and
+//! NACKed, per resource type: for `/status` on the admin listener and for
+//! CSDS (`envoy.service.status.v3.ClientStatusDiscoveryService`) on the xDS
+//! listener. A stream's entry is removed when the stream ends.
+
+use std::{
+    collections::BTreeMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use envoy_types::pb::envoy::{
+    admin::v3::{ClientResourceStatus, UpdateFailureState},
+    config::core::v3::Node,
+    service::status::v3::{
+        ClientConfig, ClientStatusRequest, ClientStatusResponse,
+        client_config::GenericXdsConfig,
+        client_status_discovery_service_server::{
+            ClientStatusDiscoveryService, ClientStatusDiscoveryServiceServer,
+        },
+    },
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::sotw::TypeStatus;
+
+/// One connected stream.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClientView {
+    pub stream: u64,
+    /// `sotw` or `delta`.
+    pub variant: &'static str,
+    pub node_id: String,
+    pub types: Vec<TypeView>,
+    pub nacks: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TypeView {
+    pub type_url: String,
+    pub acked_version: Option<String>,
+    pub nacked_version: Option<String>,
+    pub nack_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    clients: Mutex<BTreeMap<u64, (Option<Node>, ClientView)>>,
+    next: AtomicU64,
+    nacks: AtomicU64,
+}
+
+/// The connected clients; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Clients(Arc<Inner>);
+
+/// A stream's entry; removed when dropped.
+pub struct Entry {
+    clients: Clients,
+    id: u64,
+}
+
+impl Clients {
+    pub fn connect(&self, variant: &'static str) -> Entry {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let view = ClientView {
+            stream: id,
+            variant,
+            node_id: String::new(),
+            types: Vec::new(),
+            nacks: 0,
+        };
+        self.lock().insert(id, (None, view));
+        Entry {
+            clients: self.clone(),
+            id,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Option<Node>, ClientView)>> {
+        self.0.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn views(&self) -> Vec<ClientView> {
+        self.lock().values().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// NACKs received since the server started, over all streams.
+    pub fn nacks(&self) -> u64 {
+        self.0.nacks.load(Ordering::Relaxed)
+    }
+
+    /// The CSDS answer: every connected client's per-type state.
+    fn client_status(&self) -> ClientStatusResponse {
+        let config = self
+            .lock()
+            .values()
+            .map(|(node, v)| ClientConfig {
+                node: node.clone(),
+                generic_xds_configs: v
+                    .types
+                    .iter()
+                    .map(|t| GenericXdsConfig {
+                        type_url: t.type_url.clone(),
+                        version_info: t.acked_version.clone().unwrap_or_default(),
+                        client_status: if t.nacked_version.is_some() {
+                            ClientResourceStatus::Nacked
+                        } else if t.acked_version.is_some() {
+                            ClientResourceStatus::Acked
+                        } else {
+                            ClientResourceStatus::Requested
+                        } as i32,
+                        error_state: t.nack_error.as_ref().map(|e| UpdateFailureState {
+                            details: e.clone(),
+                            version_info: t.nacked_version.clone().unwrap_or_default(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        ClientStatusResponse { config }
+    }
+
+    pub fn csds(&self) -> ClientStatusDiscoveryServiceServer<Csds> {
+        ClientStatusDiscoveryServiceServer::new(Csds(self.clone()))
+    }
+}
+
+impl Entry {
+    /// Records the stream's node and per-type state after a request.
+    pub fn update(&self, node: Option<&Node>, status: Vec<TypeStatus>) {
+        let mut clients = self.clients.lock();
+        let Some((stored, view)) = clients.get_mut(&self.id) else {
+            return;
+        };
+        if stored.is_none() {
+            *stored = node.cloned();
+            view.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+        }
+        let before: BTreeMap<String, Option<String>> = view
+            .types
+            .iter()
+            .map(|t| (t.type_url.clone(), t.nacked_version.clone()))
+            .collect();
+        view.types = status
+            .into_iter()
+            .map(|s| TypeView {
+                type_url: s.type_url,
+                acked_version: s.acked_version,
+                nacked_version: s.nacked.as_ref().map(|(v, _)| v.clone()),
+                nack_error: s.nacked.map(|(_, e)| e),
+            })
+            .collect();
+        let new_nacks = view
+            .types
+            .iter()
+            .filter(|t| {
+                t.nacked_version.is_some() && before.get(&t.type_url) != Some(&t.nacked_version)
+            })
+            .count() as u64;
+        if new_nacks > 0 {
+            view.nacks += new_nacks;
+            self.clients.0.nacks.fetch_add(new_nacks, Ordering::Relaxed);
+            tracing::warn!(
+                node = %view.node_id,
+                types = ?view.types.iter().filter(|t| t.nack_error.is_some()).map(|t| (&t.type_url, &t.nack_error)).collect::<Vec<_>>(),
+                "an xDS client refused an update (NACK)"
+            );
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.id);
+    }
+}
+
+/// CSDS over the connected clients.
+pub struct Csds(Clients);
+
+type StatusStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ClientStatusResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ClientStatusDiscoveryService for Csds {
+    type StreamClientStatusStream = StatusStream;
+
+    async fn stream_client_status(
+        &self,
+        request: Request<Streaming<ClientStatusRequest>>,
+    ) -> Result<Response<StatusStream>, Status> {
+        let clients = self.0.clone();
+        let answers = futures_util::stream::unfold(
+            (request.into_inner(), clients),
+            |(mut incoming, clients)| async move {
+                match incoming.message().await {
+                    Ok(Some(_)) => Some((Ok(clients.client_status()), (incoming, clients))),
+                    _ => None,
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn fetch_client_status(
+        &self,
+        _request: Request<ClientStatusRequest>,
+    ) -> Result<Response<ClientStatusResponse>, Status> {
+        Ok(Response::new(self.0.client_status()))
+    }
+}
