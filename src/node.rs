@@ -272,18 +272,24 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let signal = stop_signal.recv().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
     readiness.start_draining();
-    // No new connections from here on; requests in flight finish.
-    public_stop.cancel();
     maintenance_stop.cancel();
     let _ = maintenance.await;
     let _ = refresher.await;
-    if let Err(e) =
+    // Deregister first: routers that learn the registry (other nodes,
+    // Envoys fed by xDS) stop sending here while this node still listens.
+    let deregistered =
         tokio::time::timeout(Duration::from_secs(3), registry.deregister(&registry_store))
             .await
-            .unwrap_or_else(|_| Err(crate::store::StoreError::Storage("timed out".into())))
-    {
-        tracing::warn!(error = %e, "could not mark this node unhealthy in the registry");
+            .unwrap_or_else(|_| Err(crate::store::StoreError::Storage("timed out".into())));
+    match deregistered {
+        Ok(()) if cluster.is_some() => tokio::time::sleep(DEREGISTRATION_DRAIN).await,
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not mark this node unhealthy in the registry")
+        }
     }
+    // No new connections from here on; requests in flight finish.
+    public_stop.cancel();
     if let Some(c) = &cluster {
         // Hand leadership over before the last requests finish, so writes
         // in flight here are forwarded to a leader that stays.
@@ -313,16 +319,33 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     Ok(())
 }
 
-/// Keeps the in-memory registry close to the store's.
+/// How long a node that left the registry keeps listening, so that the
+/// others' registry copies (refreshed every `registry::REFRESH`) and the
+/// Envoys fed from them stop sending to it first.
+const DEREGISTRATION_DRAIN: Duration = Duration::from_millis(1500);
+
+/// Keeps the in-memory registry close to the store's, and renews this
+/// node's record every `registry::HEARTBEAT`.
 async fn refresh_registry(
     registry: Registry,
     store: crate::store::Namespace,
     stop: CancellationToken,
 ) {
+    let mut last_heartbeat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(crate::registry::REFRESH) => {}
+        }
+        if last_heartbeat.elapsed() >= crate::registry::HEARTBEAT {
+            last_heartbeat = tokio::time::Instant::now();
+            let beat = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = registry.heartbeat(&store) => r,
+            };
+            if let Err(e) = beat {
+                tracing::debug!(error = %e, "registry heartbeat skipped");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

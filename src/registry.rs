@@ -3,17 +3,28 @@
 //!
 //! It lives in the reserved `registry` namespace of the store (replicated
 //! in a cluster): every member of the topology is seeded when a node
-//! starts, each node records itself (address, services, healthy) on start
-//! and marks itself unhealthy when it stops gracefully. Each node keeps a
-//! copy in memory, refreshed from its local store; the ingress forwarding,
-//! the xDS resources and `gen-envoy` read it and keep no list of their own.
+//! starts, each node records itself (address, services, healthy) on start,
+//! renews the record every `HEARTBEAT`, and marks itself unhealthy when it
+//! stops gracefully. A record not renewed for `TTL` counts as unhealthy, so
+//! a node that dies leaves the endpoints within the TTL. Each node keeps a
+//! copy in memory, refreshed from its local store every `REFRESH`; the
+//! ingress forwarding, the xDS resources and `gen-envoy` read it and keep
+//! no list of their own.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
-use crate::store::{Migration, Namespace, Statement, StoreError, Value};
+use crate::store::{Migration, Namespace, Statement, StoreError, Value, now_ms};
+
+/// How often a node renews its record.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a record counts as alive without renewal.
+pub const TTL: Duration = Duration::from_secs(3);
+/// How often the in-memory copy is reloaded from the local store.
+pub const REFRESH: Duration = Duration::from_millis(100);
 
 /// One node as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -120,6 +131,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Renews this node's record (healthy, now).
+    pub async fn heartbeat(&self, store: &Namespace) -> Result<(), StoreError> {
+        let local = self.read().iter().find(|n| *n.id == *self.local).cloned();
+        if let Some(local) = local {
+            store.write(vec![upsert(&local, true)]).await?;
+        }
+        Ok(())
+    }
+
     /// Marks this node unhealthy (a graceful stop).
     pub async fn deregister(&self, store: &Namespace) -> Result<(), StoreError> {
         let local = self.read().iter().find(|n| *n.id == *self.local).cloned();
@@ -133,7 +153,7 @@ impl Registry {
     pub async fn refresh(&self, store: &Namespace) -> Result<(), StoreError> {
         let rows = store
             .read_stale(Statement::new(
-                "SELECT node, public, services, healthy FROM registry__nodes ORDER BY node",
+                "SELECT node, public, services, healthy, updated_ms FROM registry__nodes ORDER BY node",
                 vec![],
             ))
             .await?
@@ -144,7 +164,9 @@ impl Registry {
             let id = it.next().and_then(Value::into_string).unwrap_or_default();
             let public = it.next().and_then(Value::into_string).unwrap_or_default();
             let services = it.next().and_then(Value::into_string).unwrap_or_default();
-            let healthy = it.next().and_then(|v| v.as_i64()).unwrap_or_default() != 0;
+            let flagged = it.next().and_then(|v| v.as_i64()).unwrap_or_default() != 0;
+            let updated_ms = it.next().and_then(|v| v.as_i64()).unwrap_or_default();
+            let healthy = flagged && now_ms() - updated_ms <= TTL.as_millis() as i64;
             let Ok(public) = public.parse() else { continue };
             nodes.push(NodeRecord {
                 id,

@@ -342,3 +342,60 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
         "not balanced across the nodes: {replies:?}"
     );
 }
+
+/// Reads EDS responses for `echo` until one has `n` endpoints, within
+/// `within`; returns when it came.
+async fn wait_for_endpoints(ads: &mut Ads, n: usize, within: Duration) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let r = tokio::time::timeout(left, ads.rx.message())
+            .await
+            .unwrap_or_else(|_| panic!("echo did not get {n} endpoints within {within:?}"))
+            .unwrap()
+            .expect("the stream stays open");
+        if r.type_url == EDS {
+            let cla = decode::<ClusterLoadAssignment>(&r);
+            ads.send(request(EDS, &["echo"], &r.version_info, &r.nonce))
+                .await;
+            if cla[0].endpoints[0].lb_endpoints.len() == n {
+                return std::time::Instant::now();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn registry_changes_reach_ads_clients_and_a_stopping_node_leaves_before_it_stops_listening() {
+    let mut cluster = crate::ha::TestCluster::start("");
+    let mut ads = Ads::connect(cluster.xds[0]).await;
+    ads.send(request(EDS, &["echo"], "", "")).await;
+    wait_for_endpoints(&mut ads, 3, Duration::from_secs(20)).await;
+
+    // A graceful stop: the node leaves the endpoints while it still
+    // accepts connections, then exits.
+    let leaving = cluster.nodes[2].public;
+    cluster.nodes[2].signal("TERM");
+    wait_for_endpoints(&mut ads, 2, Duration::from_secs(5)).await;
+    assert!(
+        tokio::net::TcpStream::connect(leaving).await.is_ok(),
+        "the node stopped listening before it left the endpoints"
+    );
+    let status = cluster.nodes[2].wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+
+    // It comes back: it joins the endpoints again.
+    cluster.nodes[2].spawn_only(&[]);
+    cluster.nodes[2].wait_ready();
+    wait_for_endpoints(&mut ads, 3, Duration::from_secs(10)).await;
+
+    // kill -9: no deregistration; the record expires within the TTL.
+    cluster.nodes[1].kill9();
+    let killed = std::time::Instant::now();
+    let gone = wait_for_endpoints(&mut ads, 2, Duration::from_secs(10)).await;
+    assert!(
+        gone - killed <= flotilla::registry::TTL + Duration::from_secs(2),
+        "the dead node left the endpoints after {:?}",
+        gone - killed
+    );
+}
