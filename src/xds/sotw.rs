@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::{
     service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
 
-use super::{CLUSTER, Gate, ROUTE, Resource, Snapshot, TYPES, select, version};
+use super::{CLUSTER, ENDPOINT, Gate, ROUTE, Resource, Snapshot, TYPES, select, version};
 
 /// One type's state on a stream.
 #[derive(Debug, Default)]
@@ -109,6 +109,8 @@ impl Stream {
                 .filter(|n| n != "*")
                 .collect();
             state.must_send = true;
+            // Whatever it had, the client gets the whole set again.
+            state.sent = None;
         } else {
             let Some(sent) = state.sent.as_ref() else {
                 return Vec::new();
@@ -196,12 +198,27 @@ impl Stream {
         if !(state.must_send || (changed && !refused)) {
             return None;
         }
+        // (7) Listeners and clusters go as the full set; route
+        // configurations and endpoints only where they differ from what the
+        // client was sent (new names included).
+        let resources: Vec<_> = match (type_url, &state.sent) {
+            (ENDPOINT | ROUTE, Some(sent)) => want
+                .iter()
+                .filter(|(n, r)| sent.resources.get(*n).is_none_or(|old| old.hash != r.hash))
+                .map(|(_, r)| r.body.clone())
+                .collect(),
+            _ => want.values().map(|r| r.body.clone()).collect(),
+        };
+        if resources.is_empty() && !state.must_send && matches!(type_url, ENDPOINT | ROUTE) {
+            // Only names that no longer exist changed: nothing to say.
+            return None;
+        }
         state.must_send = false;
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let response = DiscoveryResponse {
             version_info: v.clone(),
-            resources: want.values().map(|r| r.body.clone()).collect(),
+            resources,
             type_url: type_url.to_owned(),
             nonce: nonce.clone(),
             ..Default::default()
@@ -220,7 +237,7 @@ mod tests {
     use envoy_types::pb::google::rpc::Status;
 
     use super::*;
-    use crate::xds::{ENDPOINT, LISTENER, tests::service};
+    use crate::xds::{LISTENER, tests::service};
 
     fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
@@ -306,6 +323,26 @@ mod tests {
         let out = st.on_snapshot(&s2);
         assert_eq!(out.len(), 1);
         assert_eq!(names(&out[0]), ["echo", "kv"], "full set every time");
+    }
+
+    #[test]
+    fn endpoint_changes_carry_only_the_assignments_that_changed() {
+        let s1 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let mut st = Stream::default();
+        let r = st
+            .on_request(req(ENDPOINT, &["echo", "kv"], "", ""), &s1)
+            .remove(0);
+        assert_eq!(names(&r), ["echo", "kv"]);
+        let ack = req(ENDPOINT, &["echo", "kv"], &r.version_info, &r.nonce);
+        assert!(st.on_request(ack, &s1).is_empty());
+        let s2 = snap(&[("echo", &[1]), ("kv", &[3])]);
+        let r = st.on_snapshot(&s2).remove(0);
+        assert_eq!(names(&r), ["kv"]);
+        assert_eq!(r.version_info, version(s2.of(ENDPOINT).unwrap().values()));
+        // A reconnect gets everything again.
+        let again = req(ENDPOINT, &["echo", "kv"], &r.version_info, "");
+        let r = st.on_request(again, &s2).remove(0);
+        assert_eq!(names(&r), ["echo", "kv"]);
     }
 
     #[test]
