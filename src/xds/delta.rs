@@ -28,7 +28,11 @@ use envoy_types::pb::envoy::{
     },
 };
 
-use super::{CLUSTER, Gate, ROUTE, Resource, Snapshot, TYPES, select, sotw::TypeStatus, version};
+use super::{
+    CLUSTER, Gate, ROUTE, Resource, Snapshot, TYPES, select,
+    sotw::{TypeStatus, chunks},
+    version,
+};
 
 /// In flight: per name, the version sent, or `None` for a removal.
 type Pending = BTreeMap<String, Option<Arc<Resource>>>;
@@ -166,23 +170,20 @@ impl Stream {
             if out.iter().any(|r: &DeltaDiscoveryResponse| r.type_url == t) {
                 continue;
             }
-            if let Some(r) = self.evaluate(t, snap) {
-                out.push(r);
-            }
+            out.extend(self.evaluate(t, snap));
         }
         out
     }
 
     /// The snapshot changed: the responses to push, clusters first.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
-        TYPES
-            .iter()
-            .filter_map(|t| self.evaluate(t, snap))
-            .collect()
+        TYPES.iter().flat_map(|t| self.evaluate(t, snap)).collect()
     }
 
-    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Option<DeltaDiscoveryResponse> {
-        let state = self.types.get(type_url).filter(|s| s.subscribed)?;
+    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let Some(state) = self.types.get(type_url).filter(|s| s.subscribed) else {
+            return Vec::new();
+        };
         let empty = BTreeMap::new();
         let gate = self
             .types
@@ -193,7 +194,9 @@ impl Stream {
                 acked_routes: self.types.get(ROUTE).map_or(&empty, |r| &r.acked),
             });
         // Held back: sent when the clusters' ACK comes.
-        let want = select(type_url, snap, state.wildcard, &state.names, gate)?;
+        let Some(want) = select(type_url, snap, state.wildcard, &state.names, gate) else {
+            return Vec::new();
+        };
         let mut sent: Pending = BTreeMap::new();
         for (name, r) in &want {
             let has = state.has(name);
@@ -210,36 +213,53 @@ impl Stream {
             }
         }
         if sent.is_empty() {
-            return None;
+            return Vec::new();
         }
-        self.nonces += 1;
-        let nonce = self.nonces;
+        // In pieces of at most `CHUNK_BYTES` (removals with the first), so
+        // that no response grows with the whole set.
         let system_version = version(want.values());
-        let response = DeltaDiscoveryResponse {
-            system_version_info: system_version.clone(),
-            resources: sent
-                .values()
-                .flatten()
-                .map(|r| WireResource {
-                    name: r.name.clone(),
-                    version: r.hash.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            removed_resources: sent
+        let updates: Vec<&Arc<Resource>> = sent.values().flatten().collect();
+        let removed: Vec<String> = sent
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut pieces: Vec<(Pending, DeltaDiscoveryResponse)> = Vec::new();
+        for (i, piece) in chunks(&updates).into_iter().enumerate() {
+            self.nonces += 1;
+            let mut pending: Pending = piece
                 .iter()
-                .filter(|(_, r)| r.is_none())
-                .map(|(n, _)| n.clone())
-                .collect(),
-            type_url: type_url.to_owned(),
-            nonce: nonce.to_string(),
-            ..Default::default()
-        };
+                .map(|r| (r.name.clone(), Some((*r).clone())))
+                .collect();
+            let removed_here = if i == 0 { removed.clone() } else { Vec::new() };
+            pending.extend(removed_here.iter().map(|n| (n.clone(), None)));
+            let response = DeltaDiscoveryResponse {
+                system_version_info: system_version.clone(),
+                resources: piece
+                    .iter()
+                    .map(|r| WireResource {
+                        name: r.name.clone(),
+                        version: r.hash.clone(),
+                        resource: Some(r.body.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                removed_resources: removed_here,
+                type_url: type_url.to_owned(),
+                nonce: self.nonces.to_string(),
+                ..Default::default()
+            };
+            pieces.push((pending, response));
+        }
         let state = self.types.get_mut(type_url).expect("checked above");
-        state.pending.insert(nonce, sent);
-        state.sent_versions.insert(nonce, system_version);
-        Some(response)
+        let mut out = Vec::with_capacity(pieces.len());
+        for (pending, response) in pieces {
+            let nonce: u64 = response.nonce.parse().expect("our own nonce");
+            state.pending.insert(nonce, pending);
+            state.sent_versions.insert(nonce, system_version.clone());
+            out.push(response);
+        }
+        out
     }
 }
 
@@ -323,6 +343,28 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].resources.is_empty(), "resent what the client has");
         assert_eq!(out[0].removed_resources, ["gone"]);
+    }
+
+    #[test]
+    fn large_updates_go_in_pieces_each_acked_on_its_own() {
+        let many: Vec<u16> = (1..=200).collect();
+        let views: Vec<_> = (0..20)
+            .map(|i| service(&format!("s{i:02}"), &many))
+            .collect();
+        let s1 = Snapshot::build(&views, None);
+        let mut st = Stream::default();
+        let pieces = st.on_request(req(CLUSTER, &[], &[], ""), &s1);
+        assert_eq!(pieces.len(), 1, "clusters are small");
+        let mut e = Stream::default();
+        let names: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let pieces = e.on_request(req(ENDPOINT, &names, &[], ""), &s1);
+        assert!(pieces.len() > 1);
+        assert_eq!(pieces.iter().map(|p| p.resources.len()).sum::<usize>(), 20);
+        for p in &pieces {
+            assert!(e.on_request(ack(p), &s1).is_empty());
+        }
+        assert!(e.on_snapshot(&s1).is_empty(), "everything was ACKed");
     }
 
     #[test]

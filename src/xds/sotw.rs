@@ -54,7 +54,8 @@ struct TypeState {
 
 #[derive(Debug)]
 struct Sent {
-    nonce: String,
+    /// The nonces of its pieces (see `CHUNK_BYTES`), the last one last.
+    nonces: Vec<String>,
     version: String,
     resources: BTreeMap<String, Arc<Resource>>,
 }
@@ -115,15 +116,18 @@ impl Stream {
             let Some(sent) = state.sent.as_ref() else {
                 return Vec::new();
             };
-            if sent.nonce != req.response_nonce {
+            if !sent.nonces.contains(&req.response_nonce) {
                 // (4) Stale: an answer to an earlier response.
                 return Vec::new();
             }
+            let last = sent.nonces.last() == Some(&req.response_nonce);
             match &req.error_detail {
                 Some(status) => {
                     // (2) Keep what the client runs; remember the refusal.
                     state.nacked = Some((sent.version.clone(), status.message.clone()));
                 }
+                // The ACK of a piece before the last says nothing yet.
+                None if !last => {}
                 None => {
                     state.acked = sent.resources.clone();
                     state.acked_version = Some(sent.version.clone());
@@ -151,19 +155,14 @@ impl Stream {
             if out.iter().any(|r: &DiscoveryResponse| r.type_url == t) {
                 continue;
             }
-            if let Some(r) = self.evaluate(t, snap) {
-                out.push(r);
-            }
+            out.extend(self.evaluate(t, snap));
         }
         out
     }
 
     /// The snapshot changed: the responses to push, clusters first.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
-        TYPES
-            .iter()
-            .filter_map(|t| self.evaluate(t, snap))
-            .collect()
+        TYPES.iter().flat_map(|t| self.evaluate(t, snap)).collect()
     }
 
     /// Does the client take clusters by wildcard (Envoy)? Then routes must
@@ -184,52 +183,89 @@ impl Stream {
         select(type_url, snap, state.wildcard, &state.names, gate)
     }
 
-    /// A response for `type_url` if one is due.
-    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Option<DiscoveryResponse> {
+    /// The response for `type_url` if one is due, in pieces.
+    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Vec<DiscoveryResponse> {
         if !self.types.get(type_url).is_some_and(|s| s.subscribed) {
-            return None;
+            return Vec::new();
         }
         // Held back: answered when the clusters' ACK comes.
-        let want = self.desired(type_url, snap)?;
+        let Some(want) = self.desired(type_url, snap) else {
+            return Vec::new();
+        };
         let v = version(want.values());
         let state = self.types.get_mut(type_url).expect("checked above");
         let changed = state.sent.as_ref().is_none_or(|s| s.version != v);
         let refused = state.nacked.as_ref().is_some_and(|(nv, _)| *nv == v);
         if !(state.must_send || (changed && !refused)) {
-            return None;
+            return Vec::new();
         }
         // (7) Listeners and clusters go as the full set; route
         // configurations and endpoints only where they differ from what the
         // client was sent (new names included).
-        let resources: Vec<_> = match (type_url, &state.sent) {
-            (ENDPOINT | ROUTE, Some(sent)) => want
+        let partial = matches!(type_url, ENDPOINT | ROUTE);
+        let resources: Vec<&Arc<Resource>> = match (partial, &state.sent) {
+            (true, Some(sent)) => want
                 .iter()
                 .filter(|(n, r)| sent.resources.get(*n).is_none_or(|old| old.hash != r.hash))
-                .map(|(_, r)| r.body.clone())
+                .map(|(_, r)| r)
                 .collect(),
-            _ => want.values().map(|r| r.body.clone()).collect(),
+            _ => want.values().collect(),
         };
-        if resources.is_empty() && !state.must_send && matches!(type_url, ENDPOINT | ROUTE) {
+        if resources.is_empty() && !state.must_send && partial {
             // Only names that no longer exist changed: nothing to say.
-            return None;
+            return Vec::new();
         }
         state.must_send = false;
-        self.nonces += 1;
-        let nonce = self.nonces.to_string();
-        let response = DiscoveryResponse {
-            version_info: v.clone(),
-            resources,
-            type_url: type_url.to_owned(),
-            nonce: nonce.clone(),
-            ..Default::default()
+        // Route configurations and endpoints may also go in pieces, so that
+        // no response (and no per-stream encoding buffer) grows with the
+        // whole set.
+        let pieces = if partial {
+            chunks(&resources)
+        } else {
+            vec![resources.as_slice()]
         };
+        let mut responses = Vec::with_capacity(pieces.len());
+        let mut nonces = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            self.nonces += 1;
+            let nonce = self.nonces.to_string();
+            responses.push(DiscoveryResponse {
+                version_info: v.clone(),
+                resources: piece.iter().map(|r| r.body.clone()).collect(),
+                type_url: type_url.to_owned(),
+                nonce: nonce.clone(),
+                ..Default::default()
+            });
+            nonces.push(nonce);
+        }
         state.sent = Some(Sent {
-            nonce,
+            nonces,
             version: v,
             resources: want,
         });
-        Some(response)
+        responses
     }
+}
+
+/// The most bytes of resources one response piece carries (a single larger
+/// resource goes alone).
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+
+/// `resources` in runs of at most `CHUNK_BYTES` (at least one each, and
+/// one empty run for an empty list).
+pub(crate) fn chunks<'a>(resources: &'a [&'a Arc<Resource>]) -> Vec<&'a [&'a Arc<Resource>]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in resources.iter().enumerate() {
+        let size = r.body.value.len();
+        if i > start && bytes + size > CHUNK_BYTES {
+            out.push(&resources[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    out.push(&resources[start..]);
+    out
 }
 
 #[cfg(test)]
@@ -343,6 +379,53 @@ mod tests {
         let again = req(ENDPOINT, &["echo", "kv"], &r.version_info, "");
         let r = st.on_request(again, &s2).remove(0);
         assert_eq!(names(&r), ["echo", "kv"]);
+    }
+
+    #[test]
+    fn large_endpoint_responses_go_in_pieces_and_the_last_ack_counts() {
+        let many: Vec<u16> = (1..=200).collect();
+        let views: Vec<_> = (0..20)
+            .map(|i| service(&format!("s{i:02}"), &many))
+            .collect();
+        let s1 = Snapshot::build(&views, None);
+        let names: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut st = Stream::default();
+        let pieces = st.on_request(req(ENDPOINT, &names, "", ""), &s1);
+        assert!(
+            pieces.len() > 1,
+            "one response of {} bytes",
+            pieces[0]
+                .resources
+                .iter()
+                .map(|a| a.value.len())
+                .sum::<usize>()
+        );
+        assert_eq!(pieces.iter().map(|p| p.resources.len()).sum::<usize>(), 20);
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.resources.iter().map(|a| a.value.len()).sum::<usize>() <= CHUNK_BYTES)
+        );
+        // ACKing the first piece is not the whole; the last one is.
+        let first = &pieces[0];
+        assert!(
+            st.on_request(
+                req(ENDPOINT, &names, &first.version_info, &first.nonce),
+                &s1
+            )
+            .is_empty()
+        );
+        assert_eq!(st.status()[0].acked_version, None);
+        let last = pieces.last().unwrap();
+        assert!(
+            st.on_request(req(ENDPOINT, &names, &last.version_info, &last.nonce), &s1)
+                .is_empty()
+        );
+        assert_eq!(
+            st.status()[0].acked_version.as_deref(),
+            Some(last.version_info.as_str())
+        );
     }
 
     #[test]
