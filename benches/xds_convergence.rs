@@ -236,6 +236,7 @@ fn main() {
         additions.push(first - registered);
     }
     let _ = envoy.kill();
+    let _ = envoy.wait();
     for m in members.iter_mut() {
         if let Some(mut c) = m.child.take() {
             let _ = c.kill();
