@@ -5,6 +5,10 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -243,4 +247,58 @@ async fn envoy_balances_over_a_cluster_and_moves_away_from_a_killed_node() {
     assert_eq!(failed, 0, "requests failed after the kill: {nodes:?}");
     assert!(!nodes.contains_key("ha-3"), "{nodes:?}");
     assert_eq!(nodes.len(), 2, "{nodes:?}");
+}
+
+#[tokio::test]
+async fn envoy_loses_no_request_while_a_node_leaves_and_rejoins() {
+    let mut cluster = crate::ha::TestCluster::start("");
+    let ingress = cluster.envoy_ingress;
+    let envoy = Envoy::start(cluster.xds[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while echo_through(ingress, 12).await.0.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never reached the three members\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A request loop through Envoy while the third node stops gracefully
+    // and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(std::sync::Mutex::new((0usize, 0usize, false)));
+    let requests = tokio::spawn({
+        let (stop, counts) = (stop.clone(), counts.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (nodes, failed) = echo_through(ingress, 1).await;
+                let mut c = counts.lock().unwrap();
+                c.0 += nodes.values().sum::<u64>() as usize;
+                c.1 += failed;
+                c.2 |= nodes.contains_key("ha-3");
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[2].signal("TERM");
+    assert_eq!(
+        cluster.nodes[2].wait_exit(Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    counts.lock().unwrap().2 = false;
+    cluster.nodes[2].spawn_only(&[]);
+    cluster.nodes[2].wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !counts.lock().unwrap().2 {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never routed to the node that came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    requests.await.unwrap();
+    let (ok, failed, _) = *counts.lock().unwrap();
+    assert!(ok > 100, "only {ok} requests went through");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
 }
