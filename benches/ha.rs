@@ -72,7 +72,8 @@ impl Flotilla {
             std::fs::write(
                 &path,
                 format!(
-                    "node: {{id: b-{n}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true}}\n",
+                    "node: {{id: b-{n}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true}}\n",
+                    free_addr(),
                     dir.path().join(format!("data{i}")).display(),
                     topology.display(),
                     n = i + 1

@@ -63,7 +63,8 @@ fn write_config(dir: &Path, public: SocketAddr, admin: SocketAddr) -> std::path:
     std::fs::write(
         &path,
         format!(
-            "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{SECRET}'}}\n",
+            "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{SECRET}'}}\n",
+            free_addr(),
             dir.join("data").display()
         ),
     )

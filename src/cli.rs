@@ -364,6 +364,16 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
         "  admin: {} (/healthz, /readyz, /metrics, /status)",
         config.listeners.admin
     );
+    if let Some(peer) = config.listeners.peer {
+        let _ = writeln!(out, "  peer: {peer} (Raft and forwarded writes)");
+    }
+    if let Some(xds) = config.listeners.xds {
+        let _ = writeln!(
+            out,
+            "  xds: {xds} (ADS and CSDS; Envoys listen for the ingress on {})",
+            config.xds_ingress
+        );
+    }
     let absolute =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let _ = writeln!(

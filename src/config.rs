@@ -22,6 +22,8 @@ use crate::{
 
 /// The alias that selects every service in the catalogue.
 pub const ALL: &str = "all";
+/// The xDS management server's role: run by `all`, or named on its own.
+pub const XDS: &str = "xds";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,8 +153,9 @@ pub struct Listeners {
     pub admin: SocketAddr,
     /// Node-to-node traffic; present when the node is in a cluster.
     pub peer: Option<SocketAddr>,
-    /// The xDS management server (ADS) for Envoy and proxyless gRPC
-    /// clients; served when set.
+    /// The xDS management server (ADS and CSDS) for Envoy and proxyless
+    /// gRPC clients; present when the node runs the `xds` role (`all`
+    /// does), 127.0.0.1:18000 unless configured.
     pub xds: Option<SocketAddr>,
 }
 
@@ -293,6 +296,7 @@ impl Config {
         let valid_names = || {
             let mut names = vec![ALL.to_owned()];
             names.extend(catalogue.names().map(str::to_owned));
+            names.push(XDS.to_owned());
             names.join(", ")
         };
         let selection = raw.services.unwrap_or_default();
@@ -306,9 +310,13 @@ impl Config {
                 ),
             );
         }
+        let mut xds_role = false;
         for name in &selection {
             if name == ALL {
                 services.extend(catalogue.names());
+                xds_role = true;
+            } else if name == XDS {
+                xds_role = true;
             } else if let Some(known) = catalogue.names().find(|n| n == name) {
                 services.push(known);
             } else {
@@ -427,10 +435,17 @@ impl Config {
             }
             (None, None) => None,
         };
-        let xds = raw
-            .listeners
-            .xds
-            .and_then(|x| parse_listener(&mut problems, "listeners.xds", Some(x), DEFAULT_XDS));
+        let xds = match (xds_role, raw.listeners.xds) {
+            (true, x) => parse_listener(&mut problems, "listeners.xds", x, DEFAULT_XDS),
+            (false, Some(_)) => {
+                problems.add(
+                    "listeners.xds",
+                    "is set but this node does not run the xds role: add `xds` (or `all`) to services, or remove it",
+                );
+                None
+            }
+            (false, None) => None,
+        };
         let xds_ingress = parse_listener(
             &mut problems,
             "xds.ingress_listener",
@@ -873,7 +888,7 @@ mod tests {
             assert_eq!(p[0].field, "services");
             assert!(
                 p[0].message
-                    .contains("valid names: all, accounts, echo, kv"),
+                    .contains("valid names: all, accounts, echo, kv, xds"),
                 "{}",
                 p[0].message
             );
@@ -926,6 +941,28 @@ mod tests {
             "{BASE}services: [all]\nlisteners: {{public: '0.0.0.0:9000', admin: '127.0.0.1:9000'}}\n"
         ));
         assert_eq!(p[0].field, "listeners.admin");
+    }
+
+    #[test]
+    fn the_xds_role_comes_with_all_or_by_name_and_owns_its_listener() {
+        let all = parse(&format!("{BASE}services: [all]")).unwrap();
+        assert_eq!(all.listeners.xds, Some("127.0.0.1:18000".parse().unwrap()));
+        let named = parse(&format!(
+            "{BASE}services: [kv, xds]\nlisteners: {{xds: '127.0.0.1:18500'}}"
+        ))
+        .unwrap();
+        assert_eq!(named.services, ["kv"]);
+        assert_eq!(
+            named.listeners.xds,
+            Some("127.0.0.1:18500".parse().unwrap())
+        );
+        let without = parse(&format!("{BASE}services: [kv]")).unwrap();
+        assert_eq!(without.listeners.xds, None);
+        let p = problems(&format!(
+            "{BASE}services: [kv]\nlisteners: {{xds: '127.0.0.1:18500'}}"
+        ));
+        assert_eq!(p[0].field, "listeners.xds");
+        assert!(p[0].message.contains("add `xds`"), "{}", p[0].message);
     }
 
     #[test]

@@ -744,7 +744,8 @@ async fn membership_changes_through_the_cluster_commands() {
     ));
     std::fs::write(dir.path().join("topology.yaml"), topology).unwrap();
     let config = format!(
-        "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
+        "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '127.0.0.1:{}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
+        free_port(),
         dir.path().join("data").display(),
         dir.path().join("topology.yaml").display()
     );

@@ -87,7 +87,14 @@ impl Node {
             "node: {{id: {}}}\nservices: {}\nlisteners: {{public: '{public}', admin: '{admin}'{}}}\ndata_dir: '{}'\nauth: {}\n{}",
             cfg.node_id,
             cfg.services,
-            cfg.xds.map(|a| format!(", xds: '{a}'")).unwrap_or_default(),
+            // A node that runs the xds role gets its own port for it.
+            cfg.xds
+                .or_else(|| {
+                    (cfg.services.contains("all") || cfg.services.contains("xds"))
+                        .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())))
+                })
+                .map(|a| format!(", xds: '{a}'"))
+                .unwrap_or_default(),
             dir.join("data").display(),
             cfg.auth,
             cfg.extra
