@@ -23,13 +23,11 @@ use std::{
 
 use envoy_types::pb::envoy::{
     config::core::v3::Node,
-    service::discovery::v3::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
-    },
+    service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse},
 };
 
 use super::{
-    CLUSTER, Gate, ROUTE, Resource, Snapshot, TYPES, select,
+    CLUSTER, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, select,
     sotw::{TypeStatus, chunks},
     version,
 };
@@ -93,11 +91,29 @@ impl Stream {
     }
 
     /// Handles one request; returns the responses to send, in order.
+    #[cfg(test)]
     pub fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
         snap: &Snapshot,
     ) -> Vec<DeltaDiscoveryResponse> {
+        let out = self.on_request_outgoing(req, snap);
+        out.into_iter().map(Outgoing::materialize).collect()
+    }
+
+    /// The snapshot changed: the responses to push, clusters first.
+    #[cfg(test)]
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let out = self.on_snapshot_outgoing(snap);
+        out.into_iter().map(Outgoing::materialize).collect()
+    }
+
+    /// `on_request`, with the resources still shared (see `Outgoing`).
+    pub fn on_request_outgoing(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
         if self.node.is_none() {
             self.node = req.node.clone();
         }
@@ -167,7 +183,10 @@ impl Stream {
         }
         let mut out = Vec::new();
         for t in std::iter::once(type_url.as_str()).chain(TYPES) {
-            if out.iter().any(|r: &DeltaDiscoveryResponse| r.type_url == t) {
+            if out
+                .iter()
+                .any(|r: &Outgoing<DeltaDiscoveryResponse>| r.message.type_url == t)
+            {
                 continue;
             }
             out.extend(self.evaluate(t, snap));
@@ -175,12 +194,19 @@ impl Stream {
         out
     }
 
-    /// The snapshot changed: the responses to push, clusters first.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    /// `on_snapshot`, with the resources still shared.
+    pub fn on_snapshot_outgoing(
+        &mut self,
+        snap: &Snapshot,
+    ) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
         TYPES.iter().flat_map(|t| self.evaluate(t, snap)).collect()
     }
 
-    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    fn evaluate(
+        &mut self,
+        type_url: &str,
+        snap: &Snapshot,
+    ) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
         let Some(state) = self.types.get(type_url).filter(|s| s.subscribed) else {
             return Vec::new();
         };
@@ -224,7 +250,7 @@ impl Stream {
             .filter(|(_, r)| r.is_none())
             .map(|(n, _)| n.clone())
             .collect();
-        let mut pieces: Vec<(Pending, DeltaDiscoveryResponse)> = Vec::new();
+        let mut pieces: Vec<(Pending, Outgoing<DeltaDiscoveryResponse>)> = Vec::new();
         for (i, piece) in chunks(&updates).into_iter().enumerate() {
             self.nonces += 1;
             let mut pending: Pending = piece
@@ -233,28 +259,22 @@ impl Stream {
                 .collect();
             let removed_here = if i == 0 { removed.clone() } else { Vec::new() };
             pending.extend(removed_here.iter().map(|n| (n.clone(), None)));
-            let response = DeltaDiscoveryResponse {
-                system_version_info: system_version.clone(),
-                resources: piece
-                    .iter()
-                    .map(|r| WireResource {
-                        name: r.name.clone(),
-                        version: r.hash.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    })
-                    .collect(),
-                removed_resources: removed_here,
-                type_url: type_url.to_owned(),
-                nonce: self.nonces.to_string(),
-                ..Default::default()
+            let response = Outgoing {
+                message: DeltaDiscoveryResponse {
+                    system_version_info: system_version.clone(),
+                    removed_resources: removed_here,
+                    type_url: type_url.to_owned(),
+                    nonce: self.nonces.to_string(),
+                    ..Default::default()
+                },
+                resources: piece.iter().map(|r| (*r).clone()).collect(),
             };
             pieces.push((pending, response));
         }
         let state = self.types.get_mut(type_url).expect("checked above");
         let mut out = Vec::with_capacity(pieces.len());
         for (pending, response) in pieces {
-            let nonce: u64 = response.nonce.parse().expect("our own nonce");
+            let nonce: u64 = response.message.nonce.parse().expect("our own nonce");
             state.pending.insert(nonce, pending);
             state.sent_versions.insert(nonce, system_version.clone());
             out.push(response);

@@ -206,6 +206,48 @@ pub(crate) fn select(
     Some(want)
 }
 
+/// A response whose resources are still the shared encodings: they are
+/// copied into the message only when its stream is ready to send it, so a
+/// stream's queue holds references, not copies.
+pub struct Outgoing<M> {
+    pub message: M,
+    pub resources: Vec<Arc<Resource>>,
+}
+
+/// A response message that can take its resources.
+pub trait Fill {
+    fn fill(&mut self, resources: &[Arc<Resource>]);
+}
+
+impl<M: Fill> Outgoing<M> {
+    pub fn materialize(mut self) -> M {
+        self.message.fill(&self.resources);
+        self.message
+    }
+}
+
+impl Fill for envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+    fn fill(&mut self, resources: &[Arc<Resource>]) {
+        self.resources = resources.iter().map(|r| r.body.clone()).collect();
+    }
+}
+
+impl Fill for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+    fn fill(&mut self, resources: &[Arc<Resource>]) {
+        self.resources = resources
+            .iter()
+            .map(
+                |r| envoy_types::pb::envoy::service::discovery::v3::Resource {
+                    name: r.name.clone(),
+                    version: r.hash.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                },
+            )
+            .collect();
+    }
+}
+
 /// Decodes what a resource holds (tests and status pages).
 pub fn decode<T: Name + prost::Message + Default>(r: &Resource) -> Option<T> {
     (r.body.type_url == T::type_url())

@@ -15,7 +15,7 @@ use futures_util::Stream as FuturesStream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Snapshot, clients, delta, resources, sotw};
+use super::{Outgoing, Snapshot, clients, delta, resources, sotw};
 use crate::{registry::Registry, routing::RoutingTable};
 
 /// How often the registry is compared with the last snapshot. Changes in
@@ -71,15 +71,15 @@ impl Ads {
 /// One ADS protocol variant, as the stream task drives it.
 trait Protocol: Default + Send + 'static {
     type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Response: super::Fill + Send + 'static;
     const VARIANT: &'static str;
     fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn status(&self) -> Vec<sotw::TypeStatus>;
-    fn on_request(&mut self, r: Self::Request, snap: &Snapshot) -> Vec<Self::Response>;
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Response>;
+    fn on_request(&mut self, r: Self::Request, snap: &Snapshot) -> Vec<Outgoing<Self::Response>>;
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<Self::Response>>;
     /// Type, nonce and whether it is a NACK, for the debug log.
     fn describe(r: &Self::Request) -> (&str, &str, bool);
-    fn describe_response(r: &Self::Response) -> (&str, &str, usize);
+    fn describe_response(r: &Outgoing<Self::Response>) -> (&str, &str, usize);
 }
 
 impl Protocol for sotw::Stream {
@@ -92,17 +92,21 @@ impl Protocol for sotw::Stream {
     fn status(&self) -> Vec<sotw::TypeStatus> {
         sotw::Stream::status(self)
     }
-    fn on_request(&mut self, r: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
-        sotw::Stream::on_request(self, r, snap)
+    fn on_request(
+        &mut self,
+        r: DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Vec<Outgoing<DiscoveryResponse>> {
+        self.on_request_outgoing(r, snap)
     }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
-        sotw::Stream::on_snapshot(self, snap)
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
+        self.on_snapshot_outgoing(snap)
     }
     fn describe(r: &DiscoveryRequest) -> (&str, &str, bool) {
         (&r.type_url, &r.response_nonce, r.error_detail.is_some())
     }
-    fn describe_response(r: &DiscoveryResponse) -> (&str, &str, usize) {
-        (&r.type_url, &r.nonce, r.resources.len())
+    fn describe_response(r: &Outgoing<DiscoveryResponse>) -> (&str, &str, usize) {
+        (&r.message.type_url, &r.message.nonce, r.resources.len())
     }
 }
 
@@ -120,20 +124,20 @@ impl Protocol for delta::Stream {
         &mut self,
         r: DeltaDiscoveryRequest,
         snap: &Snapshot,
-    ) -> Vec<DeltaDiscoveryResponse> {
-        delta::Stream::on_request(self, r, snap)
+    ) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
+        self.on_request_outgoing(r, snap)
     }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
-        delta::Stream::on_snapshot(self, snap)
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<DeltaDiscoveryResponse>> {
+        self.on_snapshot_outgoing(snap)
     }
     fn describe(r: &DeltaDiscoveryRequest) -> (&str, &str, bool) {
         (&r.type_url, &r.response_nonce, r.error_detail.is_some())
     }
-    fn describe_response(r: &DeltaDiscoveryResponse) -> (&str, &str, usize) {
+    fn describe_response(r: &Outgoing<DeltaDiscoveryResponse>) -> (&str, &str, usize) {
         (
-            &r.type_url,
-            &r.nonce,
-            r.resources.len() + r.removed_resources.len(),
+            &r.message.type_url,
+            &r.message.nonce,
+            r.resources.len() + r.message.removed_resources.len(),
         )
     }
 }
@@ -142,7 +146,7 @@ async fn run_stream<P: Protocol>(
     mut incoming: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     client: clients::Entry,
-    out: mpsc::Sender<Result<P::Response, Status>>,
+    out: mpsc::Sender<Outgoing<P::Response>>,
 ) where
     P::Request: prost::Message + Default,
 {
@@ -176,7 +180,7 @@ async fn run_stream<P: Protocol>(
         for r in responses {
             let (type_url, nonce, resources) = P::describe_response(&r);
             tracing::debug!(%type_url, %nonce, resources, "ads response");
-            if out.send(Ok(r)).await.is_err() {
+            if out.send(r).await.is_err() {
                 return;
             }
         }
@@ -195,8 +199,9 @@ where
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let client = clients.connect(P::VARIANT);
     tokio::spawn(run_stream::<P>(incoming, snapshots, client, tx));
+    // Resources are copied into a response only when it is its turn.
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
+        rx.recv().await.map(|r| (Ok(r.materialize()), rx))
     }))
 }
 

@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::{
     service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
 
-use super::{CLUSTER, ENDPOINT, Gate, ROUTE, Resource, Snapshot, TYPES, select, version};
+use super::{CLUSTER, ENDPOINT, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, select, version};
 
 /// One type's state on a stream.
 #[derive(Debug, Default)]
@@ -93,7 +93,25 @@ impl Stream {
     }
 
     /// Handles one request; returns the responses to send, in order.
+    #[cfg(test)]
     pub fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        let out = self.on_request_outgoing(req, snap);
+        out.into_iter().map(Outgoing::materialize).collect()
+    }
+
+    /// The snapshot changed: the responses to push, clusters first.
+    #[cfg(test)]
+    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        let out = self.on_snapshot_outgoing(snap);
+        out.into_iter().map(Outgoing::materialize).collect()
+    }
+
+    /// `on_request`, with the resources still shared (see `Outgoing`).
+    pub fn on_request_outgoing(
+        &mut self,
+        req: DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Vec<Outgoing<DiscoveryResponse>> {
         if self.node.is_none() {
             self.node = req.node.clone();
         }
@@ -152,7 +170,10 @@ impl Stream {
         let type_url = req.type_url;
         let mut out = Vec::new();
         for t in std::iter::once(type_url.as_str()).chain(TYPES) {
-            if out.iter().any(|r: &DiscoveryResponse| r.type_url == t) {
+            if out
+                .iter()
+                .any(|r: &Outgoing<DiscoveryResponse>| r.message.type_url == t)
+            {
                 continue;
             }
             out.extend(self.evaluate(t, snap));
@@ -160,8 +181,8 @@ impl Stream {
         out
     }
 
-    /// The snapshot changed: the responses to push, clusters first.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+    /// `on_snapshot`, with the resources still shared.
+    pub fn on_snapshot_outgoing(&mut self, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
         TYPES.iter().flat_map(|t| self.evaluate(t, snap)).collect()
     }
 
@@ -184,7 +205,7 @@ impl Stream {
     }
 
     /// The response for `type_url` if one is due, in pieces.
-    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+    fn evaluate(&mut self, type_url: &str, snap: &Snapshot) -> Vec<Outgoing<DiscoveryResponse>> {
         if !self.types.get(type_url).is_some_and(|s| s.subscribed) {
             return Vec::new();
         }
@@ -229,12 +250,14 @@ impl Stream {
         for piece in pieces {
             self.nonces += 1;
             let nonce = self.nonces.to_string();
-            responses.push(DiscoveryResponse {
-                version_info: v.clone(),
-                resources: piece.iter().map(|r| r.body.clone()).collect(),
-                type_url: type_url.to_owned(),
-                nonce: nonce.clone(),
-                ..Default::default()
+            responses.push(Outgoing {
+                message: DiscoveryResponse {
+                    version_info: v.clone(),
+                    type_url: type_url.to_owned(),
+                    nonce: nonce.clone(),
+                    ..Default::default()
+                },
+                resources: piece.iter().map(|r| (*r).clone()).collect(),
             });
             nonces.push(nonce);
         }
