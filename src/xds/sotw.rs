@@ -46,7 +46,7 @@ struct TypeState {
     /// The last response: its nonce, version and resources.
     sent: Option<Sent>,
     /// The resources of the last ACKed response.
-    acked: BTreeMap<String, Arc<Resource>>,
+    acked: Arc<BTreeMap<String, Arc<Resource>>>,
     acked_version: Option<String>,
     /// The version the client refused last, and why.
     nacked: Option<(String, String)>,
@@ -57,7 +57,7 @@ struct Sent {
     /// The nonces of its pieces (see `CHUNK_BYTES`), the last one last.
     nonces: Vec<String>,
     version: String,
-    resources: BTreeMap<String, Arc<Resource>>,
+    resources: Arc<BTreeMap<String, Arc<Resource>>>,
 }
 
 /// What one client has ACKed and NACKed for one type (status, CSDS).
@@ -264,7 +264,7 @@ impl Stream {
         state.sent = Some(Sent {
             nonces,
             version: v,
-            resources: want,
+            resources: Arc::new(want),
         });
         responses
     }
