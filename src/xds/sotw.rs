@@ -272,7 +272,7 @@ impl Stream {
 
 /// The most bytes of resources one response piece carries (a single larger
 /// resource goes alone).
-pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 16 * 1024;
 
 /// `resources` in runs of at most `CHUNK_BYTES` (at least one each, and
 /// one empty run for an empty list).
