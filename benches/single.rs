@@ -328,6 +328,7 @@ fn main() {
             table,
             auth.clone(),
             registry,
+            Arc::new(flotilla::admin::Readiness::new(&[])),
             routers,
             Metrics::new().http,
             IngressLimits {

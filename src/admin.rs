@@ -59,6 +59,11 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the node takes traffic: every service running, not draining.
+    pub fn serving(&self) -> bool {
+        self.snapshot().0
+    }
+
     fn snapshot(&self) -> (bool, bool, BTreeMap<&'static str, ServiceState>) {
         let services = self
             .services

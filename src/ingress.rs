@@ -5,7 +5,8 @@
 //! Everything else gets an error that says why: a JSON 404 for a path no
 //! service declares, a 503 naming a known service this node does not run,
 //! and the gRPC equivalents for gRPC calls. Body size and time limits apply
-//! to every request.
+//! to every request. `GET /healthz` answers for load balancers whether the
+//! node takes traffic (503 once it drains).
 
 use std::{
     collections::HashMap,
@@ -24,6 +25,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::ServiceExt;
 
 use crate::{
+    admin::Readiness,
     api_error::ApiError,
     auth::{
         Auth,
@@ -34,6 +36,9 @@ use crate::{
     registry::Registry,
     routing::{Lookup, RoutingTable},
 };
+
+/// The health path on the public listener, outside every service's routes.
+pub const HEALTH_PATH: &str = "/healthz";
 
 /// Limits applied to every request on the public listener.
 #[derive(Clone, Debug)]
@@ -46,6 +51,7 @@ struct Inner {
     table: Arc<RoutingTable>,
     auth: Arc<Auth>,
     registry: Registry,
+    readiness: Arc<Readiness>,
     services: HashMap<&'static str, axum::Router>,
     metrics: HttpMetrics,
     limits: IngressLimits,
@@ -65,6 +71,7 @@ impl Ingress {
         table: Arc<RoutingTable>,
         auth: Arc<Auth>,
         registry: Registry,
+        readiness: Arc<Readiness>,
         services: HashMap<&'static str, axum::Router>,
         metrics: HttpMetrics,
         limits: IngressLimits,
@@ -74,6 +81,7 @@ impl Ingress {
                 table,
                 auth,
                 registry,
+                readiness,
                 services,
                 metrics,
                 limits,
@@ -105,6 +113,21 @@ fn error_response(error: ApiError, grpc: bool) -> Response {
 
 impl Inner {
     async fn handle(&self, req: Request<Body>) -> Response {
+        if req.uri().path() == HEALTH_PATH && req.method() == Method::GET {
+            // For load balancers' health checks (the Envoy clusters'
+            // active checks): 503 once the node drains.
+            let serving = self.readiness.serving();
+            let status = if serving {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return (
+                status,
+                axum::Json(serde_json::json!({ "serving": serving })),
+            )
+                .into_response();
+        }
         let started = Instant::now();
         let grpc = is_grpc(&req);
         let method = req.method().clone();

@@ -253,6 +253,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         table,
         auth,
         registry.clone(),
+        readiness.clone(),
         routers,
         metrics.http.clone(),
         IngressLimits {

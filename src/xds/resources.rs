@@ -9,14 +9,16 @@
 //!   HTTP prefix and gRPC service paths, each to the service's cluster.
 //! - One cluster per service, named after it, speaking HTTP/2 to the
 //!   service's public port so that gRPC is balanced per request, with
-//!   outlier detection; endpoints from the registry (EDS over ADS, or inline
-//!   for static configs).
+//!   active health checks of the public `/healthz` and outlier detection;
+//!   endpoints from the registry (EDS over ADS, or inline for static
+//!   configs).
 //! - For proxyless gRPC clients dialing `xds:///<service>`: a listener named
 //!   `<service>` holding an API listener whose routes send everything to the
 //!   service's cluster.
 
 use std::{net::SocketAddr, time::Duration};
 
+use envoy_types::pb::envoy::r#type::v3::CodecClientType;
 use envoy_types::pb::{
     envoy::{
         config::{
@@ -25,9 +27,9 @@ use envoy_types::pb::{
                 cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
             },
             core::v3::{
-                Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
-                Http2ProtocolOptions, Locality, SocketAddress, address,
-                config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+                Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthCheck,
+                HealthStatus, Http2ProtocolOptions, Locality, SocketAddress, address,
+                config_source::ConfigSourceSpecifier, health_check, socket_address::PortSpecifier,
             },
             endpoint::v3::{
                 ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -62,6 +64,7 @@ use envoy_types::pb::{
 use envoy_types::util::pack_any;
 
 use crate::{
+    ingress::HEALTH_PATH,
     registry::Registry,
     routing::{API_PREFIX, RoutingTable},
 };
@@ -299,6 +302,22 @@ pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
         )]
         .into_iter()
         .collect(),
+        // Active checks of the public listener's health path: a draining
+        // node answers 503 and stops getting requests.
+        health_checks: vec![HealthCheck {
+            timeout: Some(duration(Duration::from_secs(1))),
+            interval: Some(duration(Duration::from_secs(1))),
+            unhealthy_threshold: Some(UInt32Value { value: 2 }),
+            healthy_threshold: Some(UInt32Value { value: 1 }),
+            health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
+                health_check::HttpHealthCheck {
+                    path: HEALTH_PATH.into(),
+                    codec_client_type: CodecClientType::Http2 as i32,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx: Some(UInt32Value { value: 3 }),
             interval: Some(duration(Duration::from_secs(1))),

@@ -182,6 +182,21 @@ async fn routes_http_and_grpc(api_type: &str) {
     assert_eq!(reply.message, "grpc");
     assert_eq!(reply.node, "test-node");
 
+    // Envoy checks the node's public health path.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy
+        .stat("cluster.echo.health_check.success")
+        .await
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no health check passed\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Envoy took every update: nothing was refused.
     assert_eq!(envoy.stat("control_plane.connected_state").await, Some(1));
     for t in ["cluster_manager.cds", "listener_manager.lds"] {

@@ -268,3 +268,13 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     assert_eq!(status["node"]["node_id"], "test-node");
     assert_eq!(status["ready"], true);
 }
+
+#[tokio::test]
+async fn the_public_health_path_says_whether_the_node_takes_traffic() {
+    let mut node = Node::start(NodeConfig::default());
+    node.wait_ready();
+    let r = http().get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["serving"], true);
+}
