@@ -318,6 +318,9 @@ pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
             )),
             ..Default::default()
         }],
+        // A host that leaves the registry leaves the cluster at once, even
+        // while it still passes health checks (it is draining).
+        ignore_health_on_host_removal: true,
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx: Some(UInt32Value { value: 3 }),
             interval: Some(duration(Duration::from_secs(1))),
