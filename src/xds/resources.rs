@@ -24,6 +24,7 @@ use envoy_types::pb::{
         config::{
             cluster::v3::{
                 Cluster, OutlierDetection,
+                cluster::CommonLbConfig,
                 cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
             },
             core::v3::{
@@ -321,6 +322,13 @@ pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
         // A host that leaves the registry leaves the cluster at once, even
         // while it still passes health checks (it is draining).
         ignore_health_on_host_removal: true,
+        // Health changes reach the load balancer at once: by default Envoy
+        // merges them over a second, which kept a new node idle for that
+        // long after its first passing check.
+        common_lb_config: Some(CommonLbConfig {
+            update_merge_window: Some(duration(Duration::ZERO)),
+            ..Default::default()
+        }),
         outlier_detection: Some(OutlierDetection {
             consecutive_5xx: Some(UInt32Value { value: 3 }),
             interval: Some(duration(Duration::from_secs(1))),
