@@ -778,6 +778,11 @@ async fn membership_changes_through_the_cluster_commands() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // ... and joins the endpoints the xDS server gives out.
+    let mut ads = crate::xds::Ads::connect(cluster.xds[0]).await;
+    ads.send(crate::xds::request(crate::xds::EDS, &["echo"], "", ""))
+        .await;
+    crate::xds::wait_for_endpoints(&mut ads, 4, Duration::from_secs(10)).await;
     // Leadership moves where it is asked to.
     // A hand-over is a best effort (see Cluster::hand_over_to): retry.
     let mut transferred = false;

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::support::{Node, NodeConfig, free_port};
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub(crate) const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 /// The delta request stream.
@@ -58,7 +58,12 @@ impl futures_util::Stream for Requests {
     }
 }
 
-fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+pub(crate) fn request(
+    type_url: &str,
+    names: &[&str],
+    version: &str,
+    nonce: &str,
+) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -72,13 +77,13 @@ fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> Discov
     }
 }
 
-struct Ads {
+pub(crate) struct Ads {
     tx: mpsc::Sender<DiscoveryRequest>,
     rx: tonic::Streaming<DiscoveryResponse>,
 }
 
 impl Ads {
-    async fn connect(addr: std::net::SocketAddr) -> Ads {
+    pub(crate) async fn connect(addr: std::net::SocketAddr) -> Ads {
         let mut client = None;
         for _ in 0..100 {
             if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
@@ -98,7 +103,7 @@ impl Ads {
         Ads { tx, rx }
     }
 
-    async fn send(&self, r: DiscoveryRequest) {
+    pub(crate) async fn send(&self, r: DiscoveryRequest) {
         self.tx.send(r).await.unwrap();
     }
 
@@ -345,7 +350,11 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
 
 /// Reads EDS responses for `echo` until one has `n` endpoints, within
 /// `within`; returns when it came.
-async fn wait_for_endpoints(ads: &mut Ads, n: usize, within: Duration) -> std::time::Instant {
+pub(crate) async fn wait_for_endpoints(
+    ads: &mut Ads,
+    n: usize,
+    within: Duration,
+) -> std::time::Instant {
     let deadline = std::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
