@@ -80,18 +80,6 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-struct Requests(mpsc::Receiver<DiscoveryRequest>);
-
-impl futures_util::Stream for Requests {
-    type Item = DiscoveryRequest;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
 /// What the clients of the child process share.
 struct Shared {
     synced: AtomicUsize,
@@ -125,7 +113,7 @@ async fn client(
 ) {
     let (tx, rx) = mpsc::channel(8);
     let mut responses = ads
-        .stream_aggregated_resources(Requests(rx))
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("stream opens")
         .into_inner();

@@ -73,29 +73,7 @@ fn envoy_binary() -> PathBuf {
 
 fn start_envoy(dir: &std::path::Path, xds: SocketAddr) -> Child {
     let admin = free_addr();
-    let bootstrap = format!(
-        r#"node: {{id: bench-envoy, cluster: bench}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
-dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
-  cds_config: {{resource_api_version: V3, ads: {{}}}}
-  lds_config: {{resource_api_version: V3, ads: {{}}}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
-"#,
-        admin.port(),
-        xds.port()
-    );
+    let bootstrap = flotilla::xds::bootstrap::ads_bootstrap("bench-envoy", admin, xds, false);
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, bootstrap).unwrap();
     Command::new(envoy_binary())

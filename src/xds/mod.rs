@@ -9,6 +9,7 @@
 //!   responses out), so that every rule of `xds-notes.md` is tested beside
 //!   the code.
 
+pub mod bootstrap;
 pub mod clients;
 pub mod delta;
 pub mod resources;
@@ -51,7 +52,7 @@ pub struct Resource {
 
 impl Resource {
     fn new<T: Name + prost::Message>(name: String, body: T, wildcard: bool) -> Arc<Resource> {
-        let body = resources::any(body);
+        let body = envoy_types::util::pack_any(body);
         let hash = hex(&Sha256::digest(&body.value)[..8]);
         Arc::new(Resource {
             name,
@@ -248,7 +249,8 @@ impl Fill for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResp
     }
 }
 
-/// Decodes what a resource holds (tests and status pages).
+/// Decodes what a resource holds.
+#[cfg(test)]
 pub fn decode<T: Name + prost::Message + Default>(r: &Resource) -> Option<T> {
     (r.body.type_url == T::type_url())
         .then(|| T::decode(r.body.value.as_slice()).ok())

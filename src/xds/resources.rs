@@ -60,7 +60,7 @@ use envoy_types::pb::{
             },
         },
     },
-    google::protobuf::{Any, Duration as PbDuration, UInt32Value},
+    google::protobuf::{Duration as PbDuration, UInt32Value},
 };
 use envoy_types::util::pack_any;
 
@@ -412,9 +412,4 @@ pub fn api_routes(service: &str) -> RouteConfiguration {
         }],
         ..Default::default()
     }
-}
-
-/// Packs a resource for the wire.
-pub fn any<T: prost::Name + prost::Message>(resource: T) -> Any {
-    pack_any(resource)
 }

@@ -40,43 +40,14 @@ pub struct Envoy {
 impl Envoy {
     /// Envoy with nothing but an ADS bootstrap pointing at `xds`.
     pub fn start(xds: SocketAddr) -> Envoy {
-        Envoy::start_with(xds, "GRPC")
+        Envoy::start_with(xds, false)
     }
 
-    /// `api_type`: `GRPC` (state of the world) or `DELTA_GRPC`.
-    pub fn start_with(xds: SocketAddr, api_type: &str) -> Envoy {
+    /// `delta`: incremental xDS; otherwise state of the world.
+    pub fn start_with(xds: SocketAddr, delta: bool) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let bootstrap = format!(
-            r#"node: {{id: test-envoy, cluster: flotilla-test}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{resource_api_version: V3, ads: {{}}}}
-  lds_config: {{resource_api_version: V3, ads: {{}}}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}}}
-"#,
-            admin_port = admin.port(),
-            xds_ip = xds.ip(),
-            xds_port = xds.port(),
-        );
+        let bootstrap = flotilla::xds::bootstrap::ads_bootstrap("test-envoy", admin, xds, delta);
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, bootstrap).unwrap();
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
@@ -125,15 +96,15 @@ impl Drop for Envoy {
 
 #[tokio::test]
 async fn envoy_routes_http_and_grpc_to_the_services_it_learns_over_ads() {
-    routes_http_and_grpc("GRPC").await;
+    routes_http_and_grpc(false).await;
 }
 
 #[tokio::test]
 async fn envoy_on_delta_xds_routes_http_and_grpc_too() {
-    routes_http_and_grpc("DELTA_GRPC").await;
+    routes_http_and_grpc(true).await;
 }
 
-async fn routes_http_and_grpc(api_type: &str) {
+async fn routes_http_and_grpc(delta: bool) {
     let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut node = Node::start(NodeConfig {
@@ -142,7 +113,7 @@ async fn routes_http_and_grpc(api_type: &str) {
         ..Default::default()
     });
     node.wait_ready();
-    let envoy = Envoy::start_with(xds, api_type);
+    let envoy = Envoy::start_with(xds, delta);
 
     // HTTP through Envoy, once it has the listener, routes, clusters and
     // endpoints.

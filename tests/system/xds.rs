@@ -25,38 +25,13 @@ use envoy_types::pb::{
 };
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::support::{Node, NodeConfig, free_port};
 
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub(crate) const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-
-/// The delta request stream.
-struct DeltaRequests(mpsc::Receiver<DeltaDiscoveryRequest>);
-
-impl futures_util::Stream for DeltaRequests {
-    type Item = DeltaDiscoveryRequest;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-/// The request stream: what the test writes into the channel.
-struct Requests(mpsc::Receiver<DiscoveryRequest>);
-
-impl futures_util::Stream for Requests {
-    type Item = DiscoveryRequest;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
 
 pub(crate) fn request(
     type_url: &str,
@@ -96,7 +71,7 @@ impl Ads {
         let mut client = client.expect("the xds listener accepts connections");
         let (tx, requests) = mpsc::channel(16);
         let rx = client
-            .stream_aggregated_resources(Requests(requests))
+            .stream_aggregated_resources(ReceiverStream::new(requests))
             .await
             .unwrap()
             .into_inner();
@@ -236,7 +211,7 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
         .unwrap();
     let (tx, requests) = mpsc::channel(4);
     let mut delta = client
-        .delta_aggregated_resources(DeltaRequests(requests))
+        .delta_aggregated_resources(ReceiverStream::new(requests))
         .await
         .unwrap()
         .into_inner();
