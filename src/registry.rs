@@ -47,6 +47,8 @@ pub struct Instance {
 pub struct Registry {
     local: Arc<str>,
     nodes: Arc<RwLock<Vec<NodeRecord>>>,
+    /// Bumped whenever `nodes` changes, for those who follow it (xDS).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Registry {
@@ -55,7 +57,17 @@ impl Registry {
         Registry {
             local: Arc::from(local.id.as_str()),
             nodes: Arc::new(RwLock::new(vec![local])),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Wakes when the nodes change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<NodeRecord>> {
@@ -89,8 +101,12 @@ impl Registry {
     /// Marks a node healthy or not.
     pub fn set_healthy(&self, node: &str, healthy: bool) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = nodes.iter_mut().find(|n| n.id == node) {
+        if let Some(n) = nodes.iter_mut().find(|n| n.id == node)
+            && n.healthy != healthy
+        {
             n.healthy = healthy;
+            drop(nodes);
+            self.changed();
         }
     }
 
@@ -192,7 +208,11 @@ impl Registry {
             nodes.push(local);
             nodes.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        *current = nodes;
+        if *current != nodes {
+            *current = nodes;
+            drop(current);
+            self.changed();
+        }
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! its bounded output queue, so a slow client delays only itself; nothing is
 //! locked while sending, and the state is dropped when the stream ends.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -18,9 +18,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{Outgoing, Snapshot, clients, delta, resources, sotw};
 use crate::{registry::Registry, routing::RoutingTable};
 
-/// How often the registry is compared with the last snapshot. Changes in
-/// between are coalesced into one new snapshot.
-const REBUILD_EVERY: Duration = Duration::from_millis(50);
 /// Responses queued for one stream before its task waits for the client.
 const STREAM_QUEUE: usize = 16;
 
@@ -31,21 +28,24 @@ pub struct Ads {
     clients: clients::Clients,
 }
 
-/// Keeps the snapshot in step with the registry until `stop`; returns the
-/// receiver the ADS service serves from.
+/// Keeps the snapshot in step with the registry until `stop`: rebuilt when
+/// the registry's copy changes (its refreshes, every `registry::REFRESH`,
+/// coalesce the changes between them); returns the receiver the ADS
+/// service serves from.
 pub fn snapshots(
     table: Arc<RoutingTable>,
     registry: Registry,
     ingress: Option<std::net::SocketAddr>,
     stop: tokio_util::sync::CancellationToken,
 ) -> watch::Receiver<Arc<Snapshot>> {
+    let mut changes = registry.subscribe();
     let mut services = resources::services(&table, &registry);
     let (tx, rx) = watch::channel(Arc::new(Snapshot::build(&services, ingress)));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(REBUILD_EVERY) => {}
+                changed = changes.changed() => if changed.is_err() { return },
             }
             let now = resources::services(&table, &registry);
             if now != services {
