@@ -154,89 +154,77 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<ApplyResponse, Refusal>>,
 }
 
-/// Gathers proposals into entries (see `ENTRIES_IN_FLIGHT`), stamps them
-/// with the leader's time and seeds, proposes, and answers each one.
-async fn gather_proposals(
-    raft: Raft<TypeConfig>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
-) {
+/// Takes what arrives on `queue` in batches: at most `ENTRIES_IN_FLIGHT`
+/// batches are being handled at once, and what arrives meanwhile waits and
+/// forms the next batch (of at most `MAX_BATCH`).
+async fn gather<T, F, Fut>(mut queue: tokio::sync::mpsc::UnboundedReceiver<T>, handle: F)
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut pending = vec![first];
-        while pending.len() < MAX_BATCH {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(p) => pending.push(p),
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let work = handle(batch);
         tokio::spawn(async move {
             let _permit = permit;
-            let time_ms = now_ms();
-            let (proposals, replies): (Vec<Proposal>, Vec<_>) = pending
-                .into_iter()
-                .map(|p| {
-                    let proposal = Proposal {
-                        request_id: p.request_id,
-                        time_ms,
-                        seed: rand::rngs::OsRng.next_u64() as i64,
-                        command: p.command,
-                    };
-                    (proposal, p.reply)
-                })
-                .unzip();
-            let refusal = match propose_entry(&raft, Batch(proposals)).await {
-                Ok(BatchResponse(results)) => {
-                    // A reply left without a result (there is none) drops
-                    // its sender: the caller retries with the same id.
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(ApplyResponse(result)));
-                    }
-                    return;
-                }
-                Err(refusal) => refusal,
-            };
-            for reply in replies {
-                let _ = reply.send(Err(refusal.clone()));
-            }
+            work.await;
         });
     }
 }
 
-/// Gathers the writes this follower forwards: like `gather_proposals`, at
-/// most `ENTRIES_IN_FLIGHT` calls to the leader at once, and the writes that
-/// arrive meanwhile share the next call.
-async fn gather_forwards(
-    cluster: Weak<Cluster>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<(u64, Pending)>,
-) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut by_leader: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
-        let mut gathered = 0;
-        let mut next = Some(first);
-        while let Some((leader, pending)) = next.take() {
-            by_leader.entry(leader).or_default().push(pending);
-            gathered += 1;
-            if gathered < MAX_BATCH {
-                next = queue.try_recv().ok();
+/// Proposes gathered proposals as one entry, stamped with the leader's time
+/// and seeds, and answers each one.
+async fn propose_gathered(raft: Raft<TypeConfig>, pending: Vec<Pending>) {
+    let time_ms = now_ms();
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) = pending
+        .into_iter()
+        .map(|p| {
+            let proposal = Proposal {
+                request_id: p.request_id,
+                time_ms,
+                seed: rand::rngs::OsRng.next_u64() as i64,
+                command: p.command,
+            };
+            (proposal, p.reply)
+        })
+        .unzip();
+    let refusal = match propose_entry(&raft, Batch(proposals)).await {
+        Ok(BatchResponse(results)) => {
+            // A reply left without a result (there is none) drops its
+            // sender: the caller retries with the same id.
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(ApplyResponse(result)));
             }
+            return;
         }
-        let Some(cluster) = cluster.upgrade() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            for (leader, pending) in by_leader {
-                cluster.forward_batch(leader, pending).await;
-            }
-        });
+        Err(refusal) => refusal,
+    };
+    for reply in replies {
+        let _ = reply.send(Err(refusal.clone()));
+    }
+}
+
+/// Sends gathered forwarded writes to their leader, one call per leader.
+async fn forward_gathered(cluster: Weak<Cluster>, writes: Vec<(u64, Pending)>) {
+    let Some(cluster) = cluster.upgrade() else {
+        return;
+    };
+    let mut by_leader: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
+    for (leader, pending) in writes {
+        by_leader.entry(leader).or_default().push(pending);
+    }
+    for (leader, pending) in by_leader {
+        cluster.forward_batch(leader, pending).await;
     }
 }
 
@@ -286,9 +274,9 @@ pub struct Cluster {
     election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
-    /// Proposals on their way into entries (see `gather_proposals`).
+    /// Proposals on their way into entries (see `gather`).
     proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
-    /// Writes on their way to the leader (see `gather_forwards`).
+    /// Writes on their way to the leader (see `gather`).
     forwards: tokio::sync::mpsc::UnboundedSender<(u64, Pending)>,
     store: Store,
     members: BTreeMap<u64, Member>,
@@ -353,7 +341,10 @@ impl Cluster {
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(gather_proposals(raft.clone(), queue));
+        let proposer = raft.clone();
+        tokio::spawn(gather(queue, move |pending| {
+            propose_gathered(proposer.clone(), pending)
+        }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             id: settings.id,
@@ -372,7 +363,10 @@ impl Cluster {
             clients: std::sync::Mutex::default(),
             credential,
         });
-        tokio::spawn(gather_forwards(Arc::downgrade(&cluster), forward_queue));
+        let forwarder = Arc::downgrade(&cluster);
+        tokio::spawn(gather(forward_queue, move |writes| {
+            forward_gathered(forwarder.clone(), writes)
+        }));
         store
             .set_replicator(Arc::new(ReplicatorHandle(Arc::downgrade(&cluster))))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
@@ -612,7 +606,7 @@ impl Cluster {
     }
 
     /// Sends a write to the leader, together with the other writes this
-    /// node is forwarding at the moment (see `gather_forwards`).
+    /// node is forwarding at the moment (see `gather`).
     async fn forward_write(
         &self,
         leader: u64,
