@@ -221,11 +221,15 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         .map_err(NodeError::Registry)?;
     let maintenance_stop = CancellationToken::new();
     let maintenance = tokio::spawn(auth.clone().maintain(maintenance_stop.clone()));
-    let refresher = tokio::spawn(refresh_registry(
-        registry.clone(),
-        registry_store.clone(),
-        maintenance_stop.clone(),
-    ));
+    // Alone, a node is the only reader of its registry: nothing to renew or
+    // reload (a heartbeat would be a durable write every second for nobody).
+    let refresher = cluster.is_some().then(|| {
+        tokio::spawn(refresh_registry(
+            registry.clone(),
+            registry_store.clone(),
+            maintenance_stop.clone(),
+        ))
+    });
     // The xDS server: the same routing table and registry as the ingress.
     let xds_stop = CancellationToken::new();
     let xds_task = xds_listener.map(|listener| {
@@ -275,7 +279,9 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     readiness.start_draining();
     maintenance_stop.cancel();
     let _ = maintenance.await;
-    let _ = refresher.await;
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
     // Deregister first: routers that learn the registry (other nodes,
     // Envoys fed by xDS) stop sending here while this node still listens.
     let deregistered =
