@@ -1,4 +1,5 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config`, `gen-envoy` and the
+//! administrative commands.
 //!
 //! Exit codes: 0 success; 64 (EX_USAGE) for a bad command line or config,
 //! always before any port is bound; 1 when the node fails to start or run.
@@ -57,6 +58,38 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Write an Envoy bootstrap for a mode: fixed resources from a config
+    /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
+    GenEnvoy {
+        #[arg(long, value_enum)]
+        mode: crate::gen_envoy::Mode,
+        /// The node's config file (--mode single).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cluster's topology file (--mode ha and scaled).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// The xDS server, HOST:PORT (--mode k3d): a Kubernetes Service
+        /// name or an address.
+        #[arg(long, default_value = "flotilla-xds:18000")]
+        xds: String,
+        /// Use incremental xDS (DELTA_GRPC) rather than state of the world
+        /// (--mode k3d).
+        #[arg(long)]
+        delta: bool,
+        /// Where Envoy listens for the public ingress.
+        #[arg(long, default_value = "0.0.0.0:10000")]
+        listen: std::net::SocketAddr,
+        /// Envoy's admin interface (loopback only).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Envoy's node id.
+        #[arg(long, default_value = "flotilla-envoy")]
+        node_id: String,
+        /// Write to FILE instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +124,16 @@ enum ClusterCommand {
         config: PathBuf,
         #[arg(long)]
         id: u64,
+    },
+    /// Print the `cluster.client_key` of a node without the db role: it is
+    /// derived from the cluster secret and the node's name.
+    ClientKey {
+        /// A db member's config (it holds the cluster secret).
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        /// The node, as named under `nodes` in the topology.
+        #[arg(long)]
+        node: String,
     },
     /// Hand leadership to another voter (the most caught-up one by default).
     TransferLeader {
@@ -184,9 +227,54 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
+        Command::GenEnvoy {
+            mode,
+            config,
+            topology,
+            xds,
+            delta,
+            listen,
+            admin,
+            node_id,
+            out,
+        } => {
+            let request = crate::gen_envoy::Request {
+                mode,
+                config,
+                topology,
+                xds,
+                delta,
+                listen,
+                admin,
+                node_id,
+            };
+            let yaml = match crate::gen_envoy::generate(&request, &catalogue) {
+                Ok(y) => y,
+                Err(e) => {
+                    eprintln!("flotilla gen-envoy: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match out {
+                None => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Some(path) => match std::fs::write(&path, yaml) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("flotilla gen-envoy: cannot write {}: {e}", path.display());
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
         Command::Cluster { command } => {
             use crate::cluster::AdminOp;
             let (config, op) = match command {
+                ClusterCommand::ClientKey { config, node } => {
+                    return client_key(&config, &catalogue, &node);
+                }
                 ClusterCommand::Status { config } => (config, AdminOp::Status),
                 ClusterCommand::AddLearner { config, id, peer } => {
                     (config, AdminOp::AddLearner { id, peer })
@@ -296,6 +384,34 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> ExitCode {
+    let config = match Config::load(config, catalogue) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let Some(settings) = config.cluster else {
+        eprintln!("flotilla: this config has no `cluster` section: the node is not in a cluster");
+        return ExitCode::from(EX_USAGE);
+    };
+    let crate::cluster::Role::Voter { secret, .. } = &settings.role else {
+        eprintln!(
+            "flotilla: this is a store client's config: run this with a db member's config, which holds the cluster secret"
+        );
+        return ExitCode::from(EX_USAGE);
+    };
+    if !settings.topology.nodes.iter().any(|n| n.name == node) {
+        eprintln!(
+            "flotilla: `{node}` is not listed under `nodes` in the topology: only nodes without the db role have client keys"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    println!("{}", crate::cluster::network::client_key(secret, node));
+    ExitCode::SUCCESS
 }
 
 fn cluster_command(

@@ -17,13 +17,11 @@ use serde::Deserialize;
 use crate::{
     auth::{AuthSettings, password::HashParams},
     catalogue::Catalogue,
-    cluster::{ClusterSettings, Member},
+    cluster::{ClusterSettings, Role},
+    topology::{Selection, Topology, valid_names, valid_node_id},
 };
 
-/// The alias that selects every service in the catalogue.
-pub const ALL: &str = "all";
-/// The xDS management server's role: run by `all`, or named on its own.
-pub const XDS: &str = "xds";
+pub use crate::topology::{ALL, DB, XDS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +53,8 @@ struct RawCluster {
     topology: Option<String>,
     secret: Option<String>,
     secret_file: Option<String>,
+    client_key: Option<String>,
+    client_key_file: Option<String>,
     #[serde(default)]
     bootstrap: bool,
     heartbeat_ms: Option<u64>,
@@ -64,21 +64,6 @@ struct RawCluster {
     #[serde(default)]
     fault_injection: bool,
     stale_read_max_lag_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTopology {
-    members: Vec<RawMember>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMember {
-    id: u64,
-    node: String,
-    peer: String,
-    public: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +165,9 @@ pub struct Config {
     pub selection: Vec<String>,
     /// The services it resolves to, in catalogue order.
     pub services: Vec<&'static str>,
+    /// Whether this node holds a copy of the database (`db`, in `all`): in
+    /// a cluster, a Raft voter; without the role, a client of the voters.
+    pub db_role: bool,
     pub listeners: Listeners,
     pub data_dir: PathBuf,
     pub limits: Limits,
@@ -293,42 +281,22 @@ impl Config {
             }
         };
 
-        let valid_names = || {
-            let mut names = vec![ALL.to_owned()];
-            names.extend(catalogue.names().map(str::to_owned));
-            names.push(XDS.to_owned());
-            names.join(", ")
-        };
         let selection = raw.services.unwrap_or_default();
-        let mut services = Vec::new();
         if selection.is_empty() {
             problems.add(
                 "services",
                 format!(
                     "no services selected: list the services this node runs, e.g. `services: [all]`; valid names: {}",
-                    valid_names()
+                    valid_names(catalogue)
                 ),
             );
         }
-        let mut xds_role = false;
-        for name in &selection {
-            if name == ALL {
-                services.extend(catalogue.names());
-                xds_role = true;
-            } else if name == XDS {
-                xds_role = true;
-            } else if let Some(known) = catalogue.names().find(|n| n == name) {
-                services.push(known);
-            } else {
-                problems.add(
-                    "services",
-                    format!("unknown service `{name}`; valid names: {}", valid_names()),
-                );
-            }
+        let (roles, unknown) = Selection::resolve(&selection, catalogue);
+        for message in unknown {
+            problems.add("services", message);
         }
-        // Catalogue order, each once.
-        let services: Vec<&'static str> =
-            catalogue.names().filter(|n| services.contains(n)).collect();
+        let xds_role = roles.xds;
+        let services = roles.services.clone();
 
         let public = parse_listener(
             &mut problems,
@@ -425,7 +393,16 @@ impl Config {
 
         let auth = parse_auth(&mut problems, raw.auth);
         let peer = match (&raw.cluster, raw.listeners.peer) {
-            (Some(_), p) => parse_listener(&mut problems, "listeners.peer", p, DEFAULT_PEER),
+            (Some(_), p) if roles.db => {
+                parse_listener(&mut problems, "listeners.peer", p, DEFAULT_PEER)
+            }
+            (Some(_), Some(_)) => {
+                problems.add(
+                    "listeners.peer",
+                    "is set but this node does not run the db role: a store client listens on no peer port; remove it",
+                );
+                None
+            }
             (None, Some(_)) => {
                 problems.add(
                     "listeners.peer",
@@ -433,7 +410,7 @@ impl Config {
                 );
                 None
             }
-            (None, None) => None,
+            (_, None) => None,
         };
         let xds = match (xds_role, raw.listeners.xds) {
             (true, x) => parse_listener(&mut problems, "listeners.xds", x, DEFAULT_XDS),
@@ -452,9 +429,9 @@ impl Config {
             raw.xds.ingress_listener,
             DEFAULT_XDS_INGRESS,
         );
-        let cluster = raw
-            .cluster
-            .and_then(|c| parse_cluster(&mut problems, c, &node_id, public, peer));
+        let cluster = raw.cluster.and_then(|c| {
+            parse_cluster(&mut problems, c, catalogue, &node_id, &roles, public, peer)
+        });
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -463,6 +440,7 @@ impl Config {
             node_id,
             selection,
             services,
+            db_role: roles.db,
             listeners: Listeners {
                 public: public.expect("validated above"),
                 admin: admin.expect("validated above"),
@@ -616,11 +594,40 @@ fn read_secret(
 fn parse_cluster(
     problems: &mut Problems,
     raw: RawCluster,
+    catalogue: &Catalogue,
     node_id: &str,
+    roles: &Selection,
     public: Option<SocketAddr>,
     peer: Option<SocketAddr>,
 ) -> Option<ClusterSettings> {
-    let secret = read_secret(problems, "cluster.secret", raw.secret, raw.secret_file);
+    let credential = if roles.db {
+        if raw.client_key.is_some() || raw.client_key_file.is_some() {
+            problems.add(
+                "cluster.client_key",
+                "is for nodes without the db role; a voter proves itself with cluster.secret",
+            );
+        }
+        read_secret(problems, "cluster.secret", raw.secret, raw.secret_file)
+    } else {
+        if raw.secret.is_some() || raw.secret_file.is_some() {
+            problems.add(
+                "cluster.secret",
+                "must stay on the db nodes: a node without the db role proves itself with its own cluster.client_key (`flotilla cluster client-key --node NAME` on a db node prints it)",
+            );
+        }
+        if raw.bootstrap {
+            problems.add(
+                "cluster.bootstrap",
+                "only db nodes initialize the cluster: remove it here",
+            );
+        }
+        read_secret(
+            problems,
+            "cluster.client_key",
+            raw.client_key,
+            raw.client_key_file,
+        )
+    };
     let Some(path) = raw.topology else {
         problems.add(
             "cluster.topology",
@@ -628,106 +635,57 @@ fn parse_cluster(
         );
         return None;
     };
-    let text = match std::fs::read_to_string(&path) {
+    let topology = match Topology::load(Path::new(&path), catalogue) {
         Ok(t) => t,
-        Err(e) => {
-            problems.add("cluster.topology", format!("cannot read {path}: {e}"));
-            return None;
-        }
-    };
-    let topology: RawTopology = match serde_yaml_ng::from_str(&text) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.add("cluster.topology", format!("{path} is invalid: {e}"));
+        Err(found) => {
+            problems.0.extend(found);
             return None;
         }
     };
     let field = format!("{path}: members");
-    let mut members = Vec::new();
-    for (i, m) in topology.members.iter().enumerate() {
-        let here = format!("{path}: members[{i}]");
-        let member_peer = parse_listener(
-            problems,
-            &format!("{here}.peer"),
-            Some(m.peer.clone()),
-            DEFAULT_PEER,
-        );
-        let member_public = parse_listener(
-            problems,
-            &format!("{here}.public"),
-            Some(m.public.clone()),
-            DEFAULT_PUBLIC,
-        );
-        if m.id == 0 {
-            problems.add(
-                &format!("{here}.id"),
-                "ids start at 1 (and never derive from an address)",
-            );
-        }
-        if !valid_node_id(&m.node) {
-            problems.add(
-                &format!("{here}.node"),
-                format!("`{}` is not a valid node id", m.node),
-            );
-        }
-        if let (Some(peer), Some(public)) = (member_peer, member_public) {
-            members.push(Member {
-                id: m.id,
-                name: m.node.clone(),
-                peer,
-                public,
-            });
-        }
-    }
-    for (i, m) in members.iter().enumerate() {
-        for other in &members[..i] {
-            if other.id == m.id
-                || other.name == m.name
-                || other.peer == m.peer
-                || other.public == m.public
-            {
-                problems.add(
-                    &field,
-                    format!(
-                        "members `{}` and `{}` share an id, a name or an address",
-                        other.name, m.name
-                    ),
-                );
-            }
-        }
-    }
-    match members.len() {
-        0 => problems.add(&field, "the topology has no members"),
-        2 => problems.add(
-            &field,
-            "two voters cannot tolerate the loss of either: use 1 (no fault tolerance) or 3 or more",
-        ),
-        _ => {}
-    }
-    let Some(me) = members.iter().find(|m| m.name == node_id).cloned() else {
+    let Some(me) = topology.find(node_id) else {
         problems.add(
             &field,
-            format!("this node (`{node_id}`) is not a member of the topology"),
+            format!("this node (`{node_id}`) is not in the topology: add it under `members` (db role) or `nodes`"),
         );
         return None;
     };
-    if peer.is_some_and(|p| p != me.peer) {
+    if me.selection() != roles {
         problems.add(
-            "listeners.peer",
-            format!(
-                "{} differs from this node's peer address in the topology ({})",
-                peer.unwrap_or(me.peer),
-                me.peer
-            ),
+            "services",
+            format!("differ from this node's in the topology {path}: give both the same services"),
         );
     }
-    if public.is_some_and(|p| p != me.public) {
+    let role = match me {
+        crate::topology::NodeRef::Member(m) => {
+            if peer.is_some_and(|p| p != m.peer) {
+                problems.add(
+                    "listeners.peer",
+                    format!(
+                        "{} differs from this node's peer address in the topology ({})",
+                        peer.unwrap_or(m.peer),
+                        m.peer
+                    ),
+                );
+            }
+            Role::Voter {
+                id: m.id,
+                secret: credential.clone().unwrap_or_default(),
+            }
+        }
+        crate::topology::NodeRef::Client(c) => Role::Client {
+            node: c.name.clone(),
+            key: credential.clone().unwrap_or_default(),
+        },
+    };
+    let my_public = me.public();
+    if public.is_some_and(|p| p != my_public) {
         problems.add(
             "listeners.public",
             format!(
                 "{} differs from this node's public address in the topology ({})",
-                public.unwrap_or(me.public),
-                me.public
+                public.unwrap_or(my_public),
+                my_public
             ),
         );
     }
@@ -766,28 +724,19 @@ fn parse_cluster(
             format!("{stale} is out of range: use 10 to 60000"),
         );
     }
+    credential?;
     Some(ClusterSettings {
         stale_read_max_lag: Duration::from_millis(stale),
         fault_injection: raw.fault_injection,
-        id: me.id,
+        role,
         snapshot_keep_logs,
-        members,
-        secret: secret?,
+        members: topology.members.clone(),
+        topology,
         bootstrap: raw.bootstrap,
         heartbeat: Duration::from_millis(heartbeat),
         election_timeout: (Duration::from_millis(min), Duration::from_millis(max)),
         snapshot_every,
     })
-}
-
-fn valid_node_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 fn parse_listener(
@@ -888,7 +837,7 @@ mod tests {
             assert_eq!(p[0].field, "services");
             assert!(
                 p[0].message
-                    .contains("valid names: all, accounts, echo, kv, xds"),
+                    .contains("valid names: all, accounts, echo, kv, db, xds"),
                 "{}",
                 p[0].message
             );

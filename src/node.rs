@@ -109,10 +109,19 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
 
     // In a cluster, the store becomes replicated before anything writes to
     // it: from here on every write, read and migration goes through Raft.
+    // A node without the db role keeps no copy: its store is a client of
+    // the members' database, within its namespaces.
     let cluster = match &config.cluster {
-        Some(settings) => Some(Cluster::start(settings, store.clone(), &config.data_dir).await?),
+        Some(settings) if config.db_role => {
+            Some(Cluster::start(settings, store.clone(), &config.data_dir).await?)
+        }
+        Some(settings) => {
+            store.set_replicator(crate::cluster::remote_replicator(settings))?;
+            None
+        }
         None => None,
     };
+    let replicated = config.cluster.is_some();
     let peer_stop = CancellationToken::new();
     let peer_task = match (&cluster, peer_listener) {
         (Some(c), Some(listener)) => {
@@ -207,11 +216,16 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let topology: Vec<NodeRecord> = config
         .cluster
         .iter()
-        .flat_map(|c| c.members.iter())
-        .map(|m| NodeRecord {
-            id: m.name.clone(),
-            public: m.public,
-            services: Vec::new(),
+        .flat_map(|c| c.topology.all())
+        .map(|n| NodeRecord {
+            id: n.name().to_owned(),
+            public: n.public(),
+            services: n
+                .selection()
+                .services
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             healthy: false,
         })
         .collect();
@@ -223,7 +237,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     let maintenance = tokio::spawn(auth.clone().maintain(maintenance_stop.clone()));
     // Alone, a node is the only reader of its registry: nothing to renew or
     // reload (a heartbeat would be a durable write every second for nobody).
-    let refresher = cluster.is_some().then(|| {
+    let refresher = replicated.then(|| {
         tokio::spawn(refresh_registry(
             registry.clone(),
             registry_store.clone(),
@@ -289,7 +303,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             .await
             .unwrap_or_else(|_| Err(crate::store::StoreError::Storage("timed out".into())));
     match deregistered {
-        Ok(()) if cluster.is_some() => tokio::time::sleep(DEREGISTRATION_DRAIN).await,
+        Ok(()) if replicated => tokio::time::sleep(DEREGISTRATION_DRAIN).await,
         Ok(()) => {}
         Err(e) => {
             tracing::warn!(error = %e, "could not mark this node unhealthy in the registry")

@@ -61,6 +61,15 @@ impl Registry {
         }
     }
 
+    /// A fixed view of `nodes`, seen from none of them (`gen-envoy`).
+    pub fn fixed(nodes: Vec<NodeRecord>) -> Registry {
+        Registry {
+            local: Arc::from(""),
+            nodes: Arc::new(RwLock::new(nodes)),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
     /// Wakes when the nodes change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
@@ -133,8 +142,12 @@ impl Registry {
             .map(|n| {
                 Statement::new(
                     "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
-                     VALUES (?1, ?2, '', 0, flotilla_now()) ON CONFLICT (node) DO NOTHING",
-                    vec![n.id.clone().into(), n.public.to_string().into()],
+                     VALUES (?1, ?2, ?3, 0, flotilla_now()) ON CONFLICT (node) DO NOTHING",
+                    vec![
+                        n.id.clone().into(),
+                        n.public.to_string().into(),
+                        n.services.join(",").into(),
+                    ],
                 )
             })
             .collect();

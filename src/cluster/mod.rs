@@ -22,7 +22,6 @@ pub mod state_machine;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Cursor,
-    net::SocketAddr,
     path::Path,
     sync::{Arc, Weak},
     time::{Duration, Instant},
@@ -108,22 +107,26 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-/// One member of the static topology.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub id: u64,
-    pub name: String,
-    pub peer: SocketAddr,
-    pub public: SocketAddr,
+pub use crate::topology::Member;
+
+/// What this node is in the cluster.
+#[derive(Clone, Debug)]
+pub enum Role {
+    /// A `db` member: Raft voter `id`, proving itself with the cluster
+    /// secret.
+    Voter { id: u64, secret: String },
+    /// A node without the `db` role: a client of the members' database,
+    /// proving itself with its own key (see `network::client_key`).
+    Client { node: String, key: String },
 }
 
 /// The cluster part of a validated config.
 #[derive(Clone, Debug)]
 pub struct ClusterSettings {
-    /// This node's Raft id.
-    pub id: u64,
+    pub role: Role,
+    /// The topology's `db` members (the Raft voters).
     pub members: Vec<Member>,
-    pub secret: String,
+    pub topology: crate::topology::Topology,
     /// Initialize the cluster from the topology if it is not initialized.
     /// Safe on every member: all initialize with the same membership.
     pub bootstrap: bool,
@@ -283,6 +286,26 @@ pub struct Cluster {
     /// Peer clients by member id, with the address they dial.
     clients: std::sync::Mutex<BTreeMap<u64, (String, network::Client)>>,
     credential: Arc<str>,
+    /// The store clients of the topology, with their keys and namespaces.
+    client_keys: network::ClientKeys,
+}
+
+/// What a store client running `services` may use: its services'
+/// namespaces, and the system ones every node works with. Each node
+/// registers itself and keeps the signing keys (`registry`, `auth`); each
+/// node checks credentials against the accounts, which only the node
+/// running the `accounts` service may change.
+fn client_access(services: &[&'static str]) -> network::Access {
+    let accounts = crate::auth::accounts::NAMESPACE;
+    let mut write: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    write.push(crate::registry::NAMESPACE.to_owned());
+    write.push(crate::auth::keys::NAMESPACE.to_owned());
+    let read = if services.contains(&accounts) {
+        Vec::new()
+    } else {
+        vec![accounts.to_owned()]
+    };
+    network::Access { write, read }
 }
 
 fn unavailable(message: String) -> StoreError {
@@ -329,10 +352,30 @@ impl Cluster {
         std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;
         let sm = state_machine::StateMachine::new(store.clone(), snapshots);
         let committed = log.committed.clone();
-        let credential: Arc<str> = Arc::from(network::credential(&settings.secret));
+        let Role::Voter { id, secret } = &settings.role else {
+            return Err(ClusterError::Config(
+                "only a node with the db role runs Raft; this one is a store client".into(),
+            ));
+        };
+        let id = *id;
+        let credential: Arc<str> = Arc::from(network::credential(secret));
+        let client_keys: network::ClientKeys = Arc::new(
+            settings
+                .topology
+                .nodes
+                .iter()
+                .map(|n| {
+                    let access = client_access(&n.selection.services);
+                    (
+                        n.name.clone(),
+                        (network::client_key(secret, &n.name), Arc::new(access)),
+                    )
+                })
+                .collect(),
+        );
         let faults = network::Faults::default();
         let raft = Raft::new(
-            settings.id,
+            id,
             Arc::new(config),
             network::Network::new(credential.clone(), faults.clone()),
             log,
@@ -347,7 +390,8 @@ impl Cluster {
         }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
-            id: settings.id,
+            id,
+            client_keys,
             faults,
             fault_injection: settings.fault_injection,
             stale_read_max_lag: settings.stale_read_max_lag,
@@ -414,7 +458,11 @@ impl Cluster {
             PeerService {
                 cluster: self.clone(),
             },
-            network::check_credential(self.credential.clone(), self.faults.clone()),
+            network::check_credential(
+                self.credential.clone(),
+                self.client_keys.clone(),
+                self.faults.clone(),
+            ),
         ))
     }
 
@@ -911,57 +959,89 @@ impl Replicator for ReplicatorHandle {
     }
 }
 
-/// A replicator for administrative commands run outside a node (`accounts
-/// create-admin`, `auth rotate-keys`): it sends writes and reads to the
-/// running members over the peer listener, authenticated with the cluster
-/// secret, so they go through Raft like any other.
+/// A replicator that sends writes and reads to the running members over
+/// the peer listener, so they go through Raft like any other:
+/// - on a node without the `db` role, its store (a client of the members'
+///   database, within its namespaces);
+/// - for administrative commands run outside a node (`accounts
+///   create-admin`, `auth rotate-keys`) with a member's config.
 pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
-    Arc::new(Remote {
-        members: settings.members.clone(),
-        credential: network::credential(&settings.secret),
-    })
+    Arc::new(Remote(Arc::new(RemoteInner::new(settings))))
 }
 
-struct Remote {
+struct Remote(Arc<RemoteInner>);
+
+struct RemoteInner {
     members: Vec<Member>,
     credential: String,
+    /// The store client's node name, when calling as one.
+    node: Option<String>,
+    /// One client (one HTTP/2 connection) per member, shared by calls.
+    clients: std::sync::Mutex<BTreeMap<u64, network::Client>>,
+    /// The member that answered last (0: none yet): tried first.
+    leader: std::sync::atomic::AtomicU64,
 }
 
-impl Remote {
-    /// Calls `call` on the members, following leader hints, until one
-    /// answers with a result or `LEADER_WAIT` passes.
+impl RemoteInner {
+    fn new(settings: &ClusterSettings) -> RemoteInner {
+        let (credential, node) = match &settings.role {
+            Role::Voter { secret, .. } => (network::credential(secret), None),
+            Role::Client { node, key } => (key.clone(), Some(node.clone())),
+        };
+        RemoteInner {
+            members: settings.members.clone(),
+            credential,
+            node,
+            clients: std::sync::Mutex::default(),
+            leader: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn client(&self, member: &Member) -> Result<network::Client, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&member.id) {
+            return Ok(c.clone());
+        }
+        let client = network::client_as(
+            &member.peer.to_string(),
+            &self.credential,
+            self.node.as_deref(),
+        )?;
+        clients.insert(member.id, client.clone());
+        Ok(client)
+    }
+
+    /// Calls `method` on the members, the last known leader first,
+    /// following leader hints, until one answers with a result or
+    /// `LEADER_WAIT` passes (a minute for membership changes, which wait
+    /// for a learner to catch up).
     async fn call<T: serde::de::DeserializeOwned>(
-        members: Vec<Member>,
-        credential: String,
+        &self,
         method: &'static str,
         payload: Blob,
     ) -> Result<T, StoreError> {
-        let deadline = Instant::now()
-            + if method == "admin" {
-                Duration::from_secs(60)
-            } else {
-                LEADER_WAIT
-            };
-        let mut next: Option<u64> = None;
+        use std::sync::atomic::Ordering;
+        let wait = if method == "admin" {
+            Duration::from_secs(60)
+        } else {
+            PROPOSAL_WAIT + Duration::from_secs(1)
+        };
+        let deadline = Instant::now() + if method == "admin" { wait } else { LEADER_WAIT };
         let mut last_error = String::from("no member answered");
         loop {
-            let order: Vec<&Member> = match next.and_then(|l| members.iter().find(|m| m.id == l)) {
-                Some(leader) => vec![leader],
-                None => members.iter().collect(),
-            };
-            next = None;
+            let hint = self.leader.load(Ordering::Relaxed);
+            let mut order: Vec<&Member> = self.members.iter().collect();
+            order.sort_by_key(|m| m.id != hint);
             for member in order {
-                let Ok(mut client) = network::client(&member.peer.to_string(), &credential) else {
-                    continue;
-                };
-                // Membership changes wait for a learner to catch up.
-                let deadline = if method == "admin" {
-                    Duration::from_secs(60)
-                } else {
-                    PROPOSAL_WAIT + Duration::from_secs(1)
+                let mut client = match self.client(member) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
                 };
                 let mut req = tonic::Request::new(payload.clone());
-                req.set_timeout(deadline);
+                req.set_timeout(wait);
                 let call = async {
                     match method {
                         "write" => client.write(req).await,
@@ -969,21 +1049,39 @@ impl Remote {
                         _ => client.read(req).await,
                     }
                 };
-                let reply = tokio::time::timeout(deadline, call)
+                let reply = tokio::time::timeout(wait, call)
                     .await
                     .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
                 match reply {
                     Ok(r) => match serde_json::from_slice::<PeerReply<T>>(&r.into_inner().data) {
-                        Ok(PeerReply::Done(v)) => return Ok(v),
+                        Ok(PeerReply::Done(v)) => {
+                            self.leader.store(member.id, Ordering::Relaxed);
+                            return Ok(v);
+                        }
                         Ok(PeerReply::Refused(Refusal::NotLeader(Some(leader)))) => {
-                            next = Some(leader);
+                            self.leader.store(leader, Ordering::Relaxed);
                             break;
                         }
-                        Ok(PeerReply::Refused(_)) => {}
+                        Ok(PeerReply::Refused(refusal)) => {
+                            last_error = format!("{}: {refusal:?}", member.name)
+                        }
                         Err(e) => {
                             last_error = format!("undecodable reply from {}: {e}", member.name)
                         }
                     },
+                    // Refused for good: retrying elsewhere gives the same.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                        ) =>
+                    {
+                        return Err(StoreError::Invalid(format!(
+                            "{} refused the call: {}",
+                            member.name,
+                            status.message()
+                        )));
+                    }
                     Err(status) => last_error = format!("{}: {}", member.name, status.message()),
                 }
             }
@@ -992,7 +1090,7 @@ impl Remote {
                     "no cluster member accepted the request: {last_error}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -1003,7 +1101,13 @@ pub async fn remote_admin(
     settings: &ClusterSettings,
     op: AdminOp,
 ) -> Result<serde_json::Value, String> {
-    let credential = network::credential(&settings.secret);
+    let Role::Voter { secret, .. } = &settings.role else {
+        return Err(
+            "this config is a store client's: run `flotilla cluster` with a db member's config"
+                .into(),
+        );
+    };
+    let credential = network::credential(secret);
     if matches!(op, AdminOp::Status) {
         let mut members = Vec::new();
         for m in &settings.members {
@@ -1028,23 +1132,19 @@ pub async fn remote_admin(
         }
         return Ok(serde_json::Value::Array(members));
     }
-    let result: Result<serde_json::Value, String> = Remote::call(
-        settings.members.clone(),
-        credential,
-        "admin",
-        network::blob(&op),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let result: Result<serde_json::Value, String> = RemoteInner::new(settings)
+        .call("admin", network::blob(&op))
+        .await
+        .map_err(|e| e.to_string())?;
     result
 }
 
 impl Replicator for Remote {
     fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
-        let (members, credential) = (self.members.clone(), self.credential.clone());
+        let remote = self.0.clone();
         async move {
             let payload = network::blob(&(request_id(), command));
-            let ApplyResponse(result) = Remote::call(members, credential, "write", payload).await?;
+            let ApplyResponse(result) = remote.call("write", payload).await?;
             result
         }
         .boxed()
@@ -1055,16 +1155,17 @@ impl Replicator for Remote {
         namespace: String,
         statement: Statement,
     ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        let (members, credential) = (self.members.clone(), self.credential.clone());
+        let remote = self.0.clone();
         async move {
             let payload = network::blob(&(namespace, statement));
-            Remote::call::<Result<Outcome, StoreError>>(members, credential, "read", payload)
+            remote
+                .call::<Result<Outcome, StoreError>>("read", payload)
                 .await?
         }
         .boxed()
     }
 
-    /// An outside tool has no copy of its own: it reads through the leader.
+    /// A client has no copy of its own: it reads through the leader.
     fn read_stale(
         &self,
         namespace: String,
@@ -1084,9 +1185,51 @@ fn reply<T: Serialize>(value: &T) -> PeerResult {
     Ok(tonic::Response::new(network::blob(value)))
 }
 
+fn caller<T>(r: &tonic::Request<T>) -> Result<&network::Caller, tonic::Status> {
+    r.extensions()
+        .get::<network::Caller>()
+        .ok_or_else(|| tonic::Status::unauthenticated("the call was not authenticated"))
+}
+
+/// Refuses a store client: Raft, membership and batch forwarding are for
+/// members.
+fn members_only<T>(r: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    match caller(r)? {
+        network::Caller::Peer => Ok(()),
+        network::Caller::Client { node, .. } => Err(tonic::Status::permission_denied(format!(
+            "`{node}` is a store client: it may read and write, not take part in Raft"
+        ))),
+    }
+}
+
+/// Refuses a store client's use of a namespace it does not own.
+fn check_namespace<T>(
+    r: &tonic::Request<T>,
+    namespace: &str,
+    write: bool,
+) -> Result<(), tonic::Status> {
+    let network::Caller::Client { node, access } = caller(r)? else {
+        return Ok(());
+    };
+    let allowed = if write {
+        access.may_write(namespace)
+    } else {
+        access.may_read(namespace)
+    };
+    if allowed {
+        return Ok(());
+    }
+    let verb = if write { "write" } else { "read" };
+    tracing::warn!(client = %node, namespace, verb, "store client refused outside its namespaces");
+    Err(tonic::Status::permission_denied(format!(
+        "node `{node}` may not {verb} namespace `{namespace}`: a store client uses its own services' namespaces only (see its services in the topology)"
+    )))
+}
+
 #[tonic::async_trait]
 impl peer_server::Peer for PeerService {
     async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         let req = network::unblob(r.get_ref())?;
         let result = self.cluster.raft.append_entries(req).await;
         if matches!(
@@ -1104,11 +1247,13 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         let req = network::unblob(r.get_ref())?;
         reply(&self.cluster.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         let blob = r.into_inner();
         let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
         req.data = blob.payload;
@@ -1117,10 +1262,16 @@ impl peer_server::Peer for PeerService {
 
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (id, command): (String, Command) = network::unblob(r.get_ref())?;
+        check_namespace(
+            &r,
+            command.namespace(),
+            matches!(command, Command::Write { .. }),
+        )?;
         reply(&PeerReply::from(self.cluster.propose(id, command).await))
     }
 
     async fn write_batch(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         let writes: Vec<(String, Command)> = network::unblob(r.get_ref())?;
         let answers = futures_util::future::join_all(
             writes
@@ -1138,6 +1289,7 @@ impl peer_server::Peer for PeerService {
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
+        check_namespace(&r, &namespace, false)?;
         let confirmed =
             tokio::time::timeout(PROPOSAL_WAIT, self.cluster.raft.ensure_linearizable()).await;
         let result: PeerReply<Result<Outcome, StoreError>> = match confirmed {
@@ -1153,6 +1305,7 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn admin(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         let op: AdminOp = network::unblob(r.get_ref())?;
         let reply_value: PeerReply<Result<serde_json::Value, String>> =
             match self.cluster.admin(op.clone()).await {
@@ -1175,7 +1328,8 @@ impl peer_server::Peer for PeerService {
         reply(&reply_value)
     }
 
-    async fn timeout_now(&self, _: tonic::Request<Blob>) -> PeerResult {
+    async fn timeout_now(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
         self.cluster
             .raft
             .trigger()

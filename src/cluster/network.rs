@@ -4,9 +4,12 @@
 //!
 //! Every call carries `x-flotilla-peer: <credential>`; the server compares
 //! it in constant time before anything else, so nothing without the secret
-//! can join, vote or write.
+//! can join, vote or write. A store client (a node without the `db` role)
+//! also sends `x-flotilla-client: <node>` and presents its own key, derived
+//! from the secret and its name: it can read and write, within its
+//! namespaces only, and nothing else (see `Caller`).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use hmac::{Hmac, Mac};
 use openraft::{
@@ -30,12 +33,13 @@ use crate::proto::peer::{Blob, peer_client::PeerClient};
 type NodeId = u64;
 
 pub const CREDENTIAL_HEADER: &str = "x-flotilla-peer";
+/// The node name a store client calls as.
+pub const CLIENT_HEADER: &str = "x-flotilla-client";
 
-/// The credential peers present, derived from the cluster secret.
-pub fn credential(secret: &str) -> String {
+fn mac_hex(secret: &str, message: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .expect("HMAC takes any key length");
-    mac.update(b"flotilla/v1/peer credential");
+    mac.update(message);
     mac.finalize()
         .into_bytes()
         .iter()
@@ -43,12 +47,63 @@ pub fn credential(secret: &str) -> String {
         .collect()
 }
 
-/// Server side: refuses a call without the right credential.
+/// The credential peers present, derived from the cluster secret.
+pub fn credential(secret: &str) -> String {
+    mac_hex(secret, b"flotilla/v1/peer credential")
+}
+
+/// The key of store client `node` (its `cluster.client_key`): derived from
+/// the cluster secret and the name, so the db members check it without
+/// storing it, and a client cannot pass for another node.
+pub fn client_key(secret: &str, node: &str) -> String {
+    mac_hex(
+        secret,
+        format!("flotilla/v1/store client/{node}").as_bytes(),
+    )
+}
+
+/// Who is calling, as the credential check established it; handlers find
+/// it in the request's extensions.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// A member (or a tool holding the cluster secret): every call.
+    Peer,
+    /// Store client `node`: reads, writes and migrations within its
+    /// namespaces only.
+    Client { node: String, access: Arc<Access> },
+}
+
+/// The namespaces a store client may use.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// Written (and migrated, and read).
+    pub write: Vec<String>,
+    /// Read and migrated only.
+    pub read: Vec<String>,
+}
+
+impl Access {
+    pub fn may_write(&self, namespace: &str) -> bool {
+        self.write.iter().any(|n| n == namespace)
+    }
+
+    pub fn may_read(&self, namespace: &str) -> bool {
+        self.may_write(namespace) || self.read.iter().any(|n| n == namespace)
+    }
+}
+
+/// What the db members know of each store client: its expected key and
+/// the namespaces it may use.
+pub type ClientKeys = Arc<HashMap<String, (String, Arc<Access>)>>;
+
+/// Server side: refuses a call without the right credential, and records
+/// the caller.
 pub fn check_credential(
     expected: Arc<str>,
+    clients: ClientKeys,
     faults: Faults,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |req: tonic::Request<()>| {
+    move |mut req: tonic::Request<()>| {
         if faults.isolated() {
             return Err(tonic::Status::unavailable(
                 "this node is isolated (fault injection)",
@@ -59,22 +114,43 @@ pub fn check_credential(
             .get(CREDENTIAL_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if bool::from(presented.ct_eq(expected.as_bytes())) {
-            Ok(req)
-        } else {
-            Err(tonic::Status::unauthenticated(
-                "peer credential missing or wrong: this node belongs to another cluster (check cluster.secret)",
-            ))
+        let caller = match req.metadata().get(CLIENT_HEADER) {
+            None => bool::from(presented.ct_eq(expected.as_bytes())).then_some(Caller::Peer),
+            Some(node) => {
+                let node = node.to_str().unwrap_or_default();
+                clients.get(node).and_then(|(key, access)| {
+                    bool::from(presented.ct_eq(key.as_bytes())).then(|| Caller::Client {
+                        node: node.to_owned(),
+                        access: access.clone(),
+                    })
+                })
+            }
+        };
+        match caller {
+            Some(caller) => {
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            None => Err(tonic::Status::unauthenticated(
+                "peer credential missing or wrong: the caller belongs to another cluster, or is not in this member's topology (check cluster.secret, cluster.client_key and the topology)",
+            )),
         }
     }
 }
 
 #[derive(Clone)]
-pub struct AddCredential(MetadataValue<tonic::metadata::Ascii>);
+pub struct AddCredential {
+    credential: MetadataValue<tonic::metadata::Ascii>,
+    client: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl tonic::service::Interceptor for AddCredential {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert(CREDENTIAL_HEADER, self.0.clone());
+        req.metadata_mut()
+            .insert(CREDENTIAL_HEADER, self.credential.clone());
+        if let Some(node) = &self.client {
+            req.metadata_mut().insert(CLIENT_HEADER, node.clone());
+        }
         Ok(req)
     }
 }
@@ -83,6 +159,12 @@ pub type Client = PeerClient<InterceptedService<Channel, AddCredential>>;
 
 /// A client for the peer at `addr`, connecting lazily (and reconnecting).
 pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
+    client_as(addr, credential, None)
+}
+
+/// A client for the peer at `addr` that calls as store client `node` when
+/// one is given (with that node's key as `credential`).
+pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Client, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
@@ -92,14 +174,19 @@ pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
         .timeout(Duration::from_secs(15))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10));
-    let value = credential
+    let credential = credential
         .parse()
         .map_err(|e| format!("the peer credential is not valid metadata: {e}"))?;
-    Ok(
-        PeerClient::with_interceptor(endpoint.connect_lazy(), AddCredential(value))
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .max_encoding_message_size(256 * 1024 * 1024),
+    let client = node
+        .map(|n| n.parse())
+        .transpose()
+        .map_err(|e| format!("the node name is not valid metadata: {e}"))?;
+    Ok(PeerClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AddCredential { credential, client },
     )
+    .max_decoding_message_size(256 * 1024 * 1024)
+    .max_encoding_message_size(256 * 1024 * 1024))
 }
 
 /// Encodes a message for the wire.

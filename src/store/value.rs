@@ -138,6 +138,15 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The namespace the command acts on.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Command::Write { namespace, .. } | Command::Migrate { namespace, .. } => namespace,
+        }
+    }
+}
+
 /// A command with what the leader decided for it: a request id (a retried
 /// proposal applies once), the time and a random seed that
 /// `flotilla_now()` and `flotilla_random()` return while it applies, so every

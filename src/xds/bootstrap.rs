@@ -1,43 +1,176 @@
-//! The Envoy bootstrap for an Envoy fed over ADS: a node id, the admin
-//! interface on loopback, and one static cluster (HTTP/2) to the xDS
-//! server; listeners, routes, clusters and endpoints all come over ADS.
+//! Envoy bootstraps, as Envoy's own `Bootstrap` message, and their YAML.
+//!
+//! - `ads`: an Envoy fed over ADS: a node id, the admin interface, one
+//!   static cluster (HTTP/2) to the xDS server; listeners, routes,
+//!   clusters and endpoints all come over ADS (`gen-envoy --mode k3d`).
+//! - `fixed`: an Envoy with static resources: the ingress listener with the
+//!   routing table inline and one cluster per service with the topology's
+//!   addresses (`gen-envoy --mode single|ha|scaled`).
+//!
+//! Both use the resource builders of `resources`, so the xDS server and
+//! the generated files cannot drift apart. YAML is rendered from the
+//! message through a descriptor set of Envoy's API (compiled from the
+//! `.proto` files envoy-types ships; see build.rs) in proto3's JSON mapping
+//! with proto field names, which is what Envoy reads.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::LazyLock};
 
-/// `delta`: incremental xDS (`DELTA_GRPC`); otherwise state of the world.
-pub fn ads_bootstrap(node_id: &str, admin: SocketAddr, xds: SocketAddr, delta: bool) -> String {
-    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
-    format!(
-        r#"node: {{id: {node_id}, cluster: flotilla}}
-admin:
-  address: {{socket_address: {{address: '{admin_ip}', port_value: {admin_port}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{resource_api_version: V3, ads: {{}}}}
-  lds_config: {{resource_api_version: V3, ads: {{}}}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: '{xds_ip}', port_value: {xds_port}}}}}}}
-"#,
-        admin_ip = admin.ip(),
-        admin_port = admin.port(),
-        xds_ip = xds.ip(),
-        xds_port = xds.port(),
+use envoy_types::pb::envoy::config::{
+    bootstrap::v3::{
+        Admin, Bootstrap,
+        bootstrap::{DynamicResources, StaticResources},
+    },
+    cluster::v3::{
+        Cluster,
+        cluster::{ClusterDiscoveryType, DiscoveryType},
+    },
+    core::v3::{
+        AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService, Node,
+        api_config_source::ApiType, config_source::ConfigSourceSpecifier, grpc_service::EnvoyGrpc,
+        grpc_service::TargetSpecifier,
+    },
+};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+
+use super::resources::{self, ServiceView};
+
+/// The Envoy API messages a generated bootstrap can hold.
+static ENVOY_API: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin")).as_ref(),
     )
+    .expect("the descriptor set compiled by build.rs decodes")
+});
+
+/// The cluster name of the xDS server in an ADS bootstrap.
+pub const XDS_CLUSTER: &str = "xds";
+
+fn ads_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn admin(addr: SocketAddr) -> Admin {
+    Admin {
+        address: Some(resources::socket_address(addr)),
+        ..Default::default()
+    }
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: id.to_owned(),
+        cluster: "flotilla".into(),
+        ..Default::default()
+    }
+}
+
+/// A bootstrap for an Envoy fed over ADS by the xDS server at `xds_host`
+/// (an IP or a DNS name, as in Kubernetes) and `xds_port`. `delta`:
+/// incremental xDS (`DELTA_GRPC`); otherwise state of the world.
+pub fn ads(
+    node_id: &str,
+    admin_addr: SocketAddr,
+    xds_host: &str,
+    xds_port: u16,
+    delta: bool,
+) -> Bootstrap {
+    let mut xds = resources::http2_cluster(XDS_CLUSTER, &[(xds_host.to_owned(), xds_port)]);
+    // A name is resolved (and re-resolved) by DNS: a Kubernetes Service.
+    if xds_host.parse::<std::net::IpAddr>().is_err() {
+        xds.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+    }
+    Bootstrap {
+        node: Some(node(node_id)),
+        admin: Some(admin(admin_addr)),
+        dynamic_resources: Some(DynamicResources {
+            ads_config: Some(ApiConfigSource {
+                api_type: if delta {
+                    ApiType::DeltaGrpc
+                } else {
+                    ApiType::Grpc
+                } as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                        cluster_name: XDS_CLUSTER.into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            cds_config: Some(ads_source()),
+            lds_config: Some(ads_source()),
+            ..Default::default()
+        }),
+        static_resources: Some(StaticResources {
+            clusters: vec![xds],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The ADS bootstrap as YAML (the Envoy tests and the convergence bench).
+pub fn ads_bootstrap(node_id: &str, admin: SocketAddr, xds: SocketAddr, delta: bool) -> String {
+    to_yaml(&ads(
+        node_id,
+        admin,
+        &xds.ip().to_string(),
+        xds.port(),
+        delta,
+    ))
+}
+
+/// A bootstrap with static resources: the ingress on `listen` with every
+/// service's routes inline, and one cluster per service over its
+/// instances (all taken as healthy: Envoy's active health checks decide).
+pub fn fixed(
+    node_id: &str,
+    admin_addr: SocketAddr,
+    listen: SocketAddr,
+    services: &[ServiceView],
+) -> Bootstrap {
+    let clusters: Vec<Cluster> = services
+        .iter()
+        .map(|s| resources::service_cluster(s, false))
+        .collect();
+    Bootstrap {
+        node: Some(node(node_id)),
+        admin: Some(admin(admin_addr)),
+        static_resources: Some(StaticResources {
+            listeners: vec![resources::static_ingress_listener(
+                listen,
+                resources::ingress_routes(services),
+            )],
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `bootstrap` as Envoy reads it: YAML in proto3's JSON mapping, with
+/// proto field names, default values left out, keys in a stable order.
+pub fn to_yaml(bootstrap: &Bootstrap) -> String {
+    let descriptor = ENVOY_API
+        .get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
+        .expect("the descriptor set holds the Bootstrap message");
+    let message = DynamicMessage::decode(descriptor, bootstrap.encode_to_vec().as_slice())
+        .expect("a message prost encoded decodes with its own descriptor");
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    let json = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("every type packed in an Any is in the descriptor set (build.rs)");
+    serde_yaml_ng::to_string(&json).expect("JSON values always render as YAML")
 }
 
 #[cfg(test)]
@@ -45,7 +178,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bootstrap_names_the_variant_and_the_xds_server() {
+    fn the_ads_bootstrap_names_the_variant_and_the_xds_server() {
         let sotw = ads_bootstrap(
             "e1",
             "127.0.0.1:9901".parse().unwrap(),
@@ -54,6 +187,7 @@ mod tests {
         );
         assert!(sotw.contains("api_type: GRPC\n"), "{sotw}");
         assert!(sotw.contains("port_value: 18000"), "{sotw}");
+        assert!(!sotw.contains("STRICT_DNS"), "{sotw}");
         let delta = ads_bootstrap(
             "e1",
             "127.0.0.1:9901".parse().unwrap(),
@@ -61,5 +195,44 @@ mod tests {
             true,
         );
         assert!(delta.contains("api_type: DELTA_GRPC\n"), "{delta}");
+        let k8s = to_yaml(&ads(
+            "e1",
+            "127.0.0.1:9901".parse().unwrap(),
+            "flotilla-xds",
+            18000,
+            false,
+        ));
+        assert!(k8s.contains("type: STRICT_DNS"), "{k8s}");
+        assert!(k8s.contains("address: flotilla-xds"), "{k8s}");
+    }
+
+    #[test]
+    fn packed_configs_carry_their_type_and_durations_read_as_envoy_writes_them() {
+        let service = ServiceView {
+            name: "echo".into(),
+            grpc_services: vec!["flotilla.echo.v1.Echo".into()],
+            endpoints: vec![resources::EndpointView {
+                node: "n1".into(),
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                healthy: true,
+            }],
+        };
+        let yaml = to_yaml(&fixed(
+            "gw",
+            "127.0.0.1:9901".parse().unwrap(),
+            "127.0.0.1:10000".parse().unwrap(),
+            &[service],
+        ));
+        for needle in [
+            "'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "'@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "connect_timeout: 1s",
+            "prefix: /flotilla.echo.v1.Echo/",
+            "path_separated_prefix: /api/echo",
+            "port_value: 8080",
+            "hostname: n1",
+        ] {
+            assert!(yaml.contains(needle), "{needle} missing from\n{yaml}");
+        }
     }
 }

@@ -77,6 +77,10 @@ pub const INGRESS_ROUTES: &str = "flotilla-ingress-routes";
 
 /// Retries that are safe for any request: the upstream never saw it.
 const RETRY_UNSEEN: &str = "connect-failure,refused-stream,reset-before-request";
+/// Retries for gRPC calls: also after the upstream answered `UNAVAILABLE`
+/// (a node that does not run the service, or is draining, answers it
+/// before any handler runs).
+const RETRY_GRPC: &str = "connect-failure,refused-stream,reset-before-request,unavailable";
 /// Retries for idempotent HTTP methods: also after a failure or a reset.
 const RETRY_IDEMPOTENT: &str = "5xx,reset,connect-failure,refused-stream,retriable-status-codes";
 
@@ -140,7 +144,7 @@ fn ads() -> ConfigSource {
     }
 }
 
-fn socket_address(addr: SocketAddr) -> Address {
+pub fn socket_address(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
@@ -150,15 +154,23 @@ fn socket_address(addr: SocketAddr) -> Address {
     }
 }
 
-/// An HTTP connection manager whose routes come over ADS.
-fn connection_manager(stat_prefix: &str, routes: &str) -> HttpConnectionManager {
+/// Routes over ADS, by name.
+fn rds(routes: &str) -> http_connection_manager::RouteSpecifier {
+    http_connection_manager::RouteSpecifier::Rds(Rds {
+        config_source: Some(ads()),
+        route_config_name: routes.to_owned(),
+    })
+}
+
+/// An HTTP connection manager with `routes`.
+fn connection_manager(
+    stat_prefix: &str,
+    routes: http_connection_manager::RouteSpecifier,
+) -> HttpConnectionManager {
     HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_owned(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(ads()),
-            route_config_name: routes.to_owned(),
-        })),
+        route_specifier: Some(routes),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
@@ -172,6 +184,19 @@ fn connection_manager(stat_prefix: &str, routes: &str) -> HttpConnectionManager 
 
 /// The public ingress listener on `addr`, its routes over ADS.
 pub fn ingress_listener(addr: SocketAddr) -> Listener {
+    listener_with(addr, rds(INGRESS_ROUTES))
+}
+
+/// The public ingress listener on `addr` with `routes` inline (static
+/// configurations).
+pub fn static_ingress_listener(addr: SocketAddr, routes: RouteConfiguration) -> Listener {
+    listener_with(
+        addr,
+        http_connection_manager::RouteSpecifier::RouteConfig(routes),
+    )
+}
+
+fn listener_with(addr: SocketAddr, routes: http_connection_manager::RouteSpecifier) -> Listener {
     Listener {
         name: INGRESS_LISTENER.into(),
         address: Some(socket_address(addr)),
@@ -179,7 +204,7 @@ pub fn ingress_listener(addr: SocketAddr) -> Listener {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(
-                    connection_manager("ingress", INGRESS_ROUTES),
+                    connection_manager("ingress", routes),
                 ))),
             }],
             ..Default::default()
@@ -227,7 +252,7 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
             routes.push(route_to(
                 &s.name,
                 PathSpecifier::Prefix(format!("/{g}/")),
-                RETRY_UNSEEN,
+                RETRY_GRPC,
             ));
         }
         // `/api/kv` and `/api/kv/...`, not `/api/kvx`.
@@ -283,26 +308,11 @@ fn method_matcher(methods: &[&str]) -> envoy_types::pb::envoy::config::route::v3
 /// outlier detection. `eds`: endpoints over ADS; otherwise inline (static
 /// configurations).
 pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
-    let protocol = HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-            ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
-            },
-        )),
-        ..Default::default()
-    };
     let mut cluster = Cluster {
         name: service.name.clone(),
         connect_timeout: Some(duration(Duration::from_secs(1))),
         lb_policy: LbPolicy::RoundRobin as i32,
-        typed_extension_protocol_options: [(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-            pack_any(protocol),
-        )]
-        .into_iter()
-        .collect(),
+        typed_extension_protocol_options: http2_only(),
         // Active checks of the public listener's health path: a draining
         // node answers 503 and stops getting requests.
         health_checks: vec![HealthCheck {
@@ -353,6 +363,62 @@ pub fn service_cluster(service: &ServiceView, eds: bool) -> Cluster {
     cluster
 }
 
+/// Upstream HTTP/2 (h2c): gRPC, and one connection multiplexing requests.
+fn http2_only() -> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    let protocol = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    [(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        pack_any(protocol),
+    )]
+    .into_iter()
+    .collect()
+}
+
+/// A plain static HTTP/2 cluster over `hosts` (host, port): the xDS
+/// server's cluster in an ADS bootstrap.
+pub fn http2_cluster(name: &str, hosts: &[(String, u16)]) -> Cluster {
+    let lb_endpoints = hosts
+        .iter()
+        .map(|(host, port)| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: host.clone(),
+                        port_specifier: Some(PortSpecifier::PortValue(u32::from(*port))),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(duration(Duration::from_secs(1))),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        typed_extension_protocol_options: http2_only(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The endpoints of `service`: its healthy instances (an empty assignment
 /// is valid and keeps a cluster from warming forever). The locality has a
 /// weight: gRPC clients skip localities without one.
@@ -390,7 +456,7 @@ pub fn api_listener(service: &str) -> Listener {
     Listener {
         name: service.to_owned(),
         api_listener: Some(ApiListener {
-            api_listener: Some(pack_any(connection_manager(service, service))),
+            api_listener: Some(pack_any(connection_manager(service, rds(service)))),
         }),
         ..Default::default()
     }
@@ -406,7 +472,7 @@ pub fn api_routes(service: &str) -> RouteConfiguration {
             routes: vec![route_to(
                 service,
                 PathSpecifier::Prefix(String::new()),
-                RETRY_UNSEEN,
+                RETRY_GRPC,
             )],
             ..Default::default()
         }],

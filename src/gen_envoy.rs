@@ -1,0 +1,200 @@
+//! `flotilla gen-envoy`: a fixed Envoy bootstrap for a mode.
+//!
+//! - `single`: the node of a config, every route to it.
+//! - `ha` and `scaled`: the topology's nodes; each service's cluster holds
+//!   the nodes that run it (all members in ha).
+//! - `k3d`: no fixed resources, an ADS bootstrap pointing at the xDS
+//!   service; the xDS server sends the same resources, kept current.
+//!
+//! The resources come from `xds::resources`, like the xDS server's, read
+//! from the routing table and a registry seeded from the topology.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use crate::{
+    catalogue::Catalogue,
+    config::Config,
+    registry::{NodeRecord, Registry},
+    routing::RoutingTable,
+    topology::{NodeRef, Topology},
+    xds::{bootstrap, resources},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Single,
+    Ha,
+    Scaled,
+    K3d,
+}
+
+/// What `gen-envoy` was asked for.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub mode: Mode,
+    /// The node config (`single`).
+    pub config: Option<PathBuf>,
+    /// The topology file (`ha`, `scaled`).
+    pub topology: Option<PathBuf>,
+    /// The xDS server, `HOST:PORT` (`k3d`).
+    pub xds: String,
+    pub delta: bool,
+    /// Where Envoy listens for the public ingress.
+    pub listen: SocketAddr,
+    /// Envoy's admin interface.
+    pub admin: SocketAddr,
+    pub node_id: String,
+}
+
+/// The bootstrap YAML, or what is wrong with the request or its inputs.
+pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, String> {
+    if !request.admin.ip().is_loopback() {
+        return Err(format!(
+            "--admin {} is not a loopback address: Envoy's admin interface can reconfigure and stop it, keep it on 127.0.0.1 or ::1",
+            request.admin
+        ));
+    }
+    let table = RoutingTable::build(catalogue)?;
+    let unused = |flag: &str, given: bool| {
+        if given {
+            Err(format!(
+                "--{flag} is not used by --mode {}",
+                mode_name(request.mode)
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let bootstrap = match request.mode {
+        Mode::K3d => {
+            unused("config", request.config.is_some())?;
+            unused("topology", request.topology.is_some())?;
+            let (host, port) = request
+                .xds
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .filter(|(h, p)| !h.is_empty() && *p != 0)
+                .ok_or_else(|| {
+                    format!(
+                        "--xds `{}` is not HOST:PORT (e.g. flotilla-xds:18000)",
+                        request.xds
+                    )
+                })?;
+            bootstrap::ads(&request.node_id, request.admin, host, port, request.delta)
+        }
+        Mode::Single => {
+            unused("topology", request.topology.is_some())?;
+            let path = request
+                .config
+                .as_ref()
+                .ok_or("--mode single needs --config: the node's config file")?;
+            let config = Config::load(path, catalogue).map_err(|e| e.to_string())?;
+            if config.cluster.is_some() {
+                return Err(format!(
+                    "{} is a cluster node's config: use --mode ha or --mode scaled with its topology",
+                    path.display()
+                ));
+            }
+            let records = vec![NodeRecord {
+                id: config.node_id.clone(),
+                public: config.listeners.public,
+                services: config.services.iter().map(|s| s.to_string()).collect(),
+                healthy: true,
+            }];
+            fixed(request, &table, records)?
+        }
+        Mode::Ha | Mode::Scaled => {
+            unused("config", request.config.is_some())?;
+            let path = request.topology.as_ref().ok_or_else(|| {
+                format!(
+                    "--mode {} needs --topology: the cluster's topology file",
+                    mode_name(request.mode)
+                )
+            })?;
+            let topology = Topology::load(path, catalogue).map_err(|problems| {
+                let mut text = format!("invalid topology {}:", path.display());
+                for p in problems {
+                    text.push_str(&format!("\n  - {}: {}", p.field, p.message));
+                }
+                text
+            })?;
+            check_layout(request.mode, &topology, catalogue, path)?;
+            let records = topology
+                .all()
+                .map(|n: NodeRef| NodeRecord {
+                    id: n.name().to_owned(),
+                    public: n.public(),
+                    services: n
+                        .selection()
+                        .services
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                    healthy: true,
+                })
+                .collect();
+            fixed(request, &table, records)?
+        }
+    };
+    let header = format!(
+        "# Envoy bootstrap for flotilla's {} mode, written by `flotilla gen-envoy`.\n# Regenerate it rather than editing it.\n",
+        mode_name(request.mode)
+    );
+    Ok(header + &bootstrap::to_yaml(&bootstrap))
+}
+
+fn fixed(
+    request: &Request,
+    table: &RoutingTable,
+    records: Vec<NodeRecord>,
+) -> Result<envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap, String> {
+    let services = resources::services(table, &Registry::fixed(records));
+    if let Some(empty) = services.iter().find(|s| s.endpoints.is_empty()) {
+        return Err(format!(
+            "service `{}` runs on no node: add it to a node's services, or Envoy would route its requests nowhere",
+            empty.name
+        ));
+    }
+    Ok(bootstrap::fixed(
+        &request.node_id,
+        request.admin,
+        request.listen,
+        &services,
+    ))
+}
+
+/// The mode must match the topology's shape: `ha` is members running
+/// everything; `scaled` is anything else that covers every service.
+fn check_layout(
+    mode: Mode,
+    topology: &Topology,
+    catalogue: &Catalogue,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let everything = catalogue.names().count();
+    let partial = topology
+        .all()
+        .find(|n| n.selection().services.len() != everything);
+    match (mode, partial) {
+        (Mode::Ha, Some(n)) => Err(format!(
+            "{}: `{}` runs [{}], not every service: an ha topology runs every service on every member; use --mode scaled",
+            path.display(),
+            n.name(),
+            n.selection().services.join(", ")
+        )),
+        (Mode::Scaled, None) => Err(format!(
+            "{}: every node runs every service: this is an ha topology; use --mode ha",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Single => "single",
+        Mode::Ha => "ha",
+        Mode::Scaled => "scaled",
+        Mode::K3d => "k3d",
+    }
+}
