@@ -492,11 +492,27 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
     }
     let absolute =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    let _ = writeln!(
-        out,
-        "database: {}",
-        absolute.join(crate::store::DB_FILE).display()
-    );
+    match &config.cluster {
+        Some(c) if !config.db_role => {
+            let members: Vec<String> = c
+                .members
+                .iter()
+                .map(|m| format!("{} {}", m.name, m.peer))
+                .collect();
+            let _ = writeln!(
+                out,
+                "database: no local copy; a client of the db members ({}), within this node's namespaces",
+                members.join(", ")
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "database: {}",
+                absolute.join(crate::store::DB_FILE).display()
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "limits: request body {} bytes, request timeout {} ms, shutdown grace {} ms",
@@ -528,7 +544,7 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
         let place = if config.runs(r.service) {
             "local"
         } else {
-            "not on this node"
+            "forwarded to a node that runs it"
         };
         let _ = writeln!(
             out,

@@ -32,9 +32,11 @@ use crate::{
         authz::{self, Decision, Identity},
     },
     catalogue::Access,
+    forward::{self, Forwarder},
     metrics::{HttpMetrics, Label},
     registry::Registry,
     routing::{Lookup, RoutingTable},
+    server::ClientAddr,
 };
 
 /// The health path on the public listener, outside every service's routes.
@@ -53,6 +55,7 @@ struct Inner {
     registry: Registry,
     readiness: Arc<Readiness>,
     services: HashMap<&'static str, axum::Router>,
+    forwarder: Forwarder,
     metrics: HttpMetrics,
     limits: IngressLimits,
     unmatched: Label,
@@ -80,6 +83,7 @@ impl Ingress {
             inner: Arc::new(Inner {
                 table,
                 auth,
+                forwarder: Forwarder::new(registry.clone(), limits.request_timeout),
                 registry,
                 readiness,
                 services,
@@ -201,18 +205,33 @@ impl Inner {
             .get(route.service)
             .filter(|_| self.registry.is_local(route.service))
         else {
-            let message = format!(
-                "service `{}` is not running on node `{}`",
-                route.service,
-                self.registry.local_id()
-            );
-            let error = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                message,
-            );
-            return (error_response(error, grpc), Some(service), Some(template));
+            // Not here: a node that runs it answers (and authenticates).
+            let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+            let forwarded = self
+                .forwarder
+                .forward(
+                    route.service,
+                    req,
+                    client,
+                    grpc,
+                    self.limits.max_request_body_bytes,
+                )
+                .await;
+            let response = forwarded.unwrap_or_else(|refused| {
+                let error = refused.into_api_error(route.service, self.registry.local_id());
+                error_response(error, grpc)
+            });
+            return (response, Some(service), Some(template));
         };
+        // A request another node forwarded: the client is the one that node
+        // saw (for per-address limits), when that node is known.
+        let mut req = req;
+        if let Some(peer) = req.extensions().get::<ClientAddr>().map(|c| c.0)
+            && let Some(ip) = forward::forwarded_client(req.headers(), peer.ip(), &self.registry)
+        {
+            req.extensions_mut()
+                .insert(ClientAddr(std::net::SocketAddr::new(ip, 0)));
+        }
         // Authentication and authorization, before anything of the service
         // runs: a request that is denied reaches no handler.
         let identity = match route.access {
@@ -247,7 +266,6 @@ impl Inner {
                 );
             }
         }
-        let mut req = req;
         if let Identity::Known(principal) = identity {
             req.extensions_mut().insert(principal);
         }

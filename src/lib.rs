@@ -10,6 +10,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod forward;
 pub mod gen_envoy;
 pub mod ingress;
 pub mod metrics;

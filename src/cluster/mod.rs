@@ -1015,9 +1015,11 @@ impl RemoteInner {
     /// following leader hints, until one answers with a result or
     /// `LEADER_WAIT` passes (a minute for membership changes, which wait
     /// for a learner to catch up).
+    /// `namespace`: the one the call acts on, for a refusal's error.
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &'static str,
+        namespace: &str,
         payload: Blob,
     ) -> Result<T, StoreError> {
         use std::sync::atomic::Ordering;
@@ -1070,14 +1072,15 @@ impl RemoteInner {
                         }
                     },
                     // Refused for good: retrying elsewhere gives the same.
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-                        ) =>
-                    {
-                        return Err(StoreError::Invalid(format!(
-                            "{} refused the call: {}",
+                    Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                        return Err(StoreError::Denied {
+                            namespace: namespace.to_owned(),
+                            reason: format!("{} refused it: {}", member.name, status.message()),
+                        });
+                    }
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                        return Err(StoreError::Storage(format!(
+                            "{} refused this node's credentials: {}",
                             member.name,
                             status.message()
                         )));
@@ -1133,7 +1136,7 @@ pub async fn remote_admin(
         return Ok(serde_json::Value::Array(members));
     }
     let result: Result<serde_json::Value, String> = RemoteInner::new(settings)
-        .call("admin", network::blob(&op))
+        .call("admin", "", network::blob(&op))
         .await
         .map_err(|e| e.to_string())?;
     result
@@ -1143,8 +1146,9 @@ impl Replicator for Remote {
     fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
         let remote = self.0.clone();
         async move {
+            let namespace = command.namespace().to_owned();
             let payload = network::blob(&(request_id(), command));
-            let ApplyResponse(result) = remote.call("write", payload).await?;
+            let ApplyResponse(result) = remote.call("write", &namespace, payload).await?;
             result
         }
         .boxed()
@@ -1157,9 +1161,9 @@ impl Replicator for Remote {
     ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
         let remote = self.0.clone();
         async move {
-            let payload = network::blob(&(namespace, statement));
+            let payload = network::blob(&(&namespace, statement));
             remote
-                .call::<Result<Outcome, StoreError>>("read", payload)
+                .call::<Result<Outcome, StoreError>>("read", &namespace, payload)
                 .await?
         }
         .boxed()

