@@ -39,7 +39,7 @@ fn selection_missing_empty_or_unknown_exits_64_listing_valid_names() {
         assert_eq!(code, 64, "{selection:?}: {err}");
         assert!(err.contains("services:"), "{err}");
         assert!(
-            err.contains("valid names: all, accounts, echo, kv, xds"),
+            err.contains("valid names: all, accounts, echo, kv, db, xds"),
             "{err}"
         );
         if selection.contains("frobnicator") {

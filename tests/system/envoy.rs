@@ -45,9 +45,14 @@ impl Envoy {
 
     /// `delta`: incremental xDS; otherwise state of the world.
     pub fn start_with(xds: SocketAddr, delta: bool) -> Envoy {
-        let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let bootstrap = flotilla::xds::bootstrap::ads_bootstrap("test-envoy", admin, xds, delta);
+        Envoy::start_bootstrap(&bootstrap, admin)
+    }
+
+    /// Envoy on `bootstrap`, whose admin interface is on `admin`.
+    pub fn start_bootstrap(bootstrap: &str, admin: SocketAddr) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, bootstrap).unwrap();
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();

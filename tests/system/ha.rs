@@ -24,6 +24,7 @@ pub struct TestCluster {
     pub xds: Vec<SocketAddr>,
     /// Where Envoys fed by the members listen for the ingress.
     pub envoy_ingress: SocketAddr,
+    pub topology: std::path::PathBuf,
     _topology: tempfile::TempDir,
 }
 
@@ -74,6 +75,7 @@ impl TestCluster {
             addresses: members,
             xds,
             envoy_ingress,
+            topology,
             _topology: topology_dir,
         }
     }
