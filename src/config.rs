@@ -817,6 +817,139 @@ mod tests {
 
     const BASE: &str = "node: {id: n1}\ndata_dir: target/test-data\nauth: {secret: 'test-secret-0123456789abcdefghijklmnop'}\n";
 
+    /// A db member and a kv store client, in a topology file.
+    fn with_topology() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topology.yaml");
+        std::fs::write(
+            &path,
+            "members:\n  - {id: 1, node: db-1, peer: '127.0.0.1:7001', public: '127.0.0.1:8001', services: [db]}\nnodes:\n  - {node: kv-1, public: '127.0.0.1:8011', services: [kv]}\n",
+        )
+        .unwrap();
+        let path = path.display().to_string();
+        (dir, path)
+    }
+
+    fn node(id: &str, services: &str, listeners: &str, cluster: &str) -> String {
+        format!(
+            "node: {{id: {id}}}\nservices: {services}\nlisteners: {{{listeners}}}\ndata_dir: target/test-data\nauth: {{secret: 'test-secret-0123456789abcdefghijklmnop'}}\ncluster: {{{cluster}}}\n"
+        )
+    }
+
+    #[test]
+    fn a_node_without_the_db_role_is_a_store_client_with_its_own_key() {
+        let (_dir, t) = with_topology();
+        let key = "k".repeat(8) + "0123456789abcdefghijklmnopqrstuvwxyz";
+        let c = parse(&node(
+            "kv-1",
+            "[kv]",
+            "public: '127.0.0.1:8011'",
+            &format!("topology: '{t}', client_key: '{key}'"),
+        ))
+        .unwrap();
+        assert!(!c.db_role);
+        assert!(c.listeners.peer.is_none());
+        assert!(matches!(c.cluster.unwrap().role, Role::Client { ref node, .. } if node == "kv-1"));
+        let db = parse(&node(
+            "db-1",
+            "[db]",
+            "public: '127.0.0.1:8001', peer: '127.0.0.1:7001'",
+            &format!("topology: '{t}', secret: '{key}', bootstrap: true"),
+        ))
+        .unwrap();
+        assert!(db.db_role);
+        assert!(matches!(
+            db.cluster.unwrap().role,
+            Role::Voter { id: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn cluster_roles_are_checked_against_the_topology() {
+        let (_dir, t) = with_topology();
+        let key = "0123456789abcdefghijklmnopqrstuvwxyz";
+        let cases = [
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '127.0.0.1:8011', peer: '127.0.0.1:7011'",
+                    &format!("topology: '{t}', client_key: '{key}'"),
+                ),
+                "listeners.peer",
+                "does not run the db role",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '127.0.0.1:8011'",
+                    &format!("topology: '{t}', secret: '{key}'"),
+                ),
+                "cluster.secret",
+                "must stay on the db nodes",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '127.0.0.1:8011'",
+                    &format!("topology: '{t}'"),
+                ),
+                "cluster.client_key",
+                "missing",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[echo]",
+                    "public: '127.0.0.1:8011'",
+                    &format!("topology: '{t}', client_key: '{key}'"),
+                ),
+                "services",
+                "differ from this node's in the topology",
+            ),
+            (
+                node(
+                    "kv-9",
+                    "[kv]",
+                    "public: '127.0.0.1:8011'",
+                    &format!("topology: '{t}', client_key: '{key}'"),
+                ),
+                &format!("{t}: members"),
+                "is not in the topology",
+            ),
+            (
+                node(
+                    "db-1",
+                    "[db]",
+                    "public: '127.0.0.1:8001', peer: '127.0.0.1:7001'",
+                    &format!("topology: '{t}', secret: '{key}', client_key: '{key}'"),
+                ),
+                "cluster.client_key",
+                "is for nodes without the db role",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '127.0.0.1:8099'",
+                    &format!("topology: '{t}', client_key: '{key}'"),
+                ),
+                "listeners.public",
+                "differs from this node's public address",
+            ),
+        ];
+        for (text, field, needle) in cases {
+            let p = problems(&text);
+            assert!(
+                p.iter()
+                    .any(|p| p.field == field && p.message.contains(needle)),
+                "expected {field}: {needle} in {p:?}"
+            );
+        }
+    }
+
     #[test]
     fn all_is_an_explicit_alias() {
         let c = parse(&format!("{BASE}services: [all]")).unwrap();
