@@ -207,11 +207,12 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(flotilla::server::serve(
+        tokio::spawn(flotilla::server::serve_with(
             listener,
             flotilla::catalogue::grpc_router(Ads::service(rx, Clients::default())),
             stop.clone(),
             Duration::from_secs(1),
+            flotilla::xds::server::SEND_BUFFER,
         ));
         let rss0 = rss_kib();
         let started = Instant::now();

@@ -256,7 +256,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         tracing::info!(addr = ?config.listeners.xds, "xds listener serving");
         // ADS streams last as long as their clients: a short grace, then
         // they are cut and the clients reconnect elsewhere.
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_with(
             listener,
             crate::catalogue::grpc_router(crate::xds::server::Ads::service(
                 snapshots,
@@ -265,6 +265,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             .merge(crate::catalogue::grpc_router(xds_clients.csds())),
             xds_stop.clone(),
             Duration::from_secs(1),
+            crate::xds::server::SEND_BUFFER,
         ))
     });
     let ingress = Ingress::new(

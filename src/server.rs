@@ -38,6 +38,10 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// What an HTTP/2 stream's response may hold in the connection's send
+/// buffer while the client has not taken it (hyper's default).
+pub const H2_SEND_BUFFER: usize = 400 * 1024;
+
 /// Accepts connections until `stop` is cancelled, then lets in-flight
 /// requests finish for at most `grace`. Returns whether every connection
 /// finished within the grace period.
@@ -54,6 +58,26 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    serve_with(listener, service, stop, grace, H2_SEND_BUFFER).await
+}
+
+/// `serve`, with `h2_send_buffer` bytes of send buffer per HTTP/2 stream:
+/// smaller for many long-lived streams (xDS), whose responses then wait in
+/// their own queues, shared, rather than copied into each buffer.
+pub async fn serve_with<S>(
+    listener: TcpListener,
+    service: S,
+    stop: CancellationToken,
+    grace: Duration,
+    h2_send_buffer: usize,
+) -> bool
+where
+    S: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -61,6 +85,7 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
         .http2()
+        .max_send_buf_size(h2_send_buffer)
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();

@@ -22,6 +22,7 @@ use std::{
     sync::Arc,
 };
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use sha2::{Digest, Sha256};
@@ -48,18 +49,41 @@ pub struct Resource {
     pub wildcard: bool,
     /// The clusters a route configuration sends traffic to.
     pub clusters: BTreeSet<String>,
+    /// Its entry in a response's `resources` (field 2), encoded once:
+    /// `DiscoveryResponse` holds the `Any`, `DeltaDiscoveryResponse` a
+    /// `Resource` with the name and version around it.
+    pub sotw_entry: Bytes,
+    pub delta_entry: Bytes,
 }
 
 impl Resource {
     fn new<T: Name + prost::Message>(name: String, body: T, wildcard: bool) -> Arc<Resource> {
         let body = envoy_types::util::pack_any(body);
         let hash = hex(&Sha256::digest(&body.value)[..8]);
+        let entry = |message: &dyn Fn(&mut Vec<u8>)| {
+            let mut buf = Vec::new();
+            message(&mut buf);
+            Bytes::from(buf)
+        };
+        let sotw_entry =
+            entry(&|buf| prost::encoding::message::encode(RESOURCES_FIELD, &body, buf));
+        let delta_entry = entry(&|buf| {
+            let resource = envoy_types::pb::envoy::service::discovery::v3::Resource {
+                name: name.clone(),
+                version: hash.clone(),
+                resource: Some(body.clone()),
+                ..Default::default()
+            };
+            prost::encoding::message::encode(RESOURCES_FIELD, &resource, buf)
+        });
         Arc::new(Resource {
             name,
             body,
             hash,
             wildcard,
             clusters: BTreeSet::new(),
+            sotw_entry,
+            delta_entry,
         })
     }
 }
@@ -207,19 +231,66 @@ pub(crate) fn select(
     Some(want)
 }
 
-/// A response whose resources are still the shared encodings: they are
-/// copied into the message only when its stream is ready to send it, so a
-/// stream's queue holds references, not copies.
+/// The `resources` field of both response messages.
+const RESOURCES_FIELD: u32 = 2;
+
+/// A response whose resources stay the shared encodings: a stream's queue
+/// holds references, and what goes on the wire is the message's own fields
+/// followed by each resource's encoded entry, never a copy per stream.
 pub struct Outgoing<M> {
     pub message: M,
     pub resources: Vec<Arc<Resource>>,
 }
 
-/// A response message that can take its resources.
+/// A response message whose resources are sent as encoded entries.
+pub trait Wire: prost::Message {
+    /// The encoded `resources` entry of `resource` in this message type.
+    fn entry(resource: &Resource) -> &Bytes;
+}
+
+impl Wire for envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+    fn entry(resource: &Resource) -> &Bytes {
+        &resource.sotw_entry
+    }
+}
+
+impl Wire for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+    fn entry(resource: &Resource) -> &Bytes {
+        &resource.delta_entry
+    }
+}
+
+impl<M: Wire> Outgoing<M> {
+    /// The response as one length-prefixed gRPC message, in pieces: the
+    /// prefix and the message's own fields, then the resources' shared
+    /// entries (a protobuf parser takes fields in any order).
+    pub fn frames(&self) -> Vec<Bytes> {
+        let head = self.message.encode_to_vec();
+        let len = head.len()
+            + self
+                .resources
+                .iter()
+                .map(|r| M::entry(r).len())
+                .sum::<usize>();
+        let mut first = Vec::with_capacity(5 + head.len());
+        first.push(0); // not compressed
+        first.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        first.extend_from_slice(&head);
+        let mut frames = Vec::with_capacity(1 + self.resources.len());
+        frames.push(Bytes::from(first));
+        frames.extend(self.resources.iter().map(|r| M::entry(r).clone()));
+        frames
+    }
+}
+
+/// A response message that can take its resources (the tests read whole
+/// messages).
+#[cfg(test)]
 pub trait Fill {
     fn fill(&mut self, resources: &[Arc<Resource>]);
 }
 
+#[cfg(test)]
 impl<M: Fill> Outgoing<M> {
     pub fn materialize(mut self) -> M {
         self.message.fill(&self.resources);
@@ -227,12 +298,14 @@ impl<M: Fill> Outgoing<M> {
     }
 }
 
+#[cfg(test)]
 impl Fill for envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
     fn fill(&mut self, resources: &[Arc<Resource>]) {
         self.resources = resources.iter().map(|r| r.body.clone()).collect();
     }
 }
 
+#[cfg(test)]
 impl Fill for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
     fn fill(&mut self, resources: &[Arc<Resource>]) {
         self.resources = resources
@@ -268,6 +341,57 @@ mod tests {
 
     use super::*;
     use crate::xds::resources::EndpointView;
+
+    /// The frames of a response, joined, without the gRPC prefix, after
+    /// checking the prefix's length.
+    fn joined<M: Wire>(out: &Outgoing<M>) -> Vec<u8> {
+        let frames = out.frames();
+        let mut all: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
+        let body = all.split_off(5);
+        assert_eq!(all[0], 0, "not compressed");
+        assert_eq!(
+            u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize,
+            body.len()
+        );
+        body
+    }
+
+    #[test]
+    fn responses_on_the_wire_decode_to_the_whole_message() {
+        use envoy_types::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, DiscoveryResponse,
+        };
+        use prost::Message;
+        let snap = Snapshot::build(
+            &[service("kv", &[8080, 8081]), service("echo", &[8082])],
+            None,
+        );
+        let resources: Vec<Arc<Resource>> = snap.of(CLUSTER).unwrap().values().cloned().collect();
+        assert_eq!(resources.len(), 2);
+        let sotw = Outgoing {
+            message: DiscoveryResponse {
+                version_info: "v1".into(),
+                type_url: CLUSTER.into(),
+                nonce: "7".into(),
+                ..Default::default()
+            },
+            resources: resources.clone(),
+        };
+        let wire = DiscoveryResponse::decode(joined(&sotw).as_slice()).unwrap();
+        assert_eq!(wire, sotw.materialize());
+        let delta = Outgoing {
+            message: DeltaDiscoveryResponse {
+                system_version_info: "v1".into(),
+                type_url: CLUSTER.into(),
+                nonce: "8".into(),
+                removed_resources: vec!["gone".into()],
+                ..Default::default()
+            },
+            resources,
+        };
+        let wire = DeltaDiscoveryResponse::decode(joined(&delta).as_slice()).unwrap();
+        assert_eq!(wire, delta.materialize());
+    }
 
     pub(crate) fn service(name: &str, ports: &[u16]) -> ServiceView {
         ServiceView {

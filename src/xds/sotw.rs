@@ -327,6 +327,8 @@ mod tests {
                     hash: String::new(),
                     wildcard: false,
                     clusters: BTreeSet::new(),
+                    sotw_entry: Default::default(),
+                    delta_entry: Default::default(),
                 };
                 match a.type_url.as_str() {
                     CLUSTER => {
