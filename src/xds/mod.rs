@@ -1,4 +1,4 @@
-//! The Envoy xDS management server's building blocks (issue 5, in progress):
+//! The Envoy xDS management server's building blocks:
 //!
 //! - `resources`: the Envoy resources built from the routing table and the
 //!   registry (shared with `gen-envoy`).
