@@ -195,7 +195,7 @@ async fn propose_gathered(raft: Raft<TypeConfig>, pending: Vec<Pending>) {
             let proposal = Proposal {
                 request_id: p.request_id,
                 time_ms,
-                seed: rand::rngs::OsRng.next_u64() as i64,
+                seed: rand::thread_rng().next_u64() as i64,
                 command: p.command,
             };
             (proposal, p.reply)
@@ -319,7 +319,7 @@ fn request_id() -> String {
     format!(
         "{:012x}{:016x}",
         now_ms().max(0),
-        rand::rngs::OsRng.next_u64()
+        rand::thread_rng().next_u64()
     )
 }
 

@@ -242,7 +242,7 @@ impl Determinism {
 
     fn set_now(&self) {
         use rand::RngCore;
-        self.set(now_ms(), rand::rngs::OsRng.next_u64() as i64);
+        self.set(now_ms(), rand::thread_rng().next_u64() as i64);
     }
 
     fn now(&self) -> i64 {
@@ -286,7 +286,7 @@ fn register_functions(conn: &Connection, determinism: Option<Determinism>) -> ru
             conn.create_scalar_function("flotilla_now", 0, flags, |_| Ok(now_ms()))?;
             conn.create_scalar_function("flotilla_random", 0, flags, |_| {
                 use rand::RngCore;
-                Ok(rand::rngs::OsRng.next_u64() as i64)
+                Ok(rand::thread_rng().next_u64() as i64)
             })
         }
     }
