@@ -113,7 +113,9 @@ impl From<ApiError> for tonic::Status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
                 tonic::Status::resource_exhausted(e.message)
             }
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(e.message),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => {
+                tonic::Status::unavailable(e.message)
+            }
             StatusCode::GATEWAY_TIMEOUT => tonic::Status::deadline_exceeded(e.message),
             _ => tonic::Status::internal(e.message),
         };

@@ -5,11 +5,12 @@
 //! - The target is the healthy instance (in the registry) with the fewest
 //!   requests this node has in flight to it; ties rotate.
 //! - One HTTP/2 (h2c) connection per target carries HTTP and gRPC alike.
-//! - Retries, on another node each time, at most `RETRIES`: any request
-//!   whose connection could not be made; idempotent HTTP methods also after
-//!   a failure or a 502/503/504; gRPC calls after a trailers-only
-//!   `UNAVAILABLE` (answered before any handler ran). The same policy as
-//!   the generated Envoy routes (`xds::resources`).
+//! - Retries, on another node each time, at most `RETRIES`, within one
+//!   deadline: any request whose connection could not be made or that was
+//!   refused before any handler ran (`UNPROCESSED`); idempotent HTTP
+//!   methods also after a failure or a 502/503/504. The same policy as the
+//!   generated Envoy routes (`xds::resources`). When no node is left, the
+//!   last answer is passed on as it is.
 //! - Hop-by-hop headers are dropped both ways, `X-Forwarded-For` gets the
 //!   client's address, and `x-flotilla-forwarded-by` names this node: a
 //!   request carrying it is never forwarded again.
@@ -40,6 +41,11 @@ use crate::{api_error::ApiError, registry::Registry};
 /// Names the node that forwarded a request; such a request is served
 /// locally or refused, never forwarded again.
 pub const FORWARDED_BY: &str = "x-flotilla-forwarded-by";
+/// Set on a response that refused its request before any handler ran (no
+/// node runs the service, the request was forwarded already, credentials
+/// could not be checked): the forwarder and the Envoy routes send such a
+/// request to another node whatever its method.
+pub const UNPROCESSED: &str = "x-flotilla-unprocessed";
 /// Attempts after the first, each on a node not tried yet.
 pub const RETRIES: usize = 2;
 
@@ -74,6 +80,11 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Whether nothing of the request reached a handler anywhere.
+    pub fn unprocessed(&self) -> bool {
+        matches!(self, Refused::Loop { .. } | Refused::NoInstance)
+    }
+
     pub fn into_api_error(self, service: &str, local: &str) -> ApiError {
         match self {
             Refused::Loop { from } => ApiError::new(
@@ -139,11 +150,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
-}
-
-/// A trailers-only gRPC answer with `UNAVAILABLE`: nothing ran.
-fn grpc_unavailable(headers: &HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|s| s == "14")
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -267,8 +273,10 @@ impl Forwarder {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let retry_failures = !grpc && idempotent(&parts.method);
+        // One deadline for all the attempts: the ingress's time limit.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut tried: Vec<String> = Vec::new();
-        let mut last = Refused::NoInstance;
+        let mut last = Err(Refused::NoInstance);
         for _ in 0..=RETRIES {
             let Some((node, addr)) = self.pick(service, &tried) else {
                 break;
@@ -289,26 +297,18 @@ impl Forwarder {
             let counter = self.counter(&node);
             counter.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(counter);
-            let sent = tokio::time::timeout(self.timeout, self.client.request(attempt)).await;
+            let sent = tokio::time::timeout_at(deadline, self.client.request(attempt)).await;
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    let retry = (retry_failures
-                        && matches!(
-                            status,
-                            StatusCode::BAD_GATEWAY
-                                | StatusCode::SERVICE_UNAVAILABLE
-                                | StatusCode::GATEWAY_TIMEOUT
-                        ))
-                        || (grpc && grpc_unavailable(response.headers()));
-                    if retry {
-                        tracing::debug!(%node, %status, "forwarded request refused; trying another node");
-                        last = Refused::Upstream {
-                            node,
-                            error: format!("answered {status}"),
-                        };
-                        continue;
-                    }
+                    let retry = unprocessed(response.headers())
+                        || (retry_failures
+                            && matches!(
+                                status,
+                                StatusCode::BAD_GATEWAY
+                                    | StatusCode::SERVICE_UNAVAILABLE
+                                    | StatusCode::GATEWAY_TIMEOUT
+                            ));
                     let (mut head, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     // The count ends when the body has been passed on.
@@ -316,29 +316,37 @@ impl Forwarder {
                         let _counted = &guard;
                         f
                     }));
-                    return Ok(Response::from_parts(head, body));
+                    let response = Response::from_parts(head, body);
+                    if !retry {
+                        return Ok(response);
+                    }
+                    tracing::debug!(%node, %status, "forwarded request refused; trying another node");
+                    // Passed on as it is if no other node is left to try.
+                    last = Ok(response);
                 }
                 Ok(Err(e)) => {
                     let unsent = e.is_connect();
                     tracing::debug!(%node, error = %e, unsent, "forwarding failed");
-                    last = Refused::Upstream {
+                    let refused = Refused::Upstream {
                         node,
                         error: e.to_string(),
                     };
                     if !(unsent || retry_failures) {
-                        return Err(last);
+                        return Err(refused);
                     }
+                    last = Err(refused);
                 }
-                Err(_) => {
-                    last = Refused::Timeout { node };
-                    if !retry_failures {
-                        return Err(last);
-                    }
-                }
+                Err(_) => return Err(Refused::Timeout { node }),
             }
         }
-        Err(last)
+        last
     }
+}
+
+/// Whether a response says its request was refused before any handler
+/// ran (`UNPROCESSED`): safe to send again, whatever the method.
+fn unprocessed(headers: &HeaderMap) -> bool {
+    headers.contains_key(UNPROCESSED)
 }
 
 /// The client's address of a request another node forwarded: the last
@@ -402,9 +410,10 @@ mod tests {
             assert!(!idempotent(&m), "{m}");
         }
         let mut h = HeaderMap::new();
-        assert!(!grpc_unavailable(&h));
         h.insert("grpc-status", HeaderValue::from_static("14"));
-        assert!(grpc_unavailable(&h));
+        assert!(!unprocessed(&h), "UNAVAILABLE alone may come after a write");
+        h.insert(UNPROCESSED, HeaderValue::from_static("1"));
+        assert!(unprocessed(&h));
     }
 
     #[test]

@@ -106,6 +106,14 @@ fn grpc_error(status: tonic::Status) -> Response {
     status.into_http::<Body>()
 }
 
+/// Marks a refusal made before any handler ran: another node may take the
+/// request whatever its method (see `forward::UNPROCESSED`).
+fn mark_unprocessed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(forward::UNPROCESSED, HeaderValue::from_static("1"));
+}
+
 /// The error response for `error`, as JSON or as a gRPC status.
 fn error_response(error: ApiError, grpc: bool) -> Response {
     if grpc {
@@ -218,8 +226,13 @@ impl Inner {
                 )
                 .await;
             let response = forwarded.unwrap_or_else(|refused| {
+                let unprocessed = refused.unprocessed();
                 let error = refused.into_api_error(route.service, self.registry.local_id());
-                error_response(error, grpc)
+                let mut response = error_response(error, grpc);
+                if unprocessed {
+                    mark_unprocessed(&mut response);
+                }
+                response
             });
             return (response, Some(service), Some(template));
         };
@@ -245,7 +258,9 @@ impl Inner {
                         "auth_unavailable",
                         format!("credentials cannot be checked right now: {e}"),
                     );
-                    return (error_response(error, grpc), Some(service), Some(template));
+                    let mut response = error_response(error, grpc);
+                    mark_unprocessed(&mut response);
+                    return (response, Some(service), Some(template));
                 }
             },
         };

@@ -141,8 +141,7 @@ impl Registry {
             .filter(|n| n.id != local.id)
             .map(|n| {
                 Statement::new(
-                    "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
-                     VALUES (?1, ?2, ?3, 0, flotilla_now()) ON CONFLICT (node) DO NOTHING",
+                    SEED,
                     vec![
                         n.id.clone().into(),
                         n.public.to_string().into(),
@@ -230,12 +229,39 @@ impl Registry {
     }
 }
 
+/// Records a topology node not seen yet.
+const SEED: &str = "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+     VALUES (?1, ?2, ?3, 0, flotilla_now()) ON CONFLICT (node) DO NOTHING";
+/// A node's own record.
+const UPSERT: &str = "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+     VALUES (?1, ?2, ?3, ?4, flotilla_now())
+     ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
+         healthy = excluded.healthy, updated_ms = excluded.updated_ms";
+
+/// Whether store client `client` may send `statement` to the registry: its
+/// own record, or the seed of a topology node, each exactly as the topology
+/// gives it. Anything else could send other nodes' traffic elsewhere.
+pub fn client_may_write(
+    statement: &Statement,
+    topology: &crate::topology::Topology,
+    client: &str,
+) -> bool {
+    let text = |i: usize| statement.params.get(i).and_then(Value::as_str);
+    let Some(node) = text(0).and_then(|id| topology.find(id)) else {
+        return false;
+    };
+    let as_in_topology = text(1) == Some(node.public().to_string().as_str())
+        && text(2) == Some(node.selection().services.join(",").as_str());
+    match statement.sql.as_str() {
+        UPSERT => as_in_topology && node.name() == client && statement.params.len() == 4,
+        SEED => as_in_topology && statement.params.len() == 3,
+        _ => false,
+    }
+}
+
 fn upsert(node: &NodeRecord, healthy: bool) -> Statement {
     Statement::new(
-        "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, flotilla_now())
-         ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
-             healthy = excluded.healthy, updated_ms = excluded.updated_ms",
+        UPSERT,
         vec![
             node.id.clone().into(),
             node.public.to_string().into(),
@@ -263,6 +289,49 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_client_writes_only_its_own_record_as_the_topology_gives_it() {
+        let topology = crate::topology::Topology::parse(
+            "members:\n  - {id: 1, node: db-1, peer: '127.0.0.1:7001', public: '127.0.0.1:8001', services: [db]}\nnodes:\n  - {node: kv-1, public: '127.0.0.1:8011', services: [kv]}\n  - {node: echo-1, public: '127.0.0.1:8021', services: [echo]}\n",
+            "t.yaml",
+            &crate::catalogue::Catalogue::builtin(),
+        )
+        .unwrap();
+        let record = |id: &str, public: &str, services: &[&str]| NodeRecord {
+            id: id.into(),
+            public: public.parse().unwrap(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            healthy: true,
+        };
+        let own = record("kv-1", "127.0.0.1:8011", &["kv"]);
+        assert!(client_may_write(&upsert(&own, true), &topology, "kv-1"));
+        assert!(client_may_write(&upsert(&own, false), &topology, "kv-1"));
+        let other = record("echo-1", "127.0.0.1:8021", &["echo"]);
+        assert!(!client_may_write(&upsert(&other, true), &topology, "kv-1"));
+        let moved = record("kv-1", "127.0.0.1:9999", &["kv"]);
+        assert!(!client_may_write(&upsert(&moved, true), &topology, "kv-1"));
+        let more = record("kv-1", "127.0.0.1:8011", &["kv", "echo"]);
+        assert!(!client_may_write(&upsert(&more, true), &topology, "kv-1"));
+        let stranger = record("evil-1", "127.0.0.1:8011", &["kv"]);
+        assert!(!client_may_write(
+            &upsert(&stranger, true),
+            &topology,
+            "kv-1"
+        ));
+        let seed = Statement::new(
+            SEED,
+            vec!["echo-1".into(), "127.0.0.1:8021".into(), "echo".into()],
+        );
+        assert!(client_may_write(&seed, &topology, "kv-1"));
+        let bad_seed = Statement::new(
+            SEED,
+            vec!["echo-1".into(), "127.0.0.1:1".into(), "echo".into()],
+        );
+        assert!(!client_may_write(&bad_seed, &topology, "kv-1"));
+        let other_sql = Statement::new("DELETE FROM registry__nodes", vec![]);
+        assert!(!client_may_write(&other_sql, &topology, "kv-1"));
+    }
 
     #[test]
     fn single_registry_knows_its_services() {

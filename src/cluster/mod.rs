@@ -288,6 +288,7 @@ pub struct Cluster {
     credential: Arc<str>,
     /// The store clients of the topology, with their keys and namespaces.
     client_keys: network::ClientKeys,
+    topology: crate::topology::Topology,
 }
 
 /// What a store client running `services` may use: its services'
@@ -392,6 +393,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             id,
             client_keys,
+            topology: settings.topology.clone(),
             faults,
             fault_injection: settings.fault_injection,
             stale_read_max_lag: settings.stale_read_max_lag,
@@ -1034,6 +1036,10 @@ impl RemoteInner {
             let hint = self.leader.load(Ordering::Relaxed);
             let mut order: Vec<&Member> = self.members.iter().collect();
             order.sort_by_key(|m| m.id != hint);
+            // A refusal is final only if every member refuses: during a
+            // rolling restart some may not know this node yet.
+            let mut refusals = Vec::new();
+            let asked = order.len();
             for member in order {
                 let mut client = match self.client(member) {
                     Ok(c) => c,
@@ -1071,15 +1077,14 @@ impl RemoteInner {
                             last_error = format!("undecodable reply from {}: {e}", member.name)
                         }
                     },
-                    // Refused for good: retrying elsewhere gives the same.
                     Err(status) if status.code() == tonic::Code::PermissionDenied => {
-                        return Err(StoreError::Denied {
+                        refusals.push(StoreError::Denied {
                             namespace: namespace.to_owned(),
                             reason: format!("{} refused it: {}", member.name, status.message()),
                         });
                     }
                     Err(status) if status.code() == tonic::Code::Unauthenticated => {
-                        return Err(StoreError::Storage(format!(
+                        refusals.push(StoreError::Storage(format!(
                             "{} refused this node's credentials: {}",
                             member.name,
                             status.message()
@@ -1087,6 +1092,11 @@ impl RemoteInner {
                     }
                     Err(status) => last_error = format!("{}: {}", member.name, status.message()),
                 }
+            }
+            if refusals.len() == asked
+                && let Some(refusal) = refusals.pop()
+            {
+                return Err(refusal);
             }
             if Instant::now() >= deadline {
                 return Err(unavailable(format!(
@@ -1206,6 +1216,20 @@ fn members_only<T>(r: &tonic::Request<T>) -> Result<(), tonic::Status> {
     }
 }
 
+/// Whether `migrations` are exactly this binary's own for `namespace` (the
+/// system namespaces every node migrates at start).
+fn is_builtin_schema(namespace: &str, migrations: &[crate::store::MigrationSpec]) -> bool {
+    let own: &[crate::store::Migration] = match namespace {
+        crate::auth::accounts::NAMESPACE => crate::auth::accounts::MIGRATIONS,
+        _ => return false,
+    };
+    own.len() == migrations.len()
+        && own
+            .iter()
+            .zip(migrations)
+            .all(|(o, m)| crate::store::MigrationSpec::from(o) == *m)
+}
+
 /// Refuses a store client's use of a namespace it does not own.
 fn check_namespace<T>(
     r: &tonic::Request<T>,
@@ -1266,11 +1290,37 @@ impl peer_server::Peer for PeerService {
 
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (id, command): (String, Command) = network::unblob(r.get_ref())?;
-        check_namespace(
-            &r,
-            command.namespace(),
-            matches!(command, Command::Write { .. }),
-        )?;
+        match &command {
+            Command::Write {
+                namespace,
+                statements,
+            } => {
+                check_namespace(&r, namespace, true)?;
+                if let network::Caller::Client { node, .. } = caller(&r)?
+                    && namespace == crate::registry::NAMESPACE
+                    && !statements.iter().all(|st| {
+                        crate::registry::client_may_write(st, &self.cluster.topology, node)
+                    })
+                {
+                    tracing::warn!(client = %node, "store client refused: a registry write other than its own record");
+                    return Err(tonic::Status::permission_denied(format!(
+                        "node `{node}` may write only its own registry record, as the topology gives it"
+                    )));
+                }
+            }
+            Command::Migrate {
+                namespace,
+                migrations,
+            } => {
+                // A namespace a client only reads: it may bring the schema
+                // up to this binary's migrations, nothing of its own.
+                if !(check_namespace(&r, namespace, false).is_ok()
+                    && is_builtin_schema(namespace, migrations))
+                {
+                    check_namespace(&r, namespace, true)?;
+                }
+            }
+        }
         reply(&PeerReply::from(self.cluster.propose(id, command).await))
     }
 

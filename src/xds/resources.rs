@@ -38,7 +38,9 @@ use envoy_types::pb::{
             },
             listener::v3::{ApiListener, Filter, FilterChain, Listener, filter},
             route::v3::{
-                RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+                HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch,
+                VirtualHost,
+                header_matcher::HeaderMatchSpecifier,
                 retry_policy::{RetryHostPredicate, retry_host_predicate},
                 route::Action,
                 route_action::ClusterSpecifier,
@@ -75,14 +77,12 @@ pub const INGRESS_LISTENER: &str = "flotilla-ingress";
 /// The ingress listener's route configuration.
 pub const INGRESS_ROUTES: &str = "flotilla-ingress-routes";
 
-/// Retries that are safe for any request: the upstream never saw it.
-const RETRY_UNSEEN: &str = "connect-failure,refused-stream,reset-before-request";
-/// Retries for gRPC calls: also after the upstream answered `UNAVAILABLE`
-/// (a node that does not run the service, or is draining, answers it
-/// before any handler runs).
-const RETRY_GRPC: &str = "connect-failure,refused-stream,reset-before-request,unavailable";
+/// Retries that are safe for any request, gRPC included: the upstream never
+/// saw it, or refused it before any handler ran (`forward::UNPROCESSED`).
+const RETRY_UNSEEN: &str = "connect-failure,refused-stream,reset-before-request,retriable-headers";
 /// Retries for idempotent HTTP methods: also after a failure or a reset.
-const RETRY_IDEMPOTENT: &str = "5xx,reset,connect-failure,refused-stream,retriable-status-codes";
+const RETRY_IDEMPOTENT: &str =
+    "5xx,reset,connect-failure,refused-stream,retriable-status-codes,retriable-headers";
 
 /// One service as the resources see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,6 +226,11 @@ fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
                 retry_on: retry_on.into(),
                 num_retries: Some(UInt32Value { value: 2 }),
                 retriable_status_codes: vec![503],
+                retriable_headers: vec![HeaderMatcher {
+                    name: crate::forward::UNPROCESSED.into(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+                    ..Default::default()
+                }],
                 // A retry goes to another instance than the ones that failed.
                 retry_host_predicate: vec![RetryHostPredicate {
                     name: "envoy.retry_host_predicates.previous_hosts".into(),
@@ -252,7 +257,7 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
             routes.push(route_to(
                 &s.name,
                 PathSpecifier::Prefix(format!("/{g}/")),
-                RETRY_GRPC,
+                RETRY_UNSEEN,
             ));
         }
         // `/api/kv` and `/api/kv/...`, not `/api/kvx`.
@@ -286,10 +291,9 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
     }
 }
 
-fn method_matcher(methods: &[&str]) -> envoy_types::pb::envoy::config::route::v3::HeaderMatcher {
-    use envoy_types::pb::envoy::{
-        config::route::v3::{HeaderMatcher, header_matcher::HeaderMatchSpecifier},
-        r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+fn method_matcher(methods: &[&str]) -> HeaderMatcher {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        RegexMatcher, StringMatcher, string_matcher::MatchPattern,
     };
     HeaderMatcher {
         name: ":method".into(),
@@ -472,7 +476,7 @@ pub fn api_routes(service: &str) -> RouteConfiguration {
             routes: vec![route_to(
                 service,
                 PathSpecifier::Prefix(String::new()),
-                RETRY_GRPC,
+                RETRY_UNSEEN,
             )],
             ..Default::default()
         }],

@@ -304,6 +304,38 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     as_kv.write(write("kv")).await.expect("its own namespace");
+    // Not another node's registry record, nor a schema of its own for a
+    // namespace it only reads.
+    let hijack = network::blob(&(
+        "test-hijack".to_owned(),
+        Command::Write {
+            namespace: "registry".into(),
+            statements: vec![Statement::new(
+                "UPDATE registry__nodes SET public = '127.0.0.1:1' WHERE node = 'accounts-1'",
+                vec![],
+            )],
+        },
+    ));
+    let refused = as_kv.write(hijack).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let migrate = |sql: &str| {
+        network::blob(&(
+            "test-migrate".to_owned(),
+            Command::Migrate {
+                namespace: flotilla::auth::accounts::NAMESPACE.into(),
+                migrations: vec![flotilla::store::MigrationSpec {
+                    version: 999,
+                    name: "mine".into(),
+                    sql: sql.into(),
+                }],
+            },
+        ))
+    };
+    let refused = as_kv
+        .write(migrate("DELETE FROM accounts__users"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let refused = as_kv.vote(network::blob(&())).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let mut impostor = network::client_as(&db1, kv_key.trim(), Some("echo-1")).unwrap();
