@@ -13,7 +13,9 @@
 //!   last answer is passed on as it is.
 //! - Hop-by-hop headers are dropped both ways, `X-Forwarded-For` gets the
 //!   client's address, and `x-flotilla-forwarded-by` names this node: a
-//!   request carrying it is never forwarded again.
+//!   request carrying it is never forwarded again. The client's address
+//!   also goes signed (`FORWARDED_CLIENT`), for the receiving node's
+//!   per-address limits.
 
 use std::{
     collections::HashMap,
@@ -36,6 +38,9 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::{api_error::ApiError, registry::Registry};
 
 /// Names the node that forwarded a request; such a request is served
@@ -46,6 +51,11 @@ pub const FORWARDED_BY: &str = "x-flotilla-forwarded-by";
 /// could not be checked): the forwarder and the Envoy routes send such a
 /// request to another node whatever its method.
 pub const UNPROCESSED: &str = "x-flotilla-unprocessed";
+/// The client's address as the forwarding node saw it, with a MAC under a
+/// key every node derives from `auth.secret`: a receiving node uses it for
+/// per-address limits only when the MAC checks, so no caller can choose
+/// the address its requests are counted under.
+pub const FORWARDED_CLIENT: &str = "x-flotilla-forwarded-client";
 /// Attempts after the first, each on a node not tried yet.
 pub const RETRIES: usize = 2;
 
@@ -134,6 +144,56 @@ pub struct Forwarder {
     in_flight: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
     rotation: Arc<AtomicUsize>,
     timeout: Duration,
+    /// Signs `FORWARDED_CLIENT`.
+    key: ClientKey,
+}
+
+/// The key of `FORWARDED_CLIENT` MACs, derived from `auth.secret` (the
+/// same on every node of a cluster).
+#[derive(Clone)]
+pub struct ClientKey(Arc<[u8]>);
+
+impl ClientKey {
+    pub fn derive(auth_secret: &str) -> ClientKey {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(auth_secret.as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(b"flotilla/v1/forwarded client");
+        ClientKey(Arc::from(&mac.finalize().into_bytes()[..]))
+    }
+
+    fn mac(&self, ip: &str) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(ip.as_bytes());
+        mac
+    }
+
+    /// `FORWARDED_CLIENT`'s value for `ip`.
+    fn sign(&self, ip: IpAddr) -> String {
+        let ip = ip.to_string();
+        let tag: String = self
+            .mac(&ip)
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{ip};{tag}")
+    }
+
+    /// The address in a `FORWARDED_CLIENT` value, if its MAC checks.
+    pub fn verify(&self, value: &str) -> Option<IpAddr> {
+        let (ip, tag) = value.split_once(';')?;
+        let tag: Vec<u8> = (0..tag.len())
+            .step_by(2)
+            .map(|i| {
+                tag.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<_>>()?;
+        self.mac(ip).verify_slice(&tag).ok()?;
+        ip.parse().ok()
+    }
 }
 
 /// Counts a request in flight to a node while it lives.
@@ -176,7 +236,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 impl Forwarder {
     /// `timeout`: for each attempt (the ingress's request time limit).
-    pub fn new(registry: Registry, timeout: Duration) -> Forwarder {
+    pub fn new(registry: Registry, timeout: Duration, key: ClientKey) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -193,6 +253,7 @@ impl Forwarder {
             in_flight: Arc::default(),
             rotation: Arc::default(),
             timeout,
+            key,
         }
     }
 
@@ -255,7 +316,11 @@ impl Forwarder {
         };
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        parts.headers.remove(FORWARDED_CLIENT);
         if let Some(ip) = client.map(|c| c.ip()) {
+            if let Ok(v) = HeaderValue::from_str(&self.key.sign(ip)) {
+                parts.headers.insert(FORWARDED_CLIENT, v);
+            }
             let forwarded = match parts.headers.get("x-forwarded-for") {
                 Some(v) => format!("{}, {ip}", v.to_str().unwrap_or_default()),
                 None => ip.to_string(),
@@ -349,30 +414,11 @@ fn unprocessed(headers: &HeaderMap) -> bool {
     headers.contains_key(UNPROCESSED)
 }
 
-/// The client's address of a request another node forwarded: the last
-/// `X-Forwarded-For` entry, which that node added, when the request comes
-/// from a node of the registry. `None` otherwise (the connection's address
-/// stands).
-pub fn forwarded_client(headers: &HeaderMap, peer: IpAddr, registry: &Registry) -> Option<IpAddr> {
-    let from = headers.get(FORWARDED_BY)?.to_str().ok()?;
-    let known = registry
-        .nodes()
-        .iter()
-        .any(|n| n.id == from && n.public.ip() == peer);
-    if !known {
-        return None;
-    }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .next_back()?
-        .to_str()
-        .ok()?
-        .rsplit(',')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// The client's address of a request another node forwarded, when its
+/// `FORWARDED_CLIENT` header checks under `key`; `None` otherwise (the
+/// connection's address stands).
+pub fn forwarded_client(headers: &HeaderMap, key: &ClientKey) -> Option<IpAddr> {
+    key.verify(headers.get(FORWARDED_CLIENT)?.to_str().ok()?)
 }
 
 #[cfg(test)]
@@ -417,27 +463,23 @@ mod tests {
     }
 
     #[test]
-    fn the_forwarded_client_is_believed_only_from_a_known_node() {
-        let registry = Registry::fixed(vec![crate::registry::NodeRecord {
-            id: "n2".into(),
-            public: "127.0.0.2:8080".parse().unwrap(),
-            services: vec![],
-            healthy: true,
-        }]);
+    fn the_forwarded_client_is_believed_only_with_a_valid_mac() {
+        let key = ClientKey::derive("a-shared-auth-secret-0123456789abcdef");
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let mut h = HeaderMap::new();
-        h.insert(FORWARDED_BY, HeaderValue::from_static("n2"));
         h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("10.9.9.9, 192.0.2.7"),
+            FORWARDED_CLIENT,
+            HeaderValue::from_str(&key.sign(ip)).unwrap(),
         );
-        let peer: IpAddr = "127.0.0.2".parse().unwrap();
-        assert_eq!(
-            forwarded_client(&h, peer, &registry),
-            Some("192.0.2.7".parse().unwrap())
-        );
-        let stranger: IpAddr = "127.0.0.9".parse().unwrap();
-        assert_eq!(forwarded_client(&h, stranger, &registry), None);
-        h.insert(FORWARDED_BY, HeaderValue::from_static("nobody"));
-        assert_eq!(forwarded_client(&h, peer, &registry), None);
+        assert_eq!(forwarded_client(&h, &key), Some(ip));
+        let other = ClientKey::derive("another-auth-secret-0123456789abcdef");
+        assert_eq!(forwarded_client(&h, &other), None);
+        let forged = key.sign(ip).replacen("192.0.2.7", "192.0.2.8", 1);
+        h.insert(FORWARDED_CLIENT, HeaderValue::from_str(&forged).unwrap());
+        assert_eq!(forwarded_client(&h, &key), None);
+        h.insert(FORWARDED_CLIENT, HeaderValue::from_static("192.0.2.8;zz"));
+        assert_eq!(forwarded_client(&h, &key), None);
+        h.insert(FORWARDED_CLIENT, HeaderValue::from_static("192.0.2.8"));
+        assert_eq!(forwarded_client(&h, &key), None);
     }
 }

@@ -56,6 +56,7 @@ struct Inner {
     readiness: Arc<Readiness>,
     services: HashMap<&'static str, axum::Router>,
     forwarder: Forwarder,
+    client_key: forward::ClientKey,
     metrics: HttpMetrics,
     limits: IngressLimits,
     unmatched: Label,
@@ -79,11 +80,17 @@ impl Ingress {
         metrics: HttpMetrics,
         limits: IngressLimits,
     ) -> Ingress {
+        let client_key = forward::ClientKey::derive(&auth.settings.secret);
         Ingress {
             inner: Arc::new(Inner {
                 table,
                 auth,
-                forwarder: Forwarder::new(registry.clone(), limits.request_timeout),
+                forwarder: Forwarder::new(
+                    registry.clone(),
+                    limits.request_timeout,
+                    client_key.clone(),
+                ),
+                client_key,
                 registry,
                 readiness,
                 services,
@@ -237,11 +244,9 @@ impl Inner {
             return (response, Some(service), Some(template));
         };
         // A request another node forwarded: the client is the one that node
-        // saw (for per-address limits), when that node is known.
+        // saw (for per-address limits), when its signature checks.
         let mut req = req;
-        if let Some(peer) = req.extensions().get::<ClientAddr>().map(|c| c.0)
-            && let Some(ip) = forward::forwarded_client(req.headers(), peer.ip(), &self.registry)
-        {
+        if let Some(ip) = forward::forwarded_client(req.headers(), &self.client_key) {
             req.extensions_mut()
                 .insert(ClientAddr(std::net::SocketAddr::new(ip, 0)));
         }

@@ -264,7 +264,7 @@ impl<M: Wire> Outgoing<M> {
     /// The response as one length-prefixed gRPC message, in pieces: the
     /// prefix and the message's own fields, then the resources' shared
     /// entries (a protobuf parser takes fields in any order).
-    pub fn frames(&self) -> Vec<Bytes> {
+    pub fn frames(&self) -> Result<Vec<Bytes>, tonic::Status> {
         let head = self.message.encode_to_vec();
         let len = head.len()
             + self
@@ -272,14 +272,19 @@ impl<M: Wire> Outgoing<M> {
                 .iter()
                 .map(|r| M::entry(r).len())
                 .sum::<usize>();
+        let len = u32::try_from(len).map_err(|_| {
+            tonic::Status::resource_exhausted(format!(
+                "a response of {len} bytes is over gRPC's 4 GiB message limit"
+            ))
+        })?;
         let mut first = Vec::with_capacity(5 + head.len());
         first.push(0); // not compressed
-        first.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        first.extend_from_slice(&len.to_be_bytes());
         first.extend_from_slice(&head);
         let mut frames = Vec::with_capacity(1 + self.resources.len());
         frames.push(Bytes::from(first));
         frames.extend(self.resources.iter().map(|r| M::entry(r).clone()));
-        frames
+        Ok(frames)
     }
 }
 
@@ -345,7 +350,7 @@ mod tests {
     /// The frames of a response, joined, without the gRPC prefix, after
     /// checking the prefix's length.
     fn joined<M: Wire>(out: &Outgoing<M>) -> Vec<u8> {
-        let frames = out.frames();
+        let frames = out.frames().unwrap();
         let mut all: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
         let body = all.split_off(5);
         assert_eq!(all[0], 0, "not compressed");

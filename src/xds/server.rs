@@ -191,7 +191,7 @@ async fn run_stream<P: Protocol>(
     mut incoming: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     client: clients::Entry,
-    out: mpsc::Sender<Outgoing<P::Response>>,
+    out: mpsc::Sender<Result<Outgoing<P::Response>, Status>>,
 ) where
     P::Request: prost::Message + Default,
 {
@@ -210,7 +210,10 @@ async fn run_stream<P: Protocol>(
                 }
                 Ok(None) => return,
                 Err(status) => {
+                    // A request that cannot be read (over the size limit,
+                    // undecodable): the stream ends with its status.
                     tracing::debug!(%status, "ads stream ended");
+                    let _ = out.send(Err(status)).await;
                     return;
                 }
             },
@@ -225,7 +228,7 @@ async fn run_stream<P: Protocol>(
         for r in responses {
             let (type_url, nonce, resources) = P::describe_response(&r);
             tracing::debug!(%type_url, %nonce, resources, "ads response");
-            if out.send(r).await.is_err() {
+            if out.send(Ok(r)).await.is_err() {
                 return;
             }
         }
@@ -261,17 +264,24 @@ fn serve_stream<P: Protocol>(
                 if ended {
                     return None;
                 }
-                match rx.recv().await {
-                    Some(response) => pending.extend(response.frames()),
-                    None => {
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                        return Some((
-                            Ok::<_, Infallible>(Frame::trailers(trailers)),
-                            (rx, pending, true),
-                        ));
-                    }
-                }
+                let end = match rx.recv().await {
+                    Some(Ok(response)) => match response.frames() {
+                        Ok(frames) => {
+                            pending.extend(frames);
+                            continue;
+                        }
+                        Err(status) => status,
+                    },
+                    Some(Err(status)) => status,
+                    None => Status::ok(""),
+                };
+                // Trailers: the status, as tonic would write it.
+                let mut trailers = end.into_http::<()>().into_parts().0.headers;
+                trailers.remove(http::header::CONTENT_TYPE);
+                return Some((
+                    Ok::<_, Infallible>(Frame::trailers(trailers)),
+                    (rx, pending, true),
+                ));
             }
         },
     );
