@@ -77,9 +77,10 @@ enum Command {
         /// (--mode k3d).
         #[arg(long)]
         delta: bool,
-        /// Where Envoy listens for the public ingress.
-        #[arg(long, default_value = "0.0.0.0:10000")]
-        listen: std::net::SocketAddr,
+        /// Where Envoy listens for the public ingress (static modes;
+        /// default 0.0.0.0:10000).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// Envoy's admin interface (loopback only).
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
@@ -501,8 +502,9 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "database: no local copy; a client of the db members ({}), within this node's namespaces",
-                members.join(", ")
+                "database: a client of the db members ({}), within this node's namespaces; nothing is stored in {}",
+                members.join(", "),
+                absolute.join(crate::store::DB_FILE).display()
             );
         }
         _ => {

@@ -20,6 +20,10 @@ use crate::{
     xds::{bootstrap, resources},
 };
 
+/// Where a static Envoy listens for the public ingress unless told.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 10000);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Single,
@@ -39,8 +43,9 @@ pub struct Request {
     /// The xDS server, `HOST:PORT` (`k3d`).
     pub xds: String,
     pub delta: bool,
-    /// Where Envoy listens for the public ingress.
-    pub listen: SocketAddr,
+    /// Where Envoy listens for the public ingress (static modes; default
+    /// 0.0.0.0:10000).
+    pub listen: Option<SocketAddr>,
     /// Envoy's admin interface.
     pub admin: SocketAddr,
     pub node_id: String,
@@ -69,6 +74,8 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
         Mode::K3d => {
             unused("config", request.config.is_some())?;
             unused("topology", request.topology.is_some())?;
+            // The ingress listener comes over ADS (`xds.ingress_listener`).
+            unused("listen", request.listen.is_some())?;
             let (host, port) = request
                 .xds
                 .rsplit_once(':')
@@ -84,6 +91,7 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
         }
         Mode::Single => {
             unused("topology", request.topology.is_some())?;
+            unused("delta", request.delta)?;
             let path = request
                 .config
                 .as_ref()
@@ -105,6 +113,7 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
         }
         Mode::Ha | Mode::Scaled => {
             unused("config", request.config.is_some())?;
+            unused("delta", request.delta)?;
             let path = request.topology.as_ref().ok_or_else(|| {
                 format!(
                     "--mode {} needs --topology: the cluster's topology file",
@@ -155,10 +164,11 @@ fn fixed(
             empty.name
         ));
     }
+    let listen = request.listen.unwrap_or(DEFAULT_LISTEN);
     Ok(bootstrap::fixed(
         &request.node_id,
         request.admin,
-        request.listen,
+        listen,
         &services,
     ))
 }

@@ -138,6 +138,14 @@ async fn missing_or_inconsistent_inputs_are_refused_naming_the_problem() {
             vec!["--mode", "ha", "--topology", &ha, "--admin", "0.0.0.0:9901"],
             "is not a loopback address",
         ),
+        (
+            vec!["--mode", "k3d", "--listen", "127.0.0.1:10000"],
+            "--listen is not used by --mode k3d",
+        ),
+        (
+            vec!["--mode", "ha", "--topology", &ha, "--delta"],
+            "--delta is not used by --mode ha",
+        ),
     ] {
         let mut all = vec!["gen-envoy"];
         all.extend_from_slice(&args);
