@@ -197,9 +197,27 @@ fn write_loop(
     rx: mpsc::Receiver<Op>,
     tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
 ) {
+    // The latest committed index not written yet. It is advisory (a node
+    // that restarts without it learns it from the leader), so it rides
+    // along with the next write instead of paying an fsync of its own,
+    // which delayed the append behind it.
+    let mut committed: Option<Op> = None;
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+        let mut batch = Vec::new();
+        for op in std::iter::once(first).chain(rx.try_iter()) {
+            match op {
+                Op::Meta {
+                    key: "committed",
+                    done: None,
+                    ..
+                } => committed = Some(op),
+                op => batch.push(op),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        batch.extend(committed.take());
         let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
         for op in batch {
             match op {
