@@ -1230,28 +1230,59 @@ fn is_builtin_schema(namespace: &str, migrations: &[crate::store::MigrationSpec]
             .all(|(o, m)| crate::store::MigrationSpec::from(o) == *m)
 }
 
-/// Refuses a store client's use of a namespace it does not own.
-fn check_namespace<T>(
+/// Refuses a store client's read of a namespace it does not own.
+fn check_read<T>(r: &tonic::Request<T>, namespace: &str) -> Result<(), tonic::Status> {
+    match caller(r)? {
+        network::Caller::Client { node, access } if !access.may_read(namespace) => {
+            Err(refuse(node, "read", namespace))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a store client's command outside what it may do: writes in its
+/// own namespaces only, and in `registry` only its own record as the
+/// topology gives it; migrations of a namespace it only reads only to this
+/// binary's own schema.
+fn check_command<T>(
     r: &tonic::Request<T>,
-    namespace: &str,
-    write: bool,
+    command: &Command,
+    topology: &crate::topology::Topology,
 ) -> Result<(), tonic::Status> {
     let network::Caller::Client { node, access } = caller(r)? else {
         return Ok(());
     };
-    let allowed = if write {
-        access.may_write(namespace)
-    } else {
-        access.may_read(namespace)
-    };
-    if allowed {
-        return Ok(());
+    let namespace = command.namespace();
+    match command {
+        Command::Write { .. } if !access.may_write(namespace) => {
+            Err(refuse(node, "write", namespace))
+        }
+        Command::Write { statements, .. }
+            if namespace == crate::registry::NAMESPACE
+                && !statements
+                    .iter()
+                    .all(|st| crate::registry::client_may_write(st, topology, node)) =>
+        {
+            tracing::warn!(client = %node, "store client refused: a registry write other than its own record");
+            Err(tonic::Status::permission_denied(format!(
+                "node `{node}` may write only its own registry record, as the topology gives it"
+            )))
+        }
+        Command::Migrate { migrations, .. }
+            if !(access.may_write(namespace)
+                || (access.may_read(namespace) && is_builtin_schema(namespace, migrations))) =>
+        {
+            Err(refuse(node, "migrate", namespace))
+        }
+        _ => Ok(()),
     }
-    let verb = if write { "write" } else { "read" };
+}
+
+fn refuse(node: &str, verb: &str, namespace: &str) -> tonic::Status {
     tracing::warn!(client = %node, namespace, verb, "store client refused outside its namespaces");
-    Err(tonic::Status::permission_denied(format!(
+    tonic::Status::permission_denied(format!(
         "node `{node}` may not {verb} namespace `{namespace}`: a store client uses its own services' namespaces only (see its services in the topology)"
-    )))
+    ))
 }
 
 #[tonic::async_trait]
@@ -1290,37 +1321,7 @@ impl peer_server::Peer for PeerService {
 
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (id, command): (String, Command) = network::unblob(r.get_ref())?;
-        match &command {
-            Command::Write {
-                namespace,
-                statements,
-            } => {
-                check_namespace(&r, namespace, true)?;
-                if let network::Caller::Client { node, .. } = caller(&r)?
-                    && namespace == crate::registry::NAMESPACE
-                    && !statements.iter().all(|st| {
-                        crate::registry::client_may_write(st, &self.cluster.topology, node)
-                    })
-                {
-                    tracing::warn!(client = %node, "store client refused: a registry write other than its own record");
-                    return Err(tonic::Status::permission_denied(format!(
-                        "node `{node}` may write only its own registry record, as the topology gives it"
-                    )));
-                }
-            }
-            Command::Migrate {
-                namespace,
-                migrations,
-            } => {
-                // A namespace a client only reads: it may bring the schema
-                // up to this binary's migrations, nothing of its own.
-                if !(check_namespace(&r, namespace, false).is_ok()
-                    && is_builtin_schema(namespace, migrations))
-                {
-                    check_namespace(&r, namespace, true)?;
-                }
-            }
-        }
+        check_command(&r, &command, &self.cluster.topology)?;
         reply(&PeerReply::from(self.cluster.propose(id, command).await))
     }
 
@@ -1343,7 +1344,7 @@ impl peer_server::Peer for PeerService {
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
-        check_namespace(&r, &namespace, false)?;
+        check_read(&r, &namespace)?;
         let confirmed =
             tokio::time::timeout(PROPOSAL_WAIT, self.cluster.raft.ensure_linearizable()).await;
         let result: PeerReply<Result<Outcome, StoreError>> = match confirmed {
