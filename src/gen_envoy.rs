@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     registry::{NodeRecord, Registry},
     routing::RoutingTable,
-    topology::{NodeRef, Topology},
+    topology::Topology,
     xds::{bootstrap, resources},
 };
 
@@ -130,17 +130,7 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
             check_layout(request.mode, &topology, catalogue, path)?;
             let records = topology
                 .all()
-                .map(|n: NodeRef| NodeRecord {
-                    id: n.name().to_owned(),
-                    public: n.public(),
-                    services: n
-                        .selection()
-                        .services
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                    healthy: true,
-                })
+                .map(|n| NodeRecord::from_topology(n, true))
                 .collect();
             fixed(request, &table, records)?
         }

@@ -217,17 +217,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         .cluster
         .iter()
         .flat_map(|c| c.topology.all())
-        .map(|n| NodeRecord {
-            id: n.name().to_owned(),
-            public: n.public(),
-            services: n
-                .selection()
-                .services
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            healthy: false,
-        })
+        .map(|n| NodeRecord::from_topology(n, false))
         .collect();
     registry
         .register(&registry_store, &topology)

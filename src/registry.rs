@@ -35,6 +35,23 @@ pub struct NodeRecord {
     pub healthy: bool,
 }
 
+impl NodeRecord {
+    /// A node of the topology, as the registry records it.
+    pub fn from_topology(node: crate::topology::NodeRef, healthy: bool) -> NodeRecord {
+        NodeRecord {
+            id: node.name().to_owned(),
+            public: node.public(),
+            services: node
+                .selection()
+                .services
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            healthy,
+        }
+    }
+}
+
 /// One place a service can be reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
