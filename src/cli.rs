@@ -387,17 +387,26 @@ where
     }
 }
 
-fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> ExitCode {
-    let config = match Config::load(config, catalogue) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let Some(settings) = config.cluster else {
+/// The cluster section of the config at `path`; a usage error (already
+/// reported) if the config is invalid or has none.
+fn cluster_settings(
+    path: &std::path::Path,
+    catalogue: &Catalogue,
+) -> Result<crate::cluster::ClusterSettings, ExitCode> {
+    let config = Config::load(path, catalogue).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EX_USAGE)
+    })?;
+    config.cluster.ok_or_else(|| {
         eprintln!("flotilla: this config has no `cluster` section: the node is not in a cluster");
-        return ExitCode::from(EX_USAGE);
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> ExitCode {
+    let settings = match cluster_settings(config, catalogue) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let crate::cluster::Role::Voter { secret, .. } = &settings.role else {
         eprintln!(
@@ -420,16 +429,9 @@ fn cluster_command(
     catalogue: &Catalogue,
     op: crate::cluster::AdminOp,
 ) -> ExitCode {
-    let config = match Config::load(config, catalogue) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let Some(settings) = config.cluster else {
-        eprintln!("flotilla: this config has no `cluster` section: the node is not in a cluster");
-        return ExitCode::from(EX_USAGE);
+    let settings = match cluster_settings(config, catalogue) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
