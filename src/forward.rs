@@ -281,9 +281,10 @@ impl Forwarder {
             return None;
         }
         let start = self.rotation.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         (0..candidates.len())
             .map(|k| &candidates[(start + k) % candidates.len()])
-            .min_by_key(|(node, _)| self.counter(node).load(Ordering::Relaxed))
+            .min_by_key(|(node, _)| in_flight.get(node).map_or(0, |n| n.load(Ordering::Relaxed)))
             .cloned()
     }
 

@@ -27,8 +27,9 @@ use crate::{registry::Registry, routing::RoutingTable};
 const STREAM_QUEUE: usize = 16;
 /// The HTTP/2 send buffer of one ADS stream (hyper's default is 400 KiB):
 /// enough for a few 16 KiB pieces in flight; the rest of a large response
-/// waits in the stream's queue as shared resources, not as copied bytes,
-/// so thousands of clients syncing at once do not each hold a copy.
+/// waits in the stream's queue as shared resources. It bounds what a slow
+/// client can pin; in the scale benchmark it changed little on its own
+/// (1,116 to 1,098 MiB for 5,000 streams, BENCHMARKS.md).
 pub const SEND_BUFFER: usize = 64 * 1024;
 
 /// The ADS gRPC service (both variants), mounted by `catalogue::grpc_router`.
@@ -241,8 +242,8 @@ const MAX_REQUEST: usize = 4 * 1024 * 1024;
 /// Runs `P` on a new stream. Requests are decoded by tonic; responses are
 /// written as gRPC frames of the resources' shared encodings (see
 /// `Outgoing::frames`), so a stream holds no encode buffer of its own
-/// (tonic's would grow to the largest response and stay: about 170 KiB per
-/// idle stream, measured with heaptrack).
+/// (tonic's grows to the largest response and stays: 158 MB for 1,000
+/// streams in a heaptrack profile of the scale benchmark, BENCHMARKS.md).
 fn serve_stream<P: Protocol>(
     body: axum::body::Body,
     ads: &Ads,
