@@ -72,7 +72,8 @@ pub async fn wait_routed(url: &str, envoy: &Envoy) {
     }
 }
 
-async fn grpc_echo(ingress: SocketAddr, message: &str) -> Result<String, tonic::Status> {
+/// Echo over gRPC at `ingress`; the node that answered.
+pub async fn grpc_echo(ingress: SocketAddr, message: &str) -> Result<String, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{ingress}"))
         .unwrap()
         .timeout(Duration::from_secs(5))
@@ -161,31 +162,23 @@ async fn single_mode_envoy_serves_http_and_grpc_to_the_node() {
     let mut node = Node::start(NodeConfig::default());
     node.wait_ready();
     let (listen, admin) = (loopback(), loopback());
-    let yaml = generate(&[
+    let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
+    let mut args = vec![
         "--mode",
         "single",
         "--config",
         node.config_path.to_str().unwrap(),
         "--listen",
-        &listen.to_string(),
+        &listen_arg,
         "--admin",
-        &admin.to_string(),
-    ]);
+        &admin_arg,
+    ];
+    let yaml = generate(&args);
     validate(&yaml);
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("single.yaml");
-    generate(&[
-        "--mode",
-        "single",
-        "--config",
-        node.config_path.to_str().unwrap(),
-        "--listen",
-        &listen.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--out",
-        file.to_str().unwrap(),
-    ]);
+    args.extend(["--out", file.to_str().unwrap()]);
+    generate(&args);
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         yaml,
@@ -306,14 +299,7 @@ async fn k3d_mode_bootstraps_envoy_over_ads_from_the_xds_service() {
     wait_routed(&format!("http://{ingress}/api/echo?message=hi"), &envoy).await;
     assert_eq!(grpc_echo(ingress, "ads").await.unwrap(), "test-node");
     // The xDS server knows this Envoy by the node id of the bootstrap.
-    let status: Value = http()
-        .get(node.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = node.status().await.unwrap();
     assert!(
         status.to_string().contains("k3d-envoy"),
         "the xDS clients in /status do not name k3d-envoy: {status}"

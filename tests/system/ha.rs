@@ -81,12 +81,7 @@ impl TestCluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<Value> {
-        let r = http()
-            .get(self.nodes[i].admin_url("/status"))
-            .send()
-            .await
-            .ok()?;
-        r.json::<Value>().await.ok().map(|v| v["cluster"].clone())
+        self.nodes[i].status().await.map(|v| v["cluster"].clone())
     }
 
     /// The index of the current leader, as the running nodes see it.
@@ -805,14 +800,7 @@ async fn membership_changes_through_the_cluster_commands() {
     assert!(transferred, "leadership never moved to node 4");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s: Value = http()
-            .get(fourth.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = fourth.status().await.unwrap();
         if s["cluster"]["role"] == "Leader" {
             break;
         }

@@ -14,14 +14,13 @@ use std::{
 
 use flotilla::{
     cluster::network,
-    proto::echo::{EchoRequest, echo_client::EchoClient},
     store::{Command, Statement},
 };
 use serde_json::Value;
 
 use crate::{
     envoy::Envoy,
-    gen_envoy::{generate, validate, wait_routed},
+    gen_envoy::{generate, grpc_echo, validate, wait_routed},
     support::{ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_port, http, run_cli},
 };
 
@@ -147,8 +146,7 @@ impl ScaledCluster {
                 if node.child.is_none() {
                     continue;
                 }
-                if let Ok(r) = http().get(node.admin_url("/status")).send().await
-                    && let Ok(v) = r.json::<Value>().await
+                if let Some(v) = node.status().await
                     && v["cluster"]["role"] == "Leader"
                 {
                     return name;
@@ -165,15 +163,12 @@ impl ScaledCluster {
         let deadline = Instant::now() + Duration::from_secs(15);
         for node in self.nodes.values().filter(|n| n.child.is_some()) {
             loop {
-                let healthy = match http().get(node.admin_url("/status")).send().await {
-                    Ok(r) => r.json::<Value>().await.ok().map(|v| {
-                        v["registry"]
-                            .as_array()
-                            .map(|a| a.iter().filter(|n| n["healthy"] == true).count())
-                            .unwrap_or(0)
-                    }),
-                    Err(_) => None,
-                };
+                let healthy = node.status().await.map(|v| {
+                    v["registry"]
+                        .as_array()
+                        .map(|a| a.iter().filter(|n| n["healthy"] == true).count())
+                        .unwrap_or(0)
+                });
                 if healthy == Some(LAYOUT.len()) {
                     break;
                 }
@@ -186,22 +181,6 @@ impl ScaledCluster {
             }
         }
     }
-}
-
-async fn grpc_echo(addr: SocketAddr) -> Result<String, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    Ok(EchoClient::new(channel)
-        .echo(EchoRequest {
-            message: "hi".into(),
-        })
-        .await?
-        .into_inner()
-        .node)
 }
 
 #[tokio::test]
@@ -236,7 +215,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             answered.starts_with("echo-"),
             "{name}: answered by {answered}"
         );
-        let answered = grpc_echo(node.public).await.unwrap();
+        let answered = grpc_echo(node.public, name).await.unwrap();
         assert!(
             answered.starts_with("echo-"),
             "{name}: gRPC answered by {answered}"

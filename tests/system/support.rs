@@ -207,6 +207,12 @@ impl Node {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The admin listener's `/status`, if the node answers.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let r = http().get(self.admin_url("/status")).send().await.ok()?;
+        r.json().await.ok()
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))

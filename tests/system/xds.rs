@@ -153,14 +153,7 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
         "resent after a NACK"
     );
     // ... and shown: in /status on the admin listener and over CSDS.
-    let status: serde_json::Value = crate::support::http()
-        .get(node.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = node.status().await.unwrap();
     assert_eq!(status["xds"]["nacks_total"], 1, "{status}");
     let client = &status["xds"]["clients"][0];
     assert_eq!(client["node_id"], "test-envoy", "{status}");
