@@ -187,7 +187,7 @@ where
 
 /// Proposes gathered proposals as one entry, stamped with the leader's time
 /// and seeds, and answers each one.
-async fn propose_gathered(raft: Raft<TypeConfig>, pending: Vec<Pending>) {
+async fn propose_gathered(raft: Raft<TypeConfig>, quiet: Quiet, pending: Vec<Pending>) {
     let time_ms = now_ms();
     let (proposals, replies): (Vec<Proposal>, Vec<_>) = pending
         .into_iter()
@@ -201,7 +201,11 @@ async fn propose_gathered(raft: Raft<TypeConfig>, pending: Vec<Pending>) {
             (proposal, p.reply)
         })
         .unzip();
-    let refusal = match propose_entry(&raft, Batch(proposals)).await {
+    let proposed = {
+        let _open = quiet.read().await;
+        propose_entry(&raft, Batch(proposals)).await
+    };
+    let refusal = match proposed {
         Ok(BatchResponse(results)) => {
             // A reply left without a result (there is none) drops its
             // sender: the caller retries with the same id.
@@ -252,6 +256,11 @@ async fn propose_entry(raft: &Raft<TypeConfig>, batch: Batch) -> Result<BatchRes
     }
 }
 
+/// Held for reading by everything that makes the leader contact its
+/// followers (proposals and read-index rounds); a leadership hand-over holds
+/// it for writing, so that the followers' leader leases can lapse.
+type Quiet = Arc<tokio::sync::RwLock<()>>;
+
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long one proposal or read-index round may take before it is retried.
@@ -277,6 +286,8 @@ pub struct Cluster {
     election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
+    /// See [`Quiet`].
+    quiet: Quiet,
     /// Proposals on their way into entries (see `gather`).
     proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
     /// Writes on their way to the leader (see `gather`).
@@ -385,9 +396,10 @@ impl Cluster {
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
-        let proposer = raft.clone();
+        let quiet = Quiet::default();
+        let (proposer, gate) = (raft.clone(), quiet.clone());
         tokio::spawn(gather(queue, move |pending| {
-            propose_gathered(proposer.clone(), pending)
+            propose_gathered(proposer.clone(), gate.clone(), pending)
         }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -402,6 +414,7 @@ impl Cluster {
             election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
             raft,
+            quiet,
             proposals,
             forwards,
             store: store.clone(),
@@ -722,12 +735,10 @@ impl Cluster {
         }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let leader =
-                match tokio::time::timeout(PROPOSAL_WAIT, self.raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => return self.store.read_local(&namespace, statement).await,
-                    Ok(Err(e)) => e.forward_to_leader().and_then(|f| f.leader_id),
-                    Err(_) => None,
-                };
+            let leader = match self.confirm_leadership().await {
+                Ok(()) => return self.store.read_local(&namespace, statement).await,
+                Err(leader) => leader,
+            };
             tracing::debug!(?leader, "read attempt: this node does not lead");
             if let Some(l) = leader.filter(|l| *l != self.id)
                 && let Ok(mut client) = self.leader_client(l)
@@ -751,6 +762,17 @@ impl Cluster {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Confirms with a quorum that this node leads (a read-index round), or
+    /// says who leads, if it knows.
+    async fn confirm_leadership(&self) -> Result<(), Option<u64>> {
+        let _open = self.quiet.read().await;
+        match tokio::time::timeout(PROPOSAL_WAIT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.forward_to_leader().and_then(|f| f.leader_id)),
+            Err(_) => Err(None),
         }
     }
 
@@ -882,20 +904,22 @@ impl Cluster {
         }
     }
 
-    /// Asks `target` to start an election now; a caught-up target wins it.
     /// Hands leadership to `target` and returns who leads afterwards.
     ///
-    /// openraft 0.9 has no leadership transfer: followers refuse to vote
-    /// while their leader's lease lasts. So the leader stops its heartbeats,
-    /// waits until the leases are about to lapse, and then asks the target
-    /// to campaign; the target campaigns first and usually wins. The caller
-    /// gets the outcome, not a promise.
+    /// openraft 0.9 has no leadership transfer, and a follower refuses to
+    /// vote until `election_timeout_max` (its leader lease) has passed since
+    /// the leader last reached it; it campaigns itself only after a further
+    /// election timeout. So the leader goes quiet (no heartbeats, and
+    /// proposals and read-index rounds wait), lets the leases lapse, and then
+    /// asks the target to campaign: the target is the first candidate the
+    /// followers can vote for. The caller gets the outcome, not a promise.
     async fn hand_over_to(&self, target: u64) -> Option<u64> {
         let Ok(mut client) = self.leader_client(target) else {
             return self.raft.current_leader().await;
         };
+        let _quiet = self.quiet.write().await;
         self.raft.runtime_config().heartbeat(false);
-        tokio::time::sleep(self.election_timeout_min + self.election_timeout_min / 10).await;
+        tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 4).await;
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(2));
         let asked = matches!(
@@ -1345,17 +1369,13 @@ impl peer_server::Peer for PeerService {
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
         check_read(&r, &namespace)?;
-        let confirmed =
-            tokio::time::timeout(PROPOSAL_WAIT, self.cluster.raft.ensure_linearizable()).await;
-        let result: PeerReply<Result<Outcome, StoreError>> = match confirmed {
-            Ok(Ok(_)) => {
-                PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
-            }
-            Ok(Err(e)) => PeerReply::Refused(Refusal::NotLeader(
-                e.forward_to_leader().and_then(|f| f.leader_id),
-            )),
-            Err(_) => PeerReply::Refused(Refusal::NotLeader(None)),
-        };
+        let result: PeerReply<Result<Outcome, StoreError>> =
+            match self.cluster.confirm_leadership().await {
+                Ok(()) => {
+                    PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
+                }
+                Err(leader) => PeerReply::Refused(Refusal::NotLeader(leader)),
+            };
         reply(&result)
     }
 

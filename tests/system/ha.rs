@@ -780,11 +780,12 @@ async fn membership_changes_through_the_cluster_commands() {
     ads.send(crate::xds::request(crate::xds::EDS, &["echo"], "", ""))
         .await;
     crate::xds::wait_for_endpoints(&mut ads, 4, Duration::from_secs(10)).await;
-    // Leadership moves where it is asked to.
-    // A hand-over is a best effort (see Cluster::hand_over_to): retry.
-    let mut transferred = false;
-    for _ in 0..5 {
-        let (code, _, _) = cli(&[
+    // Leadership moves where it is asked to. A hand-over reports its
+    // outcome rather than promising one (see Cluster::hand_over_to), so the
+    // test allows retries; the registry keeps writing meanwhile.
+    let mut refusals = Vec::new();
+    for _ in 0..3 {
+        let (code, out, err) = cli(&[
             "cluster",
             "transfer-leader",
             "--config",
@@ -793,11 +794,14 @@ async fn membership_changes_through_the_cluster_commands() {
             "4",
         ]);
         if code == 0 {
-            transferred = true;
             break;
         }
+        refusals.push(format!("exit {code}: {out}{err}"));
     }
-    assert!(transferred, "leadership never moved to node 4");
+    assert!(
+        refusals.len() < 3,
+        "leadership never moved to node 4: {refusals:#?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = fourth.status().await.unwrap();
