@@ -5,6 +5,7 @@
 //!     BENCH_SECONDS=10 scripts/bench-ha
 //!     BENCH_FAILOVER=0 scripts/bench-ha    # throughput only
 //!     BENCH_ROUNDS=5 scripts/bench-ha      # alternate 5 rounds, report medians
+//!     BENCH_CLIENTS=64 scripts/bench-ha    # only these concurrency levels
 //!
 //! Same workload for both: distinct keys, ~32-byte values, each write
 //! acknowledged only once committed on a quorum (flotilla: Raft log fsynced
@@ -24,7 +25,7 @@ use base64::Engine;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{client, create_admin, free_addr, load, login, machine, ready};
+use common::{client, cpu_time, create_admin, free_addr, load, login, machine, ready};
 
 const VALUE: &str = "0123456789abcdef0123456789abcdef";
 
@@ -37,6 +38,8 @@ trait Cluster {
     /// How to send writes to the members (cheap to clone into clients).
     fn target(&self) -> Target;
     fn leader(&self) -> usize;
+    /// The members' process ids.
+    fn pids(&self) -> Vec<u32>;
     fn kill(&mut self, i: usize);
     fn restart(&mut self, i: usize);
     fn stop(&mut self);
@@ -183,6 +186,10 @@ impl Cluster for Flotilla {
         }
     }
 
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
@@ -304,6 +311,10 @@ impl Cluster for Etcd {
             assert!(Instant::now() < deadline, "etcd has no leader");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
     }
 
     fn kill(&mut self, i: usize) {
@@ -431,8 +442,10 @@ fn main() {
 
     let mut flotilla = Flotilla::start(binary);
     let mut etcd = Etcd::start();
-    println!("| system | clients | writes/s | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| system | clients | writes/s | p50 ms | p99 ms | errors | members' CPU µs/write | load generator's | other cluster's (idle) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     // Rounds alternate the two systems, so that a noisy stretch of the
     // shared machine does not land on one of them only; the tables show
     // the median round of each.
@@ -443,25 +456,47 @@ fn main() {
         .max(1);
     let mut at64 = Vec::new();
     let mut ratios = Vec::new();
-    for clients in [1, 16, 64] {
-        let mut runs: [Vec<common::Figures>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu_ratios = Vec::new();
+    let levels: Vec<usize> = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,16,64".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("BENCH_CLIENTS: numbers separated by commas")
+        })
+        .collect();
+    for clients in levels {
+        // Each run with the CPU time used per write by the cluster's three
+        // members, by the load generator, and by the other (idle) cluster.
+        let mut runs: [Vec<(common::Figures, [f64; 3])>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
-            for (i, c) in [&flotilla as &dyn Cluster, &etcd as &dyn Cluster]
-                .into_iter()
-                .enumerate()
-            {
+            let systems = [&flotilla as &dyn Cluster, &etcd as &dyn Cluster];
+            for i in 0..2 {
                 let tag = format!("t{clients}r{round}");
-                runs[i].push(throughput(&rt, c.target(), clients, duration, &tag));
+                let pids = [
+                    systems[i].pids(),
+                    vec![std::process::id()],
+                    systems[1 - i].pids(),
+                ];
+                let before = pids.clone().map(|p| cpu_time(&p));
+                let f = throughput(&rt, systems[i].target(), clients, duration, &tag);
+                let mut cpu = [0.0; 3];
+                for (k, p) in pids.iter().enumerate() {
+                    cpu[k] = (cpu_time(p) - before[k]).as_secs_f64() * 1e6 / f.ops.max(1) as f64;
+                }
+                runs[i].push((f, cpu));
             }
             if clients == 64 {
-                ratios.push(runs[0][round].rate() / runs[1][round].rate());
+                ratios.push(runs[0][round].0.rate() / runs[1][round].0.rate());
+                cpu_ratios.push(runs[0][round].1[0] / runs[1][round].1[0]);
             }
         }
         for (i, name) in [flotilla.name(), etcd.name()].into_iter().enumerate() {
-            runs[i].sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-            let f = &runs[i][runs[i].len() / 2];
+            runs[i].sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
+            let (f, [members, generator, other]) = &runs[i][runs[i].len() / 2];
             println!(
-                "| {name} | {clients} | {:.0} | {:.2} | {:.2} | {} |",
+                "| {name} | {clients} | {:.0} | {:.2} | {:.2} | {} | {members:.0} | {generator:.0} | {other:.0} |",
                 f.rate(),
                 f.pct(0.5).as_secs_f64() * 1e3,
                 f.pct(0.99).as_secs_f64() * 1e3,
@@ -473,18 +508,26 @@ fn main() {
         }
     }
     if rounds > 1 {
-        let list: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        let list = |v: &[f64]| -> String {
+            v.iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "\nflotilla / etcd at 64 clients, round by round: {}",
-            list.join(", ")
+            "\nflotilla / etcd at 64 clients, round by round: writes/s {}; members' CPU per write {}\n",
+            list(&ratios),
+            list(&cpu_ratios)
         );
     }
     println!();
-    if std::env::var("BENCH_FAILOVER").is_ok_and(|v| v == "0") {
+    if let [flotilla_rate, etcd_rate] = at64[..] {
         println!(
             "Ratio (flotilla / etcd): writes/s at 64 clients {:.2}",
-            at64[0] / at64[1]
+            flotilla_rate / etcd_rate
         );
+    }
+    if std::env::var("BENCH_FAILOVER").is_ok_and(|v| v == "0") {
         flotilla.stop();
         etcd.stop();
         return;
@@ -511,8 +554,7 @@ fn main() {
     }
     println!();
     println!(
-        "Ratios (flotilla / etcd): writes/s at 64 clients {:.2}; failover median {:.2}",
-        at64[0] / at64[1],
+        "Ratio (flotilla / etcd): failover median {:.2}",
         medians[0].as_secs_f64() / medians[1].as_secs_f64()
     );
     flotilla.stop();

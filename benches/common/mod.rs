@@ -128,6 +128,35 @@ pub fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", kernel.trim())
 }
 
+/// CPU time (user + system) the processes `pids` have used so far, from
+/// `/proc/<pid>/stat`, all threads included.
+pub fn cpu_time(pids: &[u32]) -> Duration {
+    static TICKS_PER_SECOND: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hz = *TICKS_PER_SECOND.get_or_init(|| {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf CLK_TCK");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("CLK_TCK is a number")
+    });
+    let ticks: u64 = pids
+        .iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+            // Fields after the command name, which is in parentheses and
+            // may contain spaces; utime and stime are fields 14 and 15.
+            let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+            let fields: Vec<&str> = rest.split(' ').collect();
+            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        })
+        .sum();
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 /// The admin password the benchmarks create.
 pub const PASSWORD: &str = "bench-admin-password";
 

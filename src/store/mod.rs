@@ -7,6 +7,10 @@
 //!   after `COMMIT` returned, which in WAL mode with `synchronous=FULL` means
 //!   after fsync. A write is never acknowledged before it is durable.
 //! * A small pool of read-only connections serves reads concurrently (WAL).
+//! * A Raft state machine's applies may share one transaction for up to
+//!   `APPLY_COMMIT_INTERVAL`: the Raft log is the durable record, so the
+//!   commit only makes them visible to the readers, and a read commits what
+//!   is pending before it runs (see `Store::read_local`).
 //! * A service gets a [`Namespace`] handle, never a connection. Every
 //!   statement it sends is compiled under the [`authorizer::Guard`] for its
 //!   namespace.
@@ -19,9 +23,13 @@ mod value;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::future::BoxFuture;
@@ -29,7 +37,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, config::DbConfig, ffi::ErrorCode, params_from_iter,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 pub use value::{Applied, Command, MigrationSpec, Outcome, Proposal, Statement, Value};
 
@@ -40,6 +48,9 @@ use authorizer::{Guard, Mode};
 pub const DB_FILE: &str = "flotilla.db";
 /// Jobs the writer takes into one transaction at most.
 const MAX_BATCH: usize = 1024;
+/// How long applied Raft entries may wait in an open transaction for later
+/// ones to share its commit (see the module documentation).
+const APPLY_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 
@@ -207,6 +218,10 @@ enum Job {
     AppliedState {
         reply: Reply<AppliedState>,
     },
+    /// Commits the applies waiting in an open transaction, if any.
+    Flush {
+        reply: Reply<()>,
+    },
 }
 
 struct Reader {
@@ -215,7 +230,9 @@ struct Reader {
 }
 
 struct Inner {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
+    /// Set while applied entries wait uncommitted (invisible to readers).
+    unflushed: Arc<AtomicBool>,
     replicator: OnceLock<Arc<dyn Replicator>>,
     readers: Mutex<Vec<Reader>>,
     reader_slots: Semaphore,
@@ -301,6 +318,9 @@ fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connecti
         Durability::ReplayedFromLog => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
+    if durability == Durability::ReplayedFromLog {
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+    }
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Up to 32 MiB of pages cached (SQLite's default is 2 MiB): a writer
     // that touches many pages per group commit re-reads fewer of them.
@@ -373,8 +393,11 @@ impl Store {
             register_functions(&conn, None).map_err(storage)?;
             readers.push(Reader { conn, guard });
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let writer_metrics = metrics.clone();
+        let unflushed = Arc::new(AtomicBool::new(false));
+        let defer_commits = config.durability == Durability::ReplayedFromLog;
+        let writer_unflushed = unflushed.clone();
         thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -384,6 +407,10 @@ impl Store {
                         guard: writer_guard,
                         determinism,
                         metrics: writer_metrics,
+                        open_apply: None,
+                        defer_commits,
+                        lost_applies: None,
+                        unflushed: writer_unflushed,
                     },
                     rx,
                 )
@@ -392,6 +419,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 jobs: tx,
+                unflushed,
                 replicator: OnceLock::new(),
                 reader_slots: Semaphore::new(readers.len()),
                 readers: Mutex::new(readers),
@@ -557,12 +585,14 @@ impl Store {
     }
 
     /// Runs one read-only statement of `namespace` on a local reader,
-    /// whatever the replication: the replicator's own read path.
+    /// whatever the replication: the replicator's own read path. It sees
+    /// every entry applied before it was called.
     pub async fn read_local(
         &self,
         namespace: &str,
         statement: Statement,
     ) -> Result<Outcome, StoreError> {
+        self.flush().await?;
         let namespace: Arc<str> = Arc::from(namespace);
         let metrics = self.inner.metrics.clone();
         self.with_reader(move |reader| {
@@ -576,6 +606,15 @@ impl Store {
             result
         })
         .await
+    }
+
+    /// Commits the applied entries that wait for a shared commit, if any, so
+    /// that the readers see them.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        if self.inner.unflushed.load(Ordering::SeqCst) {
+            self.job(|reply| Job::Flush { reply }).await?;
+        }
+        Ok(())
     }
 
     /// Applies committed Raft entries (the state machine's `apply`).
@@ -592,8 +631,9 @@ impl Store {
     /// Made on a reader connection (`VACUUM INTO` reads one consistent
     /// WAL snapshot), so writes go on while it is copied; the log position
     /// and membership are read back from the copy itself, so they match its
-    /// data exactly.
+    /// data exactly. Every entry applied before the call is in it.
     pub async fn snapshot(&self, path: PathBuf) -> Result<SnapshotFile, StoreError> {
+        self.flush().await?;
         self.with_reader(move |reader| {
             reader.guard.set_mode(Mode::System);
             let _ = std::fs::remove_file(&path);
@@ -710,11 +750,39 @@ struct Writer {
     guard: Guard,
     determinism: Determinism,
     metrics: StoreMetrics,
+    /// Since when applied entries have waited in an open transaction.
+    open_apply: Option<Instant>,
+    /// Whether applies may wait for a later commit (a Raft state machine).
+    defer_commits: bool,
+    /// Why a commit of waiting applies failed: they are lost, so this store
+    /// refuses every later apply and read until it is reopened (Raft then
+    /// applies them again from its log).
+    lost_applies: Option<StoreError>,
+    /// Shared with the readers: whether `open_apply` is set.
+    unflushed: Arc<AtomicBool>,
 }
 
-fn writer_loop(mut w: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
     let mut writes = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.blocking_recv() {
+    loop {
+        let first = match w.open_apply {
+            Some(since) => {
+                let wait =
+                    (since + APPLY_COMMIT_INTERVAL).saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        w.commit_applies_logged();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(mpsc::RecvError) => break,
+            },
+        };
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
@@ -723,10 +791,19 @@ fn writer_loop(mut w: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
                     statements,
                     reply,
                 } => writes.push((namespace, statements, reply)),
-                other => {
-                    // Everything else runs alone, after the writes queued
-                    // before it, in order.
+                Job::Apply { entries, reply } => {
                     w.commit_group(&mut writes);
+                    let _ = reply.send(w.apply(entries));
+                }
+                Job::Flush { reply } => {
+                    w.commit_group(&mut writes);
+                    let _ = reply.send(w.commit_applies());
+                }
+                other => {
+                    // Everything else runs alone, after the writes and the
+                    // applies before it, in order.
+                    w.commit_group(&mut writes);
+                    w.commit_applies_logged();
                     w.run(other);
                 }
             }
@@ -736,6 +813,7 @@ fn writer_loop(mut w: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
         }
         w.commit_group(&mut writes);
     }
+    w.commit_applies_logged();
     tracing::debug!("store writer stopped: every handle was dropped");
 }
 
@@ -759,9 +837,7 @@ impl Writer {
                 let result = self.in_transaction(|w| w.migrate(&namespace, &migrations));
                 let _ = reply.send(result);
             }
-            Job::Apply { entries, reply } => {
-                let _ = reply.send(self.apply(entries));
-            }
+            Job::Apply { .. } | Job::Flush { .. } => unreachable!("run by the loop"),
             Job::Restore { path, reply } => {
                 let _ = reply.send(self.restore(&path));
             }
@@ -846,6 +922,7 @@ impl Writer {
         if writes.is_empty() {
             return;
         }
+        self.commit_applies_logged();
         let started = Instant::now();
         let jobs = std::mem::take(writes);
         let batch = jobs.len();
@@ -889,57 +966,127 @@ impl Writer {
 
     /// Applies Raft entries: each proposal runs once (a retried request id
     /// returns the recorded result), and the log position and membership are
-    /// written in the same transaction as the data.
+    /// written in the same transaction as the data. The transaction may stay
+    /// open for later entries (see `APPLY_COMMIT_INTERVAL`).
     fn apply(&mut self, entries: Vec<ApplyEntry>) -> Result<Vec<EntryResults>, StoreError> {
+        if let Some(lost) = &self.lost_applies {
+            return Err(lost.clone());
+        }
         let started = Instant::now();
         let count = entries.len();
-        let result = self.in_transaction(|w| {
-            let mut results = Vec::with_capacity(entries.len());
-            for entry in &entries {
-                let mut entry_results = Vec::with_capacity(entry.proposals.len());
-                for p in &entry.proposals {
-                    entry_results.push(w.apply_proposal(p)?);
+        self.guard.set_mode(Mode::System);
+        let since = match self.open_apply {
+            Some(since) => since,
+            None => {
+                self.conn
+                    .exec_cached("BEGIN IMMEDIATE")
+                    .map_err(storage("cannot start a write transaction"))?;
+                started
+            }
+        };
+        // Marked before any reply: a reader that learns of these entries
+        // finds the flag set and commits them first.
+        self.open_apply = Some(since);
+        self.unflushed.store(true, Ordering::SeqCst);
+        match self.apply_entries(&entries) {
+            Ok(results) => {
+                self.metrics
+                    .observe_commit(started.elapsed(), count, started.elapsed());
+                if !self.defer_commits || since.elapsed() >= APPLY_COMMIT_INTERVAL {
+                    self.commit_applies()?;
                 }
-                results.push(entry_results);
+                Ok(results)
             }
-            // The batch commits as one transaction: the position recorded
-            // with it is its last entry's, and the membership its last
-            // membership change.
-            w.guard.set_mode(Mode::System);
-            let record = |key: &str, value: &[u8], what: &str| {
-                w.conn
-                    .prepare_cached(
-                        "INSERT INTO raft__state (key, value) VALUES (?1, ?2)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    )
-                    .and_then(|mut s| s.execute(rusqlite::params![key, value]))
-                    .map_err(|e| StoreError::Storage(format!("cannot record the {what}: {e}")))
-            };
-            if let Some(last) = entries.last() {
-                record("applied", &last.log_id, "applied log id")?;
+            Err(e) => {
+                // The entries before these, applied but not committed, go
+                // too: the store stops applying (Raft treats the error as
+                // fatal and applies them again from its log on restart).
+                self.guard.set_mode(Mode::System);
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.open_apply = None;
+                self.lost_applies = Some(e.clone());
+                Err(e)
             }
-            if let Some(m) = entries.iter().rev().find_map(|e| e.membership.as_ref()) {
-                record("membership", m, "membership")?;
-            }
-            // Retries arrive within seconds (a writer gives up after
-            // `LEADER_WAIT`); keep ten minutes of request ids.
-            if let Some(newest) = entries
-                .iter()
-                .flat_map(|e| e.proposals.iter().map(|p| p.time_ms))
-                .max()
-            {
-                w.conn
-                    .prepare_cached("DELETE FROM raft__requests WHERE time_ms < ?1")
-                    .and_then(|mut s| s.execute([newest - 600_000]))
-                    .map_err(storage("cannot purge old request ids"))?;
-            }
-            Ok(results)
-        });
-        if result.is_ok() {
-            self.metrics
-                .observe_commit(started.elapsed(), count, started.elapsed());
         }
-        result
+    }
+
+    /// Commits the applies waiting in the open transaction, if any.
+    fn commit_applies(&mut self) -> Result<(), StoreError> {
+        if let Some(lost) = &self.lost_applies {
+            return Err(lost.clone());
+        }
+        if self.open_apply.take().is_none() {
+            return Ok(());
+        }
+        self.guard.set_mode(Mode::System);
+        let committed = self.conn.exec_cached("COMMIT");
+        match committed {
+            Ok(()) => {
+                self.unflushed.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let lost = StoreError::Storage(format!(
+                    "applied entries could not be committed ({e}); restart the node to apply them again from the Raft log"
+                ));
+                self.lost_applies = Some(lost.clone());
+                Err(lost)
+            }
+        }
+    }
+
+    /// `commit_applies` where nobody waits for the outcome: a failure is
+    /// logged, and the next apply or read reports it.
+    fn commit_applies_logged(&mut self) {
+        if let Err(e) = self.commit_applies() {
+            tracing::error!(error = %e, "the state machine stopped");
+        }
+    }
+
+    /// The body of `apply`, in the open transaction.
+    fn apply_entries(&mut self, entries: &[ApplyEntry]) -> Result<Vec<EntryResults>, StoreError> {
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut entry_results = Vec::with_capacity(entry.proposals.len());
+            for p in &entry.proposals {
+                entry_results.push(self.apply_proposal(p)?);
+            }
+            results.push(entry_results);
+        }
+        // The position recorded is the last entry's, and the membership its
+        // last membership change.
+        self.guard.set_mode(Mode::System);
+        let record = |key: &str, value: &[u8], what: &str| {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO raft__state (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![key, value]))
+                .map_err(|e| StoreError::Storage(format!("cannot record the {what}: {e}")))
+        };
+        if let Some(last) = entries.last() {
+            record("applied", &last.log_id, "applied log id")?;
+        }
+        if let Some(m) = entries.iter().rev().find_map(|e| e.membership.as_ref()) {
+            record("membership", m, "membership")?;
+        }
+        // Retries arrive within seconds (a writer gives up after
+        // `LEADER_WAIT`); keep ten minutes of request ids.
+        if let Some(newest) = entries
+            .iter()
+            .flat_map(|e| e.proposals.iter().map(|p| p.time_ms))
+            .max()
+        {
+            self.conn
+                .prepare_cached("DELETE FROM raft__requests WHERE time_ms < ?1")
+                .and_then(|mut s| s.execute([newest - 600_000]))
+                .map_err(storage("cannot purge old request ids"))?;
+        }
+        Ok(results)
     }
 
     fn apply_proposal(&mut self, p: &Proposal) -> Result<Result<Applied, StoreError>, StoreError> {

@@ -549,3 +549,77 @@ async fn a_snapshot_restores_data_and_applied_state_elsewhere() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn applies_share_a_commit_and_reads_see_them_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        data_dir: dir.path().to_owned(),
+        readers: 2,
+        durability: Durability::ReplayedFromLog,
+    };
+    let store = Store::open(&config, Metrics::new().store).unwrap();
+    store.namespace("kv").migrate(KV).await.unwrap();
+    let insert = |k: &str| vec![stmt(&format!("INSERT INTO kv__t VALUES ('{k}', 'v')"))];
+    // What another connection to the file sees: the committed rows only.
+    let committed = || -> i64 {
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM kv__t", [], |r| r.get(0))
+            .unwrap()
+    };
+    let count = || async {
+        store
+            .namespace("kv")
+            .read(stmt("SELECT count(*) FROM kv__t"))
+            .await
+            .unwrap()
+            .rows
+    };
+
+    let applied = Instant::now();
+    for (i, k) in ["a", "b"].into_iter().enumerate() {
+        store
+            .apply(vec![entry(i as u8 + 1, vec![proposal(k, 1, 1, insert(k))])])
+            .await
+            .unwrap();
+    }
+    let waiting = committed();
+    if applied.elapsed() < APPLY_COMMIT_INTERVAL {
+        assert_eq!(waiting, 0, "the applies wait for a shared commit");
+    }
+    // A read through the store commits what waits, and sees it.
+    assert_eq!(count().await, vec![vec![Value::Integer(2)]]);
+    assert_eq!(committed(), 2);
+
+    // Left alone, waiting applies are committed after the interval.
+    store
+        .apply(vec![entry(3, vec![proposal("c", 1, 1, insert("c"))])])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while committed() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting apply was never committed"
+        );
+        tokio::time::sleep(APPLY_COMMIT_INTERVAL / 5).await;
+    }
+
+    // Closing the store commits what waits, with its position.
+    store
+        .apply(vec![entry(4, vec![proposal("d", 1, 1, insert("d"))])])
+        .await
+        .unwrap();
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while committed() < 4 {
+        assert!(Instant::now() < deadline, "closing lost a waiting apply");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reopened = Store::open(&config, Metrics::new().store).unwrap();
+    assert_eq!(
+        reopened.applied_state().await.unwrap(),
+        (Some(vec![4]), None)
+    );
+}
