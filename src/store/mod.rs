@@ -51,6 +51,11 @@ const MAX_BATCH: usize = 1024;
 /// How long applied Raft entries may wait in an open transaction for later
 /// ones to share its commit (see the module documentation).
 const APPLY_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// A WAL longer than this many frames (64 MiB of 4 KiB pages) is restarted
+/// even if that waits for the readers and the writer.
+const WAL_FRAMES_LIMIT: i64 = 16_384;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 
@@ -238,6 +243,8 @@ struct Inner {
     reader_slots: Semaphore,
     metrics: StoreMetrics,
     path: PathBuf,
+    /// Dropped with the store, which stops the checkpointer thread.
+    _checkpointer: Option<mpsc::Sender<()>>,
 }
 
 /// The store of one node. Cheap to clone.
@@ -319,7 +326,9 @@ fn open_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connecti
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     if durability == Durability::ReplayedFromLog {
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        // The checkpointer thread copies the WAL back instead (see
+        // `checkpointer`), so that the writer never waits for it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Up to 32 MiB of pages cached (SQLite's default is 2 MiB): a writer
@@ -393,6 +402,21 @@ impl Store {
             register_functions(&conn, None).map_err(storage)?;
             readers.push(Reader { conn, guard });
         }
+        let checkpointer = if config.durability == Durability::ReplayedFromLog {
+            let conn = Connection::open(&path).map_err(storage)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(storage)?;
+            let (stop, stopped) = mpsc::channel();
+            thread::Builder::new()
+                .name("store-checkpoint".into())
+                .spawn(move || checkpointer(&conn, &stopped))
+                .map_err(|e| {
+                    StoreError::Storage(format!("cannot start the checkpoint thread: {e}"))
+                })?;
+            Some(stop)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel();
         let writer_metrics = metrics.clone();
         let unflushed = Arc::new(AtomicBool::new(false));
@@ -425,6 +449,7 @@ impl Store {
                 readers: Mutex::new(readers),
                 metrics,
                 path,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -815,6 +840,28 @@ fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
     }
     w.commit_applies_logged();
     tracing::debug!("store writer stopped: every handle was dropped");
+}
+
+/// Copies the WAL back into the database every `CHECKPOINT_INTERVAL` on its
+/// own connection, beside the writer and the readers (a passive checkpoint
+/// waits for neither), until `stopped` is closed.
+fn checkpointer(conn: &Connection, stopped: &mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(1)
+        })
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+        match checkpoint("PASSIVE") {
+            Ok(frames) if frames > WAL_FRAMES_LIMIT => {
+                if let Err(e) = checkpoint("RESTART") {
+                    tracing::warn!(error = %e, frames, "the WAL could not be restarted; it keeps growing");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries"),
+        }
+    }
 }
 
 type WriteJob = (Arc<str>, Vec<Statement>, Reply<Vec<Outcome>>);
