@@ -317,8 +317,9 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     if let Some(c) = &cluster {
         c.shutdown().await;
     }
-    // Applied entries still waiting for a shared commit are written now,
-    // so a restart has nothing to re-apply from the log.
+    // Applied entries still waiting for a shared commit are written now, so
+    // the database file is current (openraft may still apply a last entry
+    // after this; a restart applies it again from the log).
     if let Err(e) = store.flush().await {
         tracing::warn!(error = %e, "the last applied entries were not committed; the next start applies them again from the Raft log");
     }

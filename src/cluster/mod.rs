@@ -288,6 +288,9 @@ pub struct Cluster {
     raft: Raft<TypeConfig>,
     /// See [`Quiet`].
     quiet: Quiet,
+    /// Set while a hand-over keeps this leader quiet on purpose, so that its
+    /// silence is not taken for a lost quorum (see `quorum_silence`).
+    handing_over: std::sync::atomic::AtomicBool,
     /// Proposals on their way into entries (see `gather`).
     proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
     /// Writes on their way to the leader (see `gather`).
@@ -415,6 +418,7 @@ impl Cluster {
             election_timeout_max: settings.election_timeout.1,
             raft,
             quiet,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
             proposals,
             forwards,
             store: store.clone(),
@@ -617,6 +621,9 @@ impl Cluster {
     /// the election timeout, how long: a leader cut off by a partition
     /// refuses at once instead of letting its clients wait.
     fn quorum_silence(&self) -> Option<u64> {
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         if m.state != openraft::ServerState::Leader {
@@ -768,8 +775,11 @@ impl Cluster {
     /// Confirms with a quorum that this node leads (a read-index round), or
     /// says who leads, if it knows.
     async fn confirm_leadership(&self) -> Result<(), Option<u64>> {
-        let _open = self.quiet.read().await;
-        match tokio::time::timeout(PROPOSAL_WAIT, self.raft.ensure_linearizable()).await {
+        let confirmed = tokio::time::timeout(PROPOSAL_WAIT, async {
+            let _open = self.quiet.read().await;
+            self.raft.ensure_linearizable().await
+        });
+        match confirmed.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.forward_to_leader().and_then(|f| f.leader_id)),
             Err(_) => Err(None),
@@ -917,29 +927,63 @@ impl Cluster {
         let Ok(mut client) = self.leader_client(target) else {
             return self.raft.current_leader().await;
         };
-        let _quiet = self.quiet.write().await;
-        self.raft.runtime_config().heartbeat(false);
+        let gate = self.quiet.write().await;
+        // Another hand-over may have run while this one waited.
+        if self.raft.current_leader().await != Some(self.id) {
+            return self.raft.current_leader().await;
+        }
+        let quiet = QuietLeader::start(self, gate);
         tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 4).await;
         let mut req = tonic::Request::new(Blob::default());
-        req.set_timeout(Duration::from_secs(2));
+        req.set_timeout(Duration::from_secs(1));
         let asked = matches!(
-            tokio::time::timeout(Duration::from_secs(2), client.timeout_now(req)).await,
+            tokio::time::timeout(Duration::from_secs(1), client.timeout_now(req)).await,
             Ok(Ok(_))
         );
         if asked {
             let _ = self
                 .raft
-                .wait(Some(Duration::from_secs(3)))
+                .wait(Some(self.election_timeout_max * 2))
                 .metrics(
                     |m| m.current_leader.is_some_and(|l| l != self.id),
                     "leadership handed over",
                 )
                 .await;
         }
-        self.raft.runtime_config().heartbeat(true);
+        drop(quiet);
         let leader = self.raft.current_leader().await;
         tracing::info!(asked = target, ?leader, "leadership hand-over");
         leader
+    }
+}
+
+/// A leader kept quiet for a hand-over: no heartbeats, proposals and
+/// read-index rounds held at the gate. Dropping it (also when the hand-over
+/// is cancelled) makes the leader speak again.
+struct QuietLeader<'a> {
+    cluster: &'a Cluster,
+    _gate: tokio::sync::RwLockWriteGuard<'a, ()>,
+}
+
+impl<'a> QuietLeader<'a> {
+    fn start(cluster: &'a Cluster, gate: tokio::sync::RwLockWriteGuard<'a, ()>) -> Self {
+        cluster
+            .handing_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        cluster.raft.runtime_config().heartbeat(false);
+        QuietLeader {
+            cluster,
+            _gate: gate,
+        }
+    }
+}
+
+impl Drop for QuietLeader<'_> {
+    fn drop(&mut self) {
+        self.cluster.raft.runtime_config().heartbeat(true);
+        self.cluster
+            .handing_over
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Raft state machine is the node's SQLite database.
 //!
-//! Entries are applied by the store's writer in one transaction together
-//! with the last applied log id and the membership (see
+//! Entries are applied by the store's writer in the same transaction as the
+//! last applied log id and the membership; applies share a commit for up to
+//! 50 ms, and reads and snapshots commit what waits first (see
 //! `Store::apply`). Snapshots are `VACUUM INTO` copies identified by their
 //! log position and the SHA-256 of their bytes; a received snapshot whose
 //! bytes do not match is refused, and one that matches replaces the database

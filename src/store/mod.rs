@@ -5,12 +5,14 @@
 //!   concurrent writes together (group commit): every job in a batch runs in
 //!   its own savepoint inside one transaction, and the replies are sent only
 //!   after `COMMIT` returned, which in WAL mode with `synchronous=FULL` means
-//!   after fsync. A write is never acknowledged before it is durable.
+//!   after fsync. A local write is never acknowledged before it is durable;
+//!   a replicated one is durable in the Raft log before it is applied here.
 //! * A small pool of read-only connections serves reads concurrently (WAL).
 //! * A Raft state machine's applies may share one transaction for up to
 //!   `APPLY_COMMIT_INTERVAL`: the Raft log is the durable record, so the
 //!   commit only makes them visible to the readers, and a read commits what
-//!   is pending before it runs (see `Store::read_local`).
+//!   is pending before it runs (see `Store::read_local`). Its WAL is copied
+//!   back by a checkpointer thread, so the writer does not wait for that.
 //! * A service gets a [`Namespace`] handle, never a connection. Every
 //!   statement it sends is compiled under the [`authorizer::Guard`] for its
 //!   namespace.
@@ -53,8 +55,9 @@ const MAX_BATCH: usize = 1024;
 const APPLY_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the checkpointer copies the WAL back into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
-/// A WAL longer than this many frames (64 MiB of 4 KiB pages) is restarted
-/// even if that waits for the readers and the writer.
+/// A WAL longer than this many frames (64 MiB of 4 KiB pages) is rewound:
+/// the writer checkpoints what the checkpointer has not copied yet, and its
+/// next transaction starts the WAL over (see `Writer::commit_applies`).
 const WAL_FRAMES_LIMIT: i64 = 16_384;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
@@ -402,14 +405,14 @@ impl Store {
             register_functions(&conn, None).map_err(storage)?;
             readers.push(Reader { conn, guard });
         }
+        let wal_long = Arc::new(AtomicBool::new(false));
         let checkpointer = if config.durability == Durability::ReplayedFromLog {
             let conn = Connection::open(&path).map_err(storage)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(storage)?;
             let (stop, stopped) = mpsc::channel();
+            let long = wal_long.clone();
             thread::Builder::new()
                 .name("store-checkpoint".into())
-                .spawn(move || checkpointer(&conn, &stopped))
+                .spawn(move || checkpointer(&conn, &stopped, &long))
                 .map_err(|e| {
                     StoreError::Storage(format!("cannot start the checkpoint thread: {e}"))
                 })?;
@@ -432,8 +435,10 @@ impl Store {
                         determinism,
                         metrics: writer_metrics,
                         open_apply: None,
+                        waiting_entries: 0,
                         defer_commits,
                         lost_applies: None,
+                        wal_long,
                         unflushed: writer_unflushed,
                     },
                     rx,
@@ -777,14 +782,20 @@ struct Writer {
     metrics: StoreMetrics,
     /// Since when applied entries have waited in an open transaction.
     open_apply: Option<Instant>,
+    /// How many entries wait in it.
+    waiting_entries: usize,
     /// Whether applies may wait for a later commit (a Raft state machine).
     defer_commits: bool,
-    /// Why a commit of waiting applies failed: they are lost, so this store
-    /// refuses every later apply and read until it is reopened (Raft then
-    /// applies them again from its log).
+    /// Why waiting applies were lost (a failed commit, or SQLite rolling
+    /// the transaction back): this store then refuses every later apply,
+    /// read and snapshot until it is reopened, and Raft applies them again
+    /// from its log.
     lost_applies: Option<StoreError>,
-    /// Shared with the readers: whether `open_apply` is set.
+    /// Shared with the readers: whether applies wait uncommitted. Stays set
+    /// once they are lost, so that reads report it.
     unflushed: Arc<AtomicBool>,
+    /// Set by the checkpointer when the WAL should be rewound.
+    wal_long: Arc<AtomicBool>,
 }
 
 fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
@@ -844,24 +855,22 @@ fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
 
 /// Copies the WAL back into the database every `CHECKPOINT_INTERVAL` on its
 /// own connection, beside the writer and the readers (a passive checkpoint
-/// waits for neither), until `stopped` is closed.
-fn checkpointer(conn: &Connection, stopped: &mpsc::Receiver<()>) {
-    let checkpoint = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
-    };
+/// waits for neither), until `stopped` is closed. Sets `long` when the WAL
+/// has grown past `WAL_FRAMES_LIMIT`, for the writer to rewind it.
+fn checkpointer(conn: &Connection, stopped: &mpsc::Receiver<()>, long: &AtomicBool) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-        match checkpoint("PASSIVE") {
-            Ok(frames) if frames > WAL_FRAMES_LIMIT => {
-                if let Err(e) = checkpoint("RESTART") {
-                    tracing::warn!(error = %e, frames, "the WAL could not be restarted; it keeps growing");
-                }
-            }
+        match passive_checkpoint(conn) {
+            Ok(frames) if frames > WAL_FRAMES_LIMIT => long.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed; the next one retries"),
         }
     }
+}
+
+/// Copies what it can of the WAL back into the database without waiting for
+/// the writer or the readers; returns how many frames the WAL holds.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 
 type WriteJob = (Arc<str>, Vec<Statement>, Reply<Vec<Outcome>>);
@@ -1020,9 +1029,11 @@ impl Writer {
             return Err(lost.clone());
         }
         let started = Instant::now();
-        let count = entries.len();
         self.guard.set_mode(Mode::System);
         let since = match self.open_apply {
+            Some(_) if self.conn.is_autocommit() => {
+                return Err(self.lose_applies("SQLite ended the transaction on its own"));
+            }
             Some(since) => since,
             None => {
                 self.conn
@@ -1034,29 +1045,36 @@ impl Writer {
         // Marked before any reply: a reader that learns of these entries
         // finds the flag set and commits them first.
         self.open_apply = Some(since);
+        self.waiting_entries += entries.len();
         self.unflushed.store(true, Ordering::SeqCst);
         match self.apply_entries(&entries) {
             Ok(results) => {
-                self.metrics
-                    .observe_commit(started.elapsed(), count, started.elapsed());
                 if !self.defer_commits || since.elapsed() >= APPLY_COMMIT_INTERVAL {
                     self.commit_applies()?;
                 }
                 Ok(results)
             }
-            Err(e) => {
-                // The entries before these, applied but not committed, go
-                // too: the store stops applying (Raft treats the error as
-                // fatal and applies them again from its log on restart).
-                self.guard.set_mode(Mode::System);
-                if !self.conn.is_autocommit() {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                }
-                self.open_apply = None;
-                self.lost_applies = Some(e.clone());
-                Err(e)
-            }
+            // The entries before these, applied but not committed, go too:
+            // the store stops applying (Raft treats the error as fatal and
+            // applies them again from its log on restart).
+            Err(e) => Err(self.lose_applies(&e.to_string())),
         }
+    }
+
+    /// Rolls back the waiting applies and refuses every later apply, read
+    /// and snapshot (see `lost_applies`).
+    fn lose_applies(&mut self, why: &str) -> StoreError {
+        self.guard.set_mode(Mode::System);
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.open_apply = None;
+        self.waiting_entries = 0;
+        let lost = StoreError::Storage(format!(
+            "applied entries were lost ({why}); restart the node to apply them again from the Raft log"
+        ));
+        self.lost_applies = Some(lost.clone());
+        lost
     }
 
     /// Commits the applies waiting in the open transaction, if any.
@@ -1064,25 +1082,30 @@ impl Writer {
         if let Some(lost) = &self.lost_applies {
             return Err(lost.clone());
         }
-        if self.open_apply.take().is_none() {
+        let Some(since) = self.open_apply else {
             return Ok(());
+        };
+        if self.conn.is_autocommit() {
+            return Err(self.lose_applies("SQLite ended the transaction on its own"));
         }
         self.guard.set_mode(Mode::System);
-        let committed = self.conn.exec_cached("COMMIT");
-        match committed {
-            Ok(()) => {
-                self.unflushed.store(false, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                let lost = StoreError::Storage(format!(
-                    "applied entries could not be committed ({e}); restart the node to apply them again from the Raft log"
-                ));
-                self.lost_applies = Some(lost.clone());
-                Err(lost)
-            }
+        let started = Instant::now();
+        if let Err(e) = self.conn.exec_cached("COMMIT") {
+            return Err(self.lose_applies(&format!("the commit failed: {e}")));
         }
+        self.metrics
+            .observe_commit(started.elapsed(), self.waiting_entries, since.elapsed());
+        self.open_apply = None;
+        self.waiting_entries = 0;
+        self.unflushed.store(false, Ordering::SeqCst);
+        // Copy back the little the checkpointer has not: with the WAL fully
+        // copied, the next transaction starts it over.
+        if self.wal_long.swap(false, Ordering::Relaxed)
+            && let Err(e) = passive_checkpoint(&self.conn)
+        {
+            tracing::warn!(error = %e, "the WAL could not be rewound; the checkpointer asks again");
+        }
+        Ok(())
     }
 
     /// `commit_applies` where nobody waits for the outcome: a failure is
@@ -1164,6 +1187,13 @@ impl Writer {
                 migrations,
             } => self.migrate(namespace, migrations).map(Applied::Migrated),
         };
+        if self.conn.is_autocommit() {
+            // SQLite rolled everything back (a full disk, an I/O error):
+            // nothing more may be written outside the transaction.
+            return Err(StoreError::Storage(
+                "SQLite rolled the apply transaction back".into(),
+            ));
+        }
         self.guard.set_mode(Mode::System);
         let encoded =
             serde_json::to_vec(&result).map_err(|e| StoreError::Storage(e.to_string()))?;

@@ -827,6 +827,93 @@ async fn membership_changes_through_the_cluster_commands() {
 }
 
 #[tokio::test]
+async fn leadership_moves_without_failing_a_request() {
+    let mut cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let config = |i: usize| cluster.nodes[i].config_path.to_str().unwrap().to_owned();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = authed(&token);
+    // Writes and linearizable reads through every node (the followers
+    // forward them to whoever leads), sent at a steady pace whether or not
+    // earlier ones have been answered, as many independent clients would.
+    let generator = {
+        let (c, urls, stop) = (c.clone(), urls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut requests = tokio::task::JoinSet::new();
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
+            for i in 0..2_000usize {
+                pace.tick().await;
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let url = format!("{}/api/kv/keys/m{i}", urls[i % urls.len()]);
+                let c = c.clone();
+                requests.spawn(async move {
+                    let put = c.put(&url).json(&json!({ "value": "v" })).send().await;
+                    let get = c.get(&url).send().await;
+                    [("PUT", put), ("GET", get)].map(|(what, r)| match r {
+                        Ok(r) if r.status() == 200 => Ok(()),
+                        Ok(r) => Err(format!("{what} {url}: {}", r.status())),
+                        Err(e) => Err(format!("{what} {url}: {e}")),
+                    })
+                });
+            }
+            requests
+                .join_all()
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An operator's transfer, then a graceful stop of the new leader.
+    let (code, out, err) = run_cli_with_input(
+        std::path::Path::new(BINARY),
+        &[
+            "cluster",
+            "transfer-leader",
+            "--config",
+            &config(leader),
+            "--to",
+            &(followers[0] + 1).to_string(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let second = cluster.leader().await;
+    assert_eq!(second, followers[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[second].signal("TERM");
+    assert_eq!(
+        cluster.nodes[second]
+            .wait_exit(Duration::from_secs(20))
+            .code(),
+        Some(0)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = generator.await.unwrap();
+    // Requests to the stopped node may meet it no longer listening; every
+    // request to the nodes that stay must succeed.
+    let stopped = format!("{}/api/", urls[second]);
+    let lost: Vec<&String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|f| !f.contains(&stopped))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "requests failed while leadership moved: {lost:#?}"
+    );
+    let done = results.iter().filter(|r| r.is_ok()).count();
+    assert!(done > 100, "only {done} requests succeeded");
+}
+
+#[tokio::test]
 async fn stale_reads_serve_the_local_copy_within_their_bound() {
     let cluster = TestCluster::start(", fault_injection: true, stale_read_max_lag_ms: 500");
     let token = cluster.admin_token().await;
