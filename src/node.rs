@@ -87,7 +87,9 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
         &StoreConfig {
             data_dir: config.data_dir.clone(),
             readers: READERS,
-            durability: if config.cluster.is_some() {
+            // A Raft member's database is replayed from its log; a store
+            // client's holds nothing (it works on the members' database).
+            durability: if config.cluster.is_some() && config.db_role {
                 Durability::ReplayedFromLog
             } else {
                 Durability::Full
