@@ -61,32 +61,8 @@ enum Command {
     /// Write an Envoy bootstrap for a mode: fixed resources from a config
     /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
     GenEnvoy {
-        #[arg(long, value_enum)]
-        mode: crate::gen_envoy::Mode,
-        /// The node's config file (--mode single).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The cluster's topology file (--mode ha and scaled).
-        #[arg(long)]
-        topology: Option<PathBuf>,
-        /// The xDS server, HOST:PORT (--mode k3d): a Kubernetes Service
-        /// name or an address.
-        #[arg(long, default_value = "flotilla-xds:18000")]
-        xds: String,
-        /// Use incremental xDS (DELTA_GRPC) rather than state of the world
-        /// (--mode k3d).
-        #[arg(long)]
-        delta: bool,
-        /// Where Envoy listens for the public ingress (static modes;
-        /// default 0.0.0.0:10000).
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// Envoy's admin interface (loopback only).
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: std::net::SocketAddr,
-        /// Envoy's node id.
-        #[arg(long, default_value = "flotilla-envoy")]
-        node_id: String,
+        #[command(flatten)]
+        request: crate::gen_envoy::Request,
         /// Write to FILE instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -228,27 +204,7 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
-        Command::GenEnvoy {
-            mode,
-            config,
-            topology,
-            xds,
-            delta,
-            listen,
-            admin,
-            node_id,
-            out,
-        } => {
-            let request = crate::gen_envoy::Request {
-                mode,
-                config,
-                topology,
-                xds,
-                delta,
-                listen,
-                admin,
-                node_id,
-            };
+        Command::GenEnvoy { request, out } => {
             let yaml = match crate::gen_envoy::generate(&request, &catalogue) {
                 Ok(y) => y,
                 Err(e) => {

@@ -32,22 +32,34 @@ pub enum Mode {
     K3d,
 }
 
-/// What `gen-envoy` was asked for.
-#[derive(Clone, Debug)]
+/// What `gen-envoy` was asked for (its command-line arguments).
+#[derive(Clone, Debug, clap::Args)]
 pub struct Request {
+    #[arg(long, value_enum)]
     pub mode: Mode,
-    /// The node config (`single`).
+    /// The node's config file (--mode single).
+    #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The topology file (`ha`, `scaled`).
+    /// The cluster's topology file (--mode ha and scaled).
+    #[arg(long)]
     pub topology: Option<PathBuf>,
-    /// The xDS server, `HOST:PORT` (`k3d`).
+    /// The xDS server, HOST:PORT (--mode k3d): a Kubernetes Service name or
+    /// an address.
+    #[arg(long, default_value = "flotilla-xds:18000")]
     pub xds: String,
+    /// Use incremental xDS (DELTA_GRPC) rather than state of the world
+    /// (--mode k3d).
+    #[arg(long)]
     pub delta: bool,
     /// Where Envoy listens for the public ingress (static modes; default
     /// 0.0.0.0:10000).
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Envoy's admin interface.
+    /// Envoy's admin interface (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
+    /// Envoy's node id.
+    #[arg(long, default_value = "flotilla-envoy")]
     pub node_id: String,
 }
 
