@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 
-use crate::support::{BINARY, Node, NodeConfig, free_port, run_cli};
+use crate::support::{BINARY, Node, NodeConfig, free_addr, run_cli};
 use std::path::Path;
 
 /// Writes `body` (with listeners on ports the test itself holds) and runs
@@ -123,7 +123,7 @@ fn a_port_in_use_is_a_startup_error_naming_it() {
     let path = Node::write_config(
         dir.path(),
         format!("127.0.0.1:{port}").parse().unwrap(),
-        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        free_addr(),
         &NodeConfig::default(),
     );
     let (code, _, err) = run_cli(

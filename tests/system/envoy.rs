@@ -14,7 +14,7 @@ use std::{
 
 use flotilla::proto::echo::{EchoRequest, echo_client::EchoClient};
 
-use crate::support::{Node, NodeConfig, free_port, http};
+use crate::support::{Node, NodeConfig, free_addr, http};
 
 /// The Envoy binary: `FLOTILLA_ENVOY`, or the one the install script put
 /// in `.venv/bin`. A missing Envoy fails the test; it is never skipped.
@@ -45,7 +45,7 @@ impl Envoy {
 
     /// `delta`: incremental xDS; otherwise state of the world.
     pub fn start_with(xds: SocketAddr, delta: bool) -> Envoy {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = free_addr();
         let bootstrap = flotilla::xds::bootstrap::ads_bootstrap("test-envoy", admin, xds, delta);
         Envoy::start_bootstrap(&bootstrap, admin)
     }
@@ -110,8 +110,7 @@ async fn envoy_on_delta_xds_routes_http_and_grpc_too() {
 }
 
 async fn routes_http_and_grpc(delta: bool) {
-    let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (xds, ingress) = (free_addr(), free_addr());
     let mut node = Node::start(NodeConfig {
         xds: Some(xds),
         extra: format!("xds: {{ingress_listener: '{ingress}'}}\n"),

@@ -15,12 +15,8 @@ use serde_json::Value;
 use crate::{
     envoy::{Envoy, envoy_binary},
     ha::TestCluster,
-    support::{BINARY, Node, NodeConfig, free_port, http, run_cli},
+    support::{BINARY, Node, NodeConfig, free_addr, http, run_cli},
 };
-
-fn loopback() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
 
 fn repo(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,6 +66,27 @@ pub async fn wait_routed(url: &str, envoy: &Envoy) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Envoy in front of a running cluster, on what gen-envoy makes for `mode`
+/// from `topology`: generated, validated, started and routing. Returns it
+/// and its ingress address.
+pub async fn envoy_in_front(mode: &str, topology: &Path) -> (Envoy, SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let yaml = generate(&[
+        "--mode",
+        mode,
+        "--topology",
+        topology.to_str().unwrap(),
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    validate(&yaml);
+    let envoy = Envoy::start_bootstrap(&yaml, admin);
+    wait_routed(&format!("http://{listen}/api/echo?message=hi"), &envoy).await;
+    (envoy, listen)
 }
 
 /// Echo over gRPC at `ingress`; the node that answered.
@@ -161,7 +178,7 @@ async fn missing_or_inconsistent_inputs_are_refused_naming_the_problem() {
 async fn single_mode_envoy_serves_http_and_grpc_to_the_node() {
     let mut node = Node::start(NodeConfig::default());
     node.wait_ready();
-    let (listen, admin) = (loopback(), loopback());
+    let (listen, admin) = (free_addr(), free_addr());
     let (listen_arg, admin_arg) = (listen.to_string(), admin.to_string());
     let mut args = vec![
         "--mode",
@@ -214,21 +231,8 @@ async fn single_mode_envoy_serves_http_and_grpc_to_the_node() {
 #[tokio::test]
 async fn ha_mode_envoy_keeps_idempotent_requests_working_when_a_node_dies() {
     let mut cluster = TestCluster::start("");
-    let (listen, admin) = (loopback(), loopback());
-    let yaml = generate(&[
-        "--mode",
-        "ha",
-        "--topology",
-        cluster.topology.to_str().unwrap(),
-        "--listen",
-        &listen.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ]);
-    validate(&yaml);
-    let envoy = Envoy::start_bootstrap(&yaml, admin);
+    let (envoy, listen) = envoy_in_front("ha", &cluster.topology).await;
     let url = format!("http://{listen}/api/echo?message=hi");
-    wait_routed(&url, &envoy).await;
     // Every member gets requests (round robin once all pass checks).
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -275,15 +279,15 @@ async fn ha_mode_envoy_keeps_idempotent_requests_working_when_a_node_dies() {
 
 #[tokio::test]
 async fn k3d_mode_bootstraps_envoy_over_ads_from_the_xds_service() {
-    let xds = loopback();
-    let ingress = loopback();
+    let xds = free_addr();
+    let ingress = free_addr();
     let mut node = Node::start(NodeConfig {
         xds: Some(xds),
         extra: format!("xds: {{ingress_listener: '{ingress}'}}\n"),
         ..Default::default()
     });
     node.wait_ready();
-    let admin = loopback();
+    let admin = free_addr();
     let yaml = generate(&[
         "--mode",
         "k3d",

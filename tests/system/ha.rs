@@ -10,7 +10,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_port, http, run_cli_with_input,
+    ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_addr, free_port, http,
+    run_cli_with_input,
 };
 
 /// (owner, key) → (value, version) of one node's database.
@@ -35,9 +36,9 @@ impl TestCluster {
     /// `cluster:` section.
     pub fn start(extra: &str) -> TestCluster {
         let topology_dir = tempfile::tempdir().unwrap();
-        let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
-        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> =
-            (0..3).map(|_| (addr(), addr(), addr())).collect();
+        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
+            .map(|_| (free_addr(), free_addr(), free_addr()))
+            .collect();
         let topology = topology_dir.path().join("topology.yaml");
         let mut text = String::from("members:\n");
         for (i, (public, _, peer)) in members.iter().enumerate() {
@@ -48,8 +49,8 @@ impl TestCluster {
             ));
         }
         std::fs::write(&topology, text).unwrap();
-        let xds: Vec<SocketAddr> = (0..3).map(|_| addr()).collect();
-        let envoy_ingress = addr();
+        let xds: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let envoy_ingress = free_addr();
         let mut nodes = Vec::new();
         for (i, (public, admin, peer)) in members.iter().copied().enumerate() {
             let dir = tempfile::tempdir().unwrap();
@@ -725,8 +726,7 @@ async fn membership_changes_through_the_cluster_commands() {
     assert!(err.contains("two voters"), "{err}");
 
     // A fourth node: it knows the topology but is not a member yet.
-    let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
-    let (public, admin, peer) = (addr(), addr(), addr());
+    let (public, admin, peer) = (free_addr(), free_addr(), free_addr());
     let dir = tempfile::tempdir().unwrap();
     let mut topology = String::from("members:\n");
     for (i, (p, _, r)) in cluster.addresses.iter().enumerate() {

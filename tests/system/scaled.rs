@@ -19,9 +19,8 @@ use flotilla::{
 use serde_json::Value;
 
 use crate::{
-    envoy::Envoy,
-    gen_envoy::{generate, grpc_echo, validate, wait_routed},
-    support::{ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_port, http, run_cli},
+    gen_envoy::{envoy_in_front, grpc_echo},
+    support::{ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_addr, http, run_cli},
 };
 
 const CLUSTER_SECRET: &str = "scaled-test-cluster-secret-7e6d5c4b3a29";
@@ -47,10 +46,6 @@ pub struct ScaledCluster {
     _dir: tempfile::TempDir,
 }
 
-fn loopback() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
 impl ScaledCluster {
     pub fn start() -> ScaledCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -60,10 +55,10 @@ impl ScaledCluster {
         let mut addresses = BTreeMap::new();
         let mut peers = BTreeMap::new();
         for (i, (name, services, db)) in LAYOUT.iter().enumerate() {
-            let (public, admin) = (loopback(), loopback());
+            let (public, admin) = (free_addr(), free_addr());
             addresses.insert(*name, (public, admin));
             if *db {
-                let peer = loopback();
+                let peer = free_addr();
                 peers.insert(*name, peer);
                 members.push_str(&format!(
                     "  - {{id: {}, node: {name}, peer: '{peer}', public: '{public}', services: [{services}]}}\n",
@@ -322,21 +317,8 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
     // Envoy with the generated scaled config in front of the nine nodes.
-    let (listen, admin) = (loopback(), loopback());
-    let yaml = generate(&[
-        "--mode",
-        "scaled",
-        "--topology",
-        cluster.topology.to_str().unwrap(),
-        "--listen",
-        &listen.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ]);
-    validate(&yaml);
-    let envoy = Envoy::start_bootstrap(&yaml, admin);
+    let (envoy, listen) = envoy_in_front("scaled", &cluster.topology).await;
     let through_envoy = format!("http://{listen}/api/kv/keys/via-db-1");
-    wait_routed(&format!("http://{listen}/api/echo?message=hi"), &envoy).await;
     let r = client.get(&through_envoy).send().await.unwrap();
     assert_eq!(r.status(), 200);
 

@@ -28,6 +28,11 @@ pub fn free_port() -> u16 {
     panic!("no free port in 127.0.0.1:{block}..{}", block + 100)
 }
 
+/// A free address on 127.0.0.1 (see `free_port`).
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
 /// The example binary built from `examples/<name>.rs` next to the main one.
 pub fn example_binary(name: &str) -> PathBuf {
     let main = Path::new(BINARY);
