@@ -47,14 +47,21 @@ start() {
   done < <(nodes)
   while read -r name config; do
     admin=$(admin_of "$config")
-    for _ in $(seq 1 300); do
-      if curl -fs "http://$admin/readyz" >/dev/null 2>&1; then
-        echo "$name ready (admin $admin)"
-        break
-      fi
-      sleep 0.1
-    done
+    wait_for "http://$admin/readyz" 300 "$name: see data/$name.log"
+    echo "$name ready (admin $admin)"
   done < <(nodes)
+}
+
+# Waits until URL answers 2xx, polling every 0.1 s up to TRIES times; fails
+# with WHAT otherwise.
+wait_for() {
+  local url=$1 tries=$2 what=$3
+  for _ in $(seq 1 "$tries"); do
+    curl -fs "$url" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "not ready after $((tries / 10)) s: $what" >&2
+  exit 1
 }
 
 envoy_start() {
@@ -66,15 +73,8 @@ envoy_start() {
   fi
   "$envoy" -c "envoy/$mode.yaml" --disable-hot-restart --log-level warn >>"data/envoy-$mode.log" 2>&1 &
   echo $! >"data/envoy-$mode.pid"
-  for _ in $(seq 1 100); do
-    if curl -fs "http://127.0.0.1:9901/ready" >/dev/null 2>&1; then
-      echo "envoy ready: http://127.0.0.1:10000 (admin http://127.0.0.1:9901)"
-      return
-    fi
-    sleep 0.1
-  done
-  echo "envoy did not become ready: see data/envoy-$mode.log" >&2
-  exit 1
+  wait_for "http://127.0.0.1:9901/ready" 100 "envoy: see data/envoy-$mode.log"
+  echo "envoy ready: http://127.0.0.1:10000 (admin http://127.0.0.1:9901)"
 }
 
 stop_pid() {
