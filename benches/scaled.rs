@@ -30,17 +30,9 @@ use common::{Figures, client, create_admin, free_addr, load, login, machine, rea
 
 const CLIENTS: usize = 32;
 
-const LAYOUT: &[(&str, &str, bool)] = &[
-    ("db-1", "db", true),
-    ("db-2", "db", true),
-    ("db-3", "db", true),
-    ("accounts-1", "accounts", false),
-    ("accounts-2", "accounts", false),
-    ("kv-1", "kv", false),
-    ("kv-2", "kv", false),
-    ("echo-1", "echo", false),
-    ("echo-2", "echo", false),
-];
+#[path = "../tests/common/scaled_layout.rs"]
+mod scaled_layout;
+use scaled_layout::LAYOUT;
 
 struct Cluster {
     children: Vec<Child>,

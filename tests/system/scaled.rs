@@ -25,18 +25,9 @@ use crate::{
 
 const CLUSTER_SECRET: &str = "scaled-test-cluster-secret-7e6d5c4b3a29";
 
-/// The nodes: (name, services, is a db member).
-const LAYOUT: &[(&str, &str, bool)] = &[
-    ("db-1", "db", true),
-    ("db-2", "db", true),
-    ("db-3", "db", true),
-    ("accounts-1", "accounts", false),
-    ("accounts-2", "accounts", false),
-    ("kv-1", "kv", false),
-    ("kv-2", "kv", false),
-    ("echo-1", "echo", false),
-    ("echo-2", "echo", false),
-];
+#[path = "../common/scaled_layout.rs"]
+mod scaled_layout;
+use scaled_layout::LAYOUT;
 
 pub struct ScaledCluster {
     pub nodes: BTreeMap<&'static str, Node>,
