@@ -86,6 +86,14 @@ impl From<StoreError> for ApiError {
                     e.to_string(),
                 )
             }
+            StoreError::Budget { .. } => {
+                tracing::warn!(error = %e, "a service's statement went over its budget");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "budget_exceeded",
+                    e.to_string(),
+                )
+            }
             StoreError::Denied { .. } | StoreError::Invalid(_) => {
                 tracing::error!(error = %e, "a service sent a statement the store refused");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -88,6 +88,12 @@ pub struct StatementLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub namespace: String,
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -132,6 +138,7 @@ impl HttpMetrics {
 #[derive(Clone)]
 pub struct StoreMetrics {
     statements: HistogramFamily<StatementLabels>,
+    refusals: Family<RefusalLabels, Counter>,
     commit: Histogram,
     batch_latency: Histogram,
     batch_size: Histogram,
@@ -145,6 +152,18 @@ impl StoreMetrics {
                 kind,
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A service's call refused: `denied` (outside its namespace or its
+    /// rules), `budget` (over its budget) or `ended_transaction` (it ended
+    /// the transaction it shared, and failed alone).
+    pub fn observe_refusal(&self, namespace: &str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                namespace: namespace.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn observe_commit(&self, commit: Duration, batch: usize, whole: Duration) {
@@ -187,6 +206,7 @@ impl Metrics {
         );
         let store = StoreMetrics {
             statements: Family::new_with_constructor(latency_histogram),
+            refusals: Family::default(),
             commit: latency_histogram(),
             batch_latency: latency_histogram(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
@@ -195,6 +215,11 @@ impl Metrics {
             "store_statement_duration_seconds",
             "Time to run a service's statements (kind=read: one statement; kind=write: one write job), by namespace",
             store.statements.clone(),
+        );
+        registry.register(
+            "store_refusals",
+            "Service calls the store refused, by namespace and reason (denied, budget, ended_transaction)",
+            store.refusals.clone(),
         );
         registry.register(
             "store_commit_duration_seconds",

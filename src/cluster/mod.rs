@@ -34,9 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     proto::peer::{Blob, peer_server},
-    store::{
-        Applied, Command, Outcome, Proposal, Replicator, Statement, Store, StoreError, now_ms,
-    },
+    store::{Applied, Command, Outcome, Proposal, ReadCall, Replicator, Store, StoreError, now_ms},
 };
 
 /// An operation of `flotilla cluster ...`, sent to any member over the peer
@@ -735,15 +733,15 @@ impl Cluster {
 
     /// A linearizable read: the leader confirms its leadership with a quorum
     /// (read index) and waits until it has applied up to it, then reads.
-    async fn read(&self, namespace: String, statement: Statement) -> Result<Outcome, StoreError> {
-        tracing::debug!(%namespace, "read: start");
+    async fn read(&self, call: ReadCall) -> Result<Outcome, StoreError> {
+        tracing::debug!(namespace = %call.namespace, "read: start");
         if let Some(ms) = self.quorum_silence() {
             return Err(no_quorum(ms));
         }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let leader = match self.confirm_leadership().await {
-                Ok(()) => return self.store.read_local(&namespace, statement).await,
+                Ok(()) => return self.store.read_local(call).await,
                 Err(leader) => leader,
             };
             tracing::debug!(?leader, "read attempt: this node does not lead");
@@ -751,7 +749,7 @@ impl Cluster {
                 && let Ok(mut client) = self.leader_client(l)
             {
                 let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
-                let mut req = tonic::Request::new(network::blob(&(&namespace, &statement)));
+                let mut req = tonic::Request::new(network::blob(&call));
                 req.set_timeout(deadline);
                 if let Ok(Ok(reply)) = tokio::time::timeout(deadline, client.read(req)).await
                     && let Ok(PeerReply::Done(result)) =
@@ -802,11 +800,7 @@ impl Cluster {
     /// A read of this node's own copy, within the stale-read bound: the
     /// node must have heard from a leader within the bound (or lead with a
     /// quorum) and have applied everything it knows to be committed.
-    async fn read_stale(
-        &self,
-        namespace: String,
-        statement: Statement,
-    ) -> Result<Outcome, StoreError> {
+    async fn read_stale(&self, call: ReadCall) -> Result<Outcome, StoreError> {
         let (leading, applied) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
@@ -841,7 +835,7 @@ impl Cluster {
                 "this node is catching up (applied {applied} of {committed} committed entries): read without consistency=stale"
             )));
         }
-        self.store.read_local(&namespace, statement).await
+        self.store.read_local(call).await
     }
 
     /// Raft's view of this node, for `/status` and `/readyz`.
@@ -1012,20 +1006,12 @@ impl Replicator for ReplicatorHandle {
         self.with(|c| async move { c.write(command).await })
     }
 
-    fn read(
-        &self,
-        namespace: String,
-        statement: Statement,
-    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        self.with(|c| async move { c.read(namespace, statement).await })
+    fn read(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.with(|c| async move { c.read(call).await })
     }
 
-    fn read_stale(
-        &self,
-        namespace: String,
-        statement: Statement,
-    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        self.with(|c| async move { c.read_stale(namespace, statement).await })
+    fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.with(|c| async move { c.read_stale(call).await })
     }
 }
 
@@ -1232,28 +1218,20 @@ impl Replicator for Remote {
         .boxed()
     }
 
-    fn read(
-        &self,
-        namespace: String,
-        statement: Statement,
-    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+    fn read(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
         let remote = self.0.clone();
         async move {
-            let payload = network::blob(&(&namespace, statement));
+            let payload = network::blob(&call);
             remote
-                .call::<Result<Outcome, StoreError>>("read", &namespace, payload)
+                .call::<Result<Outcome, StoreError>>("read", &call.namespace, payload)
                 .await?
         }
         .boxed()
     }
 
     /// A client has no copy of its own: it reads through the leader.
-    fn read_stale(
-        &self,
-        namespace: String,
-        statement: Statement,
-    ) -> BoxFuture<'static, Result<Outcome, StoreError>> {
-        self.read(namespace, statement)
+    fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.read(call)
     }
 }
 
@@ -1411,13 +1389,11 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
-        let (namespace, statement): (String, Statement) = network::unblob(r.get_ref())?;
-        check_read(&r, &namespace)?;
+        let call: ReadCall = network::unblob(r.get_ref())?;
+        check_read(&r, &call.namespace)?;
         let result: PeerReply<Result<Outcome, StoreError>> =
             match self.cluster.confirm_leadership().await {
-                Ok(()) => {
-                    PeerReply::Done(self.cluster.store.read_local(&namespace, statement).await)
-                }
+                Ok(()) => PeerReply::Done(self.cluster.store.read_local(call).await),
                 Err(leader) => PeerReply::Refused(Refusal::NotLeader(leader)),
             };
         reply(&result)

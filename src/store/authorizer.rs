@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 
+use super::budget::{Meter, STEPS_PER_TICK};
+
 /// Functions whose result differs between two runs of the same statement.
 /// Denied in writes so that the same statements can be replayed on replicas.
 const NON_DETERMINISTIC: &[&str] = &[
@@ -82,6 +84,8 @@ struct State {
     prefix: String,
     phase: Phase,
     denial: Option<String>,
+    /// What the current call may still cost, while one is metered.
+    meter: Option<Meter>,
 }
 
 /// Shared between the connection's authorizer callback and the code that
@@ -106,6 +110,7 @@ impl Guard {
                 prefix: String::new(),
                 phase: Phase::Start,
                 denial: None,
+                meter: None,
             })),
         }
     }
@@ -116,10 +121,63 @@ impl Guard {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs this guard as the connection's authorizer.
+    /// Installs this guard as the connection's authorizer, and its budget
+    /// meter as the connection's progress handler.
     pub fn install(&self, conn: &mut rusqlite::Connection) -> rusqlite::Result<()> {
         let guard = self.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.decide(&ctx)))
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.decide(&ctx)))?;
+        let guard = self.clone();
+        conn.progress_handler(STEPS_PER_TICK as i32, Some(move || guard.tick()))
+    }
+
+    /// Meters the calls from now on against `meter`, until
+    /// [`Guard::unmeter`]. Only statements compiled in a service's mode
+    /// count.
+    pub fn meter(&self, meter: Meter) {
+        self.lock().meter = Some(meter);
+    }
+
+    pub fn unmeter(&self) {
+        self.lock().meter = None;
+    }
+
+    /// Why the metered call went over its budget, if it did; the meter
+    /// forgets it.
+    pub fn take_exceeded(&self) -> Option<String> {
+        self.lock().meter.as_mut().and_then(Meter::take_exceeded)
+    }
+
+    /// A row is about to be returned to the service: refused past the
+    /// call's row budget.
+    pub fn returned_row(&self) -> Result<(), String> {
+        match self.lock().meter.as_mut() {
+            Some(meter) => meter.returned_row(),
+            None => Ok(()),
+        }
+    }
+
+    /// A statement of the call wrote `rows` rows (its triggers' included):
+    /// refused past the call's row budget.
+    pub fn wrote_rows(&self, rows: u64) -> Result<(), String> {
+        match self.lock().meter.as_mut() {
+            Some(meter) => meter.wrote_rows(rows),
+            None => Ok(()),
+        }
+    }
+
+    /// Why a value was too big, in terms of the call's budget, if one is
+    /// metered.
+    pub fn too_big(&self) -> Option<String> {
+        self.lock().meter.as_ref().map(Meter::too_big)
+    }
+
+    /// The progress handler: true interrupts the running statement.
+    fn tick(&self) -> bool {
+        let mut s = self.lock();
+        if s.mode == Mode::System {
+            return false;
+        }
+        s.meter.as_mut().is_some_and(Meter::tick)
     }
 
     /// Sets the mode for the statements compiled from now on, and starts a
@@ -135,11 +193,15 @@ impl Guard {
         s.denial = None;
     }
 
-    /// Marks the start of a new statement under the current mode.
+    /// Marks the start of a new statement under the current mode: its
+    /// step count and clock start over.
     pub fn begin_statement(&self) {
         let mut s = self.lock();
         s.phase = Phase::Start;
         s.denial = None;
+        if let Some(meter) = s.meter.as_mut() {
+            meter.begin_statement();
+        }
     }
 
     /// The reason of the last denial, if the last statement was denied.
@@ -183,8 +245,13 @@ impl State {
         if self.owns(name) {
             Ok(())
         } else {
-            Err(format!(
-                "{what} `{name}` is outside namespace `{namespace}`: a service may only use objects named `{namespace}__*`"
+            // Lowercase, as the lexical check and the "no such" mapping
+            // report it: the message is the same whether the object exists
+            // (SQLite reports its canonical name) or not.
+            Err(super::sql::outside_namespace(
+                what,
+                &name.to_ascii_lowercase(),
+                namespace,
             ))
         }
     }
@@ -238,13 +305,18 @@ impl State {
             _ if database != "main" && phase != Phase::Alter => Err(format!(
                 "database `{database}` is not allowed: services use only the main database (no TEMP objects, no ATTACH)"
             )),
-            A::Read { table_name, .. } => {
-                if PURE_TABLE_FUNCTIONS.contains(&table_name) {
-                    Ok(())
-                } else {
-                    self.own(namespace, "table", table_name)
-                }
+            A::Read { table_name, .. } if PURE_TABLE_FUNCTIONS.contains(&table_name) => Ok(()),
+            // SQLite reports a source none of whose columns is read (as in
+            // `SELECT count(*) FROM c`) with an empty column, and a common
+            // table expression under its own name. Every table of the
+            // database is named `<namespace>__*` or `sqlite_*`, so a name
+            // of neither shape is a CTE or a subquery's alias.
+            A::Read { table_name, column_name: "" }
+                if !table_name.contains("__") && !table_name.to_ascii_lowercase().starts_with("sqlite_") =>
+            {
+                Ok(())
             }
+            A::Read { table_name, .. } => self.own(namespace, "table", table_name),
             A::Insert { table_name } | A::Delete { table_name } | A::Update { table_name, .. } => {
                 if !write {
                     return Err(format!("writing `{table_name}` is not allowed in a read"));
@@ -307,56 +379,5 @@ impl State {
             A::CreateVtable { .. } | A::DropVtable { .. } => Err("virtual tables are not allowed in a service".into()),
             other => Err(format!("operation {other:?} is not allowed in a service")),
         }
-    }
-}
-
-/// Statements SQLite compiles without consulting the authorizer at all.
-/// They are recognised by their first keyword and refused before compiling.
-pub fn unguarded_statement(sql: &str) -> Option<&'static str> {
-    let keyword = first_keyword(sql)?.to_ascii_uppercase();
-    match keyword.as_str() {
-        "VACUUM" => Some("VACUUM is not allowed in a service: it rewrites the whole database"),
-        "REINDEX" => {
-            Some("REINDEX is not allowed in a service: it rebuilds every namespace's indexes")
-        }
-        _ => None,
-    }
-}
-
-/// The first keyword of a statement, skipping whitespace and SQL comments.
-fn first_keyword(sql: &str) -> Option<&str> {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, tail)| tail);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            rest = after.split_once("*/").map_or("", |(_, tail)| tail);
-        } else {
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !c.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_keyword_skips_comments() {
-        assert_eq!(first_keyword("  -- x\n /* y */ vacuum;"), Some("vacuum"));
-        assert_eq!(first_keyword("/* unterminated"), None);
-        assert_eq!(first_keyword("SELECT 1"), Some("SELECT"));
-    }
-
-    #[test]
-    fn unguarded_statements_are_recognised() {
-        assert!(unguarded_statement("/**/VACUUM").is_some());
-        assert!(unguarded_statement("reindex kv__i").is_some());
-        assert!(unguarded_statement("SELECT 'VACUUM'").is_none());
     }
 }

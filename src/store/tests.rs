@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use super::writer::APPLY_COMMIT_INTERVAL;
 use super::*;
 use crate::metrics::Metrics;
 
@@ -99,6 +102,9 @@ const ESCAPES: &[&str] = &[
     "CREATE TEMP TABLE kv__tmp (a TEXT)",
     "CREATE TEMP VIEW kv__tv AS SELECT 1",
     "SELECT * FROM sqlite_master",
+    "SELECT count(*) FROM sqlite_master",
+    "SELECT count(*) FROM echo__t",
+    "SELECT count(*) FROM sqlite_sequence",
     "SELECT name FROM sqlite_schema",
     "SELECT * FROM SQLITE_MASTER",
     "SELECT * FROM sqlite_temp_master",
@@ -120,6 +126,9 @@ const ESCAPES: &[&str] = &[
     "VACUUM",
     "  /* comment */ VACUUM INTO '/tmp/flotilla-copy.db'",
     "REINDEX",
+    ";REINDEX",
+    " ;; VACUUM",
+    "-- c\n;REINDEX kv__t",
     "ANALYZE",
     "SELECT load_extension('x')",
     "SELECT 1; DELETE FROM echo__t",
@@ -161,34 +170,94 @@ async fn denials_name_the_reason() {
 #[tokio::test]
 async fn views_and_triggers_cannot_reach_out() {
     let f = fixture().await;
-    // Creating a view over another namespace is harmless, using it is not.
-    if f.kv
-        .write(vec![stmt("CREATE VIEW kv__v AS SELECT a FROM echo__t")])
-        .await
-        .is_ok()
-    {
-        assert!(f.kv.read(stmt("SELECT * FROM kv__v")).await.is_err());
-        assert!(f.kv.write(vec![stmt("SELECT * FROM kv__v")]).await.is_err());
-    }
-    // A trigger on kv's own table whose body writes echo's table makes the
-    // triggering write fail as a whole.
-    f.kv.write(vec![stmt(
+    for sql in [
+        // Named outright: refused before SQLite sees it.
+        "CREATE VIEW kv__v AS SELECT a FROM echo__t",
         "CREATE TRIGGER kv__tr AFTER INSERT ON kv__t BEGIN INSERT INTO echo__t VALUES ('via trigger'); END",
-    )])
+        // Reached without naming it: refused when made, by the check of
+        // the namespace's views and triggers.
+        "CREATE VIEW kv__v AS SELECT * FROM pragma_table_list",
+        "CREATE VIEW kv__v AS SELECT name FROM sqlite_master",
+        "CREATE VIEW kv__v AS SELECT * FROM sqlite_sequence",
+        "CREATE TRIGGER kv__tr AFTER INSERT ON kv__t BEGIN UPDATE kv__t SET v = random(); END",
+        "CREATE TRIGGER kv__tr AFTER DELETE ON kv__t BEGIN SELECT * FROM pragma_table_info('kv__t'); END",
+    ] {
+        let err = f.kv.write(vec![stmt(sql)]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Denied { .. }), "`{sql}`: {err}");
+    }
+    assert_eq!(echo_rows(&f).await, vec![vec![Value::from("secret")]]);
+    // Nothing was made: every name is still free.
+    f.kv.write(vec![
+        stmt("CREATE VIEW kv__v AS SELECT k FROM kv__t"),
+        stmt("CREATE TRIGGER kv__tr AFTER INSERT ON kv__t BEGIN UPDATE kv__t SET v = 'x' WHERE k = NEW.k; END"),
+    ])
     .await
     .unwrap();
-    let err =
-        f.kv.write(vec![stmt("INSERT INTO kv__t VALUES ('a', 'b')")])
-            .await
-            .unwrap_err();
-    assert!(err.to_string().contains("echo__t"), "{err}");
-    assert_eq!(echo_rows(&f).await, vec![vec![Value::from("secret")]]);
-    let rows =
-        f.kv.read(stmt("SELECT count(*) FROM kv__t"))
-            .await
-            .unwrap()
-            .rows;
-    assert_eq!(rows, vec![vec![Value::Integer(0)]]);
+}
+
+#[tokio::test]
+async fn a_schema_change_that_breaks_a_view_is_refused() {
+    let f = fixture().await;
+    f.kv.write(vec![
+        stmt("CREATE TABLE kv__x (a TEXT, b TEXT)"),
+        stmt("CREATE VIEW kv__xv AS SELECT a, b FROM kv__x"),
+    ])
+    .await
+    .unwrap();
+    // Dropping the table under the view would leave a view that fails
+    // every later `ALTER TABLE ... RENAME COLUMN`, in any namespace.
+    for sql in ["DROP TABLE kv__x", "ALTER TABLE kv__x DROP COLUMN b"] {
+        let err = f.kv.write(vec![stmt(sql)]).await.unwrap_err();
+        assert!(
+            err.to_string().to_ascii_lowercase().contains("view kv__xv")
+                || err.to_string().contains("view `kv__xv`"),
+            "`{sql}`: {err}"
+        );
+    }
+    // Another namespace's migration still renames its columns.
+    f.echo
+        .write(vec![stmt("ALTER TABLE echo__t RENAME COLUMN a TO b")])
+        .await
+        .unwrap();
+    f.kv.write(vec![stmt("DROP VIEW kv__xv"), stmt("DROP TABLE kv__x")])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_views_already_in_the_database_fail_the_migration_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = store.namespace("kv");
+    kv.migrate(KV).await.unwrap();
+    // Made behind the store's back, as an older flotilla allowed.
+    let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    raw.execute_batch("CREATE VIEW kv__bad AS SELECT * FROM pragma_table_list;")
+        .unwrap();
+    let err = kv.migrate(KV).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("view `kv__bad`") && msg.contains("in a new migration"),
+        "{msg}"
+    );
+    // A migration that drops it mends the namespace.
+    let mut mended = KV.to_vec();
+    mended.push(Migration {
+        version: 2,
+        name: "drop the bad view",
+        sql: "DROP VIEW kv__bad;",
+    });
+    assert_eq!(kv.migrate(&mended).await.unwrap(), 1);
+    // A migration that makes such a view is refused whole.
+    let bad = Migration {
+        version: 3,
+        name: "bad view",
+        sql: "CREATE TABLE kv__y (a TEXT); CREATE VIEW kv__bad2 AS SELECT * FROM pragma_table_list;",
+    };
+    mended.push(bad);
+    let err = kv.migrate(&mended).await.unwrap_err();
+    assert!(err.to_string().contains("view `kv__bad2`"), "{err}");
+    assert!(kv.read(stmt("SELECT * FROM kv__y")).await.is_err());
 }
 
 #[tokio::test]
@@ -216,6 +285,8 @@ async fn own_namespace_is_fully_usable() {
         "ALTER TABLE kv__x RENAME COLUMN c TO d",
         "UPDATE kv__x SET d = json_extract('{\"a\": 1}', '$.a')",
         "DELETE FROM kv__x WHERE a IN (SELECT value FROM json_each('[5, 6]'))",
+        "WITH c(x) AS (SELECT 1) SELECT count(*) FROM c",
+        "SELECT count(*) FROM (SELECT 1) AS sub",
     ];
     for sql in ok {
         f.kv.write(vec![stmt(sql)])
@@ -417,6 +488,7 @@ fn proposal(request_id: &str, time_ms: i64, seed: i64, statements: Vec<Statement
         command: Command::Write {
             namespace: "kv".into(),
             statements,
+            budget: WriteBudget::UNLIMITED,
         },
     }
 }
@@ -622,4 +694,352 @@ async fn applies_share_a_commit_and_reads_see_them_at_once() {
         reopened.applied_state().await.unwrap(),
         (Some(vec![4]), None)
     );
+}
+
+/// Budgets small enough to hit in a test.
+fn tight(steps: u64, rows: u64, value_bytes: u64, time_ms: u64) -> Budget {
+    Budget {
+        read: ReadBudget { time_ms, rows },
+        write: WriteBudget {
+            steps,
+            rows,
+            value_bytes,
+        },
+    }
+}
+
+/// A statement that counts to `n` (about ten SQLite steps per row).
+fn count_to(n: u64) -> String {
+    format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
+    )
+}
+
+#[tokio::test]
+async fn refusals_are_the_same_whether_the_object_exists_or_not() {
+    let f = fixture().await;
+    let refusal = |sql: &'static str| {
+        let kv = f.kv.clone();
+        async move { kv.read(stmt(sql)).await.unwrap_err().to_string() }
+    };
+    let exists = refusal("SELECT * FROM echo__t").await;
+    let missing = refusal("SELECT * FROM echo__nothing").await;
+    assert_eq!(
+        exists.replace("echo__t", "X"),
+        missing.replace("echo__nothing", "X")
+    );
+    // A column of an existing table is not confirmed either.
+    let column = refusal("SELECT nothing FROM echo__t").await;
+    assert_eq!(column, exists);
+    // Objects with no namespace prefix: the same before and after they
+    // exist (sqlite_sequence appears with the first AUTOINCREMENT table,
+    // which services cannot make: it is shared by every namespace).
+    let before = refusal("SELECT * FROM sqlite_sequence").await;
+    let err = f
+        .echo
+        .write(vec![stmt(
+            "CREATE TABLE echo__auto (id INTEGER PRIMARY KEY AUTOINCREMENT)",
+        )])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("sqlite_sequence"), "{err}");
+    Connection::open(f._dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch("CREATE TABLE sys__auto (id INTEGER PRIMARY KEY AUTOINCREMENT);")
+        .unwrap();
+    let after = refusal("SELECT * FROM sqlite_sequence").await;
+    assert_eq!(before, after);
+    // A refusal names only what the statement named.
+    let reindex = refusal(";REINDEX").await;
+    assert!(reindex.contains("REINDEX is not allowed"), "{reindex}");
+    assert!(
+        !reindex.contains("registry") && !reindex.contains("echo"),
+        "{reindex}"
+    );
+}
+
+#[tokio::test]
+async fn conflict_clauses_that_end_the_transaction_are_refused() {
+    let f = fixture().await;
+    for sql in [
+        "INSERT OR ROLLBACK INTO kv__t VALUES ('a', 'b')",
+        "UPDATE OR ROLLBACK kv__t SET v = 'x'",
+        "CREATE TABLE kv__r (a TEXT UNIQUE ON CONFLICT ROLLBACK)",
+        "CREATE TRIGGER kv__g BEFORE INSERT ON kv__t BEGIN SELECT RAISE(ROLLBACK, 'no'); END",
+    ] {
+        let err = f.kv.write(vec![stmt(sql)]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ROLLBACK is not allowed"),
+            "`{sql}`: {err}"
+        );
+    }
+}
+
+/// Makes, behind the store's back (as an older flotilla allowed), a table
+/// whose conflicts end the transaction, with one row in it.
+fn poison_table(dir: &Path) {
+    Connection::open(dir.join(DB_FILE))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE kv__p (k TEXT PRIMARY KEY ON CONFLICT ROLLBACK, v TEXT);
+             INSERT INTO kv__p VALUES ('taken', 'x');",
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_write_that_ends_the_shared_transaction_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = store.namespace("kv");
+    kv.migrate(KV).await.unwrap();
+    poison_table(dir.path());
+    // Many writes share commits with the one that ends the transaction.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let kv = kv.clone();
+        tasks.push(tokio::spawn(async move {
+            let sql = if i == 50 {
+                "INSERT INTO kv__p VALUES ('taken', 'again')".to_owned()
+            } else {
+                format!("INSERT INTO kv__t VALUES ('k{i}', 'v')")
+            };
+            kv.write(vec![Statement::new(sql, vec![])]).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let result = t.await.unwrap();
+        if i == 50 {
+            assert!(
+                matches!(result, Err(StoreError::Constraint(_))),
+                "{result:?}"
+            );
+        } else {
+            result.unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+        }
+    }
+    drop(kv);
+    drop(store);
+    let store = open(dir.path());
+    let rows = store
+        .namespace("kv")
+        .read(stmt("SELECT count(*) FROM kv__t"))
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows, vec![vec![Value::Integer(99)]]);
+}
+
+fn poison(request_id: &str) -> Proposal {
+    proposal(
+        request_id,
+        1,
+        1,
+        vec![stmt("INSERT INTO kv__p VALUES ('taken', 'again')")],
+    )
+}
+
+fn insert(request_id: &str, key: &str) -> Proposal {
+    proposal(
+        request_id,
+        1,
+        1,
+        vec![stmt(&format!("INSERT INTO kv__t VALUES ('{key}', 'v')"))],
+    )
+}
+
+#[tokio::test]
+async fn a_proposal_that_ends_the_apply_transaction_fails_on_every_replica_and_applying_goes_on() {
+    let mut finals = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            data_dir: dir.path().to_owned(),
+            readers: 2,
+            durability: Durability::ReplayedFromLog,
+        };
+        let store = Store::open(&config, Metrics::new().store).unwrap();
+        store.namespace("kv").migrate(KV).await.unwrap();
+        poison_table(dir.path());
+        // Entry 1 waits uncommitted for a shared commit when entry 2 ends
+        // the transaction: it must survive, applied again.
+        let first = store
+            .apply(vec![entry(1, vec![insert("a", "a")])])
+            .await
+            .unwrap();
+        assert!(first[0][0].is_ok());
+        let out = store
+            .apply(vec![entry(
+                2,
+                vec![insert("b", "b"), poison("p"), insert("c", "c")],
+            )])
+            .await
+            .unwrap();
+        assert!(out[0][0].is_ok(), "{out:?}");
+        assert!(
+            matches!(out[0][1], Err(StoreError::Constraint(_))),
+            "{out:?}"
+        );
+        assert!(out[0][2].is_ok(), "{out:?}");
+        // A retry of the failed request gets the same answer, and later
+        // entries apply.
+        let retry = store
+            .apply(vec![entry(3, vec![poison("p"), insert("d", "d")])])
+            .await
+            .unwrap();
+        assert_eq!(retry[0][0], out[0][1]);
+        let rows = store
+            .namespace("kv")
+            .read(stmt(
+                "SELECT group_concat(k, ',') FROM (SELECT k FROM kv__t ORDER BY k)",
+            ))
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(rows, vec![vec![Value::from("a,b,c,d")]]);
+        assert_eq!(store.applied_state().await.unwrap(), (Some(vec![3]), None));
+        // After a restart, the same entries apply again the same way.
+        drop(store);
+        let store = Store::open(&config, Metrics::new().store).unwrap();
+        let again = store
+            .apply(vec![entry(4, vec![poison("p2")])])
+            .await
+            .unwrap();
+        assert_eq!(again[0][0], out[0][1]);
+        finals.push(
+            store
+                .namespace("kv")
+                .read(stmt(
+                    "SELECT k, v FROM kv__t UNION ALL SELECT k, v FROM kv__p ORDER BY 1",
+                ))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(finals[0], finals[1], "the replicas agree");
+}
+
+#[tokio::test]
+async fn a_write_over_its_step_budget_stops_and_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let kv = store.namespace("kv");
+    kv.migrate(KV).await.unwrap();
+    let slow = kv.clone().with_budget(tight(100_000, 10_000, 1024, 1000));
+    let heavy = "INSERT INTO kv__t SELECT x, x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c)".to_owned();
+    let started = Instant::now();
+    let (heavy, light) = tokio::join!(
+        slow.write(vec![Statement::new(heavy, vec![])]),
+        kv.write(vec![stmt("INSERT INTO kv__t VALUES ('light', 'v')")])
+    );
+    let err = heavy.unwrap_err();
+    assert!(matches!(err, StoreError::Budget { .. }), "{err}");
+    assert!(err.to_string().contains("100000 SQLite steps"), "{err}");
+    light.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let rows = kv
+        .read(stmt("SELECT count(*) FROM kv__t"))
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(rows, vec![vec![Value::Integer(1)]]);
+}
+
+#[tokio::test]
+async fn reads_and_writes_keep_to_their_row_time_and_size_budgets() {
+    let f = fixture().await;
+    let kv = f.kv.clone().with_budget(tight(u64::MAX, 3, 100, 50));
+    // Rows returned.
+    let err = kv
+        .read(stmt(&count_to(10).replace("count(*)", "x")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 3 rows"), "{err}");
+    assert_eq!(
+        kv.read(stmt(&count_to(3).replace("count(*)", "x")))
+            .await
+            .unwrap()
+            .rows
+            .len(),
+        3
+    );
+    // Rows written, triggers included.
+    f.kv.write(vec![stmt(
+        "CREATE TRIGGER kv__dup AFTER INSERT ON kv__t WHEN NEW.v = 'dup' BEGIN INSERT INTO kv__t VALUES (NEW.k || '2', 'x'); END",
+    )])
+    .await
+    .unwrap();
+    kv.write(vec![stmt("INSERT INTO kv__t VALUES ('a', 'dup')")])
+        .await
+        .unwrap();
+    let err = kv
+        .write(vec![stmt(
+            "INSERT INTO kv__t VALUES ('b', 'dup'), ('c', 'dup')",
+        )])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("wrote more than 3 rows"), "{err}");
+    // The size of one value or row.
+    let err = kv
+        .write(vec![stmt(
+            "INSERT INTO kv__t VALUES ('big', hex(zeroblob(100)))",
+        )])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than 100 bytes"), "{err}");
+    // Wall-clock time of a read.
+    let err = kv.read(stmt(&count_to(100_000_000))).await.unwrap_err();
+    assert!(err.to_string().contains("longer than 50 ms"), "{err}");
+    // The store goes on.
+    let rows =
+        f.kv.read(stmt("SELECT count(*) FROM kv__t"))
+            .await
+            .unwrap()
+            .rows;
+    assert_eq!(rows, vec![vec![Value::Integer(2)]]);
+}
+
+#[tokio::test]
+async fn a_replicated_write_over_budget_fails_the_same_on_every_replica() {
+    let budget = WriteBudget {
+        steps: 50_000,
+        rows: 10,
+        value_bytes: 1024,
+    };
+    let heavy = Proposal {
+        command: Command::Write {
+            namespace: "kv".into(),
+            statements: vec![stmt(
+                "INSERT INTO kv__t SELECT x, x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) SELECT x FROM c)",
+            )],
+            budget,
+        },
+        ..insert("heavy", "unused")
+    };
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.namespace("kv").migrate(KV).await.unwrap();
+        let out = store
+            .apply(vec![entry(
+                1,
+                vec![insert("a", "a"), heavy.clone(), insert("b", "b")],
+            )])
+            .await
+            .unwrap();
+        assert!(
+            matches!(out[0][1], Err(StoreError::Budget { .. })),
+            "{out:?}"
+        );
+        let rows = store
+            .namespace("kv")
+            .read(stmt("SELECT count(*) FROM kv__t"))
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(rows, vec![vec![Value::Integer(2)]]);
+        results.push(out);
+    }
+    assert_eq!(results[0], results[1]);
 }

@@ -6,6 +6,8 @@
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
 
+use super::budget::{ReadBudget, WriteBudget};
+
 /// One SQL value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -126,10 +128,14 @@ pub struct MigrationSpec {
 /// A change to the database, as replicated through the Raft log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// A service's write: its statements, atomically.
+    /// A service's write: its statements, atomically, within the budget
+    /// of the node that sent it (so every member stops it at the same
+    /// point). Entries logged before budgets existed apply unlimited.
     Write {
         namespace: String,
         statements: Vec<Statement>,
+        #[serde(default = "WriteBudget::unlimited")]
+        budget: WriteBudget,
     },
     /// A namespace's pending migrations.
     Migrate {
@@ -145,6 +151,15 @@ impl Command {
             Command::Write { namespace, .. } | Command::Migrate { namespace, .. } => namespace,
         }
     }
+}
+
+/// One read of a namespace, with its budget: what a node that does not
+/// read locally sends to the one that does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadCall {
+    pub namespace: String,
+    pub statement: Statement,
+    pub budget: ReadBudget,
 }
 
 /// A command with what the leader decided for it: a request id (a retried

@@ -14,7 +14,7 @@ use std::{
 
 use flotilla::{
     cluster::network,
-    store::{Command, Statement},
+    store::{Command, Statement, WriteBudget},
 };
 use serde_json::Value;
 
@@ -253,6 +253,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             Command::Write {
                 namespace: namespace.into(),
                 statements: vec![Statement::new("SELECT 1", vec![])],
+                budget: WriteBudget::UNLIMITED,
             },
         ))
     };
@@ -279,6 +280,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
                 "UPDATE registry__nodes SET public = '127.0.0.1:1' WHERE node = 'accounts-1'",
                 vec![],
             )],
+            budget: WriteBudget::UNLIMITED,
         },
     ));
     let refused = as_kv.write(hijack).await.unwrap_err();
