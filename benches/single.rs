@@ -37,8 +37,8 @@ use flotilla::{
     routing::RoutingTable,
     server,
     services::echo::Echo,
-    store::{Durability, Statement, Store, StoreConfig},
 };
+use flotilla_store::{Durability, Statement, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
@@ -307,11 +307,7 @@ fn main() {
         .unwrap()
         .unwrap();
         let (token, _) = auth.issue_access_token(&user).unwrap();
-        let ctx = ServiceContext {
-            node_id: Arc::from("bench-1"),
-            store: store.namespace("echo"),
-            auth: auth.clone(),
-        };
+        let ctx = ServiceContext::ungranted(Arc::from("bench-1"), store.namespace("echo"));
         let catalogue = Catalogue::builtin();
         let table = Arc::new(RoutingTable::build(&catalogue).unwrap());
         let routers = HashMap::from([(

@@ -1,6 +1,7 @@
 //! Adding your own service to flotilla.
 //!
-//! A service is one type implementing `flotilla::catalogue::Service`; it is
+//! A service is one type implementing `flotilla::service::Service` (the
+//! whole API a service sees is in `flotilla::service`); it is
 //! added with one registration line (`.with(Greeter)` in `main`). Routing,
 //! its private table namespace, migrations, readiness and metrics follow
 //! from its declarations.
@@ -17,9 +18,11 @@ use axum::{
     routing::{get, post},
 };
 use flotilla::{
-    api_error::ApiError,
-    catalogue::{Access, Api, Catalogue, Handlers, HttpRoute, Service, ServiceContext, StartError},
-    store::{Migration, Namespace, Statement, StoreError},
+    catalogue::Catalogue,
+    service::{
+        Access, Api, ApiError, Handlers, HttpRoute, Migration, Namespace, Service, ServiceContext,
+        StartError, Statement, StoreError,
+    },
 };
 use serde_json::json;
 

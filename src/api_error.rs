@@ -102,12 +102,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<StoreError> for tonic::Status {
-    fn from(e: StoreError) -> Self {
-        ApiError::from(e).into()
-    }
-}
-
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         let mut status = match e.status {

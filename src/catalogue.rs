@@ -10,34 +10,19 @@
 //! [`Catalogue::builtin`] (or build your own catalogue, as
 //! `examples/greeter.rs` does).
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
-use crate::store::{Migration, Namespace};
+pub use crate::auth::authz::Access;
+use crate::{
+    auth::Auth,
+    store::{Budget, Migration, Namespace, Store},
+};
 
 /// Namespaces that belong to flotilla itself; no service may take these
 /// names.
 pub const RESERVED_NAMESPACES: &[&str] = &[
     "sys", "raft", "registry", "auth", "sqlite", "all", "db", "xds",
 ];
-
-/// What a caller needs to reach a route. Enforced by the auth layer; a
-/// route that declares nothing does not exist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone, without credentials. Listed by `check-config`.
-    Public,
-    /// An authenticated caller holding this permission.
-    Permission(&'static str),
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Access::Public => f.write_str("public"),
-            Access::Permission(p) => write!(f, "permission {p}"),
-        }
-    }
-}
 
 /// One HTTP route, relative to `/api/<service>`.
 #[derive(Clone, Debug)]
@@ -70,14 +55,74 @@ pub struct Api {
     pub grpc: Vec<GrpcService>,
 }
 
-/// What a service gets when it starts: its identity on this node, its
-/// namespace of the store (never the connection) and the node's auth
-/// (to issue credentials; checking them is the ingress's job).
+/// What a service may do beyond its own namespace, declared in its
+/// catalogue entry ([`Service::capabilities`]) and granted when it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Capability {
+    /// Issue and revoke credentials: the accounts namespace, password
+    /// hashing and the signing keys. Reserved to flotilla's own `accounts`
+    /// service; any other service that declares it fails validation.
+    IssueCredentials,
+}
+
+impl Capability {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Capability::IssueCredentials => "issue-credentials",
+        }
+    }
+}
+
+/// What a service gets when it starts, and nothing more: this node's id,
+/// its own namespace of the store within its budget (never the connection),
+/// and the capabilities it declared and was granted. The caller of each
+/// request reaches its handlers as a [`crate::service::Principal`] request
+/// extension; checking credentials is the ingress's job, before any handler
+/// runs.
 #[derive(Clone)]
 pub struct ServiceContext {
     pub node_id: Arc<str>,
     pub store: Namespace,
-    pub auth: Arc<crate::auth::Auth>,
+    /// Readable inside flotilla only: a service outside this crate cannot
+    /// name it, whatever it declares.
+    pub(crate) grants: Grants,
+}
+
+/// The objects behind the capabilities granted to a service.
+#[derive(Clone, Default)]
+pub(crate) struct Grants {
+    /// [`Capability::IssueCredentials`].
+    pub credentials: Option<Arc<Auth>>,
+}
+
+impl ServiceContext {
+    /// A context with no capabilities, around a namespace handle: to run a
+    /// service outside a node (its own tests, benchmarks).
+    pub fn ungranted(node_id: Arc<str>, store: Namespace) -> ServiceContext {
+        ServiceContext {
+            node_id,
+            store,
+            grants: Grants::default(),
+        }
+    }
+
+    /// The context of the service named `name`: its namespace within
+    /// `budget`, and `grants` (given by the node, from what the catalogue
+    /// allowed).
+    pub(crate) fn new(
+        node_id: Arc<str>,
+        store: &Store,
+        name: &str,
+        budget: Budget,
+        grants: Grants,
+    ) -> ServiceContext {
+        ServiceContext {
+            node_id,
+            store: store.namespace_within(name, budget),
+            grants,
+        }
+    }
 }
 
 /// The handlers of a started service.
@@ -109,6 +154,10 @@ pub trait Service: Send + Sync + 'static {
     fn migrations(&self) -> &'static [Migration] {
         &[]
     }
+    /// What it may do beyond its own namespace (most services: nothing).
+    fn capabilities(&self) -> &'static [Capability] {
+        &[]
+    }
     /// Builds its handlers. Called once, after its migrations ran.
     fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError>;
 }
@@ -128,10 +177,18 @@ where
     axum::Router::new().route_service(&format!("/{}/{{*method}}", S::NAME), server)
 }
 
+/// One service of the catalogue, and whether it is one of flotilla's own
+/// (only those may hold reserved capabilities).
+#[derive(Clone)]
+struct Entry {
+    service: Arc<dyn Service>,
+    own: bool,
+}
+
 /// The services this binary can run.
 #[derive(Clone)]
 pub struct Catalogue {
-    services: Vec<Arc<dyn Service>>,
+    services: Vec<Entry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,9 +199,17 @@ impl Catalogue {
     /// The services shipped with flotilla.
     pub fn builtin() -> Catalogue {
         Catalogue::empty()
-            .with(crate::services::accounts::Accounts)
-            .with(crate::services::echo::Echo)
-            .with(crate::services::kv::Kv)
+            .with_own(crate::services::accounts::Accounts)
+            .with_own(crate::services::echo::Echo)
+            .with_own(crate::services::kv::Kv)
+    }
+
+    fn with_own(mut self, service: impl Service) -> Catalogue {
+        self.services.push(Entry {
+            service: Arc::new(service),
+            own: true,
+        });
+        self
     }
 
     pub fn empty() -> Catalogue {
@@ -155,7 +220,10 @@ impl Catalogue {
 
     /// Adds a service (the one registration line of a new service).
     pub fn with(mut self, service: impl Service) -> Catalogue {
-        self.services.push(Arc::new(service));
+        self.services.push(Entry {
+            service: Arc::new(service),
+            own: false,
+        });
         self
     }
 
@@ -163,7 +231,8 @@ impl Catalogue {
     /// A failure is a programming error in a service, reported at start-up.
     pub fn validate(&self) -> Result<(), CatalogueError> {
         let mut grpc_names = Vec::new();
-        for (i, s) in self.services.iter().enumerate() {
+        for (i, entry) in self.services.iter().enumerate() {
+            let s = &entry.service;
             let name = s.name();
             let valid = !name.is_empty()
                 && name.len() <= 32
@@ -179,7 +248,13 @@ impl Catalogue {
             if RESERVED_NAMESPACES.contains(&name) {
                 return Err(CatalogueError(format!("service name `{name}` is reserved")));
             }
-            if self.services[..i].iter().any(|o| o.name() == name) {
+            if let Some(c) = s.capabilities().first().filter(|_| !entry.own) {
+                return Err(CatalogueError(format!(
+                    "service `{name}` declares capability `{}`, which only flotilla's own accounts service may hold",
+                    c.name()
+                )));
+            }
+            if self.services[..i].iter().any(|o| o.service.name() == name) {
                 return Err(CatalogueError(format!(
                     "service `{name}` is registered twice"
                 )));
@@ -217,15 +292,24 @@ impl Catalogue {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.services.iter().map(|s| s.name())
+        self.services.iter().map(|e| e.service.name())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Service>> {
-        self.services.iter().find(|s| s.name() == name)
+        self.iter().find(|s| s.name() == name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
-        self.services.iter()
+        self.services.iter().map(|e| &e.service)
+    }
+
+    /// The capabilities the service named `name` declared and may hold (a
+    /// validated catalogue holds no other).
+    pub(crate) fn granted(&self, name: &str) -> &'static [Capability] {
+        self.services
+            .iter()
+            .find(|e| e.service.name() == name && e.own)
+            .map_or(&[], |e| e.service.capabilities())
     }
 }
 
@@ -250,6 +334,43 @@ mod tests {
                 message: "not startable".into(),
             })
         }
+    }
+
+    struct Greedy;
+    impl Service for Greedy {
+        fn name(&self) -> &'static str {
+            "greedy"
+        }
+        fn summary(&self) -> &'static str {
+            "wants to mint tokens"
+        }
+        fn api(&self) -> Api {
+            Api::default()
+        }
+        fn capabilities(&self) -> &'static [Capability] {
+            &[Capability::IssueCredentials]
+        }
+        fn start(&self, _: ServiceContext) -> Result<Handlers, StartError> {
+            Err(StartError {
+                service: "greedy",
+                message: "not startable".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn only_flotillas_own_services_may_issue_credentials() {
+        let err = Catalogue::builtin().with(Greedy).validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("declares capability `issue-credentials`"),
+            "{err}"
+        );
+        assert_eq!(
+            Catalogue::builtin().granted("accounts"),
+            &[Capability::IssueCredentials]
+        );
+        assert!(Catalogue::builtin().granted("kv").is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! problem found is reported at once, each naming its field.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -18,6 +19,7 @@ use crate::{
     auth::{AuthSettings, password::HashParams},
     catalogue::Catalogue,
     cluster::{ClusterSettings, Role},
+    store::{Budget, ReadBudget, WriteBudget},
     topology::{Selection, Topology, valid_names, valid_node_id},
 };
 
@@ -107,6 +109,21 @@ struct RawLimits {
     max_request_body_bytes: Option<u64>,
     request_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    #[serde(default)]
+    store: RawBudget,
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, RawBudget>,
+}
+
+/// What one call of a service to the store may cost (`limits.store`, and
+/// per service in `limits.services.<name>`).
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    read_ms: Option<u64>,
+    write_steps: Option<u64>,
+    max_rows: Option<u64>,
+    max_value_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +166,16 @@ pub struct Limits {
     pub max_request_body_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// The store budget of every service, unless `services` names it.
+    pub store: Budget,
+    pub services: BTreeMap<&'static str, Budget>,
+}
+
+impl Limits {
+    /// The store budget of the service named `service`.
+    pub fn budget(&self, service: &str) -> Budget {
+        self.services.get(service).copied().unwrap_or(self.store)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -371,6 +398,34 @@ impl Config {
             );
         }
 
+        let store_budget = parse_budget(
+            &mut problems,
+            "limits.store",
+            &raw.limits.store,
+            Budget::SERVICE_DEFAULT,
+        );
+        let mut service_budgets = BTreeMap::new();
+        for (name, raw_budget) in &raw.limits.services {
+            match catalogue.names().find(|n| n == name) {
+                Some(service) => {
+                    let budget = parse_budget(
+                        &mut problems,
+                        &format!("limits.services.{name}"),
+                        raw_budget,
+                        store_budget,
+                    );
+                    service_budgets.insert(service, budget);
+                }
+                None => problems.add(
+                    &format!("limits.services.{name}"),
+                    format!(
+                        "`{name}` is not a service of this binary; services: {}",
+                        catalogue.names().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+            }
+        }
+
         let format = match raw.log.format.as_deref() {
             None => LogFormat::Human,
             Some(f) => LogFormat::parse(f).unwrap_or_else(|| {
@@ -452,6 +507,8 @@ impl Config {
                 max_request_body_bytes: usize::try_from(body).expect("bounded by MAX_BODY_LIMIT"),
                 request_timeout: Duration::from_millis(timeout),
                 shutdown_grace: Duration::from_millis(grace),
+                store: store_budget,
+                services: service_budgets,
             },
             log: LogConfig { format, level },
             auth: auth.expect("validated above"),
@@ -463,6 +520,45 @@ impl Config {
     /// Whether the node runs `service`.
     pub fn runs(&self, service: &str) -> bool {
         self.services.contains(&service)
+    }
+}
+
+/// A budget from its raw fields, each defaulting to `base`'s.
+fn parse_budget(problems: &mut Problems, field: &str, raw: &RawBudget, base: Budget) -> Budget {
+    let mut check = |name: &str, value: Option<u64>, default: u64, range: (u64, u64)| {
+        let v = value.unwrap_or(default);
+        if !(range.0..=range.1).contains(&v) {
+            problems.add(
+                &format!("{field}.{name}"),
+                format!("{v} is out of range: use {} to {}", range.0, range.1),
+            );
+        }
+        v
+    };
+    let read_ms = check("read_ms", raw.read_ms, base.read.time_ms, (1, 600_000));
+    let write_steps = check(
+        "write_steps",
+        raw.write_steps,
+        base.write.steps,
+        (10_000, 1_000_000_000_000),
+    );
+    let max_rows = check("max_rows", raw.max_rows, base.write.rows, (1, 100_000_000));
+    let max_value_bytes = check(
+        "max_value_bytes",
+        raw.max_value_bytes,
+        base.write.value_bytes,
+        (4096, MAX_BODY_LIMIT),
+    );
+    Budget {
+        read: ReadBudget {
+            time_ms: read_ms,
+            rows: max_rows,
+        },
+        write: WriteBudget {
+            steps: write_steps,
+            rows: max_rows,
+            value_bytes: max_value_bytes,
+        },
     }
 }
 

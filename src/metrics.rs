@@ -16,6 +16,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::store::StoreMetrics;
+
 /// A label value that is cheap to clone on the request path.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Label {
@@ -82,18 +84,6 @@ pub struct LatencyLabels {
     pub route: Label,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatementLabels {
-    pub namespace: String,
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabels {
-    pub namespace: String,
-    pub reason: &'static str,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -134,45 +124,6 @@ impl HttpMetrics {
     }
 }
 
-/// Store metrics: per-namespace statement latency and commit behaviour.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    statements: HistogramFamily<StatementLabels>,
-    refusals: Family<RefusalLabels, Counter>,
-    commit: Histogram,
-    batch_latency: Histogram,
-    batch_size: Histogram,
-}
-
-impl StoreMetrics {
-    pub fn observe_statement(&self, namespace: &str, kind: &'static str, elapsed: Duration) {
-        self.statements
-            .get_or_create(&StatementLabels {
-                namespace: namespace.to_owned(),
-                kind,
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// A service's call refused: `denied` (outside its namespace or its
-    /// rules), `budget` (over its budget) or `ended_transaction` (it ended
-    /// the transaction it shared, and failed alone).
-    pub fn observe_refusal(&self, namespace: &str, reason: &'static str) {
-        self.refusals
-            .get_or_create(&RefusalLabels {
-                namespace: namespace.to_owned(),
-                reason,
-            })
-            .inc();
-    }
-
-    pub fn observe_commit(&self, commit: Duration, batch: usize, whole: Duration) {
-        self.commit.observe(commit.as_secs_f64());
-        self.batch_latency.observe(whole.as_secs_f64());
-        self.batch_size.observe(batch as f64);
-    }
-}
-
 /// Every metric of the node, and the registry that encodes them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -204,38 +155,7 @@ impl Metrics {
             "Latency of requests served by the public ingress, by service and route template",
             http.latency.clone(),
         );
-        let store = StoreMetrics {
-            statements: Family::new_with_constructor(latency_histogram),
-            refusals: Family::default(),
-            commit: latency_histogram(),
-            batch_latency: latency_histogram(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-        };
-        registry.register(
-            "store_statement_duration_seconds",
-            "Time to run a service's statements (kind=read: one statement; kind=write: one write job), by namespace",
-            store.statements.clone(),
-        );
-        registry.register(
-            "store_refusals",
-            "Service calls the store refused, by namespace and reason (denied, budget, ended_transaction)",
-            store.refusals.clone(),
-        );
-        registry.register(
-            "store_commit_duration_seconds",
-            "Time of one durable COMMIT (fsync included) of a group of writes",
-            store.commit.clone(),
-        );
-        registry.register(
-            "store_batch_duration_seconds",
-            "Time from BEGIN to durable COMMIT of one group of writes",
-            store.batch_latency.clone(),
-        );
-        registry.register(
-            "store_batch_size",
-            "Write jobs committed together by one COMMIT",
-            store.batch_size.clone(),
-        );
+        let store = StoreMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             http,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, NodeInfo, Readiness, ServiceState},
     auth::Auth,
-    catalogue::{Catalogue, ServiceContext},
+    catalogue::{Capability, Catalogue, Grants, ServiceContext},
     cluster::Cluster,
     config::Config,
     ingress::{self, Ingress, IngressLimits},
@@ -192,11 +192,19 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
                 });
             }
         };
-        let handlers = service.start(ServiceContext {
-            node_id: node_id.clone(),
-            store: namespace,
-            auth: auth.clone(),
-        })?;
+        let grants = Grants {
+            credentials: catalogue
+                .granted(name)
+                .contains(&Capability::IssueCredentials)
+                .then(|| auth.clone()),
+        };
+        let handlers = service.start(ServiceContext::new(
+            node_id.clone(),
+            &store,
+            name,
+            config.limits.budget(name),
+            grants,
+        ))?;
         routers.insert(name, ingress::compose(name, handlers));
         readiness.set(name, ServiceState::Running);
         tracing::info!(

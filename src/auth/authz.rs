@@ -6,7 +6,26 @@
 //! a caller's identity into allow or deny, and the ingress calls it before
 //! any service handler runs.
 
-use crate::catalogue::Access;
+use std::fmt;
+
+/// What a caller needs to reach a route. Enforced by the auth layer; a
+/// route that declares nothing does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without credentials. Listed by `check-config`.
+    Public,
+    /// An authenticated caller holding this permission.
+    Permission(&'static str),
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Access::Public => f.write_str("public"),
+            Access::Permission(p) => write!(f, "permission {p}"),
+        }
+    }
+}
 
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_USER: &str = "user";

@@ -155,15 +155,19 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<ApplyResponse, Refusal>>,
 }
 
-/// Takes what arrives on `queue` in batches: at most `ENTRIES_IN_FLIGHT`
-/// batches are being handled at once, and what arrives meanwhile waits and
-/// forms the next batch (of at most `MAX_BATCH`).
-async fn gather<T, F, Fut>(mut queue: tokio::sync::mpsc::UnboundedReceiver<T>, handle: F)
-where
+/// Takes what arrives on `queue` in batches: at most `in_flight` batches
+/// are being handled at once, and what arrives meanwhile waits and forms
+/// the next batch (of at most `MAX_BATCH`). A batch is formed just before it
+/// is handled: everything in it arrived before its handling started.
+async fn gather<T, F, Fut>(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<T>,
+    in_flight: usize,
+    handle: F,
+) where
     F: Fn(Vec<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(in_flight));
     while let Some(first) = queue.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -180,6 +184,27 @@ where
             let _permit = permit;
             work.await;
         });
+    }
+}
+
+/// A read waiting for a read-index round: `Ok` once this node has confirmed
+/// it leads and applied up to the read index, or the leader it knows of.
+type Confirmation = tokio::sync::oneshot::Sender<Result<(), Option<u64>>>;
+
+/// One read-index round for every read gathered: this node confirms with a
+/// quorum that it leads and waits until it has applied up to the read index.
+async fn confirm_gathered(raft: Raft<TypeConfig>, quiet: Quiet, waiters: Vec<Confirmation>) {
+    let confirmed = tokio::time::timeout(PROPOSAL_WAIT, async {
+        let _open = quiet.read().await;
+        raft.ensure_linearizable().await
+    });
+    let result = match confirmed.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.forward_to_leader().and_then(|f| f.leader_id)),
+        Err(_) => Err(None),
+    };
+    for waiter in waiters {
+        let _ = waiter.send(result);
     }
 }
 
@@ -293,6 +318,8 @@ pub struct Cluster {
     proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
     /// Writes on their way to the leader (see `gather`).
     forwards: tokio::sync::mpsc::UnboundedSender<(u64, Pending)>,
+    /// Reads waiting for a read-index round (see `confirm_gathered`).
+    confirmations: tokio::sync::mpsc::UnboundedSender<Confirmation>,
     store: Store,
     members: BTreeMap<u64, Member>,
     /// Peer clients by member id, with the address they dial.
@@ -399,8 +426,17 @@ impl Cluster {
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         let quiet = Quiet::default();
         let (proposer, gate) = (raft.clone(), quiet.clone());
-        tokio::spawn(gather(queue, move |pending| {
+        tokio::spawn(gather(queue, ENTRIES_IN_FLIGHT, move |pending| {
             propose_gathered(proposer.clone(), gate.clone(), pending)
+        }));
+        // Linearizable reads share read-index rounds: one round at a time,
+        // for every read that arrived before it started. A round per read
+        // would flood the peers with heartbeats under a burst of reads, and
+        // delay the acknowledgements the leader's quorum depends on.
+        let (confirmations, confirmation_queue) = tokio::sync::mpsc::unbounded_channel();
+        let (confirmer, gate) = (raft.clone(), quiet.clone());
+        tokio::spawn(gather(confirmation_queue, 1, move |waiters| {
+            confirm_gathered(confirmer.clone(), gate.clone(), waiters)
         }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -419,13 +455,14 @@ impl Cluster {
             handing_over: std::sync::atomic::AtomicBool::new(false),
             proposals,
             forwards,
+            confirmations,
             store: store.clone(),
             members: settings.members.iter().map(|m| (m.id, m.clone())).collect(),
             clients: std::sync::Mutex::default(),
             credential,
         });
         let forwarder = Arc::downgrade(&cluster);
-        tokio::spawn(gather(forward_queue, move |writes| {
+        tokio::spawn(gather(forward_queue, ENTRIES_IN_FLIGHT, move |writes| {
             forward_gathered(forwarder.clone(), writes)
         }));
         store
@@ -770,18 +807,15 @@ impl Cluster {
         }
     }
 
-    /// Confirms with a quorum that this node leads (a read-index round), or
+    /// Confirms with a quorum that this node leads (a read-index round
+    /// started after this call, shared with the reads that wait with it), or
     /// says who leads, if it knows.
     async fn confirm_leadership(&self) -> Result<(), Option<u64>> {
-        let confirmed = tokio::time::timeout(PROPOSAL_WAIT, async {
-            let _open = self.quiet.read().await;
-            self.raft.ensure_linearizable().await
-        });
-        match confirmed.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.forward_to_leader().and_then(|f| f.leader_id)),
-            Err(_) => Err(None),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.confirmations.send(reply).is_err() {
+            return Err(None);
         }
+        answer.await.unwrap_or(Err(None))
     }
 
     /// Cuts this node off from its peers (or reconnects it), when the config

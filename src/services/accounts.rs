@@ -28,8 +28,8 @@ use crate::{
         ratelimit::retry_after_secs,
     },
     catalogue::{
-        Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
-        StartError, grpc_router,
+        Access, Api, Capability, GrpcMethod, GrpcService, Handlers, HttpRoute, Service,
+        ServiceContext, StartError, grpc_router,
     },
     proto::accounts::{self as pb, accounts_server},
     server::ClientAddr,
@@ -766,8 +766,16 @@ impl Service for Accounts {
         accounts::MIGRATIONS
     }
 
+    fn capabilities(&self) -> &'static [Capability] {
+        &[Capability::IssueCredentials]
+    }
+
     fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
-        let core = AccountsCore { auth: ctx.auth };
+        let auth = ctx.grants.credentials.ok_or_else(|| StartError {
+            service: "accounts",
+            message: "it was not granted the issue-credentials capability it declares".into(),
+        })?;
+        let core = AccountsCore { auth };
         let http = Router::new()
             .route("/signup", post(http_signup))
             .route("/login", post(http_login))

@@ -35,6 +35,13 @@ impl TestCluster {
     /// Three members on free loopback ports. `extra` goes into each node's
     /// `cluster:` section.
     pub fn start(extra: &str) -> TestCluster {
+        TestCluster::start_with(std::path::Path::new(BINARY), extra, "")
+    }
+
+    /// Three members of `binary` (the main one or an example's), with
+    /// `extra` in each node's `cluster:` section and `top` (whole YAML
+    /// lines) at the top level of each config.
+    pub fn start_with(binary: &std::path::Path, extra: &str, top: &str) -> TestCluster {
         let topology_dir = tempfile::tempdir().unwrap();
         let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
             .map(|_| (free_addr(), free_addr(), free_addr()))
@@ -55,7 +62,7 @@ impl TestCluster {
         for (i, (public, admin, peer)) in members.iter().copied().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let config = format!(
-                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\nxds: {{ingress_listener: '{envoy_ingress}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
+                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\nxds: {{ingress_listener: '{envoy_ingress}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n{top}",
                 i + 1,
                 xds[i],
                 dir.path().join("data").display(),
@@ -63,7 +70,9 @@ impl TestCluster {
             );
             let path = dir.path().join("node.yaml");
             std::fs::write(&path, config).unwrap();
-            nodes.push(Node::prepared(dir, path, public, admin));
+            let mut node = Node::prepared(dir, path, public, admin);
+            node.binary = binary.to_owned();
+            nodes.push(node);
         }
         for n in &mut nodes {
             n.spawn_only(&[]);
@@ -149,7 +158,7 @@ impl TestCluster {
     pub async fn admin_token(&self) -> String {
         let node = &self.nodes[0];
         let (code, out, err) = run_cli_with_input(
-            std::path::Path::new(BINARY),
+            &node.binary,
             &[
                 "accounts",
                 "create-admin",

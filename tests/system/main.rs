@@ -7,6 +7,7 @@ mod envoy;
 mod example;
 mod gen_envoy;
 mod ha;
+mod hostile;
 mod ingress;
 mod kv;
 mod lifecycle;

@@ -12,10 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flotilla::{
-    cluster::network,
-    store::{Command, Statement, WriteBudget},
-};
+use flotilla::cluster::network;
+use flotilla_store::{Command, MigrationSpec, Statement, WriteBudget};
 use serde_json::Value;
 
 use crate::{
@@ -290,7 +288,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             "test-migrate".to_owned(),
             Command::Migrate {
                 namespace: flotilla::auth::accounts::NAMESPACE.into(),
-                migrations: vec![flotilla::store::MigrationSpec {
+                migrations: vec![MigrationSpec {
                     version: 999,
                     name: "mine".into(),
                     sql: sql.into(),

@@ -257,6 +257,20 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what the node said last, and keeps its whole
+        // log in FLOTILLA_TEST_LOGS (a directory), if that is set.
+        if std::thread::panicking() {
+            if let Ok(dir) = std::env::var("FLOTILLA_TEST_LOGS") {
+                let _ = std::fs::copy(self.log_path(), format!("{dir}/{}.log", self.admin.port()));
+            }
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.log_path().display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
 

@@ -23,12 +23,17 @@
 //!   namespace's [`Budget`]. Every view and trigger a namespace defines is
 //!   checked by `schema` when it is made.
 //!
-//! **Architecture Invariant:** this module knows nothing about HTTP, gRPC or
-//! services; it knows namespaces and statements.
+//! **Architecture Invariant:** this crate knows nothing about HTTP, gRPC,
+//! Raft or services; it knows namespaces and statements. It is a crate of
+//! its own so that a service, which sees only flotilla's service API, has no
+//! path to `Store::open` or a raw connection.
+
+#![forbid(unsafe_code)]
 
 mod authorizer;
 mod budget;
 mod connection;
+mod metrics;
 mod schema;
 mod sql;
 mod value;
@@ -54,7 +59,8 @@ pub use connection::{Durability, now_ms};
 pub use schema::Migration;
 pub use value::{Applied, Command, MigrationSpec, Outcome, Proposal, ReadCall, Statement, Value};
 
-use crate::metrics::StoreMetrics;
+pub use metrics::StoreMetrics;
+
 use authorizer::{Guard, Mode};
 use budget::Meter;
 use connection::{open_reader, open_writer, run_statement, storage};
@@ -293,13 +299,18 @@ impl Store {
     }
 
     /// A handle bound to `namespace`, within [`Budget::SYSTEM`]: for
-    /// flotilla's own namespaces. A service's handle is made with its own
-    /// budget ([`Namespace::with_budget`]).
+    /// flotilla's own namespaces.
     pub fn namespace(&self, namespace: &str) -> Namespace {
+        self.namespace_within(namespace, Budget::SYSTEM)
+    }
+
+    /// A handle bound to `namespace` whose every call keeps to `budget`: a
+    /// service's. The handle cannot change its budget.
+    pub fn namespace_within(&self, namespace: &str, budget: Budget) -> Namespace {
         Namespace {
             name: Arc::from(namespace),
             store: self.clone(),
-            budget: Budget::SYSTEM,
+            budget,
         }
     }
 }
@@ -322,11 +333,6 @@ fn unexpected(what: &str) -> StoreError {
 impl Namespace {
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The same namespace within `budget`.
-    pub fn with_budget(self, budget: Budget) -> Namespace {
-        Namespace { budget, ..self }
     }
 
     pub fn budget(&self) -> &Budget {

@@ -2,7 +2,6 @@ use std::time::Duration;
 
 use super::writer::APPLY_COMMIT_INTERVAL;
 use super::*;
-use crate::metrics::Metrics;
 
 const KV: &[Migration] = &[Migration {
     version: 1,
@@ -17,6 +16,7 @@ const ECHO: &[Migration] = &[Migration {
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    store: Store,
     kv: Namespace,
     echo: Namespace,
 }
@@ -36,6 +36,7 @@ async fn fixture() -> Fixture {
     .unwrap();
     Fixture {
         _dir: dir,
+        store,
         kv,
         echo,
     }
@@ -48,7 +49,7 @@ fn open(dir: &Path) -> Store {
             readers: 2,
             durability: Durability::Full,
         },
-        Metrics::new().store,
+        StoreMetrics::default(),
     )
     .unwrap()
 }
@@ -630,7 +631,7 @@ async fn applies_share_a_commit_and_reads_see_them_at_once() {
         readers: 2,
         durability: Durability::ReplayedFromLog,
     };
-    let store = Store::open(&config, Metrics::new().store).unwrap();
+    let store = Store::open(&config, StoreMetrics::default()).unwrap();
     store.namespace("kv").migrate(KV).await.unwrap();
     let insert = |k: &str| vec![stmt(&format!("INSERT INTO kv__t VALUES ('{k}', 'v')"))];
     // What another connection to the file sees: the committed rows only.
@@ -689,7 +690,7 @@ async fn applies_share_a_commit_and_reads_see_them_at_once() {
         assert!(Instant::now() < deadline, "closing lost a waiting apply");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let reopened = Store::open(&config, Metrics::new().store).unwrap();
+    let reopened = Store::open(&config, StoreMetrics::default()).unwrap();
     assert_eq!(
         reopened.applied_state().await.unwrap(),
         (Some(vec![4]), None)
@@ -858,7 +859,7 @@ async fn a_proposal_that_ends_the_apply_transaction_fails_on_every_replica_and_a
             readers: 2,
             durability: Durability::ReplayedFromLog,
         };
-        let store = Store::open(&config, Metrics::new().store).unwrap();
+        let store = Store::open(&config, StoreMetrics::default()).unwrap();
         store.namespace("kv").migrate(KV).await.unwrap();
         poison_table(dir.path());
         // Entry 1 waits uncommitted for a shared commit when entry 2 ends
@@ -900,7 +901,7 @@ async fn a_proposal_that_ends_the_apply_transaction_fails_on_every_replica_and_a
         assert_eq!(store.applied_state().await.unwrap(), (Some(vec![3]), None));
         // After a restart, the same entries apply again the same way.
         drop(store);
-        let store = Store::open(&config, Metrics::new().store).unwrap();
+        let store = Store::open(&config, StoreMetrics::default()).unwrap();
         let again = store
             .apply(vec![entry(4, vec![poison("p2")])])
             .await
@@ -925,7 +926,7 @@ async fn a_write_over_its_step_budget_stops_and_fails_alone() {
     let store = open(dir.path());
     let kv = store.namespace("kv");
     kv.migrate(KV).await.unwrap();
-    let slow = kv.clone().with_budget(tight(100_000, 10_000, 1024, 1000));
+    let slow = store.namespace_within("kv", tight(100_000, 10_000, 1024, 1000));
     let heavy = "INSERT INTO kv__t SELECT x, x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c)".to_owned();
     let started = Instant::now();
     let (heavy, light) = tokio::join!(
@@ -948,7 +949,7 @@ async fn a_write_over_its_step_budget_stops_and_fails_alone() {
 #[tokio::test]
 async fn reads_and_writes_keep_to_their_row_time_and_size_budgets() {
     let f = fixture().await;
-    let kv = f.kv.clone().with_budget(tight(u64::MAX, 3, 100, 50));
+    let kv = f.store.namespace_within("kv", tight(u64::MAX, 3, 100, 50));
     // Rows returned.
     let err = kv
         .read(stmt(&count_to(10).replace("count(*)", "x")))
