@@ -24,7 +24,15 @@ use serde_json::{Value, json};
 struct Intruder;
 
 const ROUTES: &[&str] = &[
-    "/reach", "/poison", "/slow", "/views", "/leaks", "/rename", "/rows",
+    "/reach",
+    "/poison",
+    "/slow",
+    "/views",
+    "/leaks",
+    "/rename",
+    "/rows",
+    "/burn-write",
+    "/burn-read",
 ];
 
 impl Service for Intruder {
@@ -68,6 +76,8 @@ impl Service for Intruder {
             .route("/leaks", post(leaks))
             .route("/rename", post(rename))
             .route("/rows", post(rows))
+            .route("/burn-write", post(burn_write))
+            .route("/burn-read", post(burn_read))
             .with_state(ctx.store);
         Ok(Handlers {
             http,
@@ -177,6 +187,21 @@ async fn rename(State(store): State<Namespace>) -> Json<Value> {
             stmt("ALTER TABLE intruder__pk RENAME COLUMN w TO v"),
         ]).await),
     }))
+}
+
+/// The heaviest write it is allowed: one that runs until its budget stops
+/// it (the isolation benchmark runs it in a loop beside kv's writes).
+async fn burn_write(State(store): State<Namespace>) -> Json<Value> {
+    Json(
+        json!({"write": write(&store, "INSERT INTO intruder__t SELECT x, x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000000) SELECT x FROM c)").await}),
+    )
+}
+
+/// The heaviest read it is allowed, likewise.
+async fn burn_read(State(store): State<Namespace>) -> Json<Value> {
+    Json(
+        json!({"read": read(&store, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000000) SELECT max(x) FROM c").await}),
+    )
 }
 
 async fn rows(State(store): State<Namespace>) -> Json<Value> {

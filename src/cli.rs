@@ -480,6 +480,24 @@ pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
         config.limits.request_timeout.as_millis(),
         config.limits.shutdown_grace.as_millis()
     );
+    let _ = writeln!(out, "store budgets (per call of a service):");
+    for name in &config.services {
+        let b = config.limits.budget(name);
+        let capabilities: Vec<&str> = catalogue.granted(name).iter().map(|c| c.name()).collect();
+        let _ = writeln!(
+            out,
+            "  {name}: reads {} ms, writes {} SQLite steps per statement, {} rows, values up to {} bytes{}",
+            b.read.time_ms,
+            b.write.steps,
+            b.write.rows,
+            b.write.value_bytes,
+            if capabilities.is_empty() {
+                String::new()
+            } else {
+                format!("; capabilities: {}", capabilities.join(", "))
+            }
+        );
+    }
     let auth = &config.auth;
     let _ = writeln!(
         out,

@@ -525,9 +525,11 @@ impl Config {
 
 /// A budget from its raw fields, each defaulting to `base`'s.
 fn parse_budget(problems: &mut Problems, field: &str, raw: &RawBudget, base: Budget) -> Budget {
+    // Only what is written here is checked here: `base` was checked where
+    // it was written.
     let mut check = |name: &str, value: Option<u64>, default: u64, range: (u64, u64)| {
         let v = value.unwrap_or(default);
-        if !(range.0..=range.1).contains(&v) {
+        if value.is_some() && !(range.0..=range.1).contains(&v) {
             problems.add(
                 &format!("{field}.{name}"),
                 format!("{v} is out of range: use {} to {}", range.0, range.1),
@@ -1044,6 +1046,36 @@ mod tests {
                 "expected {field}: {needle} in {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn store_budgets_default_per_service_and_are_checked() {
+        let c = parse(&format!(
+            "{BASE}services: [all]\nlimits: {{store: {{read_ms: 500, max_rows: 100}}, services: {{kv: {{write_steps: 20000}}}}}}\n"
+        ))
+        .unwrap();
+        let echo = c.limits.budget("echo");
+        assert_eq!((echo.read.time_ms, echo.write.rows), (500, 100));
+        assert_eq!(echo.write.steps, Budget::SERVICE_DEFAULT.write.steps);
+        let kv = c.limits.budget("kv");
+        assert_eq!((kv.read.time_ms, kv.write.steps), (500, 20_000));
+        let p = problems(&format!(
+            "{BASE}services: [all]\nlimits: {{store: {{read_ms: 0}}, services: {{nope: {{}}, kv: {{max_value_bytes: 1}}}}}}\n"
+        ));
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "limits.store.read_ms",
+                "limits.services.kv.max_value_bytes",
+                "limits.services.nope"
+            ],
+            "{p:?}"
+        );
+        assert!(
+            p[2].message.contains("services: accounts, echo, kv"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ const LOGIN_FAILED: &str = "invalid username or password";
 #[derive(Clone)]
 pub struct AccountsCore {
     auth: Arc<Auth>,
+    /// The accounts namespace, within the service's budget.
+    ns: crate::store::Namespace,
 }
 
 fn validate_roles(roles: &[String]) -> Result<(), ApiError> {
@@ -79,7 +81,7 @@ fn address_key(client: Option<IpAddr>) -> String {
 
 impl AccountsCore {
     fn ns(&self) -> &crate::store::Namespace {
-        &self.auth.accounts
+        &self.ns
     }
 
     async fn hash(&self, password: String) -> Result<String, ApiError> {
@@ -775,7 +777,10 @@ impl Service for Accounts {
             service: "accounts",
             message: "it was not granted the issue-credentials capability it declares".into(),
         })?;
-        let core = AccountsCore { auth };
+        let core = AccountsCore {
+            auth,
+            ns: ctx.store,
+        };
         let http = Router::new()
             .route("/signup", post(http_signup))
             .route("/login", post(http_login))
@@ -802,7 +807,10 @@ pub async fn create_admin(
     username: &str,
     password: String,
 ) -> Result<User, ApiError> {
-    AccountsCore { auth: auth.clone() }
-        .create(username, password, &[authz::ROLE_ADMIN.to_owned()])
-        .await
+    AccountsCore {
+        auth: auth.clone(),
+        ns: auth.accounts.clone(),
+    }
+    .create(username, password, &[authz::ROLE_ADMIN.to_owned()])
+    .await
 }

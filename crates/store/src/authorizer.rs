@@ -19,6 +19,10 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 
 use super::budget::{Meter, STEPS_PER_TICK};
 
+/// Statement texts whose lexical check a connection remembers (as many as
+/// its prepared-statement cache holds).
+const CHECKED_TEXTS: usize = 256;
+
 /// Functions whose result differs between two runs of the same statement.
 /// Denied in writes so that the same statements can be replayed on replicas.
 const NON_DETERMINISTIC: &[&str] = &[
@@ -86,6 +90,9 @@ struct State {
     denial: Option<String>,
     /// What the current call may still cost, while one is metered.
     meter: Option<Meter>,
+    /// Statements (by their cache key) that passed the lexical check, and
+    /// whether each changes the schema: the check runs once per text.
+    checked: std::collections::HashMap<String, bool>,
 }
 
 /// Shared between the connection's authorizer callback and the code that
@@ -111,6 +118,7 @@ impl Guard {
                 phase: Phase::Start,
                 denial: None,
                 meter: None,
+                checked: std::collections::HashMap::new(),
             })),
         }
     }
@@ -128,6 +136,21 @@ impl Guard {
         conn.authorizer(Some(move |ctx: AuthContext<'_>| guard.decide(&ctx)))?;
         let guard = self.clone();
         conn.progress_handler(STEPS_PER_TICK as i32, Some(move || guard.tick()))
+    }
+
+    /// The lexical check of `sql` for `namespace` (see `sql::check`),
+    /// remembered under `key` once it passed.
+    pub fn check_text(&self, key: &str, sql: &str, namespace: &str) -> Result<bool, String> {
+        if let Some(defines) = self.lock().checked.get(key) {
+            return Ok(*defines);
+        }
+        let defines = super::sql::check(sql, namespace)?;
+        let mut s = self.lock();
+        if s.checked.len() >= CHECKED_TEXTS {
+            s.checked.clear();
+        }
+        s.checked.insert(key.to_owned(), defines);
+        Ok(defines)
     }
 
     /// Meters the calls from now on against `meter`, until

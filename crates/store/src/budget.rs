@@ -82,8 +82,10 @@ impl Budget {
         write: WriteBudget::UNLIMITED,
     };
 
-    /// The default for a service: about a second of work per statement on
-    /// this class of machine (BENCHMARKS.md), 10,000 rows per call, values
+    /// The default for a service: a read may run a second (readers run
+    /// beside the writer); a write statement 10 million SQLite steps, a
+    /// quarter of a second or less on this class of machine (BENCHMARKS.md),
+    /// because every other write waits for it; 10,000 rows per call; values
     /// up to 1 MiB.
     pub const SERVICE_DEFAULT: Budget = Budget {
         read: ReadBudget {
@@ -91,7 +93,7 @@ impl Budget {
             rows: 10_000,
         },
         write: WriteBudget {
-            steps: 50_000_000,
+            steps: 10_000_000,
             rows: 10_000,
             value_bytes: 1024 * 1024,
         },

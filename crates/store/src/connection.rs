@@ -15,7 +15,6 @@ use super::{
     StoreError,
     authorizer::Guard,
     budget::MAX_VALUE_BYTES,
-    sql,
     value::{Outcome, Statement, Value},
 };
 
@@ -163,6 +162,13 @@ pub(super) fn set_value_limit(conn: &Connection, bytes: i32) -> rusqlite::Result
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, bytes).map(drop)
 }
 
+/// What running one statement produced.
+pub(super) struct Ran {
+    pub outcome: Outcome,
+    /// Whether the statement changed the schema (CREATE, DROP, ALTER).
+    pub defined: bool,
+}
+
 /// Compiles and runs one statement of a service. The guard's mode and meter
 /// are set by the caller.
 pub(super) fn run_statement(
@@ -171,17 +177,17 @@ pub(super) fn run_statement(
     namespace: &str,
     statement: &Statement,
     write: bool,
-) -> Result<Outcome, StoreError> {
-    if let Some(reason) = sql::refusal(&statement.sql, namespace) {
-        return Err(StoreError::Denied {
-            namespace: namespace.to_owned(),
-            reason,
-        });
-    }
-    guard.begin_statement();
+) -> Result<Ran, StoreError> {
     // The namespace is part of the cache key: a statement compiled (and
     // authorized) for one namespace is never reused for another.
     let key = format!("/*{namespace}*/{}", statement.sql);
+    let defined = guard
+        .check_text(&key, &statement.sql, namespace)
+        .map_err(|reason| StoreError::Denied {
+            namespace: namespace.to_owned(),
+            reason,
+        })?;
+    guard.begin_statement();
     let mut stmt = conn
         .prepare_cached(&key)
         .map_err(|e| StoreError::from_sqlite(e, guard, namespace))?;
@@ -236,7 +242,7 @@ pub(super) fn run_statement(
                 reason,
             })?;
     }
-    Ok(outcome)
+    Ok(Ran { outcome, defined })
 }
 
 /// Transaction control statements, compiled once per connection.

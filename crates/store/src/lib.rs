@@ -17,6 +17,8 @@
 //! * No statement can end or poison a shared transaction: the few that
 //!   could are refused by `sql`, and a unit of work that still ends one
 //!   fails alone while the rest runs again (see `writer`).
+//! * No namespace keeps the writer from the others: one whose write calls
+//!   run long waits its turn while others' calls wait (see `share`).
 //! * A service gets a [`Namespace`] handle, never a connection. Every
 //!   statement it sends is checked by `sql`, compiled under the
 //!   [`authorizer::Guard`] for its namespace, and metered against the
@@ -35,6 +37,7 @@ mod budget;
 mod connection;
 mod metrics;
 mod schema;
+mod share;
 mod sql;
 mod value;
 mod writer;
@@ -497,7 +500,8 @@ impl Store {
                 &call.namespace,
                 &call.statement,
                 false,
-            );
+            )
+            .map(|ran| ran.outcome);
             metrics.observe_statement(&call.namespace, "read", started.elapsed());
             match &result {
                 Err(StoreError::Denied { .. }) => {

@@ -109,8 +109,25 @@ fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> (usize, usize) {
 /// Why `sql` is refused for `namespace`, from its text alone, if it is.
 /// `sql` may hold several statements (a migration); each is checked.
 pub fn refusal(sql: &str, namespace: &str) -> Option<String> {
+    check(sql, namespace).err()
+}
+
+/// Checks `sql` for `namespace` from its text alone: `Ok(true)` if it
+/// changes the schema (its first statement starts with CREATE, DROP or
+/// ALTER), `Ok(false)` if it does not, or why it is refused.
+pub fn check(sql: &str, namespace: &str) -> Result<bool, String> {
     let mut statement_start = true;
+    let mut defines = None;
     for token in tokens(sql) {
+        if defines.is_none()
+            && let Token::Word(word) = token
+        {
+            defines = Some(
+                ["CREATE", "DROP", "ALTER"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k)),
+            );
+        }
         match token {
             Token::Semicolon => {
                 statement_start = true;
@@ -119,50 +136,36 @@ pub fn refusal(sql: &str, namespace: &str) -> Option<String> {
             Token::Word(word) => {
                 if statement_start {
                     if word.eq_ignore_ascii_case("VACUUM") {
-                        return Some(
+                        return Err(
                             "VACUUM is not allowed in a service: it rewrites the whole database"
                                 .into(),
                         );
                     }
                     if word.eq_ignore_ascii_case("REINDEX") {
-                        return Some(
+                        return Err(
                             "REINDEX is not allowed in a service: it rebuilds every namespace's indexes"
                                 .into(),
                         );
                     }
                 }
                 if word.eq_ignore_ascii_case("ROLLBACK") {
-                    return Some(
+                    return Err(
                         "ROLLBACK is not allowed in a service: as a statement, every call to the store already runs in its own transaction; as a conflict resolution (`OR ROLLBACK`, `ON CONFLICT ROLLBACK`, `RAISE(ROLLBACK, …)`) it would end the transaction other writes share. Use ABORT or FAIL instead".into(),
                     );
                 }
                 if let Some(reason) = foreign_name(word, namespace) {
-                    return Some(reason);
+                    return Err(reason);
                 }
             }
             Token::Quoted(name) => {
                 if let Some(reason) = foreign_name(name, namespace) {
-                    return Some(reason);
+                    return Err(reason);
                 }
             }
         }
         statement_start = false;
     }
-    None
-}
-
-/// Whether `sql` (one statement) changes the schema: CREATE, DROP or
-/// ALTER.
-pub fn defines(sql: &str) -> bool {
-    tokens(sql)
-        .into_iter()
-        .find(|t| *t != Token::Semicolon)
-        .is_some_and(|t| match t {
-            Token::Word(w) => ["CREATE", "DROP", "ALTER"]
-                .iter()
-                .any(|k| w.eq_ignore_ascii_case(k)),
-            _ => false,
-        })
+    Ok(defines.unwrap_or(false))
 }
 
 /// The event a trigger's `CREATE TRIGGER` statement fires on: the first of
@@ -310,9 +313,15 @@ mod tests {
 
     #[test]
     fn schema_changes_and_trigger_events_are_recognised() {
-        assert!(defines(" ; /* x */ create view kv__v AS SELECT 1"));
-        assert!(defines("DROP TABLE kv__t"));
-        assert!(!defines("INSERT INTO kv__t VALUES ('CREATE')"));
+        assert_eq!(
+            check(" ; /* x */ create view kv__v AS SELECT 1", "kv"),
+            Ok(true)
+        );
+        assert_eq!(check("DROP TABLE kv__t", "kv"), Ok(true));
+        assert_eq!(
+            check("INSERT INTO kv__t VALUES ('CREATE')", "kv"),
+            Ok(false)
+        );
         assert_eq!(
             trigger_event(
                 "CREATE TRIGGER \"delete\" AFTER update OF a ON kv__t BEGIN DELETE FROM kv__t; END"

@@ -35,7 +35,8 @@ use super::{
     budget::MAX_VALUE_BYTES,
     budget::{Meter, WriteBudget},
     connection::{Determinism, ExecCached, fresh_stamp, run_statement, set_value_limit, storage},
-    schema, sql,
+    schema,
+    share::Shares,
     value::{Applied, Command, MigrationSpec, Outcome, Proposal, Statement},
 };
 use crate::metrics::StoreMetrics;
@@ -128,6 +129,8 @@ pub(super) struct Writer {
     unflushed: Arc<AtomicBool>,
     /// Set by the checkpointer when the WAL should be rewound.
     wal_long: Arc<AtomicBool>,
+    /// Which namespaces' local writes wait for their turn (see `share`).
+    shares: Shares,
 }
 
 impl Writer {
@@ -152,6 +155,7 @@ impl Writer {
             lost_applies: None,
             unflushed,
             wal_long,
+            shares: Shares::default(),
         }
     }
 }
@@ -159,19 +163,25 @@ impl Writer {
 pub(super) fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
     let mut writes = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = match w.open_apply {
-            Some(since) => {
-                let wait =
-                    (since + APPLY_COMMIT_INTERVAL).saturating_duration_since(Instant::now());
-                match jobs.recv_timeout(wait) {
-                    Ok(job) => job,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        w.commit_applies_logged();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        // Wake up for the applies that wait for their commit, and for the
+        // writes held back for their turn.
+        let wake = [
+            w.open_apply.map(|since| since + APPLY_COMMIT_INTERVAL),
+            (!writes.is_empty()).then(|| w.shares.next_turn()).flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let first = match wake {
+            Some(wake) => match jobs.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    w.commit_applies_logged();
+                    w.commit_in_turn(&mut writes);
+                    continue;
                 }
-            }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
             None => match jobs.recv() {
                 Ok(job) => job,
                 Err(mpsc::RecvError) => break,
@@ -201,8 +211,9 @@ pub(super) fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
                 next = jobs.try_recv().ok();
             }
         }
-        w.commit_group(&mut writes);
+        w.commit_in_turn(&mut writes);
     }
+    w.commit_group(&mut writes);
     w.commit_applies_logged();
     tracing::debug!("store writer stopped: every handle was dropped");
 }
@@ -350,16 +361,11 @@ impl Writer {
                 namespace: namespace.to_owned(),
                 write: true,
             });
-            outcomes.push(run_statement(
-                &self.conn,
-                &self.guard,
-                namespace,
-                statement,
-                true,
-            )?);
-            if sql::defines(&statement.sql) {
+            let ran = run_statement(&self.conn, &self.guard, namespace, statement, true)?;
+            if ran.defined {
                 schema::audit(&self.conn, &self.guard, namespace)?;
             }
+            outcomes.push(ran.outcome);
         }
         Ok(outcomes)
     }
@@ -374,6 +380,16 @@ impl Writer {
         self.metrics.observe_refusal(namespace, reason);
     }
 
+    /// Commits the queued writes whose namespace's turn it is (see
+    /// `share`); the others stay queued.
+    fn commit_in_turn(&mut self, writes: &mut Vec<WriteJob>) {
+        let (mut run, held) =
+            self.shares
+                .select(std::mem::take(writes), |j| &j.namespace, Instant::now());
+        *writes = held;
+        self.commit_group(&mut run);
+    }
+
     /// Runs every queued write in one transaction, one savepoint each,
     /// commits, and only then replies.
     fn commit_group(&mut self, writes: &mut Vec<WriteJob>) {
@@ -385,15 +401,20 @@ impl Writer {
         let jobs = std::mem::take(writes);
         let stamps: Vec<(i64, i64)> = jobs.iter().map(|_| fresh_stamp()).collect();
         let mut ended: Vec<Option<StoreError>> = vec![None; jobs.len()];
+        let mut took = vec![Duration::ZERO; jobs.len()];
         // Each pass either commits or finds one more job that ended the
         // transaction: at most one pass per job, and one more.
         let outcome = loop {
-            match self.run_group(&jobs, &stamps, &mut ended) {
+            match self.run_group(&jobs, &stamps, &mut ended, &mut took) {
                 Ok(Some(results)) => break Ok(results),
                 Ok(None) => continue,
                 Err(e) => break Err(e),
             }
         };
+        let now = Instant::now();
+        for (job, took) in jobs.iter().zip(took) {
+            self.shares.charge(&job.namespace, took, now);
+        }
         match outcome {
             Ok(results) => {
                 self.metrics
@@ -414,11 +435,13 @@ impl Writer {
 
     /// One pass of a group commit. `None`: a job ended the transaction (it
     /// is now in `ended`), and the group must run again.
+    /// `took` adds up the time each job held the writer, over the passes.
     fn run_group(
         &mut self,
         jobs: &[WriteJob],
         stamps: &[(i64, i64)],
         ended: &mut [Option<StoreError>],
+        took: &mut [Duration],
     ) -> Result<Option<GroupResults>, StoreError> {
         self.guard.set_mode(Mode::System);
         self.conn
@@ -434,6 +457,7 @@ impl Writer {
             let started = Instant::now();
             let unit =
                 self.unit(|w| w.run_statements(&job.namespace, &job.statements, &job.budget));
+            took[i] += started.elapsed();
             self.metrics
                 .observe_statement(&job.namespace, "write", started.elapsed());
             match unit {
