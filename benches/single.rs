@@ -30,13 +30,13 @@ use std::{
 
 use flotilla::{
     auth::{Auth, AuthSettings, accounts, password::HashParams, tokens},
+    catalogue::routing::RoutingTable,
     catalogue::{Catalogue, Service, ServiceContext},
-    ingress::{self, Ingress, IngressLimits},
-    metrics::Metrics,
-    registry::{NodeRecord, Registry},
-    routing::RoutingTable,
-    server,
+    edge::ingress::{self, Ingress, IngressLimits},
+    edge::server,
+    mesh::registry::{NodeRecord, Registry},
     services::echo::Echo,
+    telemetry::metrics::Metrics,
 };
 use flotilla_store::{Durability, Statement, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
@@ -324,7 +324,7 @@ fn main() {
             table,
             auth.clone(),
             registry,
-            Arc::new(flotilla::admin::Readiness::new(&[])),
+            Arc::new(flotilla::edge::admin::Readiness::new(&[])),
             routers,
             Metrics::new().http,
             IngressLimits {

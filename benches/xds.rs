@@ -207,7 +207,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(flotilla::server::serve_with(
+        tokio::spawn(flotilla::edge::server::serve_with(
             listener,
             flotilla::catalogue::grpc_router(Ads::service(rx, Clients::default())),
             stop.clone(),

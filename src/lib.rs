@@ -1,27 +1,26 @@
 //! flotilla: one binary that runs a fleet of services.
 //!
-//! See ARCHITECTURE.md for the map of this crate.
+//! See ARCHITECTURE.md for the map of this crate. The top-level modules are
+//! layers, listed here from the top down; a module imports only from the
+//! layers below it (`architecture_tests` keeps it so).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod api_error;
 pub mod auth;
 pub mod catalogue;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod forward;
-pub mod gen_envoy;
-pub mod ingress;
-pub mod metrics;
+pub mod edge;
+pub mod envoy;
+pub mod mesh;
 pub mod node;
 pub mod proto;
-pub mod registry;
-pub mod routing;
-pub mod server;
+pub mod protocol;
 pub mod service;
 pub mod services;
-pub(crate) use flotilla_store as store;
 pub mod telemetry;
-pub mod topology;
 pub mod xds;
+pub(crate) use flotilla_store as store;
+
+#[cfg(test)]
+mod architecture_tests;

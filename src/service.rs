@@ -39,8 +39,8 @@
 //! ```
 
 pub use crate::{
-    api_error::ApiError,
     auth::authz::{Access, Credential, Principal},
+    catalogue::api_error::ApiError,
     catalogue::{
         Api, Capability, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
         StartError, grpc_router,

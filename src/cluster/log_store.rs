@@ -458,8 +458,8 @@ mod tests {
     use super::*;
     use crate::{
         cluster::state_machine::StateMachine,
-        metrics::Metrics,
         store::{Durability, Store, StoreConfig},
+        telemetry::metrics::Metrics,
     };
 
     /// Builds the log store and state machine on a fresh directory, for

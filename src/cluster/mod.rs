@@ -105,7 +105,27 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-pub use crate::topology::Member;
+/// A Raft member: a node with the `db` role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Stable Raft id; never derived from an address.
+    pub id: u64,
+    pub name: String,
+    /// Its peer listener.
+    pub peer: std::net::SocketAddr,
+}
+
+/// What each store client may do with the members' database. The layers
+/// above the cluster decide it (which namespaces belong to which services,
+/// what a registry record is); a member asks for every call of a client.
+/// **Architecture Invariant:** the cluster itself knows nothing of
+/// services, the registry or accounts.
+pub trait ClientPolicy: Send + Sync + 'static {
+    /// Why store client `client` may not read `namespace`, if it may not.
+    fn read(&self, client: &str, namespace: &str) -> Result<(), String>;
+    /// Why store client `client` may not send `command`, if it may not.
+    fn command(&self, client: &str, command: &Command) -> Result<(), String>;
+}
 
 /// What this node is in the cluster.
 #[derive(Clone, Debug)]
@@ -124,7 +144,9 @@ pub struct ClusterSettings {
     pub role: Role,
     /// The topology's `db` members (the Raft voters).
     pub members: Vec<Member>,
-    pub topology: crate::topology::Topology,
+    /// The names of the store clients (nodes without the `db` role) the
+    /// members let in, each with its own key.
+    pub clients: Vec<String>,
     /// Initialize the cluster from the topology if it is not initialized.
     /// Safe on every member: all initialize with the same membership.
     pub bootstrap: bool,
@@ -325,27 +347,10 @@ pub struct Cluster {
     /// Peer clients by member id, with the address they dial.
     clients: std::sync::Mutex<BTreeMap<u64, (String, network::Client)>>,
     credential: Arc<str>,
-    /// The store clients of the topology, with their keys and namespaces.
+    /// The store clients, with their keys.
     client_keys: network::ClientKeys,
-    topology: crate::topology::Topology,
-}
-
-/// What a store client running `services` may use: its services'
-/// namespaces, and the system ones every node works with. Each node
-/// registers itself and keeps the signing keys (`registry`, `auth`); each
-/// node checks credentials against the accounts, which only the node
-/// running the `accounts` service may change.
-fn client_access(services: &[&'static str]) -> network::Access {
-    let accounts = crate::auth::accounts::NAMESPACE;
-    let mut write: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-    write.push(crate::registry::NAMESPACE.to_owned());
-    write.push(crate::auth::keys::NAMESPACE.to_owned());
-    let read = if services.contains(&accounts) {
-        Vec::new()
-    } else {
-        vec![accounts.to_owned()]
-    };
-    network::Access { write, read }
+    /// What each store client may do.
+    policy: Arc<dyn ClientPolicy>,
 }
 
 fn unavailable(message: String) -> StoreError {
@@ -365,11 +370,13 @@ fn request_id() -> String {
 
 impl Cluster {
     /// Opens the raft log in `data_dir`, starts Raft over the store, makes
-    /// the store replicated, and bootstraps if configured.
+    /// the store replicated, and bootstraps if configured. Store clients'
+    /// calls are checked against `policy`.
     pub async fn start(
         settings: &ClusterSettings,
         store: Store,
         data_dir: &Path,
+        policy: Arc<dyn ClientPolicy>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let config = Config {
             cluster_name: "flotilla".into(),
@@ -401,16 +408,9 @@ impl Cluster {
         let credential: Arc<str> = Arc::from(network::credential(secret));
         let client_keys: network::ClientKeys = Arc::new(
             settings
-                .topology
-                .nodes
+                .clients
                 .iter()
-                .map(|n| {
-                    let access = client_access(&n.selection.services);
-                    (
-                        n.name.clone(),
-                        (network::client_key(secret, &n.name), Arc::new(access)),
-                    )
-                })
+                .map(|name| (name.clone(), network::client_key(secret, name)))
                 .collect(),
         );
         let faults = network::Faults::default();
@@ -442,7 +442,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             id,
             client_keys,
-            topology: settings.topology.clone(),
+            policy,
             faults,
             fault_injection: settings.fault_injection,
             stale_read_max_lag: settings.stale_read_max_lag,
@@ -508,7 +508,7 @@ impl Cluster {
 
     /// The peer gRPC service, behind the credential check.
     pub fn peer_router(self: &Arc<Self>) -> axum::Router {
-        crate::catalogue::grpc_router(peer_server::PeerServer::with_interceptor(
+        crate::protocol::grpc_router(peer_server::PeerServer::with_interceptor(
             PeerService {
                 cluster: self.clone(),
             },
@@ -1296,73 +1296,37 @@ fn members_only<T>(r: &tonic::Request<T>) -> Result<(), tonic::Status> {
     }
 }
 
-/// Whether `migrations` are exactly this binary's own for `namespace` (the
-/// system namespaces every node migrates at start).
-fn is_builtin_schema(namespace: &str, migrations: &[crate::store::MigrationSpec]) -> bool {
-    let own: &[crate::store::Migration] = match namespace {
-        crate::auth::accounts::NAMESPACE => crate::auth::accounts::MIGRATIONS,
-        _ => return false,
-    };
-    own.len() == migrations.len()
-        && own
-            .iter()
-            .zip(migrations)
-            .all(|(o, m)| crate::store::MigrationSpec::from(o) == *m)
-}
-
-/// Refuses a store client's read of a namespace it does not own.
-fn check_read<T>(r: &tonic::Request<T>, namespace: &str) -> Result<(), tonic::Status> {
+/// Refuses a store client's read outside what the policy allows it.
+fn check_read<T>(
+    r: &tonic::Request<T>,
+    namespace: &str,
+    policy: &dyn ClientPolicy,
+) -> Result<(), tonic::Status> {
     match caller(r)? {
-        network::Caller::Client { node, access } if !access.may_read(namespace) => {
-            Err(refuse(node, "read", namespace))
-        }
-        _ => Ok(()),
+        network::Caller::Client { node } => policy
+            .read(node, namespace)
+            .map_err(|why| refuse(node, why)),
+        network::Caller::Peer => Ok(()),
     }
 }
 
-/// Refuses a store client's command outside what it may do: writes in its
-/// own namespaces only, and in `registry` only its own record as the
-/// topology gives it; migrations of a namespace it only reads only to this
-/// binary's own schema.
+/// Refuses a store client's command outside what the policy allows it.
 fn check_command<T>(
     r: &tonic::Request<T>,
     command: &Command,
-    topology: &crate::topology::Topology,
+    policy: &dyn ClientPolicy,
 ) -> Result<(), tonic::Status> {
-    let network::Caller::Client { node, access } = caller(r)? else {
-        return Ok(());
-    };
-    let namespace = command.namespace();
-    match command {
-        Command::Write { .. } if !access.may_write(namespace) => {
-            Err(refuse(node, "write", namespace))
-        }
-        Command::Write { statements, .. }
-            if namespace == crate::registry::NAMESPACE
-                && !statements
-                    .iter()
-                    .all(|st| crate::registry::client_may_write(st, topology, node)) =>
-        {
-            tracing::warn!(client = %node, "store client refused: a registry write other than its own record");
-            Err(tonic::Status::permission_denied(format!(
-                "node `{node}` may write only its own registry record, as the topology gives it"
-            )))
-        }
-        Command::Migrate { migrations, .. }
-            if !(access.may_write(namespace)
-                || (access.may_read(namespace) && is_builtin_schema(namespace, migrations))) =>
-        {
-            Err(refuse(node, "migrate", namespace))
-        }
-        _ => Ok(()),
+    match caller(r)? {
+        network::Caller::Client { node } => policy
+            .command(node, command)
+            .map_err(|why| refuse(node, why)),
+        network::Caller::Peer => Ok(()),
     }
 }
 
-fn refuse(node: &str, verb: &str, namespace: &str) -> tonic::Status {
-    tracing::warn!(client = %node, namespace, verb, "store client refused outside its namespaces");
-    tonic::Status::permission_denied(format!(
-        "node `{node}` may not {verb} namespace `{namespace}`: a store client uses its own services' namespaces only (see its services in the topology)"
-    ))
+fn refuse(node: &str, why: String) -> tonic::Status {
+    tracing::warn!(client = %node, %why, "store client refused");
+    tonic::Status::permission_denied(why)
 }
 
 #[tonic::async_trait]
@@ -1401,7 +1365,7 @@ impl peer_server::Peer for PeerService {
 
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
         let (id, command): (String, Command) = network::unblob(r.get_ref())?;
-        check_command(&r, &command, &self.cluster.topology)?;
+        check_command(&r, &command, &*self.cluster.policy)?;
         reply(&PeerReply::from(self.cluster.propose(id, command).await))
     }
 
@@ -1424,7 +1388,7 @@ impl peer_server::Peer for PeerService {
 
     async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
         let call: ReadCall = network::unblob(r.get_ref())?;
-        check_read(&r, &call.namespace)?;
+        check_read(&r, &call.namespace, &*self.cluster.policy)?;
         let result: PeerReply<Result<Outcome, StoreError>> =
             match self.cluster.confirm_leadership().await {
                 Ok(()) => PeerReply::Done(self.cluster.store.read_local(call).await),

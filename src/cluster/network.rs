@@ -68,33 +68,13 @@ pub fn client_key(secret: &str, node: &str) -> String {
 pub enum Caller {
     /// A member (or a tool holding the cluster secret): every call.
     Peer,
-    /// Store client `node`: reads, writes and migrations within its
-    /// namespaces only.
-    Client { node: String, access: Arc<Access> },
+    /// Store client `node`: reads, writes and migrations, each as the
+    /// cluster's `ClientPolicy` allows it.
+    Client { node: String },
 }
 
-/// The namespaces a store client may use.
-#[derive(Debug, Default)]
-pub struct Access {
-    /// Written (and migrated, and read).
-    pub write: Vec<String>,
-    /// Read and migrated only.
-    pub read: Vec<String>,
-}
-
-impl Access {
-    pub fn may_write(&self, namespace: &str) -> bool {
-        self.write.iter().any(|n| n == namespace)
-    }
-
-    pub fn may_read(&self, namespace: &str) -> bool {
-        self.may_write(namespace) || self.read.iter().any(|n| n == namespace)
-    }
-}
-
-/// What the db members know of each store client: its expected key and
-/// the namespaces it may use.
-pub type ClientKeys = Arc<HashMap<String, (String, Arc<Access>)>>;
+/// What the db members know of each store client: its expected key.
+pub type ClientKeys = Arc<HashMap<String, String>>;
 
 /// Server side: refuses a call without the right credential, and records
 /// the caller.
@@ -118,10 +98,9 @@ pub fn check_credential(
             None => bool::from(presented.ct_eq(expected.as_bytes())).then_some(Caller::Peer),
             Some(node) => {
                 let node = node.to_str().unwrap_or_default();
-                clients.get(node).and_then(|(key, access)| {
+                clients.get(node).and_then(|key| {
                     bool::from(presented.ct_eq(key.as_bytes())).then(|| Caller::Client {
                         node: node.to_owned(),
-                        access: access.clone(),
                     })
                 })
             }

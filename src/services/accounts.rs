@@ -18,7 +18,6 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api_error::ApiError,
     auth::{
         Auth,
         accounts::{self, ApiKey, RefreshRefused, User},
@@ -27,12 +26,12 @@ use crate::{
         password::{Verdict, password_problem},
         ratelimit::retry_after_secs,
     },
+    catalogue::api_error::ApiError,
     catalogue::{
-        Access, Api, Capability, GrpcMethod, GrpcService, Handlers, HttpRoute, Service,
+        Access, Api, Capability, ClientAddr, GrpcMethod, GrpcService, Handlers, HttpRoute, Service,
         ServiceContext, StartError, grpc_router,
     },
     proto::accounts::{self as pb, accounts_server},
-    server::ClientAddr,
     store::Migration,
 };
 

@@ -19,8 +19,8 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api_error::ApiError,
     auth::authz::Principal,
+    catalogue::api_error::ApiError,
     catalogue::{
         Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
         StartError, grpc_router,

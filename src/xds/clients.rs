@@ -64,6 +64,15 @@ pub struct Entry {
 }
 
 impl Clients {
+    /// What `/status` shows of the xDS server: every client's view, and
+    /// the NACKs counted.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "clients": self.views(),
+            "nacks_total": self.nacks(),
+        })
+    }
+
     pub fn connect(&self, variant: &'static str) -> Entry {
         let id = self.0.next.fetch_add(1, Ordering::Relaxed);
         let view = ClientView {

@@ -67,9 +67,9 @@ use envoy_types::pb::{
 use envoy_types::util::pack_any;
 
 use crate::{
-    ingress::HEALTH_PATH,
-    registry::Registry,
-    routing::{API_PREFIX, RoutingTable},
+    catalogue::routing::{API_PREFIX, RoutingTable},
+    mesh::registry::Registry,
+    protocol::HEALTH_PATH,
 };
 
 /// The ingress listener's name.
@@ -227,7 +227,7 @@ fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
                 num_retries: Some(UInt32Value { value: 2 }),
                 retriable_status_codes: vec![503],
                 retriable_headers: vec![HeaderMatcher {
-                    name: crate::forward::UNPROCESSED.into(),
+                    name: crate::protocol::UNPROCESSED.into(),
                     header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
                     ..Default::default()
                 }],

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::{Outgoing, Snapshot, clients, delta, resources, sotw};
-use crate::{registry::Registry, routing::RoutingTable};
+use crate::{catalogue::routing::RoutingTable, mesh::registry::Registry};
 
 /// Responses queued for one stream before its task waits for the client.
 const STREAM_QUEUE: usize = 16;

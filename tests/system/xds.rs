@@ -371,7 +371,7 @@ async fn registry_changes_reach_ads_clients_and_a_stopping_node_leaves_before_it
     let killed = std::time::Instant::now();
     let gone = wait_for_endpoints(&mut ads, 2, Duration::from_secs(10)).await;
     assert!(
-        gone - killed <= flotilla::registry::TTL + Duration::from_secs(2),
+        gone - killed <= flotilla::mesh::registry::TTL + Duration::from_secs(2),
         "the dead node left the endpoints after {:?}",
         gone - killed
     );

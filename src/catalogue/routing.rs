@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crate::{
     catalogue::{Access, Catalogue},
-    metrics::Label,
+    telemetry::metrics::Label,
 };
 
 /// The prefix of every HTTP/JSON route.

@@ -25,22 +25,21 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::ServiceExt;
 
 use crate::{
-    admin::Readiness,
-    api_error::ApiError,
     auth::{
         Auth,
         authz::{self, Decision, Identity},
     },
     catalogue::Access,
-    forward::{self, Forwarder},
-    metrics::{HttpMetrics, Label},
-    registry::Registry,
-    routing::{Lookup, RoutingTable},
-    server::ClientAddr,
+    catalogue::api_error::ApiError,
+    catalogue::routing::{Lookup, RoutingTable},
+    edge::admin::Readiness,
+    edge::forward::{self, Forwarder},
+    edge::server::ClientAddr,
+    mesh::registry::Registry,
+    telemetry::metrics::{HttpMetrics, Label},
 };
 
-/// The health path on the public listener, outside every service's routes.
-pub const HEALTH_PATH: &str = "/healthz";
+pub use crate::protocol::HEALTH_PATH;
 
 /// Limits applied to every request on the public listener.
 #[derive(Clone, Debug)]
@@ -348,7 +347,7 @@ impl tower::Service<Request<Body>> for Ingress {
 pub fn compose(service: &'static str, handlers: crate::catalogue::Handlers) -> axum::Router {
     axum::Router::new()
         .nest(
-            &format!("{}{service}", crate::routing::API_PREFIX),
+            &format!("{}{service}", crate::catalogue::routing::API_PREFIX),
             handlers.http,
         )
         .merge(handlers.grpc)

@@ -12,22 +12,24 @@
 //! accepting, in-flight requests finish (within `limits.shutdown_grace_ms`),
 //! then the admin listener closes and the process exits 0.
 
+mod policy;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{self, NodeInfo, Readiness, ServiceState},
     auth::Auth,
+    catalogue::routing::RoutingTable,
     catalogue::{Capability, Catalogue, Grants, ServiceContext},
     cluster::Cluster,
     config::Config,
-    ingress::{self, Ingress, IngressLimits},
-    metrics::Metrics,
-    registry::{NodeRecord, Registry},
-    routing::RoutingTable,
-    server,
+    edge::admin::{self, NodeInfo, Readiness, ServiceState},
+    edge::ingress::{self, Ingress, IngressLimits},
+    edge::server,
+    mesh::registry::{NodeRecord, Registry},
     store::{Durability, Store, StoreConfig},
+    telemetry::metrics::Metrics,
 };
 
 /// Why a node could not start.
@@ -115,7 +117,12 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     // the members' database, within its namespaces.
     let cluster = match &config.cluster {
         Some(settings) if config.db_role => {
-            Some(Cluster::start(settings, store.clone(), &config.data_dir).await?)
+            let topology = config
+                .topology
+                .clone()
+                .expect("a config with a cluster has a topology");
+            let policy = Arc::new(policy::StoreClients::new(topology));
+            Some(Cluster::start(settings, store.clone(), &config.data_dir, policy).await?)
         }
         Some(settings) => {
             store.set_replicator(crate::cluster::remote_replicator(settings))?;
@@ -162,7 +169,10 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
             info,
             cluster.clone(),
             registry.clone(),
-            xds_listener.is_some().then(|| xds_clients.clone()),
+            xds_listener.is_some().then(|| {
+                let clients = xds_clients.clone();
+                Arc::new(move || clients.status()) as admin::StatusPart
+            }),
         ),
         admin_stop.clone(),
         config.limits.shutdown_grace,
@@ -215,18 +225,18 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
     }
 
     // The registry: this node and the topology's members, in the store.
-    let registry_store = store.namespace(crate::registry::NAMESPACE);
+    let registry_store = store.namespace(crate::mesh::registry::NAMESPACE);
     registry_store
-        .migrate(crate::registry::MIGRATIONS)
+        .migrate(crate::mesh::registry::MIGRATIONS)
         .await
         .map_err(|source| NodeError::Migrate {
             service: "registry",
             source,
         })?;
     let topology: Vec<NodeRecord> = config
-        .cluster
+        .topology
         .iter()
-        .flat_map(|c| c.topology.all())
+        .flat_map(|t| t.all())
         .map(|n| NodeRecord::from_topology(n, false))
         .collect();
     registry
@@ -363,9 +373,9 @@ async fn refresh_registry(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(crate::registry::REFRESH) => {}
+            _ = tokio::time::sleep(crate::mesh::registry::REFRESH) => {}
         }
-        if last_heartbeat.elapsed() >= crate::registry::HEARTBEAT {
+        if last_heartbeat.elapsed() >= crate::mesh::registry::HEARTBEAT {
             last_heartbeat = tokio::time::Instant::now();
             let beat = tokio::select! {
                 _ = stop.cancelled() => return,

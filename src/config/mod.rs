@@ -19,11 +19,12 @@ use crate::{
     auth::{AuthSettings, password::HashParams},
     catalogue::Catalogue,
     cluster::{ClusterSettings, Role},
+    mesh::topology::{Selection, Topology, valid_names, valid_node_id},
     store::{Budget, ReadBudget, WriteBudget},
-    topology::{Selection, Topology, valid_names, valid_node_id},
+    telemetry::LogFormat,
 };
 
-pub use crate::topology::{ALL, DB, XDS};
+pub use crate::mesh::topology::{ALL, DB, XDS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,22 +134,6 @@ struct RawLog {
     level: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-impl LogFormat {
-    pub fn parse(s: &str) -> Option<LogFormat> {
-        match s {
-            "human" => Some(LogFormat::Human),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Listeners {
     pub public: SocketAddr,
@@ -202,6 +187,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Present in HA and scaled modes: the Raft group this node belongs to.
     pub cluster: Option<ClusterSettings>,
+    /// With `cluster`: the topology file every node of the cluster shares.
+    pub topology: Option<Topology>,
     /// Where the Envoys fed by this node's xDS server listen for the
     /// public ingress (`xds.ingress_listener`).
     pub xds_ingress: SocketAddr,
@@ -217,12 +204,7 @@ const MAX_BODY_LIMIT: u64 = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_GRACE_MS: u64 = 10_000;
 
-/// One thing wrong with a config, and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::mesh::topology::Problem;
 
 /// Why a config was refused. Shown to the user as is.
 #[derive(Debug)]
@@ -484,9 +466,12 @@ impl Config {
             raw.xds.ingress_listener,
             DEFAULT_XDS_INGRESS,
         );
-        let cluster = raw.cluster.and_then(|c| {
-            parse_cluster(&mut problems, c, catalogue, &node_id, &roles, public, peer)
-        });
+        let (cluster, topology) = raw
+            .cluster
+            .and_then(|c| {
+                parse_cluster(&mut problems, c, catalogue, &node_id, &roles, public, peer)
+            })
+            .unzip();
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -513,6 +498,7 @@ impl Config {
             log: LogConfig { format, level },
             auth: auth.expect("validated above"),
             cluster,
+            topology,
             xds_ingress: xds_ingress.expect("validated above"),
         })
     }
@@ -697,7 +683,7 @@ fn parse_cluster(
     roles: &Selection,
     public: Option<SocketAddr>,
     peer: Option<SocketAddr>,
-) -> Option<ClusterSettings> {
+) -> Option<(ClusterSettings, Topology)> {
     let credential = if roles.db {
         if raw.client_key.is_some() || raw.client_key_file.is_some() {
             problems.add(
@@ -755,7 +741,7 @@ fn parse_cluster(
         );
     }
     let role = match me {
-        crate::topology::NodeRef::Member(m) => {
+        crate::mesh::topology::NodeRef::Member(m) => {
             if peer.is_some_and(|p| p != m.peer) {
                 problems.add(
                     "listeners.peer",
@@ -771,7 +757,7 @@ fn parse_cluster(
                 secret: credential.clone().unwrap_or_default(),
             }
         }
-        crate::topology::NodeRef::Client(c) => Role::Client {
+        crate::mesh::topology::NodeRef::Client(c) => Role::Client {
             node: c.name.clone(),
             key: credential.clone().unwrap_or_default(),
         },
@@ -823,18 +809,27 @@ fn parse_cluster(
         );
     }
     credential?;
-    Some(ClusterSettings {
+    let settings = ClusterSettings {
         stale_read_max_lag: Duration::from_millis(stale),
         fault_injection: raw.fault_injection,
         role,
         snapshot_keep_logs,
-        members: topology.members.clone(),
-        topology,
+        members: topology
+            .members
+            .iter()
+            .map(|m| crate::cluster::Member {
+                id: m.id,
+                name: m.name.clone(),
+                peer: m.peer,
+            })
+            .collect(),
+        clients: topology.nodes.iter().map(|n| n.name.clone()).collect(),
         bootstrap: raw.bootstrap,
         heartbeat: Duration::from_millis(heartbeat),
         election_timeout: (Duration::from_millis(min), Duration::from_millis(max)),
         snapshot_every,
-    })
+    };
+    Some((settings, topology))
 }
 
 fn parse_listener(

@@ -13,10 +13,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     catalogue::Catalogue,
+    catalogue::routing::RoutingTable,
     config::Config,
-    registry::{NodeRecord, Registry},
-    routing::RoutingTable,
-    topology::Topology,
+    mesh::registry::{NodeRecord, Registry},
+    mesh::topology::Topology,
     xds::{bootstrap, resources},
 };
 

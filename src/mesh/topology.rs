@@ -16,7 +16,15 @@ use std::{net::SocketAddr, path::Path};
 
 use serde::Deserialize;
 
-use crate::{catalogue::Catalogue, config::Problem};
+use crate::catalogue::Catalogue;
+
+/// One thing wrong with a config or topology file, and where (the field's
+/// path in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
 
 /// The alias that selects every service in the catalogue and every role.
 pub const ALL: &str = "all";

@@ -9,9 +9,10 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
+    catalogue::routing::{Protocol, RoutingTable},
     catalogue::{Access, Catalogue},
-    config::{Config, LogFormat},
-    routing::{Protocol, RoutingTable},
+    config::Config,
+    telemetry::LogFormat,
 };
 
 pub const EX_USAGE: u8 = 64;
@@ -62,7 +63,7 @@ enum Command {
     /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
     GenEnvoy {
         #[command(flatten)]
-        request: crate::gen_envoy::Request,
+        request: crate::envoy::Request,
         /// Write to FILE instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -205,7 +206,7 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             Ok(format!("rotated: new signing key {kid}"))
         }),
         Command::GenEnvoy { request, out } => {
-            let yaml = match crate::gen_envoy::generate(&request, &catalogue) {
+            let yaml = match crate::envoy::generate(&request, &catalogue) {
                 Ok(y) => y,
                 Err(e) => {
                     eprintln!("flotilla gen-envoy: {e}");
@@ -318,7 +319,7 @@ where
                 readers: 1,
                 durability: crate::store::Durability::Full,
             },
-            crate::metrics::Metrics::new().store,
+            crate::telemetry::metrics::Metrics::new().store,
         )
         .map_err(|e| e.to_string())?;
         if let Some(settings) = &config.cluster {
@@ -370,7 +371,7 @@ fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> Ex
         );
         return ExitCode::from(EX_USAGE);
     };
-    if !settings.topology.nodes.iter().any(|n| n.name == node) {
+    if !settings.clients.iter().any(|n| n == node) {
         eprintln!(
             "flotilla: `{node}` is not listed under `nodes` in the topology: only nodes without the db role have client keys"
         );

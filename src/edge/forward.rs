@@ -41,21 +41,9 @@ use hyper_util::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{api_error::ApiError, registry::Registry};
+use crate::{catalogue::api_error::ApiError, mesh::registry::Registry};
 
-/// Names the node that forwarded a request; such a request is served
-/// locally or refused, never forwarded again.
-pub const FORWARDED_BY: &str = "x-flotilla-forwarded-by";
-/// Set on a response that refused its request before any handler ran (no
-/// node runs the service, the request was forwarded already, credentials
-/// could not be checked): the forwarder and the Envoy routes send such a
-/// request to another node whatever its method.
-pub const UNPROCESSED: &str = "x-flotilla-unprocessed";
-/// The client's address as the forwarding node saw it, with a MAC under a
-/// key every node derives from `auth.secret`: a receiving node uses it for
-/// per-address limits only when the MAC checks, so no caller can choose
-/// the address its requests are counted under.
-pub const FORWARDED_CLIENT: &str = "x-flotilla-forwarded-client";
+pub use crate::protocol::{FORWARDED_BY, FORWARDED_CLIENT, UNPROCESSED};
 /// Attempts after the first, each on a node not tried yet.
 pub const RETRIES: usize = 2;
 

@@ -17,7 +17,7 @@ use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use http::{StatusCode, header};
 use serde::Serialize;
 
-use crate::{cluster::Cluster, metrics::Metrics, registry::Registry};
+use crate::{cluster::Cluster, mesh::registry::Registry, telemetry::metrics::Metrics};
 
 /// Where a selected service is in its start-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -86,11 +86,15 @@ pub struct NodeInfo {
     pub database: String,
 }
 
+/// A part of `/status` that another part of the node provides (the xDS
+/// server's view of its clients), read at each request.
+pub type StatusPart = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone)]
 struct AdminState {
     cluster: Option<Arc<Cluster>>,
     registry: Registry,
-    xds: Option<crate::xds::clients::Clients>,
+    xds: Option<StatusPart>,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -141,10 +145,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "services": services,
         "cluster": s.cluster.as_ref().map(|c| c.status()),
         "registry": s.registry.nodes(),
-        "xds": s.xds.as_ref().map(|x| serde_json::json!({
-            "clients": x.views(),
-            "nacks_total": x.nacks(),
-        })),
+        "xds": s.xds.as_ref().map(|x| x()),
     }))
 }
 
@@ -181,7 +182,7 @@ pub fn router(
     info: NodeInfo,
     cluster: Option<Arc<Cluster>>,
     registry: Registry,
-    xds: Option<crate::xds::clients::Clients>,
+    xds: Option<StatusPart>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))

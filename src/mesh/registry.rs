@@ -37,7 +37,7 @@ pub struct NodeRecord {
 
 impl NodeRecord {
     /// A node of the topology, as the registry records it.
-    pub fn from_topology(node: crate::topology::NodeRef, healthy: bool) -> NodeRecord {
+    pub fn from_topology(node: crate::mesh::topology::NodeRef, healthy: bool) -> NodeRecord {
         NodeRecord {
             id: node.name().to_owned(),
             public: node.public(),
@@ -157,14 +157,11 @@ impl Registry {
             .iter()
             .filter(|n| n.id != local.id)
             .map(|n| {
-                Statement::new(
-                    SEED,
-                    vec![
-                        n.id.clone().into(),
-                        n.public.to_string().into(),
-                        n.services.join(",").into(),
-                    ],
-                )
+                RegistryWrite::Seed(NodeRecord {
+                    healthy: false,
+                    ..n.clone()
+                })
+                .statement()
             })
             .collect();
         statements.push(upsert(&local, true));
@@ -255,37 +252,78 @@ const UPSERT: &str = "INSERT INTO registry__nodes (node, public, services, healt
      ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
          healthy = excluded.healthy, updated_ms = excluded.updated_ms";
 
-/// Whether store client `client` may send `statement` to the registry: its
-/// own record, or the seed of a topology node, each exactly as the topology
-/// gives it. Anything else could send other nodes' traffic elsewhere.
-pub fn client_may_write(
-    statement: &Statement,
-    topology: &crate::topology::Topology,
-    client: &str,
-) -> bool {
-    let text = |i: usize| statement.params.get(i).and_then(Value::as_str);
-    let Some(node) = text(0).and_then(|id| topology.find(id)) else {
-        return false;
-    };
-    let as_in_topology = text(1) == Some(node.public().to_string().as_str())
-        && text(2) == Some(node.selection().services.join(",").as_str());
-    match statement.sql.as_str() {
-        UPSERT => as_in_topology && node.name() == client && statement.params.len() == 4,
-        SEED => as_in_topology && statement.params.len() == 3,
-        _ => false,
+/// A write to the registry, as what it means. The registry's statements are
+/// made from it, and a db member reads a store client's registry write back
+/// into it to decide whether to allow it: the decision is about records,
+/// not SQL text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryWrite {
+    /// A node's own record, healthy or not.
+    Own(NodeRecord),
+    /// A topology node not seen yet, recorded unhealthy (an existing record
+    /// is left as it is).
+    Seed(NodeRecord),
+}
+
+impl RegistryWrite {
+    pub fn statement(&self) -> Statement {
+        match self {
+            RegistryWrite::Own(node) => Statement::new(
+                UPSERT,
+                vec![
+                    node.id.clone().into(),
+                    node.public.to_string().into(),
+                    node.services.join(",").into(),
+                    i64::from(node.healthy).into(),
+                ],
+            ),
+            RegistryWrite::Seed(node) => Statement::new(
+                SEED,
+                vec![
+                    node.id.clone().into(),
+                    node.public.to_string().into(),
+                    node.services.join(",").into(),
+                ],
+            ),
+        }
+    }
+
+    /// The write `statement` makes, if it is one the registry makes.
+    pub fn parse(statement: &Statement) -> Option<RegistryWrite> {
+        let text = |i: usize| statement.params.get(i).and_then(Value::as_str);
+        let record = |healthy: bool| -> Option<NodeRecord> {
+            Some(NodeRecord {
+                id: text(0)?.to_owned(),
+                public: text(1)?.parse().ok()?,
+                services: text(2)?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                healthy,
+            })
+        };
+        match (statement.sql.as_str(), statement.params.len()) {
+            (UPSERT, 4) => {
+                let healthy = match statement.params[3].as_i64()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                };
+                record(healthy).map(RegistryWrite::Own)
+            }
+            (SEED, 3) => record(false).map(RegistryWrite::Seed),
+            _ => None,
+        }
     }
 }
 
 fn upsert(node: &NodeRecord, healthy: bool) -> Statement {
-    Statement::new(
-        UPSERT,
-        vec![
-            node.id.clone().into(),
-            node.public.to_string().into(),
-            node.services.join(",").into(),
-            i64::from(healthy).into(),
-        ],
-    )
+    RegistryWrite::Own(NodeRecord {
+        healthy,
+        ..node.clone()
+    })
+    .statement()
 }
 
 /// The reserved namespace of the registry.
@@ -308,46 +346,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_client_writes_only_its_own_record_as_the_topology_gives_it() {
-        let topology = crate::topology::Topology::parse(
-            "members:\n  - {id: 1, node: db-1, peer: '127.0.0.1:7001', public: '127.0.0.1:8001', services: [db]}\nnodes:\n  - {node: kv-1, public: '127.0.0.1:8011', services: [kv]}\n  - {node: echo-1, public: '127.0.0.1:8021', services: [echo]}\n",
-            "t.yaml",
-            &crate::catalogue::Catalogue::builtin(),
-        )
-        .unwrap();
-        let record = |id: &str, public: &str, services: &[&str]| NodeRecord {
-            id: id.into(),
-            public: public.parse().unwrap(),
-            services: services.iter().map(|s| s.to_string()).collect(),
+    fn registry_writes_are_read_back_into_what_they_mean() {
+        let record = NodeRecord {
+            id: "kv-1".into(),
+            public: "127.0.0.1:8011".parse().unwrap(),
+            services: vec!["kv".into(), "echo".into()],
             healthy: true,
         };
-        let own = record("kv-1", "127.0.0.1:8011", &["kv"]);
-        assert!(client_may_write(&upsert(&own, true), &topology, "kv-1"));
-        assert!(client_may_write(&upsert(&own, false), &topology, "kv-1"));
-        let other = record("echo-1", "127.0.0.1:8021", &["echo"]);
-        assert!(!client_may_write(&upsert(&other, true), &topology, "kv-1"));
-        let moved = record("kv-1", "127.0.0.1:9999", &["kv"]);
-        assert!(!client_may_write(&upsert(&moved, true), &topology, "kv-1"));
-        let more = record("kv-1", "127.0.0.1:8011", &["kv", "echo"]);
-        assert!(!client_may_write(&upsert(&more, true), &topology, "kv-1"));
-        let stranger = record("evil-1", "127.0.0.1:8011", &["kv"]);
-        assert!(!client_may_write(
-            &upsert(&stranger, true),
-            &topology,
-            "kv-1"
-        ));
-        let seed = Statement::new(
-            SEED,
-            vec!["echo-1".into(), "127.0.0.1:8021".into(), "echo".into()],
-        );
-        assert!(client_may_write(&seed, &topology, "kv-1"));
-        let bad_seed = Statement::new(
-            SEED,
-            vec!["echo-1".into(), "127.0.0.1:1".into(), "echo".into()],
-        );
-        assert!(!client_may_write(&bad_seed, &topology, "kv-1"));
-        let other_sql = Statement::new("DELETE FROM registry__nodes", vec![]);
-        assert!(!client_may_write(&other_sql, &topology, "kv-1"));
+        for write in [
+            RegistryWrite::Own(record.clone()),
+            RegistryWrite::Own(NodeRecord {
+                healthy: false,
+                ..record.clone()
+            }),
+            RegistryWrite::Seed(NodeRecord {
+                healthy: false,
+                ..record.clone()
+            }),
+        ] {
+            assert_eq!(RegistryWrite::parse(&write.statement()), Some(write));
+        }
+        let mut odd = RegistryWrite::Own(record).statement();
+        odd.params[3] = 7i64.into();
+        assert_eq!(RegistryWrite::parse(&odd), None);
+        let other = Statement::new("DELETE FROM registry__nodes", vec![]);
+        assert_eq!(RegistryWrite::parse(&other), None);
     }
 
     #[test]
@@ -378,7 +401,7 @@ mod tests {
                 readers: 1,
                 durability: crate::store::Durability::Full,
             },
-            crate::metrics::Metrics::new().store,
+            crate::telemetry::metrics::Metrics::new().store,
         )
         .unwrap();
         let ns = store.namespace(NAMESPACE);

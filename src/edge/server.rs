@@ -19,9 +19,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive pings on otherwise idle connections.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 
-/// The TCP peer of a request, put in its extensions by the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::catalogue::ClientAddr;
 
 /// Binds `addr`, naming the listener in the error.
 pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {

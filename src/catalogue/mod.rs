@@ -10,6 +10,9 @@
 //! [`Catalogue::builtin`] (or build your own catalogue, as
 //! `examples/greeter.rs` does).
 
+pub mod api_error;
+pub mod routing;
+
 use std::sync::Arc;
 
 pub use crate::auth::authz::Access;
@@ -23,6 +26,12 @@ use crate::{
 pub const RESERVED_NAMESPACES: &[&str] = &[
     "sys", "raft", "registry", "auth", "sqlite", "all", "db", "xds",
 ];
+
+/// The client of a request as the node saw it (the TCP peer, or for a
+/// request another node forwarded, the client that node saw): a request
+/// extension, for a service's per-address limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// One HTTP route, relative to `/api/<service>`.
 #[derive(Clone, Debug)]
@@ -162,20 +171,7 @@ pub trait Service: Send + Sync + 'static {
     fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError>;
 }
 
-/// Mounts a tonic-generated gRPC server at `/<package>.<Service>/*`.
-pub fn grpc_router<S>(server: S) -> axum::Router
-where
-    S: tonic::server::NamedService
-        + tower::Service<http::Request<axum::body::Body>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
-    axum::Router::new().route_service(&format!("/{}/{{*method}}", S::NAME), server)
-}
+pub use crate::protocol::grpc_router;
 
 /// One service of the catalogue, and whether it is one of flotilla's own
 /// (only those may hold reserved capabilities).
@@ -196,15 +192,9 @@ pub struct Catalogue {
 pub struct CatalogueError(String);
 
 impl Catalogue {
-    /// The services shipped with flotilla.
-    pub fn builtin() -> Catalogue {
-        Catalogue::empty()
-            .with_own(crate::services::accounts::Accounts)
-            .with_own(crate::services::echo::Echo)
-            .with_own(crate::services::kv::Kv)
-    }
-
-    fn with_own(mut self, service: impl Service) -> Catalogue {
+    /// Adds one of flotilla's own services (only those may hold reserved
+    /// capabilities).
+    pub(crate) fn with_own(mut self, service: impl Service) -> Catalogue {
         self.services.push(Entry {
             service: Arc::new(service),
             own: true,

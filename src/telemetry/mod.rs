@@ -1,11 +1,28 @@
-//! Logging: human-readable lines by default, JSON on request. `RUST_LOG`
-//! overrides the configured level.
+//! What the node tells operators: logs (human-readable lines by default,
+//! JSON on request; `RUST_LOG` overrides the configured level) and
+//! Prometheus metrics (`metrics`).
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "human" => Some(LogFormat::Human),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
 
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
