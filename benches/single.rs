@@ -30,8 +30,7 @@ use std::{
 
 use flotilla::{
     auth::{Auth, AuthSettings, accounts, password::HashParams, tokens},
-    catalogue::routing::RoutingTable,
-    catalogue::{Catalogue, Service, ServiceContext},
+    catalogue::{Catalogue, Registered, ServiceContext},
     edge::ingress::{self, Ingress, IngressLimits},
     edge::server,
     mesh::registry::{NodeRecord, Registry},
@@ -309,10 +308,11 @@ fn main() {
         let (token, _) = auth.issue_access_token(&user).unwrap();
         let ctx = ServiceContext::ungranted(Arc::from("bench-1"), store.namespace("echo"));
         let catalogue = Catalogue::builtin();
-        let table = Arc::new(RoutingTable::build(&catalogue).unwrap());
+        let catalogue = catalogue.check().unwrap();
+        let table = catalogue.table().clone();
         let routers = HashMap::from([(
             "echo",
-            ingress::compose("echo", Echo.start(ctx.clone()).unwrap()),
+            ingress::compose("echo", Echo.start_handlers(ctx.clone()).unwrap()),
         )]);
         let registry = Registry::single(NodeRecord {
             id: "bench-1".into(),
@@ -332,7 +332,7 @@ fn main() {
                 request_timeout: Duration::from_secs(10),
             },
         );
-        let bare = axum::Router::new().nest("/api/echo", Echo.start(ctx).unwrap().http);
+        let bare = axum::Router::new().nest("/api/echo", Echo.start_handlers(ctx).unwrap().http);
         let (ingress_addr, stop_a) = serve_in_process(ingress).await;
         let (bare_addr, stop_b) = serve_in_process(bare).await;
         let run = |url: String, authorization: Option<String>| {

@@ -12,16 +12,15 @@
 //! ```
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
 };
 use flotilla::{
     catalogue::Catalogue,
     service::{
-        Access, Api, ApiError, Handlers, HttpRoute, Migration, Namespace, Service, ServiceContext,
-        StartError, Statement, StoreError,
+        Access, ApiError, Migration, Namespace, Routes, Service, ServiceContext, StartError,
+        Statement, StoreError,
     },
 };
 use serde_json::json;
@@ -29,6 +28,8 @@ use serde_json::json;
 struct Greeter;
 
 impl Service for Greeter {
+    type State = Namespace;
+
     fn name(&self) -> &'static str {
         "greeter"
     }
@@ -37,22 +38,11 @@ impl Service for Greeter {
         "greets people and counts how often it greeted each"
     }
 
-    fn api(&self) -> Api {
-        Api {
-            http: vec![
-                HttpRoute {
-                    method: http::Method::POST,
-                    path: "/hello/{name}",
-                    access: Access::Public,
-                },
-                HttpRoute {
-                    method: http::Method::GET,
-                    path: "/peek-at-kv",
-                    access: Access::Public,
-                },
-            ],
-            grpc: vec![],
-        }
+    /// Each route once: its path, the access it needs and its handler.
+    fn routes(&self) -> Routes<Namespace> {
+        Routes::new()
+            .post("/hello/{name}", Access::Public, hello)
+            .get("/peek-at-kv", Access::Public, peek_at_kv)
     }
 
     fn migrations(&self) -> &'static [Migration] {
@@ -64,15 +54,9 @@ impl Service for Greeter {
         }]
     }
 
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
-        let http = Router::new()
-            .route("/hello/{name}", post(hello))
-            .route("/peek-at-kv", get(peek_at_kv))
-            .with_state(ctx.store);
-        Ok(Handlers {
-            http,
-            grpc: Router::new(),
-        })
+    /// The state every handler gets: here, the service's own namespace.
+    fn start(&self, ctx: ServiceContext) -> Result<Namespace, StartError> {
+        Ok(ctx.store)
     }
 }
 

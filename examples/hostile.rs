@@ -11,31 +11,21 @@
 //! no path to the accounts namespace, the secrets, the signing keys or the
 //! database itself (see the `compile_fail` examples in `flotilla::service`).
 
-use axum::{Json, Router, extract::State, routing::post};
+use axum::{Json, extract::State};
 use flotilla::{
     catalogue::Catalogue,
     service::{
-        Access, Api, Handlers, HttpRoute, Migration, Namespace, Service, ServiceContext,
-        StartError, Statement, StoreError,
+        Access, Migration, Namespace, Routes, Service, ServiceContext, StartError, Statement,
+        StoreError,
     },
 };
 use serde_json::{Value, json};
 
 struct Intruder;
 
-const ROUTES: &[&str] = &[
-    "/reach",
-    "/poison",
-    "/slow",
-    "/views",
-    "/leaks",
-    "/rename",
-    "/rows",
-    "/burn-write",
-    "/burn-read",
-];
-
 impl Service for Intruder {
+    type State = Namespace;
+
     fn name(&self) -> &'static str {
         "intruder"
     }
@@ -44,18 +34,17 @@ impl Service for Intruder {
         "tries to escape its namespace (a test fixture, never for production)"
     }
 
-    fn api(&self) -> Api {
-        Api {
-            http: ROUTES
-                .iter()
-                .map(|path| HttpRoute {
-                    method: http::Method::POST,
-                    path,
-                    access: Access::Public,
-                })
-                .collect(),
-            grpc: vec![],
-        }
+    fn routes(&self) -> Routes<Namespace> {
+        Routes::new()
+            .post("/reach", Access::Public, reach)
+            .post("/poison", Access::Public, poison)
+            .post("/slow", Access::Public, slow)
+            .post("/views", Access::Public, views)
+            .post("/leaks", Access::Public, leaks)
+            .post("/rename", Access::Public, rename)
+            .post("/rows", Access::Public, rows)
+            .post("/burn-write", Access::Public, burn_write)
+            .post("/burn-read", Access::Public, burn_read)
     }
 
     fn migrations(&self) -> &'static [Migration] {
@@ -67,22 +56,8 @@ impl Service for Intruder {
         }]
     }
 
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
-        let http = Router::new()
-            .route("/reach", post(reach))
-            .route("/poison", post(poison))
-            .route("/slow", post(slow))
-            .route("/views", post(views))
-            .route("/leaks", post(leaks))
-            .route("/rename", post(rename))
-            .route("/rows", post(rows))
-            .route("/burn-write", post(burn_write))
-            .route("/burn-read", post(burn_read))
-            .with_state(ctx.store);
-        Ok(Handlers {
-            http,
-            grpc: Router::new(),
-        })
+    fn start(&self, ctx: ServiceContext) -> Result<Namespace, StartError> {
+        Ok(ctx.store)
     }
 }
 

@@ -41,9 +41,6 @@
 pub use crate::{
     auth::authz::{Access, Credential, Principal},
     catalogue::api_error::ApiError,
-    catalogue::{
-        Api, Capability, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
-        StartError, grpc_router,
-    },
+    catalogue::{Capability, ClientAddr, Routes, Service, ServiceContext, StartError},
     store::{Budget, Migration, Namespace, Outcome, Statement, StoreError, Value},
 };

@@ -1,17 +1,22 @@
 //! The service catalogue: every service compiled into the binary, with what
 //! it declares about itself.
 //!
-//! A service declares its name, its HTTP routes and gRPC methods (each with
-//! the access it needs), and its migrations. The routing table, the
-//! ingress, `check-config` and later the xDS resources are all derived from
-//! these declarations; nothing else lists routes.
+//! A service declares its name, its routes (each with the access it needs
+//! and the handler that serves it, in one call: `routes`), its migrations
+//! and its capabilities. The catalogue is checked once, when the binary
+//! starts ([`Catalogue::check`]), and the routing table built then: the
+//! ingress, `check-config`, the xDS resources and `gen-envoy` all use that
+//! one table; nothing else lists routes.
 //!
 //! Adding a service: implement [`Service`] and add one line to
 //! [`Catalogue::builtin`] (or build your own catalogue, as
 //! `examples/greeter.rs` does).
 
 pub mod api_error;
+pub mod routes;
 pub mod routing;
+
+pub use routes::{Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Routes};
 
 use std::sync::Arc;
 
@@ -20,6 +25,7 @@ use crate::{
     auth::Auth,
     store::{Budget, Migration, Namespace, Store},
 };
+use routing::RoutingTable;
 
 /// Namespaces that belong to flotilla itself; no service may take these
 /// names.
@@ -32,37 +38,6 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
 /// extension, for a service's per-address limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
-
-/// One HTTP route, relative to `/api/<service>`.
-#[derive(Clone, Debug)]
-pub struct HttpRoute {
-    pub method: http::Method,
-    /// A path template in axum syntax, `""` for the service root, e.g.
-    /// `/keys/{*key}`.
-    pub path: &'static str,
-    pub access: Access,
-}
-
-/// One gRPC method.
-#[derive(Clone, Debug)]
-pub struct GrpcMethod {
-    pub name: &'static str,
-    pub access: Access,
-}
-
-/// One gRPC service, named as in its proto (`package.Service`).
-#[derive(Clone, Debug)]
-pub struct GrpcService {
-    pub name: &'static str,
-    pub methods: Vec<GrpcMethod>,
-}
-
-/// Everything a service serves.
-#[derive(Clone, Debug, Default)]
-pub struct Api {
-    pub http: Vec<HttpRoute>,
-    pub grpc: Vec<GrpcService>,
-}
 
 /// What a service may do beyond its own namespace, declared in its
 /// catalogue entry ([`Service::capabilities`]) and granted when it starts.
@@ -134,15 +109,6 @@ impl ServiceContext {
     }
 }
 
-/// The handlers of a started service.
-pub struct Handlers {
-    /// HTTP routes, at the paths declared in [`Api::http`] (relative to
-    /// `/api/<service>`).
-    pub http: axum::Router,
-    /// gRPC services, at their full paths (`/package.Service/Method`).
-    pub grpc: axum::Router,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("service `{service}` failed to start: {message}")]
 pub struct StartError {
@@ -152,13 +118,16 @@ pub struct StartError {
 
 /// A service compiled into the binary.
 pub trait Service: Send + Sync + 'static {
+    /// What `start` makes and every handler is given (axum's `State`).
+    type State: Clone + Send + Sync + 'static;
     /// The service's name: its namespace, its `/api/<name>` prefix and its
     /// name in configs. Lowercase letters and digits only.
     fn name(&self) -> &'static str;
     /// One line for `check-config` and the docs.
     fn summary(&self) -> &'static str;
-    /// The routes and methods it serves, with the access each needs.
-    fn api(&self) -> Api;
+    /// Its routes and gRPC services, each with the access it needs and
+    /// what serves it.
+    fn routes(&self) -> Routes<Self::State>;
     /// Schema history of its namespace, applied before it starts.
     fn migrations(&self) -> &'static [Migration] {
         &[]
@@ -167,8 +136,44 @@ pub trait Service: Send + Sync + 'static {
     fn capabilities(&self) -> &'static [Capability] {
         &[]
     }
-    /// Builds its handlers. Called once, after its migrations ran.
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError>;
+    /// Makes the state its handlers share. Called once, after its
+    /// migrations ran.
+    fn start(&self, ctx: ServiceContext) -> Result<Self::State, StartError>;
+}
+
+/// A [`Service`] as the catalogue keeps it, whatever its state's type.
+pub trait Registered: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    fn migrations(&self) -> &'static [Migration];
+    fn capabilities(&self) -> &'static [Capability];
+    /// What its routes declare, and what is wrong with them.
+    fn declarations(&self) -> (Api, Vec<String>);
+    /// Starts it, and serves its routes over the state it made.
+    fn start_handlers(&self, ctx: ServiceContext) -> Result<Handlers, StartError>;
+}
+
+impl<T: Service> Registered for T {
+    fn name(&self) -> &'static str {
+        Service::name(self)
+    }
+    fn summary(&self) -> &'static str {
+        Service::summary(self)
+    }
+    fn migrations(&self) -> &'static [Migration] {
+        Service::migrations(self)
+    }
+    fn capabilities(&self) -> &'static [Capability] {
+        Service::capabilities(self)
+    }
+    fn declarations(&self) -> (Api, Vec<String>) {
+        let routes = self.routes();
+        (routes.api().clone(), routes.problems().to_vec())
+    }
+    fn start_handlers(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
+        let state = self.start(ctx)?;
+        Ok(self.routes().handlers(state))
+    }
 }
 
 pub use crate::protocol::grpc_router;
@@ -177,11 +182,12 @@ pub use crate::protocol::grpc_router;
 /// (only those may hold reserved capabilities).
 #[derive(Clone)]
 struct Entry {
-    service: Arc<dyn Service>,
+    service: Arc<dyn Registered>,
     own: bool,
 }
 
-/// The services this binary can run.
+/// The services a binary is built with, as they are registered; checked
+/// into [`Services`] once, when the binary starts.
 #[derive(Clone)]
 pub struct Catalogue {
     services: Vec<Entry>,
@@ -190,6 +196,13 @@ pub struct Catalogue {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid service catalogue: {0}")]
 pub struct CatalogueError(String);
+
+/// A checked catalogue and its routing table, built once.
+#[derive(Clone)]
+pub struct Services {
+    catalogue: Catalogue,
+    table: Arc<RoutingTable>,
+}
 
 impl Catalogue {
     /// Adds one of flotilla's own services (only those may hold reserved
@@ -217,10 +230,15 @@ impl Catalogue {
         self
     }
 
-    /// Checks the declarations: names, uniqueness, migrations and routes.
-    /// A failure is a programming error in a service, reported at start-up.
-    pub fn validate(&self) -> Result<(), CatalogueError> {
+    /// Checks the declarations (names, uniqueness, capabilities,
+    /// migrations, routes, gRPC methods against flotilla's own protos) and
+    /// builds the routing table. A failure is a programming error in a
+    /// service, reported at start-up with what is wrong.
+    pub fn check(self) -> Result<Services, CatalogueError> {
+        let protos = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .map_err(|e| CatalogueError(format!("flotilla's own protos do not decode: {e}")))?;
         let mut grpc_names = Vec::new();
+        let mut apis = Vec::new();
         for (i, entry) in self.services.iter().enumerate() {
             let s = &entry.service;
             let name = s.name();
@@ -259,14 +277,9 @@ impl Catalogue {
                     )));
                 }
             }
-            let api = s.api();
-            for r in &api.http {
-                if !(r.path.is_empty() || r.path.starts_with('/')) || r.path.ends_with('/') {
-                    return Err(CatalogueError(format!(
-                        "service `{name}`: route `{}` must be empty or start with '/' and not end with '/'",
-                        r.path
-                    )));
-                }
+            let (api, problems) = s.declarations();
+            if let Some(problem) = problems.first() {
+                return Err(CatalogueError(format!("service `{name}`: {problem}")));
             }
             for g in &api.grpc {
                 if grpc_names.contains(&g.name) {
@@ -276,30 +289,68 @@ impl Catalogue {
                     )));
                 }
                 grpc_names.push(g.name);
+                if let Some(proto) = protos.get_service_by_name(g.name) {
+                    for m in proto.methods() {
+                        if !g.methods.iter().any(|d| d.name == m.name()) {
+                            return Err(CatalogueError(format!(
+                                "service `{name}`: gRPC method `{}/{}` is served but not declared with the access it needs",
+                                g.name,
+                                m.name()
+                            )));
+                        }
+                    }
+                    for d in &g.methods {
+                        if !proto.methods().any(|m| m.name() == d.name) {
+                            return Err(CatalogueError(format!(
+                                "service `{name}`: gRPC method `{}/{}` is declared but `{}` has no such method",
+                                g.name, d.name, g.name
+                            )));
+                        }
+                    }
+                }
             }
+            apis.push((name, api));
         }
-        Ok(())
+        let table = RoutingTable::build(&apis).map_err(CatalogueError)?;
+        Ok(Services {
+            catalogue: self,
+            table: Arc::new(table),
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.services.iter().map(|e| e.service.name())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Service>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Registered>> {
         self.iter().find(|s| s.name() == name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Registered>> {
         self.services.iter().map(|e| &e.service)
     }
 
     /// The capabilities the service named `name` declared and may hold (a
-    /// validated catalogue holds no other).
+    /// checked catalogue holds no other).
     pub(crate) fn granted(&self, name: &str) -> &'static [Capability] {
         self.services
             .iter()
             .find(|e| e.service.name() == name && e.own)
             .map_or(&[], |e| e.service.capabilities())
+    }
+}
+
+impl Services {
+    /// The routing table, built when the catalogue was checked.
+    pub fn table(&self) -> &Arc<RoutingTable> {
+        &self.table
+    }
+}
+
+impl std::ops::Deref for Services {
+    type Target = Catalogue;
+    fn deref(&self) -> &Catalogue {
+        &self.catalogue
     }
 }
 
@@ -309,16 +360,17 @@ mod tests {
 
     struct Named(&'static str);
     impl Service for Named {
+        type State = ();
         fn name(&self) -> &'static str {
             self.0
         }
         fn summary(&self) -> &'static str {
             "test"
         }
-        fn api(&self) -> Api {
-            Api::default()
+        fn routes(&self) -> Routes<()> {
+            Routes::new()
         }
-        fn start(&self, _: ServiceContext) -> Result<Handlers, StartError> {
+        fn start(&self, _: ServiceContext) -> Result<(), StartError> {
             Err(StartError {
                 service: self.0,
                 message: "not startable".into(),
@@ -328,19 +380,20 @@ mod tests {
 
     struct Greedy;
     impl Service for Greedy {
+        type State = ();
         fn name(&self) -> &'static str {
             "greedy"
         }
         fn summary(&self) -> &'static str {
             "wants to mint tokens"
         }
-        fn api(&self) -> Api {
-            Api::default()
+        fn routes(&self) -> Routes<()> {
+            Routes::new()
         }
         fn capabilities(&self) -> &'static [Capability] {
             &[Capability::IssueCredentials]
         }
-        fn start(&self, _: ServiceContext) -> Result<Handlers, StartError> {
+        fn start(&self, _: ServiceContext) -> Result<(), StartError> {
             Err(StartError {
                 service: "greedy",
                 message: "not startable".into(),
@@ -348,9 +401,31 @@ mod tests {
         }
     }
 
+    /// Routes that conflict, and a gRPC service that declares less than
+    /// its proto has.
+    struct Careless;
+    impl Service for Careless {
+        type State = ();
+        fn name(&self) -> &'static str {
+            "careless"
+        }
+        fn summary(&self) -> &'static str {
+            "declares badly"
+        }
+        fn routes(&self) -> Routes<()> {
+            async fn ok() {}
+            Routes::new()
+                .get("/a/{x}", Access::Public, ok)
+                .get("/a/{y}", Access::Public, ok)
+        }
+        fn start(&self, _: ServiceContext) -> Result<(), StartError> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn only_flotillas_own_services_may_issue_credentials() {
-        let err = Catalogue::builtin().with(Greedy).validate().unwrap_err();
+        let err = Catalogue::builtin().with(Greedy).check().err().unwrap();
         assert!(
             err.to_string()
                 .contains("declares capability `issue-credentials`"),
@@ -365,19 +440,32 @@ mod tests {
 
     #[test]
     fn builtin_catalogue_is_valid() {
-        Catalogue::builtin().validate().unwrap();
+        let services = Catalogue::builtin().check().unwrap();
+        assert!(!services.table().routes().is_empty());
+    }
+
+    #[test]
+    fn conflicting_routes_are_refused_with_the_conflict_named() {
+        let err = Catalogue::builtin().with(Careless).check().err().unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains("service `careless`") && message.contains("/a/{y}"),
+            "{message}"
+        );
     }
 
     #[test]
     fn bad_names_are_refused() {
         for name in ["", "Kv", "kv_store", "sys", "all", "1kv", "k-v"] {
-            let err = Catalogue::empty().with(Named(name)).validate();
+            let err = Catalogue::empty().with(Named(name)).check();
             assert!(err.is_err(), "`{name}` was accepted");
         }
         let err = Catalogue::empty()
             .with(Named("a"))
             .with(Named("a"))
-            .validate();
-        assert!(err.unwrap_err().to_string().contains("registered twice"));
+            .check()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("registered twice"));
     }
 }

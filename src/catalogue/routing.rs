@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    catalogue::{Access, Catalogue},
+    catalogue::{Access, Api},
     telemetry::metrics::Label,
 };
 
@@ -75,16 +75,17 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    pub fn build(catalogue: &Catalogue) -> Result<RoutingTable, String> {
+    /// The table of every service's declarations, in catalogue order.
+    /// Called once, by `Catalogue::check`.
+    pub(crate) fn build(apis: &[(&'static str, Api)]) -> Result<RoutingTable, String> {
         let mut table = RoutingTable {
             routes: Vec::new(),
             http: HashMap::new(),
             grpc_methods: HashMap::new(),
             grpc_services: HashMap::new(),
         };
-        for service in catalogue.iter() {
-            let name = service.name();
-            let api = service.api();
+        for (name, api) in apis {
+            let name = *name;
             let mut paths = matchit::Router::new();
             let mut by_path: Vec<(String, Vec<usize>)> = Vec::new();
             for r in &api.http {
@@ -228,8 +229,12 @@ mod tests {
     use super::*;
     use http::Method;
 
-    fn table() -> RoutingTable {
-        RoutingTable::build(&Catalogue::builtin()).unwrap()
+    fn table() -> std::sync::Arc<RoutingTable> {
+        crate::catalogue::Catalogue::builtin()
+            .check()
+            .unwrap()
+            .table()
+            .clone()
     }
 
     #[test]

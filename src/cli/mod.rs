@@ -9,8 +9,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    catalogue::routing::{Protocol, RoutingTable},
-    catalogue::{Access, Catalogue},
+    catalogue::routing::Protocol,
+    catalogue::{Access, Catalogue, Services},
     config::Config,
     telemetry::LogFormat,
 };
@@ -165,10 +165,15 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             };
         }
     };
-    if let Err(e) = catalogue.validate() {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
+    // Checked once, with the routing table built then; a catalogue that
+    // does not hold together is a usage error of the embedding program.
+    let catalogue = match catalogue.check() {
+        Ok(services) => services,
+        Err(e) => {
+            eprintln!("flotilla: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config, &catalogue) {
             Ok(c) => {
@@ -413,11 +418,10 @@ fn cluster_command(
 }
 
 /// The resolved plan, as `check-config` prints it.
-pub fn plan(config: &Config, catalogue: &Catalogue) -> String {
+pub fn plan(config: &Config, catalogue: &Services) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let table = RoutingTable::build(catalogue)
-        .unwrap_or_else(|e| panic!("catalogue routes are invalid: {e}"));
+    let table = catalogue.table();
     let _ = writeln!(out, "node: {}", config.node_id);
     let _ = writeln!(
         out,

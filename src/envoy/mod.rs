@@ -12,8 +12,8 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
-    catalogue::Catalogue,
     catalogue::routing::RoutingTable,
+    catalogue::{Catalogue, Services},
     config::Config,
     mesh::registry::{NodeRecord, Registry},
     mesh::topology::Topology,
@@ -64,14 +64,14 @@ pub struct Request {
 }
 
 /// The bootstrap YAML, or what is wrong with the request or its inputs.
-pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, String> {
+pub fn generate(request: &Request, catalogue: &Services) -> Result<String, String> {
     if !request.admin.ip().is_loopback() {
         return Err(format!(
             "--admin {} is not a loopback address: Envoy's admin interface can reconfigure and stop it, keep it on 127.0.0.1 or ::1",
             request.admin
         ));
     }
-    let table = RoutingTable::build(catalogue)?;
+    let table = catalogue.table();
     let unused = |flag: &str, given: bool| {
         if given {
             Err(format!(
@@ -121,7 +121,7 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
                 services: config.services.iter().map(|s| s.to_string()).collect(),
                 healthy: true,
             }];
-            fixed(request, &table, records)?
+            fixed(request, table, records)?
         }
         Mode::Ha | Mode::Scaled => {
             unused("config", request.config.is_some())?;
@@ -144,7 +144,7 @@ pub fn generate(request: &Request, catalogue: &Catalogue) -> Result<String, Stri
                 .all()
                 .map(|n| NodeRecord::from_topology(n, true))
                 .collect();
-            fixed(request, &table, records)?
+            fixed(request, table, records)?
         }
     };
     let header = format!(

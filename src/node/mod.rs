@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Auth,
-    catalogue::routing::RoutingTable,
-    catalogue::{Capability, Catalogue, Grants, ServiceContext},
+    catalogue::{Capability, Grants, ServiceContext, Services},
     cluster::Cluster,
     config::Config,
     edge::admin::{self, NodeInfo, Readiness, ServiceState},
@@ -67,11 +66,8 @@ pub enum NodeError {
 const READERS: usize = 4;
 
 /// Runs the node until SIGTERM or SIGINT.
-pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> {
-    catalogue
-        .validate()
-        .map_err(|e| NodeError::Catalogue(e.to_string()))?;
-    let table = Arc::new(RoutingTable::build(&catalogue).map_err(NodeError::Catalogue)?);
+pub async fn run(config: Config, catalogue: Services) -> Result<(), NodeError> {
+    let table = catalogue.table().clone();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %config.node_id,
@@ -208,7 +204,7 @@ pub async fn run(config: Config, catalogue: Catalogue) -> Result<(), NodeError> 
                 .contains(&Capability::IssueCredentials)
                 .then(|| auth.clone()),
         };
-        let handlers = service.start(ServiceContext::new(
+        let handlers = service.start_handlers(ServiceContext::new(
             node_id.clone(),
             &store,
             name,

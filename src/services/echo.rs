@@ -4,18 +4,14 @@
 use std::sync::Arc;
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Query, State},
-    routing::get,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::authz::{self, Principal},
-    catalogue::{
-        Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
-        StartError, grpc_router,
-    },
+    catalogue::{Access, Routes, Service, ServiceContext, StartError},
     proto::echo::{
         EchoReply, EchoRequest,
         echo_server::{self, EchoServer},
@@ -104,6 +100,8 @@ impl echo_server::Echo for EchoGrpc {
 }
 
 impl Service for Echo {
+    type State = Arc<str>;
+
     fn name(&self) -> &'static str {
         "echo"
     }
@@ -112,47 +110,18 @@ impl Service for Echo {
         "replies with the message it was sent and the id of the node that answered"
     }
 
-    fn api(&self) -> Api {
-        Api {
-            http: vec![
-                HttpRoute {
-                    method: http::Method::GET,
-                    path: "",
-                    access: Access::Public,
-                },
-                HttpRoute {
-                    method: http::Method::POST,
-                    path: "",
-                    access: Access::Public,
-                },
-                HttpRoute {
-                    method: http::Method::GET,
-                    path: "/private",
-                    access: PRIVATE,
-                },
-            ],
-            grpc: vec![GrpcService {
-                name: <EchoServer<EchoGrpc> as tonic::server::NamedService>::NAME,
-                methods: vec![
-                    GrpcMethod {
-                        name: "Echo",
-                        access: Access::Public,
-                    },
-                    GrpcMethod {
-                        name: "EchoAuthenticated",
-                        access: PRIVATE,
-                    },
-                ],
-            }],
-        }
+    fn routes(&self) -> Routes<Arc<str>> {
+        Routes::new()
+            .get("", Access::Public, echo_get)
+            .post("", Access::Public, echo_post)
+            .get("/private", PRIVATE, echo_private)
+            .grpc(
+                &[("Echo", Access::Public), ("EchoAuthenticated", PRIVATE)],
+                |node| EchoServer::new(EchoGrpc { node }),
+            )
     }
 
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
-        let http = Router::new()
-            .route("/", get(echo_get).post(echo_post))
-            .route("/private", get(echo_private))
-            .with_state(ctx.node_id.clone());
-        let grpc = grpc_router(EchoServer::new(EchoGrpc { node: ctx.node_id }));
-        Ok(Handlers { http, grpc })
+    fn start(&self, ctx: ServiceContext) -> Result<Arc<str>, StartError> {
+        Ok(ctx.node_id)
     }
 }

@@ -10,21 +10,17 @@
 //! override); anyone else gets 403.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::authz::Principal,
     catalogue::api_error::ApiError,
-    catalogue::{
-        Access, Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Service, ServiceContext,
-        StartError, grpc_router,
-    },
+    catalogue::{Access, Routes, Service, ServiceContext, StartError},
     proto::kv::{self as pb, kv_server},
     store::{Migration, Namespace, Statement, Value},
 };
@@ -516,6 +512,8 @@ impl kv_server::Kv for KvCore {
 }
 
 impl Service for Kv {
+    type State = KvCore;
+
     fn name(&self) -> &'static str {
         "kv"
     }
@@ -524,50 +522,31 @@ impl Service for Kv {
         "versioned key/value store with compare-and-set and prefix listing"
     }
 
-    fn api(&self) -> Api {
-        let route = |method, path, access| HttpRoute {
-            method,
-            path,
-            access,
-        };
-        let method = |name, access| GrpcMethod { name, access };
-        Api {
-            http: vec![
-                route(http::Method::GET, "/keys", READ),
-                route(http::Method::GET, "/keys/{*key}", READ),
-                route(http::Method::PUT, "/keys/{*key}", WRITE),
-                route(http::Method::DELETE, "/keys/{*key}", WRITE),
-                route(http::Method::POST, "/cas", WRITE),
-            ],
-            grpc: vec![GrpcService {
-                name: <kv_server::KvServer<KvCore> as tonic::server::NamedService>::NAME,
-                methods: vec![
-                    method("Get", READ),
-                    method("List", READ),
-                    method("Put", WRITE),
-                    method("Delete", WRITE),
-                    method("CompareAndSet", WRITE),
+    fn routes(&self) -> Routes<KvCore> {
+        Routes::new()
+            .get("/keys", READ, http_list)
+            .get("/keys/{*key}", READ, http_get)
+            .put("/keys/{*key}", WRITE, http_put)
+            .delete("/keys/{*key}", WRITE, http_delete)
+            .post("/cas", WRITE, http_cas)
+            .grpc(
+                &[
+                    ("Get", READ),
+                    ("List", READ),
+                    ("Put", WRITE),
+                    ("Delete", WRITE),
+                    ("CompareAndSet", WRITE),
                 ],
-            }],
-        }
+                kv_server::KvServer::new,
+            )
     }
 
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }
 
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
-        let core = KvCore { store: ctx.store };
-        let http = Router::new()
-            .route("/keys", get(http_list))
-            .route(
-                "/keys/{*key}",
-                get(http_get).put(http_put).delete(http_delete),
-            )
-            .route("/cas", post(http_cas))
-            .with_state(core.clone());
-        let grpc = grpc_router(kv_server::KvServer::new(core));
-        Ok(Handlers { http, grpc })
+    fn start(&self, ctx: ServiceContext) -> Result<KvCore, StartError> {
+        Ok(KvCore { store: ctx.store })
     }
 }
 

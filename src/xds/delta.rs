@@ -4,7 +4,7 @@
 //! (or announced in `initial_resource_versions` when it reconnected) and
 //! what is in flight. A response carries only the resources whose version
 //! differs from what the client has, and `removed_resources` for names it
-//! has that are gone. The rules (numbers from `xds-notes.md`):
+//! has that are gone. The rules (numbered as in docs/xds-protocol.md):
 //! - (1) an ACK is never answered for itself.
 //! - (2) a NACKed version of a resource is not sent again; a newer one is.
 //! - (4) subscription changes count even with a stale nonce.

@@ -6,7 +6,7 @@
 //!   all streams serve from.
 //! - `sotw` and `delta`: the state-of-the-world and incremental ADS
 //!   protocols for one stream, as pure logic (requests and snapshots in,
-//!   responses out), so that every rule of `xds-notes.md` is tested beside
+//!   responses out), so that every rule of docs/xds-protocol.md is tested beside
 //!   the code.
 
 pub mod bootstrap;
@@ -179,7 +179,7 @@ impl Snapshot {
 }
 
 /// What a client that takes clusters by wildcard (Envoy) has ACKed: make
-/// before break (rule 10) is decided from it.
+/// before break (docs/xds-protocol.md, rule 10) is decided from it.
 pub(crate) struct Gate<'a> {
     pub acked_clusters: &'a BTreeMap<String, Arc<Resource>>,
     pub acked_routes: &'a BTreeMap<String, Arc<Resource>>,

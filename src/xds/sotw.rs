@@ -2,7 +2,7 @@
 //! what to push when the snapshot changes. No I/O here; the server feeds
 //! requests and snapshots in and sends what comes out.
 //!
-//! The rules (numbers from `xds-notes.md`):
+//! The rules (numbered as in docs/xds-protocol.md):
 //! - (1) an ACK is never answered; a response goes out only when what the
 //!   client subscribes to changed, or it subscribed to something new (8).
 //! - (2) a NACK is recorded (version and error) and the same content is not
@@ -14,8 +14,9 @@
 //! - (5) the node is taken from the first request.
 //! - (6) an empty name list on the first request of a type, or `*`, is a
 //!   wildcard; later an empty list unsubscribes.
-//! - (7) every response carries the full subscribed set, without
-//!   duplicates; for listeners and clusters a missing name is a deletion.
+//! - (7) a listener or cluster response carries the full subscribed set
+//!   (a missing name is a deletion); route configurations and endpoints
+//!   are sent when new or changed; never a duplicate.
 //! - (10) make before break, for clients that take clusters by wildcard
 //!   (Envoy): a route configuration is sent only once the clusters it names
 //!   have been ACKed; a cluster still named by ACKed routes stays in the

@@ -6,14 +6,16 @@
 //! Checking credentials is not this service's job (the ingress does it on
 //! every node); issuing and revoking them is.
 
+mod grpc;
+mod web;
+
 use std::{net::IpAddr, sync::Arc};
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +29,7 @@ use crate::{
         ratelimit::retry_after_secs,
     },
     catalogue::api_error::ApiError,
-    catalogue::{
-        Access, Api, Capability, ClientAddr, GrpcMethod, GrpcService, Handlers, HttpRoute, Service,
-        ServiceContext, StartError, grpc_router,
-    },
+    catalogue::{Access, Capability, ClientAddr, Routes, Service, ServiceContext, StartError},
     proto::accounts::{self as pb, accounts_server},
     store::Migration,
 };
@@ -374,341 +373,9 @@ impl AccountsCore {
 
 // ---- HTTP ----
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialsBody {
-    username: String,
-    password: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RefreshBody {
-    refresh_token: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordBody {
-    current_password: String,
-    new_password: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApiKeyBody {
-    name: String,
-    scopes: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewUserBody {
-    username: String,
-    password: String,
-    roles: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RolesBody {
-    roles: Vec<String>,
-}
-
-fn client_ip(addr: Option<Extension<ClientAddr>>) -> Option<IpAddr> {
-    addr.map(|Extension(ClientAddr(a))| a.ip())
-}
-
-async fn http_signup(
-    State(core): State<AccountsCore>,
-    addr: Option<Extension<ClientAddr>>,
-    Json(body): Json<CredentialsBody>,
-) -> Result<Response, ApiError> {
-    let user = core
-        .signup(client_ip(addr), &body.username, body.password)
-        .await?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
-}
-
-async fn http_login(
-    State(core): State<AccountsCore>,
-    addr: Option<Extension<ClientAddr>>,
-    Json(body): Json<CredentialsBody>,
-) -> Result<Json<Tokens>, ApiError> {
-    Ok(Json(
-        core.login(client_ip(addr), &body.username, body.password)
-            .await?,
-    ))
-}
-
-async fn http_refresh(
-    State(core): State<AccountsCore>,
-    Json(body): Json<RefreshBody>,
-) -> Result<Json<Tokens>, ApiError> {
-    Ok(Json(core.refresh(&body.refresh_token).await?))
-}
-
-async fn http_logout(
-    State(core): State<AccountsCore>,
-    Json(body): Json<RefreshBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "revoked": core.logout(&body.refresh_token).await? }),
-    ))
-}
-
-async fn http_me(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(core.me(&p).await?))
-}
-
-async fn http_password(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-    Json(body): Json<PasswordBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    core.change_password(&p, body.current_password, body.new_password)
-        .await?;
-    Ok(Json(serde_json::json!({ "changed": true })))
-}
-
-async fn http_create_key(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-    Json(body): Json<ApiKeyBody>,
-) -> Result<Response, ApiError> {
-    let (key, secret) = core.create_api_key(&p, &body.name, body.scopes).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "api_key": key, "key": secret })),
-    )
-        .into_response())
-}
-
-async fn http_list_keys(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "api_keys": core.list_api_keys(&p).await? }),
-    ))
-}
-
-async fn http_revoke_key(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    core.revoke_api_key(&p, &id).await?;
-    Ok(Json(serde_json::json!({ "revoked": true })))
-}
-
-async fn http_list_users(
-    State(core): State<AccountsCore>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "users": core.list_users().await? }),
-    ))
-}
-
-async fn http_create_user(
-    State(core): State<AccountsCore>,
-    Json(body): Json<NewUserBody>,
-) -> Result<Response, ApiError> {
-    let user = core
-        .create_user(&body.username, body.password, body.roles)
-        .await?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
-}
-
-async fn http_disable(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(core.set_disabled(&p, &id, true).await?))
-}
-
-async fn http_enable(
-    State(core): State<AccountsCore>,
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(core.set_disabled(&p, &id, false).await?))
-}
-
-async fn http_roles(
-    State(core): State<AccountsCore>,
-    Path(id): Path<String>,
-    Json(body): Json<RolesBody>,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(core.set_roles(&id, body.roles).await?))
-}
-
-// ---- gRPC ----
-
-fn pb_user(u: User) -> pb::User {
-    pb::User {
-        id: u.id,
-        username: u.username,
-        roles: u.roles,
-        disabled: u.disabled,
-        created_at: u.created_at,
-    }
-}
-
-fn pb_key(k: ApiKey) -> pb::ApiKey {
-    pb::ApiKey {
-        id: k.id,
-        name: k.name,
-        scopes: k.scopes,
-        created_at: k.created_at,
-        revoked: k.revoked,
-    }
-}
-
-fn pb_tokens(t: Tokens) -> pb::Tokens {
-    pb::Tokens {
-        access_token: t.access_token,
-        token_type: t.token_type.into(),
-        expires_in: t.expires_in,
-        refresh_token: t.refresh_token,
-    }
-}
-
-fn principal<T>(r: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
-    r.extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| tonic::Status::unauthenticated("credentials required"))
-}
-
-fn grpc_client<T>(r: &tonic::Request<T>) -> Option<IpAddr> {
-    r.extensions().get::<ClientAddr>().map(|a| a.0.ip())
-}
-
-type GrpcResult<T> = Result<tonic::Response<T>, tonic::Status>;
-
-fn reply<T>(v: T) -> GrpcResult<T> {
-    Ok(tonic::Response::new(v))
-}
-
-#[tonic::async_trait]
-impl accounts_server::Accounts for AccountsCore {
-    async fn signup(&self, r: tonic::Request<pb::Credentials>) -> GrpcResult<pb::User> {
-        let client = grpc_client(&r);
-        let c = r.into_inner();
-        reply(pb_user(
-            AccountsCore::signup(self, client, &c.username, c.password).await?,
-        ))
-    }
-
-    async fn login(&self, r: tonic::Request<pb::Credentials>) -> GrpcResult<pb::Tokens> {
-        let client = grpc_client(&r);
-        let c = r.into_inner();
-        reply(pb_tokens(
-            AccountsCore::login(self, client, &c.username, c.password).await?,
-        ))
-    }
-
-    async fn refresh(&self, r: tonic::Request<pb::RefreshRequest>) -> GrpcResult<pb::Tokens> {
-        reply(pb_tokens(
-            AccountsCore::refresh(self, &r.into_inner().refresh_token).await?,
-        ))
-    }
-
-    async fn logout(&self, r: tonic::Request<pb::RefreshRequest>) -> GrpcResult<pb::LogoutReply> {
-        let revoked = AccountsCore::logout(self, &r.into_inner().refresh_token).await?;
-        reply(pb::LogoutReply { revoked })
-    }
-
-    async fn me(&self, r: tonic::Request<pb::MeRequest>) -> GrpcResult<pb::User> {
-        let p = principal(&r)?;
-        reply(pb_user(AccountsCore::me(self, &p).await?))
-    }
-
-    async fn change_password(
-        &self,
-        r: tonic::Request<pb::ChangePasswordRequest>,
-    ) -> GrpcResult<pb::ChangePasswordReply> {
-        let p = principal(&r)?;
-        let b = r.into_inner();
-        AccountsCore::change_password(self, &p, b.current_password, b.new_password).await?;
-        reply(pb::ChangePasswordReply { changed: true })
-    }
-
-    async fn create_api_key(
-        &self,
-        r: tonic::Request<pb::CreateApiKeyRequest>,
-    ) -> GrpcResult<pb::CreatedApiKey> {
-        let p = principal(&r)?;
-        let b = r.into_inner();
-        let (key, secret) = AccountsCore::create_api_key(self, &p, &b.name, b.scopes).await?;
-        reply(pb::CreatedApiKey {
-            api_key: Some(pb_key(key)),
-            key: secret,
-        })
-    }
-
-    async fn list_api_keys(
-        &self,
-        r: tonic::Request<pb::ListApiKeysRequest>,
-    ) -> GrpcResult<pb::ApiKeyList> {
-        let p = principal(&r)?;
-        let keys = AccountsCore::list_api_keys(self, &p).await?;
-        reply(pb::ApiKeyList {
-            api_keys: keys.into_iter().map(pb_key).collect(),
-        })
-    }
-
-    async fn revoke_api_key(
-        &self,
-        r: tonic::Request<pb::RevokeApiKeyRequest>,
-    ) -> GrpcResult<pb::RevokeApiKeyReply> {
-        let p = principal(&r)?;
-        AccountsCore::revoke_api_key(self, &p, &r.into_inner().id).await?;
-        reply(pb::RevokeApiKeyReply { revoked: true })
-    }
-
-    async fn list_users(
-        &self,
-        _: tonic::Request<pb::ListUsersRequest>,
-    ) -> GrpcResult<pb::UserList> {
-        let users = AccountsCore::list_users(self).await?;
-        reply(pb::UserList {
-            users: users.into_iter().map(pb_user).collect(),
-        })
-    }
-
-    async fn create_user(&self, r: tonic::Request<pb::CreateUserRequest>) -> GrpcResult<pb::User> {
-        let b = r.into_inner();
-        reply(pb_user(
-            AccountsCore::create_user(self, &b.username, b.password, b.roles).await?,
-        ))
-    }
-
-    async fn set_disabled(
-        &self,
-        r: tonic::Request<pb::SetDisabledRequest>,
-    ) -> GrpcResult<pb::User> {
-        let p = principal(&r)?;
-        let b = r.into_inner();
-        reply(pb_user(
-            AccountsCore::set_disabled(self, &p, &b.id, b.disabled).await?,
-        ))
-    }
-
-    async fn set_roles(&self, r: tonic::Request<pb::SetRolesRequest>) -> GrpcResult<pb::User> {
-        let b = r.into_inner();
-        reply(pb_user(
-            AccountsCore::set_roles(self, &b.id, b.roles).await?,
-        ))
-    }
-}
-
 impl Service for Accounts {
+    type State = AccountsCore;
+
     fn name(&self) -> &'static str {
         "accounts"
     }
@@ -717,50 +384,40 @@ impl Service for Accounts {
         "sign-up, login, token refresh and logout, API keys, and user management"
     }
 
-    fn api(&self) -> Api {
-        use http::Method;
-        let route = |method, path, access| HttpRoute {
-            method,
-            path,
-            access,
-        };
-        let method = |name, access| GrpcMethod { name, access };
-        Api {
-            http: vec![
-                route(Method::POST, "/signup", Access::Public),
-                route(Method::POST, "/login", Access::Public),
-                route(Method::POST, "/refresh", Access::Public),
-                route(Method::POST, "/logout", Access::Public),
-                route(Method::GET, "/me", SELF),
-                route(Method::POST, "/me/password", SELF),
-                route(Method::POST, "/api-keys", SELF),
-                route(Method::GET, "/api-keys", SELF),
-                route(Method::DELETE, "/api-keys/{id}", SELF),
-                route(Method::GET, "/users", ADMIN),
-                route(Method::POST, "/users", ADMIN),
-                route(Method::POST, "/users/{id}/disable", ADMIN),
-                route(Method::POST, "/users/{id}/enable", ADMIN),
-                route(Method::PUT, "/users/{id}/roles", ADMIN),
-            ],
-            grpc: vec![GrpcService {
-                name: <accounts_server::AccountsServer<AccountsCore> as tonic::server::NamedService>::NAME,
-                methods: vec![
-                    method("Signup", Access::Public),
-                    method("Login", Access::Public),
-                    method("Refresh", Access::Public),
-                    method("Logout", Access::Public),
-                    method("Me", SELF),
-                    method("ChangePassword", SELF),
-                    method("CreateApiKey", SELF),
-                    method("ListApiKeys", SELF),
-                    method("RevokeApiKey", SELF),
-                    method("ListUsers", ADMIN),
-                    method("CreateUser", ADMIN),
-                    method("SetDisabled", ADMIN),
-                    method("SetRoles", ADMIN),
+    fn routes(&self) -> Routes<AccountsCore> {
+        Routes::new()
+            .post("/signup", Access::Public, web::signup)
+            .post("/login", Access::Public, web::login)
+            .post("/refresh", Access::Public, web::refresh)
+            .post("/logout", Access::Public, web::logout)
+            .get("/me", SELF, web::me)
+            .post("/me/password", SELF, web::password)
+            .post("/api-keys", SELF, web::create_key)
+            .get("/api-keys", SELF, web::list_keys)
+            .delete("/api-keys/{id}", SELF, web::revoke_key)
+            .get("/users", ADMIN, web::list_users)
+            .post("/users", ADMIN, web::create_user)
+            .post("/users/{id}/disable", ADMIN, web::disable)
+            .post("/users/{id}/enable", ADMIN, web::enable)
+            .put("/users/{id}/roles", ADMIN, web::roles)
+            .grpc(
+                &[
+                    ("Signup", Access::Public),
+                    ("Login", Access::Public),
+                    ("Refresh", Access::Public),
+                    ("Logout", Access::Public),
+                    ("Me", SELF),
+                    ("ChangePassword", SELF),
+                    ("CreateApiKey", SELF),
+                    ("ListApiKeys", SELF),
+                    ("RevokeApiKey", SELF),
+                    ("ListUsers", ADMIN),
+                    ("CreateUser", ADMIN),
+                    ("SetDisabled", ADMIN),
+                    ("SetRoles", ADMIN),
                 ],
-            }],
-        }
+                accounts_server::AccountsServer::new,
+            )
     }
 
     fn migrations(&self) -> &'static [Migration] {
@@ -771,31 +428,15 @@ impl Service for Accounts {
         &[Capability::IssueCredentials]
     }
 
-    fn start(&self, ctx: ServiceContext) -> Result<Handlers, StartError> {
+    fn start(&self, ctx: ServiceContext) -> Result<AccountsCore, StartError> {
         let auth = ctx.grants.credentials.ok_or_else(|| StartError {
             service: "accounts",
             message: "it was not granted the issue-credentials capability it declares".into(),
         })?;
-        let core = AccountsCore {
+        Ok(AccountsCore {
             auth,
             ns: ctx.store,
-        };
-        let http = Router::new()
-            .route("/signup", post(http_signup))
-            .route("/login", post(http_login))
-            .route("/refresh", post(http_refresh))
-            .route("/logout", post(http_logout))
-            .route("/me", get(http_me))
-            .route("/me/password", post(http_password))
-            .route("/api-keys", post(http_create_key).get(http_list_keys))
-            .route("/api-keys/{id}", delete(http_revoke_key))
-            .route("/users", get(http_list_users).post(http_create_user))
-            .route("/users/{id}/disable", post(http_disable))
-            .route("/users/{id}/enable", post(http_enable))
-            .route("/users/{id}/roles", put(http_roles))
-            .with_state(core.clone());
-        let grpc = grpc_router(accounts_server::AccountsServer::new(core));
-        Ok(Handlers { http, grpc })
+        })
     }
 }
 

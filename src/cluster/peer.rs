@@ -1,0 +1,169 @@
+//! The peer listener's gRPC service: Raft's own calls (members only), and
+//! the writes, reads and administrative calls of members and store clients,
+//! each store client's call checked against the cluster's `ClientPolicy`.
+
+use super::*;
+
+pub(super) struct PeerService {
+    pub(super) cluster: Arc<Cluster>,
+}
+
+pub(super) type PeerResult = Result<tonic::Response<Blob>, tonic::Status>;
+
+pub(super) fn reply<T: Serialize>(value: &T) -> PeerResult {
+    Ok(tonic::Response::new(network::blob(value)))
+}
+
+pub(super) fn caller<T>(r: &tonic::Request<T>) -> Result<&network::Caller, tonic::Status> {
+    r.extensions()
+        .get::<network::Caller>()
+        .ok_or_else(|| tonic::Status::unauthenticated("the call was not authenticated"))
+}
+
+/// Refuses a store client: Raft, membership and batch forwarding are for
+/// members.
+pub(super) fn members_only<T>(r: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    match caller(r)? {
+        network::Caller::Peer => Ok(()),
+        network::Caller::Client { node, .. } => Err(tonic::Status::permission_denied(format!(
+            "`{node}` is a store client: it may read and write, not take part in Raft"
+        ))),
+    }
+}
+
+/// Refuses a store client's read outside what the policy allows it.
+pub(super) fn check_read<T>(
+    r: &tonic::Request<T>,
+    namespace: &str,
+    policy: &dyn ClientPolicy,
+) -> Result<(), tonic::Status> {
+    match caller(r)? {
+        network::Caller::Client { node } => policy
+            .read(node, namespace)
+            .map_err(|why| refuse(node, why)),
+        network::Caller::Peer => Ok(()),
+    }
+}
+
+/// Refuses a store client's command outside what the policy allows it.
+pub(super) fn check_command<T>(
+    r: &tonic::Request<T>,
+    command: &Command,
+    policy: &dyn ClientPolicy,
+) -> Result<(), tonic::Status> {
+    match caller(r)? {
+        network::Caller::Client { node } => policy
+            .command(node, command)
+            .map_err(|why| refuse(node, why)),
+        network::Caller::Peer => Ok(()),
+    }
+}
+
+pub(super) fn refuse(node: &str, why: String) -> tonic::Status {
+    tracing::warn!(client = %node, %why, "store client refused");
+    tonic::Status::permission_denied(why)
+}
+
+#[tonic::async_trait]
+impl peer_server::Peer for PeerService {
+    async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let req = network::unblob(r.get_ref())?;
+        let result = self.cluster.raft.append_entries(req).await;
+        if matches!(
+            result,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            *self
+                .cluster
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        reply(&result)
+    }
+
+    async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let req = network::unblob(r.get_ref())?;
+        reply(&self.cluster.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let blob = r.into_inner();
+        let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
+        req.data = blob.payload;
+        reply(&self.cluster.raft.install_snapshot(req).await)
+    }
+
+    async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let (id, command): (String, Command) = network::unblob(r.get_ref())?;
+        check_command(&r, &command, &*self.cluster.policy)?;
+        reply(&PeerReply::from(self.cluster.propose(id, command).await))
+    }
+
+    async fn write_batch(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let writes: Vec<(String, Command)> = network::unblob(r.get_ref())?;
+        let answers = futures_util::future::join_all(
+            writes
+                .into_iter()
+                .map(|(id, command)| self.cluster.propose(id, command)),
+        )
+        .await;
+        reply(
+            &answers
+                .into_iter()
+                .map(PeerReply::from)
+                .collect::<Vec<PeerReply<ApplyResponse>>>(),
+        )
+    }
+
+    async fn read(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let call: ReadCall = network::unblob(r.get_ref())?;
+        check_read(&r, &call.namespace, &*self.cluster.policy)?;
+        let result: PeerReply<Result<Outcome, StoreError>> =
+            match self.cluster.confirm_leadership().await {
+                Ok(()) => PeerReply::Done(self.cluster.store.read_local(call).await),
+                Err(leader) => PeerReply::Refused(Refusal::NotLeader(leader)),
+            };
+        reply(&result)
+    }
+
+    async fn admin(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let op: AdminOp = network::unblob(r.get_ref())?;
+        let reply_value: PeerReply<Result<serde_json::Value, String>> =
+            match self.cluster.admin(op.clone()).await {
+                Ok(result) => PeerReply::Done(result),
+                // Not the leader: pass it on (the caller may not know the
+                // leader's address, e.g. a member added after its topology).
+                Err(Some(leader)) if leader != self.cluster.id => {
+                    if let Ok(mut client) = self.cluster.leader_client(leader) {
+                        let call = client.admin(tonic::Request::new(network::blob(&op)));
+                        if let Ok(Ok(answer)) =
+                            tokio::time::timeout(Duration::from_secs(60), call).await
+                        {
+                            return Ok(answer);
+                        }
+                    }
+                    PeerReply::Refused(Refusal::NotLeader(Some(leader)))
+                }
+                Err(leader) => PeerReply::Refused(Refusal::NotLeader(leader)),
+            };
+        reply(&reply_value)
+    }
+
+    async fn timeout_now(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        self.cluster
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        reply(&())
+    }
+}

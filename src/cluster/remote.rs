@@ -1,0 +1,226 @@
+//! A store client's replicator: a node without the `db` role sends every
+//! write and read to the members over their peer listeners (last known
+//! leader first, following leader hints), and `flotilla cluster …`
+//! operations go the same way.
+
+use super::*;
+
+/// A replicator that sends writes and reads to the running members over
+/// the peer listener, so they go through Raft like any other:
+/// - on a node without the `db` role, its store (a client of the members'
+///   database, within its namespaces);
+/// - for administrative commands run outside a node (`accounts
+///   create-admin`, `auth rotate-keys`) with a member's config.
+pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
+    Arc::new(Remote(Arc::new(RemoteInner::new(settings))))
+}
+
+pub(super) struct Remote(Arc<RemoteInner>);
+
+pub(super) struct RemoteInner {
+    members: Vec<Member>,
+    credential: String,
+    /// The store client's node name, when calling as one.
+    node: Option<String>,
+    /// One client (one HTTP/2 connection) per member, shared by calls.
+    clients: std::sync::Mutex<BTreeMap<u64, network::Client>>,
+    /// The member that answered last (0: none yet): tried first.
+    leader: std::sync::atomic::AtomicU64,
+}
+
+impl RemoteInner {
+    pub(super) fn new(settings: &ClusterSettings) -> RemoteInner {
+        let (credential, node) = match &settings.role {
+            Role::Voter { secret, .. } => (network::credential(secret), None),
+            Role::Client { node, key } => (key.clone(), Some(node.clone())),
+        };
+        RemoteInner {
+            members: settings.members.clone(),
+            credential,
+            node,
+            clients: std::sync::Mutex::default(),
+            leader: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn client(&self, member: &Member) -> Result<network::Client, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&member.id) {
+            return Ok(c.clone());
+        }
+        let client = network::client_as(
+            &member.peer.to_string(),
+            &self.credential,
+            self.node.as_deref(),
+        )?;
+        clients.insert(member.id, client.clone());
+        Ok(client)
+    }
+
+    /// Calls `method` on the members, the last known leader first,
+    /// following leader hints, until one answers with a result or
+    /// `LEADER_WAIT` passes (a minute for membership changes, which wait
+    /// for a learner to catch up).
+    /// `namespace`: the one the call acts on, for a refusal's error.
+    pub(super) async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        namespace: &str,
+        payload: Blob,
+    ) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
+        let wait = if method == "admin" {
+            Duration::from_secs(60)
+        } else {
+            PROPOSAL_WAIT + Duration::from_secs(1)
+        };
+        let deadline = Instant::now() + if method == "admin" { wait } else { LEADER_WAIT };
+        let mut last_error = String::from("no member answered");
+        loop {
+            let hint = self.leader.load(Ordering::Relaxed);
+            let mut order: Vec<&Member> = self.members.iter().collect();
+            order.sort_by_key(|m| m.id != hint);
+            // A refusal is final only if every member refuses: during a
+            // rolling restart some may not know this node yet.
+            let mut refusals = Vec::new();
+            let asked = order.len();
+            for member in order {
+                let mut client = match self.client(member) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                };
+                let mut req = tonic::Request::new(payload.clone());
+                req.set_timeout(wait);
+                let call = async {
+                    match method {
+                        "write" => client.write(req).await,
+                        "admin" => client.admin(req).await,
+                        _ => client.read(req).await,
+                    }
+                };
+                let reply = tokio::time::timeout(wait, call)
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+                match reply {
+                    Ok(r) => match serde_json::from_slice::<PeerReply<T>>(&r.into_inner().data) {
+                        Ok(PeerReply::Done(v)) => {
+                            self.leader.store(member.id, Ordering::Relaxed);
+                            return Ok(v);
+                        }
+                        Ok(PeerReply::Refused(Refusal::NotLeader(Some(leader)))) => {
+                            self.leader.store(leader, Ordering::Relaxed);
+                            break;
+                        }
+                        Ok(PeerReply::Refused(refusal)) => {
+                            last_error = format!("{}: {refusal:?}", member.name)
+                        }
+                        Err(e) => {
+                            last_error = format!("undecodable reply from {}: {e}", member.name)
+                        }
+                    },
+                    Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                        refusals.push(StoreError::Denied {
+                            namespace: namespace.to_owned(),
+                            reason: format!("{} refused it: {}", member.name, status.message()),
+                        });
+                    }
+                    Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                        refusals.push(StoreError::Storage(format!(
+                            "{} refused this node's credentials: {}",
+                            member.name,
+                            status.message()
+                        )));
+                    }
+                    Err(status) => last_error = format!("{}: {}", member.name, status.message()),
+                }
+            }
+            if refusals.len() == asked
+                && let Some(refusal) = refusals.pop()
+            {
+                return Err(refusal);
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "no cluster member accepted the request: {last_error}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs a `flotilla cluster` operation against the running members: status
+/// from every reachable member, changes on the leader.
+pub async fn remote_admin(
+    settings: &ClusterSettings,
+    op: AdminOp,
+) -> Result<serde_json::Value, String> {
+    let Role::Voter { secret, .. } = &settings.role else {
+        return Err(
+            "this config is a store client's: run `flotilla cluster` with a db member's config"
+                .into(),
+        );
+    };
+    let credential = network::credential(secret);
+    if matches!(op, AdminOp::Status) {
+        let mut members = Vec::new();
+        for m in &settings.members {
+            let status = match network::client(&m.peer.to_string(), &credential) {
+                Ok(mut client) => {
+                    let call = client.admin(tonic::Request::new(network::blob(&op)));
+                    match tokio::time::timeout(Duration::from_secs(3), call).await {
+                        Ok(Ok(r)) => match serde_json::from_slice::<
+                            PeerReply<Result<serde_json::Value, String>>,
+                        >(&r.into_inner().data)
+                        {
+                            Ok(PeerReply::Done(Ok(v))) => v,
+                            other => serde_json::json!({ "error": format!("{other:?}") }),
+                        },
+                        Ok(Err(status)) => serde_json::json!({ "error": status.message() }),
+                        Err(_) => serde_json::json!({ "error": "no answer within 3 s" }),
+                    }
+                }
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            members.push(serde_json::json!({ "member": m.name, "status": status }));
+        }
+        return Ok(serde_json::Value::Array(members));
+    }
+    let result: Result<serde_json::Value, String> = RemoteInner::new(settings)
+        .call("admin", "", network::blob(&op))
+        .await
+        .map_err(|e| e.to_string())?;
+    result
+}
+
+impl Replicator for Remote {
+    fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        let remote = self.0.clone();
+        async move {
+            let namespace = command.namespace().to_owned();
+            let payload = network::blob(&(request_id(), command));
+            let ApplyResponse(result) = remote.call("write", &namespace, payload).await?;
+            result
+        }
+        .boxed()
+    }
+
+    fn read(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        let remote = self.0.clone();
+        async move {
+            let payload = network::blob(&call);
+            remote
+                .call::<Result<Outcome, StoreError>>("read", &call.namespace, payload)
+                .await?
+        }
+        .boxed()
+    }
+
+    /// A client has no copy of its own: it reads through the leader.
+    fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.read(call)
+    }
+}

@@ -1,0 +1,426 @@
+//! Writes and reads through the cluster. A write from anywhere becomes a
+//! proposal (a request id, and a time and seeds the leader stamps) gathered
+//! with others into one Raft entry, or is forwarded to the leader, gathered
+//! with other forwarded writes into one call. A linearizable read is
+//! confirmed by a read-index round that every read waiting then shares; a
+//! stale read is served from this node's copy within its bound.
+
+use super::*;
+
+/// At most this many entries of gathered proposals are in flight at once;
+/// proposals that arrive meanwhile wait and share the next entry, so the
+/// per-entry costs (log record, replication round, apply transaction) are
+/// paid once for many writes.
+pub(super) const ENTRIES_IN_FLIGHT: usize = 4;
+
+/// The most proposals one entry carries.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// A proposal waiting to be gathered into an entry.
+pub(super) struct Pending {
+    request_id: String,
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<Result<ApplyResponse, Refusal>>,
+}
+
+/// Takes what arrives on `queue` in batches: at most `in_flight` batches
+/// are being handled at once, and what arrives meanwhile waits and forms
+/// the next batch (of at most `MAX_BATCH`). A batch is formed just before it
+/// is handled: everything in it arrived before its handling started.
+pub(super) async fn gather<T, F, Fut>(
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<T>,
+    in_flight: usize,
+    handle: F,
+) where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let work = handle(batch);
+        tokio::spawn(async move {
+            let _permit = permit;
+            work.await;
+        });
+    }
+}
+
+/// A read waiting for a read-index round: `Ok` once this node has confirmed
+/// it leads and applied up to the read index, or the leader it knows of.
+pub(super) type Confirmation = tokio::sync::oneshot::Sender<Result<(), Option<u64>>>;
+
+/// One read-index round for every read gathered: this node confirms with a
+/// quorum that it leads and waits until it has applied up to the read index.
+pub(super) async fn confirm_gathered(
+    raft: Raft<TypeConfig>,
+    quiet: Quiet,
+    waiters: Vec<Confirmation>,
+) {
+    let confirmed = tokio::time::timeout(PROPOSAL_WAIT, async {
+        let _open = quiet.read().await;
+        raft.ensure_linearizable().await
+    });
+    let result = match confirmed.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.forward_to_leader().and_then(|f| f.leader_id)),
+        Err(_) => Err(None),
+    };
+    for waiter in waiters {
+        let _ = waiter.send(result);
+    }
+}
+
+/// Proposes gathered proposals as one entry, stamped with the leader's time
+/// and seeds, and answers each one.
+pub(super) async fn propose_gathered(raft: Raft<TypeConfig>, quiet: Quiet, pending: Vec<Pending>) {
+    let time_ms = now_ms();
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) = pending
+        .into_iter()
+        .map(|p| {
+            let proposal = Proposal {
+                request_id: p.request_id,
+                time_ms,
+                seed: rand::thread_rng().next_u64() as i64,
+                command: p.command,
+            };
+            (proposal, p.reply)
+        })
+        .unzip();
+    let proposed = {
+        let _open = quiet.read().await;
+        propose_entry(&raft, Batch(proposals)).await
+    };
+    let refusal = match proposed {
+        Ok(BatchResponse(results)) => {
+            // A reply left without a result (there is none) drops its
+            // sender: the caller retries with the same id.
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(ApplyResponse(result)));
+            }
+            return;
+        }
+        Err(refusal) => refusal,
+    };
+    for reply in replies {
+        let _ = reply.send(Err(refusal.clone()));
+    }
+}
+
+/// Sends gathered forwarded writes to their leader, one call per leader.
+pub(super) async fn forward_gathered(cluster: Weak<Cluster>, writes: Vec<(u64, Pending)>) {
+    let Some(cluster) = cluster.upgrade() else {
+        return;
+    };
+    let mut by_leader: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
+    for (leader, pending) in writes {
+        by_leader.entry(leader).or_default().push(pending);
+    }
+    for (leader, pending) in by_leader {
+        cluster.forward_batch(leader, pending).await;
+    }
+}
+
+/// Proposes one entry on this node, which must lead.
+pub(super) async fn propose_entry(
+    raft: &Raft<TypeConfig>,
+    batch: Batch,
+) -> Result<BatchResponse, Refusal> {
+    // A leader that loses its leadership while the entry is in flight may
+    // never answer: give up after a while and let the callers retry (their
+    // request ids make the retries apply at most once).
+    match tokio::time::timeout(PROPOSAL_WAIT, raft.client_write(batch)).await {
+        Ok(Ok(ClientWriteResponse { data, .. })) => Ok(data),
+        Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(Refusal::NotLeader(f.leader_id))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a proposal failed");
+            Err(Refusal::NotLeader(None))
+        }
+        Err(_) => {
+            tracing::warn!("a proposal was not answered in time; retrying");
+            Err(Refusal::NotLeader(None))
+        }
+    }
+}
+
+/// How long a write or read waits for a leader before giving up.
+pub(super) const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long one proposal or read-index round may take before it is retried.
+pub(super) const PROPOSAL_WAIT: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    /// Proposes `command` on this node, which must be the leader; it goes
+    /// into the next entry with the other proposals waiting then.
+    pub(super) async fn propose(
+        &self,
+        request_id: String,
+        command: Command,
+    ) -> Result<ApplyResponse, Refusal> {
+        if let Some(silent) = self.quorum_silence() {
+            return Err(Refusal::NoQuorum(silent));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            request_id,
+            command,
+            reply,
+        };
+        if self.proposals.send(pending).is_err() {
+            return Err(Refusal::NotLeader(None));
+        }
+        answer.await.unwrap_or(Err(Refusal::NotLeader(None)))
+    }
+
+    /// If this node leads but has not heard from a quorum for longer than
+    /// the election timeout, how long: a leader cut off by a partition
+    /// refuses at once instead of letting its clients wait.
+    pub(super) fn quorum_silence(&self) -> Option<u64> {
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        m.millis_since_quorum_ack
+            .filter(|ms| *ms > self.election_timeout_max.as_millis() as u64)
+    }
+
+    /// A write from anywhere: proposed here if this node leads, forwarded to
+    /// the leader otherwise, retried (same request id, so it applies once)
+    /// until a leader answers or `LEADER_WAIT` passes.
+    pub(super) async fn write(&self, command: Command) -> Result<Applied, StoreError> {
+        let id = request_id();
+        tracing::debug!(request = %id, "write: start");
+        let deadline = Instant::now() + LEADER_WAIT;
+        let leaderless_limit = (self.election_timeout_max * 3).max(Duration::from_secs(3));
+        let mut leaderless_since: Option<Instant> = None;
+        let mut leader = self.raft.current_leader().await;
+        loop {
+            tracing::debug!(request = %id, ?leader, "write: attempt");
+            let attempt = match leader {
+                Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
+                Some(l) => self.forward_write(l, &id, &command).await,
+                None => Err(Refusal::NotLeader(None)),
+            };
+            let hint = match attempt {
+                Ok(ApplyResponse(result)) => {
+                    tracing::debug!(request = %id, ?leader, "write: done");
+                    return result;
+                }
+                Err(Refusal::NoQuorum(ms)) => return Err(no_quorum(ms)),
+                Err(Refusal::NotLeader(hint)) => hint,
+            };
+            leader = hint.or(self.raft.current_leader().await);
+            let now = Instant::now();
+            let since = *leaderless_since.get_or_insert(now);
+            if leader.is_some() {
+                leaderless_since = None;
+            }
+            if now >= deadline || (leader.is_none() && now - since >= leaderless_limit) {
+                return Err(unavailable(format!(
+                    "no leader accepted the write within {} ms: this node cannot reach a majority of the cluster",
+                    (now - since).as_millis().max(1)
+                )));
+            }
+            tracing::debug!(request = %id, ?leader, "write: retrying");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a write to the leader, together with the other writes this
+    /// node is forwarding at the moment (see `gather`).
+    pub(super) async fn forward_write(
+        &self,
+        leader: u64,
+        id: &str,
+        command: &Command,
+    ) -> Result<ApplyResponse, Refusal> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            request_id: id.to_owned(),
+            command: command.clone(),
+            reply,
+        };
+        if self.forwards.send((leader, pending)).is_err() {
+            return Err(Refusal::NotLeader(None));
+        }
+        answer.await.unwrap_or(Err(Refusal::NotLeader(None)))
+    }
+
+    /// Sends gathered writes to `leader` in one call and answers each.
+    pub(super) async fn forward_batch(&self, leader: u64, pending: Vec<Pending>) {
+        let (writes, replies): (Vec<(String, Command)>, Vec<_>) = pending
+            .into_iter()
+            .map(|p| ((p.request_id, p.command), p.reply))
+            .unzip();
+        let answers = match self.leader_client(leader) {
+            Ok(mut client) => {
+                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
+                let mut req = tonic::Request::new(network::blob(&writes));
+                req.set_timeout(deadline);
+                match tokio::time::timeout(deadline, client.write_batch(req)).await {
+                    Ok(Ok(reply)) => serde_json::from_slice::<Vec<PeerReply<ApplyResponse>>>(
+                        &reply.into_inner().data,
+                    )
+                    .ok(),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match answers {
+            Some(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(match answer {
+                        PeerReply::Done(r) => Ok(r),
+                        PeerReply::Refused(refusal) => Err(refusal),
+                    });
+                }
+            }
+            None => {
+                for reply in replies {
+                    let _ = reply.send(Err(Refusal::NotLeader(None)));
+                }
+            }
+        }
+    }
+
+    /// A linearizable read: the leader confirms its leadership with a quorum
+    /// (read index) and waits until it has applied up to it, then reads.
+    pub(super) async fn read(&self, call: ReadCall) -> Result<Outcome, StoreError> {
+        tracing::debug!(namespace = %call.namespace, "read: start");
+        if let Some(ms) = self.quorum_silence() {
+            return Err(no_quorum(ms));
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match self.confirm_leadership().await {
+                Ok(()) => return self.store.read_local(call).await,
+                Err(leader) => leader,
+            };
+            tracing::debug!(?leader, "read attempt: this node does not lead");
+            if let Some(l) = leader.filter(|l| *l != self.id)
+                && let Ok(mut client) = self.leader_client(l)
+            {
+                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
+                let mut req = tonic::Request::new(network::blob(&call));
+                req.set_timeout(deadline);
+                if let Ok(Ok(reply)) = tokio::time::timeout(deadline, client.read(req)).await
+                    && let Ok(PeerReply::Done(result)) =
+                        serde_json::from_slice::<PeerReply<Result<Outcome, StoreError>>>(
+                            &reply.into_inner().data,
+                        )
+                {
+                    return result;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "no leader confirmed the read within {} s: the cluster has no quorum",
+                    LEADER_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Confirms with a quorum that this node leads (a read-index round
+    /// started after this call, shared with the reads that wait with it), or
+    /// says who leads, if it knows.
+    pub(super) async fn confirm_leadership(&self) -> Result<(), Option<u64>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.confirmations.send(reply).is_err() {
+            return Err(None);
+        }
+        answer.await.unwrap_or(Err(None))
+    }
+
+    /// A read of this node's own copy, within the stale-read bound: the
+    /// node must have heard from a leader within the bound (or lead with a
+    /// quorum) and have applied everything it knows to be committed.
+    pub(super) async fn read_stale(&self, call: ReadCall) -> Result<Outcome, StoreError> {
+        let (leading, applied) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.state == openraft::ServerState::Leader,
+                m.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        let bound = self.stale_read_max_lag.as_millis();
+        if leading {
+            if let Some(ms) = self.quorum_silence() {
+                return Err(no_quorum(ms));
+            }
+        } else {
+            let contact = *self
+                .last_leader_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match contact.map(|c| c.elapsed().as_millis()) {
+                Some(ms) if ms <= bound => {}
+                other => {
+                    return Err(unavailable(format!(
+                        "this node last heard from a leader {} ago, beyond the stale-read bound of {bound} ms: read without consistency=stale",
+                        other.map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms"))
+                    )));
+                }
+            }
+        }
+        let committed = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        if applied < committed {
+            return Err(unavailable(format!(
+                "this node is catching up (applied {applied} of {committed} committed entries): read without consistency=stale"
+            )));
+        }
+        self.store.read_local(call).await
+    }
+}
+
+/// The store's replicator: a weak handle, so the cluster and the store do
+/// not keep each other alive.
+pub(super) struct ReplicatorHandle(pub(super) Weak<Cluster>);
+
+impl ReplicatorHandle {
+    /// Runs `op` on the cluster, if it is still there.
+    pub(super) fn with<T: Send + 'static, Fut>(
+        &self,
+        op: impl FnOnce(Arc<Cluster>) -> Fut,
+    ) -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        match self.0.upgrade() {
+            Some(c) => op(c).boxed(),
+            None => async { Err(StoreError::Closed) }.boxed(),
+        }
+    }
+}
+
+impl Replicator for ReplicatorHandle {
+    fn write(&self, command: Command) -> BoxFuture<'static, Result<Applied, StoreError>> {
+        self.with(|c| async move { c.write(command).await })
+    }
+
+    fn read(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.with(|c| async move { c.read(call).await })
+    }
+
+    fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.with(|c| async move { c.read_stale(call).await })
+    }
+}
