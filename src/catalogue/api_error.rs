@@ -78,7 +78,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Constraint(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            StoreError::Storage(_) | StoreError::Closed => {
+            StoreError::Storage(_) | StoreError::Unavailable(_) | StoreError::Closed => {
                 tracing::error!(error = %e, "store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

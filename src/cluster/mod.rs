@@ -220,7 +220,7 @@ pub struct Cluster {
 }
 
 fn unavailable(message: String) -> StoreError {
-    StoreError::Storage(message)
+    StoreError::Unavailable(message)
 }
 
 /// A new request id: this node's clock in milliseconds, then 64 random

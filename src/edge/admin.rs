@@ -25,6 +25,9 @@ use crate::{cluster::Cluster, mesh::registry::Registry, telemetry::metrics::Metr
 pub enum ServiceState {
     Pending,
     Migrating,
+    /// Its start needs the cluster, which cannot take writes yet (a member
+    /// started before a majority of the others): why, as the cluster said.
+    Waiting(String),
     Running,
     Failed(String),
 }

@@ -456,6 +456,50 @@ async fn a_whole_cluster_restart_keeps_every_acknowledged_write() {
 }
 
 #[tokio::test]
+async fn a_member_started_before_a_majority_waits_for_it() {
+    let mut cluster = TestCluster::start("");
+    cluster.stop_all();
+    // One member alone: it cannot take writes, so its start-up waits,
+    // saying so, instead of giving up.
+    cluster.nodes[0].spawn_only(&[]);
+    let readyz = cluster.nodes[0].admin_url("/readyz");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting_since = loop {
+        if let Ok(r) = http().get(&readyz).send().await {
+            assert_eq!(r.status(), 503);
+            let body: Value = r.json().await.unwrap();
+            if body["services"]
+                .as_object()
+                .is_some_and(|s| s.values().any(|v| v["state"] == "waiting"))
+            {
+                break Instant::now();
+            }
+        }
+        assert!(Instant::now() < deadline, "the member never said it waits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Longer than any leaderless write waits (3 s): it is still there.
+    while waiting_since.elapsed() < Duration::from_secs(4) {
+        assert!(
+            cluster.nodes[0]
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .is_none(),
+            "the lone member exited: {}",
+            cluster.nodes[0].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second member makes a majority: both start.
+    cluster.nodes[1].spawn_only(&[]);
+    cluster.nodes[1].wait_ready();
+    cluster.nodes[0].wait_ready();
+}
+
+#[tokio::test]
 async fn a_peer_without_the_cluster_secret_is_refused() {
     let cluster = TestCluster::start("");
     let peer = {

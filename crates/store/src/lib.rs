@@ -84,6 +84,10 @@ pub enum StoreError {
     Invalid(String),
     #[error("storage failure: {0}")]
     Storage(String),
+    /// A replicated store could not take the call now (no leader, no
+    /// quorum, a copy catching up): retry later.
+    #[error("storage failure: {0}")]
+    Unavailable(String),
     #[error("the store is shut down")]
     Closed,
 }

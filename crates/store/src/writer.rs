@@ -242,7 +242,10 @@ impl StoreError {
     /// Whether the error is decided by the statements alone, identically on
     /// every replica (as opposed to the machine: I/O, a full disk).
     fn is_deterministic(&self) -> bool {
-        !matches!(self, StoreError::Storage(_) | StoreError::Closed)
+        !matches!(
+            self,
+            StoreError::Storage(_) | StoreError::Unavailable(_) | StoreError::Closed
+        )
     }
 }
 

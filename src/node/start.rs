@@ -1,0 +1,327 @@
+//! `Node::start`: from bound listeners to a node that serves.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{Node, NodeError, Running, Serving, Signals, policy, refresh_registry};
+use crate::{
+    auth::{Auth, AuthError},
+    catalogue::{Capability, Grants, ServiceContext},
+    cluster::Cluster,
+    edge::{
+        admin::{self, NodeInfo, Readiness, ServiceState},
+        ingress::{self, Ingress, IngressLimits},
+        server,
+    },
+    mesh::registry::{self, NodeRecord, Registry},
+    store::StoreError,
+};
+
+/// How often a start-up step that waits for the cluster says so again.
+const WAITING_NOTICE: Duration = Duration::from_secs(10);
+
+/// Whether a start-up step failed only because the cluster cannot take it
+/// now (no leader, no quorum): then it is tried again.
+trait Unavailable {
+    fn unavailable(&self) -> Option<&str>;
+}
+
+impl Unavailable for StoreError {
+    fn unavailable(&self) -> Option<&str> {
+        match self {
+            StoreError::Unavailable(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+impl Unavailable for AuthError {
+    fn unavailable(&self) -> Option<&str> {
+        match self {
+            AuthError::Store(e) => e.unavailable(),
+            AuthError::Keys(_) => None,
+        }
+    }
+}
+
+/// Runs `step` until it succeeds or fails for another reason than the
+/// cluster's unavailability, while `waiting` reports why it waits; a signal
+/// ends the wait.
+async fn when_available<T, E: Unavailable, Fut: Future<Output = Result<T, E>>>(
+    what: &str,
+    signals: &mut Signals,
+    mut waiting: impl FnMut(&str),
+    mut step: impl FnMut() -> Fut,
+) -> Result<Result<T, E>, NodeError> {
+    let mut told = None::<tokio::time::Instant>;
+    loop {
+        let result = tokio::select! {
+            signal = signals.recv() => return Err(NodeError::Stopped(signal)),
+            r = step() => r,
+        };
+        let Some(why) = result.as_ref().err().and_then(|e| e.unavailable()) else {
+            return Ok(result);
+        };
+        waiting(why);
+        if told.is_none_or(|t| t.elapsed() >= WAITING_NOTICE) {
+            told = Some(tokio::time::Instant::now());
+            tracing::warn!(step = what, why, "waiting for the cluster to take writes");
+        }
+        tokio::select! {
+            signal = signals.recv() => return Err(NodeError::Stopped(signal)),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+impl Node {
+    /// Starts everything, in the order the module documentation gives, and
+    /// serves. A signal before the node is ready stops the start
+    /// (`NodeError::Stopped`).
+    pub async fn start(self, signals: &mut Signals) -> Result<Running, NodeError> {
+        let Node {
+            config,
+            catalogue,
+            metrics,
+            store,
+            listeners,
+        } = self;
+        let grace = config.limits.shutdown_grace;
+
+        // In a cluster, the store becomes replicated before anything writes
+        // to it: from here on every write, read and migration goes through
+        // Raft. A node without the db role keeps no copy: its store is a
+        // client of the members' database, within its namespaces.
+        let cluster = match &config.cluster {
+            Some(settings) if config.db_role => {
+                let topology = config
+                    .topology
+                    .clone()
+                    .expect("a config with a cluster has a topology");
+                let policy = Arc::new(policy::StoreClients::new(topology));
+                Some(Cluster::start(settings, store.clone(), &config.data_dir, policy).await?)
+            }
+            Some(settings) => {
+                store.set_replicator(crate::cluster::remote_replicator(settings))?;
+                None
+            }
+            None => None,
+        };
+        let peer = match (&cluster, listeners.peer) {
+            (Some(c), Some(listener)) => {
+                tracing::info!(addr = ?config.listeners.peer, raft_id = c.id, "peer listener serving");
+                let stop = CancellationToken::new();
+                Some(Serving::spawn(
+                    stop.clone(),
+                    server::serve(listener, c.peer_router(), stop, grace),
+                ))
+            }
+            _ => None,
+        };
+
+        let readiness = Arc::new(Readiness::new(&config.services));
+        let registry = Registry::single(NodeRecord {
+            id: config.node_id.clone(),
+            public: config.listeners.public,
+            services: config.services.iter().map(|s| s.to_string()).collect(),
+            healthy: true,
+        });
+        let xds_clients = crate::xds::clients::Clients::default();
+        let admin = {
+            let stop = CancellationToken::new();
+            let router = admin::router(
+                readiness.clone(),
+                metrics.clone(),
+                NodeInfo {
+                    node_id: config.node_id.clone(),
+                    version: env!("CARGO_PKG_VERSION"),
+                    public: config.listeners.public.to_string(),
+                    admin: config.listeners.admin.to_string(),
+                    database: store.path().display().to_string(),
+                },
+                cluster.clone(),
+                registry.clone(),
+                listeners.xds.is_some().then(|| {
+                    let clients = xds_clients.clone();
+                    Arc::new(move || clients.status()) as admin::StatusPart
+                }),
+            );
+            Serving::spawn(
+                stop.clone(),
+                server::serve(listeners.admin, router, stop, grace),
+            )
+        };
+        tracing::info!(addr = %config.listeners.admin, "admin listener serving");
+
+        // Auth's migrations and signing keys need a working store: in a
+        // cluster, a leader.
+        let all = config.services.clone();
+        let waiting_all = |why: &str| {
+            for name in &all {
+                readiness.set(name, ServiceState::Waiting(why.to_owned()));
+            }
+        };
+        let auth = when_available("authentication", signals, waiting_all, || {
+            Auth::open(&store, config.auth.clone())
+        })
+        .await??;
+
+        let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+        let mut routers = HashMap::new();
+        for name in &config.services {
+            let service = catalogue
+                .get(name)
+                .expect("selection is validated against the catalogue");
+            let name = service.name();
+            readiness.set(name, ServiceState::Migrating);
+            let namespace = store.namespace(name);
+            let migrated = when_available(
+                name,
+                signals,
+                |why| readiness.set(name, ServiceState::Waiting(why.to_owned())),
+                || namespace.migrate(service.migrations()),
+            )
+            .await?;
+            let applied = match migrated {
+                Ok(n) => n,
+                Err(source) => {
+                    readiness.set(name, ServiceState::Failed(source.to_string()));
+                    return Err(NodeError::Migrate {
+                        service: name,
+                        source,
+                    });
+                }
+            };
+            let grants = Grants {
+                credentials: catalogue
+                    .granted(name)
+                    .contains(&Capability::IssueCredentials)
+                    .then(|| auth.clone()),
+            };
+            let handlers = service.start_handlers(ServiceContext::new(
+                node_id.clone(),
+                &store,
+                name,
+                config.limits.budget(name),
+                grants,
+            ))?;
+            routers.insert(name, ingress::compose(name, handlers));
+            readiness.set(name, ServiceState::Running);
+            tracing::info!(
+                service = name,
+                migrations_applied = applied,
+                "service started"
+            );
+        }
+
+        // The registry: this node and the topology's members, in the store.
+        let registry_store = store.namespace(registry::NAMESPACE);
+        when_available(
+            "registry",
+            signals,
+            |_| {},
+            || registry_store.migrate(registry::MIGRATIONS),
+        )
+        .await?
+        .map_err(|source| NodeError::Migrate {
+            service: "registry",
+            source,
+        })?;
+        let topology: Vec<NodeRecord> = config
+            .topology
+            .iter()
+            .flat_map(|t| t.all())
+            .map(|n| NodeRecord::from_topology(n, false))
+            .collect();
+        when_available(
+            "registry",
+            signals,
+            |_| {},
+            || registry.register(&registry_store, &topology),
+        )
+        .await?
+        .map_err(NodeError::Registry)?;
+
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        background.spawn(auth.clone().maintain(background_stop.clone()));
+        // Alone, a node is the only reader of its registry: nothing to renew
+        // or reload (a heartbeat would be a durable write every second for
+        // nobody).
+        if config.cluster.is_some() {
+            background.spawn(refresh_registry(
+                registry.clone(),
+                registry_store.clone(),
+                background_stop.clone(),
+            ));
+        }
+
+        // The xDS server: the same routing table and registry as the
+        // ingress.
+        let table = catalogue.table().clone();
+        let xds = listeners.xds.map(|listener| {
+            let stop = CancellationToken::new();
+            let snapshots = crate::xds::server::snapshots(
+                table.clone(),
+                registry.clone(),
+                Some(config.xds_ingress),
+                stop.clone(),
+            );
+            tracing::info!(addr = ?config.listeners.xds, "xds listener serving");
+            let router = crate::catalogue::grpc_router(crate::xds::server::Ads::service(
+                snapshots,
+                xds_clients.clone(),
+            ))
+            .merge(crate::catalogue::grpc_router(xds_clients.csds()));
+            // ADS streams last as long as their clients: a short grace,
+            // then they are cut and the clients reconnect elsewhere.
+            Serving::spawn(
+                stop.clone(),
+                server::serve_with(
+                    listener,
+                    router,
+                    stop,
+                    Duration::from_secs(1),
+                    crate::xds::server::SEND_BUFFER,
+                ),
+            )
+        });
+
+        let ingress = Ingress::new(
+            table,
+            auth,
+            registry.clone(),
+            readiness.clone(),
+            routers,
+            metrics.http.clone(),
+            IngressLimits {
+                max_request_body_bytes: config.limits.max_request_body_bytes,
+                request_timeout: config.limits.request_timeout,
+            },
+        );
+        let public = {
+            let stop = CancellationToken::new();
+            Serving::spawn(
+                stop.clone(),
+                server::serve(listeners.public, ingress, stop, grace),
+            )
+        };
+        tracing::info!(addr = %config.listeners.public, "public listener serving; node ready");
+
+        Ok(Running {
+            config,
+            store,
+            cluster,
+            registry,
+            registry_store,
+            readiness,
+            background,
+            background_stop,
+            public,
+            admin,
+            xds,
+            peer,
+        })
+    }
+}
