@@ -48,6 +48,7 @@ fn services(changed_port: u16) -> Vec<ServiceView> {
         .map(|s| ServiceView {
             name: format!("svc{s:03}"),
             grpc_services: vec![format!("bench.svc{s:03}.v1.Svc")],
+            idempotent_grpc_methods: vec![format!("/bench.svc{s:03}.v1.Svc/Get")],
             endpoints: (0..ENDPOINTS)
                 .map(|e| EndpointView {
                     node: format!("node{e:03}"),

@@ -41,6 +41,6 @@
 pub use crate::{
     auth::authz::{Access, Credential, Principal},
     catalogue::api_error::ApiError,
-    catalogue::{Capability, ClientAddr, Routes, Service, ServiceContext, StartError},
+    catalogue::{Capability, ClientAddr, Idempotence, Routes, Service, ServiceContext, StartError},
     store::{Budget, Migration, Namespace, Outcome, Statement, StoreError, Value},
 };

@@ -20,6 +20,11 @@ pub mod password;
 pub mod ratelimit;
 pub mod tokens;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, RwLock},

@@ -16,7 +16,7 @@ pub mod api_error;
 pub mod routes;
 pub mod routing;
 
-pub use routes::{Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Routes};
+pub use routes::{Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Idempotence, Routes};
 
 use std::sync::Arc;
 

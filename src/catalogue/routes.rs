@@ -19,11 +19,22 @@ pub struct HttpRoute {
     pub access: Access,
 }
 
+/// Whether a gRPC method may be sent again after its handler may have run
+/// (a read, or a write whose repetition changes nothing): HTTP tells by the
+/// method, gRPC methods say it. Envoy and proxyless gRPC clients retry such
+/// a method when a node answers `UNAVAILABLE` (`protocol::RetryPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idempotence {
+    Idempotent,
+    NotIdempotent,
+}
+
 /// One gRPC method.
 #[derive(Clone, Debug)]
 pub struct GrpcMethod {
     pub name: &'static str,
     pub access: Access,
+    pub idempotence: Idempotence,
 }
 
 /// One gRPC service, named as in its proto (`package.Service`).
@@ -203,11 +214,12 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 
     /// A tonic-generated gRPC service, made from the state by `make`, with
-    /// the access each of its methods needs. Every method of the service's
-    /// proto must be listed (the catalogue checks flotilla's own protos).
+    /// the access each of its methods needs and whether it is idempotent.
+    /// Every method of the service's proto must be listed (the catalogue
+    /// checks flotilla's own protos).
     pub fn grpc<G>(
         mut self,
-        methods: &[(&'static str, Access)],
+        methods: &[(&'static str, Access, Idempotence)],
         make: impl FnOnce(S) -> G + Send + 'static,
     ) -> Self
     where
@@ -229,9 +241,10 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             name: G::NAME,
             methods: methods
                 .iter()
-                .map(|(name, access)| GrpcMethod {
+                .map(|(name, access, idempotence)| GrpcMethod {
                     name,
                     access: *access,
+                    idempotence: *idempotence,
                 })
                 .collect(),
         });

@@ -10,10 +10,11 @@
 //! **Architecture Invariant:** the table knows nothing about nodes or
 //! health; where a service runs is the registry's business.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    catalogue::{Access, Api},
+    catalogue::{Access, Api, Idempotence},
+    protocol::{RetryPolicy, RouteKind},
     telemetry::metrics::Label,
 };
 
@@ -39,12 +40,14 @@ pub struct Route {
     /// The template as a metrics label.
     pub label: Label,
     pub access: Access,
+    /// How the retry policy treats it.
+    pub kind: RouteKind,
 }
 
 /// What the table says about a request.
 #[derive(Debug)]
 pub enum Lookup<'a> {
-    Found(&'a Route),
+    Found(&'a Arc<Route>),
     /// An HTTP path under `/api/<service>` that the service does not serve.
     NoSuchPath {
         service: &'static str,
@@ -68,7 +71,7 @@ struct ServiceHttp {
 }
 
 pub struct RoutingTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
     http: HashMap<&'static str, ServiceHttp>,
     grpc_methods: HashMap<String, usize>,
     grpc_services: HashMap<&'static str, &'static str>,
@@ -91,14 +94,15 @@ impl RoutingTable {
             for r in &api.http {
                 let template = format!("{API_PREFIX}{name}{}", r.path);
                 let index = table.routes.len();
-                table.routes.push(Route {
+                table.routes.push(Arc::new(Route {
                     service: name,
                     protocol: Protocol::Http,
                     method: r.method.clone(),
                     template: template.clone(),
                     label: Label::from(template.clone()),
                     access: r.access,
-                });
+                    kind: RouteKind::of(false, RetryPolicy::idempotent_method(&r.method)),
+                }));
                 match by_path.iter_mut().find(|(t, _)| *t == template) {
                     Some((_, methods)) => methods.push(index),
                     None => by_path.push((template, vec![index])),
@@ -126,14 +130,15 @@ impl RoutingTable {
                     table
                         .grpc_methods
                         .insert(template.clone(), table.routes.len());
-                    table.routes.push(Route {
+                    table.routes.push(Arc::new(Route {
                         service: name,
                         protocol: Protocol::Grpc,
                         method: http::Method::POST,
                         label: Label::from(template.clone()),
                         template,
                         access: m.access,
-                    });
+                        kind: RouteKind::of(true, m.idempotence == Idempotence::Idempotent),
+                    }));
                 }
             }
         }
@@ -141,7 +146,7 @@ impl RoutingTable {
     }
 
     /// Every route, in catalogue order.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 

@@ -5,12 +5,11 @@
 //! - The target is the healthy instance (in the registry) with the fewest
 //!   requests this node has in flight to it; ties rotate.
 //! - One HTTP/2 (h2c) connection per target carries HTTP and gRPC alike.
-//! - Retries, on another node each time, at most `RETRIES`, within one
-//!   deadline: any request whose connection could not be made or that was
-//!   refused before any handler ran (`UNPROCESSED`); idempotent HTTP
-//!   methods also after a failure or a 502/503/504. The same policy as the
-//!   generated Envoy routes (`xds::resources`). When no node is left, the
-//!   last answer is passed on as it is.
+//! - Retries, on another node each time, within one deadline, as
+//!   `protocol::RetryPolicy` says (the policy the Envoy routes are made
+//!   from): any request no handler saw; an idempotent one also after a
+//!   failure or an answer saying the node could not serve it. When no node
+//!   is left, the last answer is passed on as it is.
 //! - Hop-by-hop headers are dropped both ways, `X-Forwarded-For` gets the
 //!   client's address, and `x-flotilla-forwarded-by` names this node: a
 //!   request carrying it is never forwarded again. The client's address
@@ -29,7 +28,7 @@ use std::{
 
 use axum::{
     body::Body,
-    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header},
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -41,11 +40,13 @@ use hyper_util::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{catalogue::api_error::ApiError, mesh::registry::Registry};
+use crate::{
+    catalogue::api_error::ApiError,
+    mesh::registry::Registry,
+    protocol::{RetryPolicy, RouteKind},
+};
 
 pub use crate::protocol::{FORWARDED_BY, FORWARDED_CLIENT, UNPROCESSED};
-/// Attempts after the first, each on a node not tried yet.
-pub const RETRIES: usize = 2;
 
 /// Headers that belong to one connection, not to the request (RFC 9110
 /// 7.6.1). `te: trailers` is kept: gRPC needs it.
@@ -157,7 +158,7 @@ impl ClientKey {
     }
 
     /// `FORWARDED_CLIENT`'s value for `ip`.
-    fn sign(&self, ip: IpAddr) -> String {
+    pub(crate) fn sign(&self, ip: IpAddr) -> String {
         let ip = ip.to_string();
         let tag: String = self
             .mac(&ip)
@@ -191,13 +192,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-    )
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -283,7 +277,7 @@ impl Forwarder {
         service: &str,
         req: Request<Body>,
         client: Option<SocketAddr>,
-        grpc: bool,
+        kind: RouteKind,
         body_limit: usize,
     ) -> Result<Response<Body>, Refused> {
         if let Some(from) = req.headers().get(FORWARDED_BY) {
@@ -326,12 +320,11 @@ impl Forwarder {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let retry_failures = !grpc && idempotent(&parts.method);
         // One deadline for all the attempts: the ingress's time limit.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut tried: Vec<String> = Vec::new();
         let mut last = Err(Refused::NoInstance);
-        for _ in 0..=RETRIES {
+        for _ in 0..=RetryPolicy::RETRIES {
             let Some((node, addr)) = self.pick(service, &tried) else {
                 break;
             };
@@ -355,14 +348,7 @@ impl Forwarder {
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    let retry = unprocessed(response.headers())
-                        || (retry_failures
-                            && matches!(
-                                status,
-                                StatusCode::BAD_GATEWAY
-                                    | StatusCode::SERVICE_UNAVAILABLE
-                                    | StatusCode::GATEWAY_TIMEOUT
-                            ));
+                    let retry = RetryPolicy::after_response(kind, status, response.headers());
                     let (mut head, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     // The count ends when the body has been passed on.
@@ -385,7 +371,7 @@ impl Forwarder {
                         node,
                         error: e.to_string(),
                     };
-                    if !(unsent || retry_failures) {
+                    if !RetryPolicy::after_failure(kind, unsent) {
                         return Err(refused);
                     }
                     last = Err(refused);
@@ -395,12 +381,6 @@ impl Forwarder {
         }
         last
     }
-}
-
-/// Whether a response says its request was refused before any handler
-/// ran (`UNPROCESSED`): safe to send again, whatever the method.
-fn unprocessed(headers: &HeaderMap) -> bool {
-    headers.contains_key(UNPROCESSED)
 }
 
 /// The client's address of a request another node forwarded, when its
@@ -434,21 +414,6 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
-    }
-
-    #[test]
-    fn only_idempotent_methods_are_retried_after_failures() {
-        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
-            assert!(idempotent(&m), "{m}");
-        }
-        for m in [Method::POST, Method::PATCH] {
-            assert!(!idempotent(&m), "{m}");
-        }
-        let mut h = HeaderMap::new();
-        h.insert("grpc-status", HeaderValue::from_static("14"));
-        assert!(!unprocessed(&h), "UNAVAILABLE alone may come after a write");
-        h.insert(UNPROCESSED, HeaderValue::from_static("1"));
-        assert!(unprocessed(&h));
     }
 
     #[test]

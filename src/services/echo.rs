@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::authz::{self, Principal},
-    catalogue::{Access, Routes, Service, ServiceContext, StartError},
+    catalogue::{Access, Idempotence::Idempotent, Routes, Service, ServiceContext, StartError},
     proto::echo::{
         EchoReply, EchoRequest,
         echo_server::{self, EchoServer},
@@ -116,7 +116,10 @@ impl Service for Echo {
             .post("", Access::Public, echo_post)
             .get("/private", PRIVATE, echo_private)
             .grpc(
-                &[("Echo", Access::Public), ("EchoAuthenticated", PRIVATE)],
+                &[
+                    ("Echo", Access::Public, Idempotent),
+                    ("EchoAuthenticated", PRIVATE, Idempotent),
+                ],
                 |node| EchoServer::new(EchoGrpc { node }),
             )
     }

@@ -20,7 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     auth::authz::Principal,
     catalogue::api_error::ApiError,
-    catalogue::{Access, Routes, Service, ServiceContext, StartError},
+    catalogue::{
+        Access,
+        Idempotence::{Idempotent, NotIdempotent},
+        Routes, Service, ServiceContext, StartError,
+    },
     proto::kv::{self as pb, kv_server},
     store::{Migration, Namespace, Statement, Value},
 };
@@ -531,11 +535,13 @@ impl Service for Kv {
             .post("/cas", WRITE, http_cas)
             .grpc(
                 &[
-                    ("Get", READ),
-                    ("List", READ),
-                    ("Put", WRITE),
-                    ("Delete", WRITE),
-                    ("CompareAndSet", WRITE),
+                    ("Get", READ, Idempotent),
+                    ("List", READ, Idempotent),
+                    // Setting a value, or deleting a key, twice leaves what
+                    // once does (the version grows, the value does not).
+                    ("Put", WRITE, Idempotent),
+                    ("Delete", WRITE, Idempotent),
+                    ("CompareAndSet", WRITE, NotIdempotent),
                 ],
                 kv_server::KvServer::new,
             )

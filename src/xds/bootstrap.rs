@@ -211,6 +211,7 @@ mod tests {
         let service = ServiceView {
             name: "echo".into(),
             grpc_services: vec!["flotilla.echo.v1.Echo".into()],
+            idempotent_grpc_methods: vec![],
             endpoints: vec![resources::EndpointView {
                 node: "n1".into(),
                 addr: "127.0.0.1:8080".parse().unwrap(),

@@ -153,7 +153,7 @@ impl Snapshot {
                 LISTENER,
                 Resource::new(name.clone(), resources::api_listener(name), false),
             );
-            let mut routes = Resource::new(name.clone(), resources::api_routes(name), false);
+            let mut routes = Resource::new(name.clone(), resources::api_routes(service), false);
             Arc::get_mut(&mut routes).expect("just built").clusters =
                 BTreeSet::from([name.clone()]);
             s.insert(ROUTE, routes);
@@ -362,6 +362,62 @@ mod tests {
     }
 
     #[test]
+    fn routes_retry_as_the_policy_says_per_grpc_method_and_http_method() {
+        use crate::{
+            catalogue::Catalogue,
+            mesh::registry::{NodeRecord, Registry},
+            protocol::{RetryPolicy, RouteKind},
+        };
+        let table = Catalogue::builtin().check().unwrap().table().clone();
+        let registry = Registry::single(NodeRecord {
+            id: "n1".into(),
+            public: "127.0.0.1:8080".parse().unwrap(),
+            services: vec!["kv".into(), "echo".into(), "accounts".into()],
+            healthy: true,
+        });
+        let services = resources::services(&table, &registry);
+        let retry_on = |rc: &RouteConfiguration, path: &str| -> String {
+            let route = rc.virtual_hosts[0]
+                .routes
+                .iter()
+                .find(
+                    |r| match r.r#match.as_ref().unwrap().path_specifier.as_ref().unwrap() {
+                        PathSpecifier::Path(p) => p == path,
+                        PathSpecifier::Prefix(p) | PathSpecifier::PathSeparatedPrefix(p) => {
+                            path.starts_with(p.as_str())
+                        }
+                        _ => false,
+                    },
+                )
+                .unwrap_or_else(|| panic!("no route for {path}"));
+            let Some(envoy_types::pb::envoy::config::route::v3::route::Action::Route(action)) =
+                &route.action
+            else {
+                panic!("{path} is not routed to a cluster");
+            };
+            action.retry_policy.as_ref().unwrap().retry_on.clone()
+        };
+        let ingress = resources::ingress_routes(&services);
+        assert_eq!(
+            retry_on(&ingress, "/flotilla.kv.v1.Kv/Get"),
+            RetryPolicy::envoy_retry_on(RouteKind::IdempotentGrpc)
+        );
+        assert_eq!(
+            retry_on(&ingress, "/flotilla.kv.v1.Kv/CompareAndSet"),
+            RetryPolicy::envoy_retry_on(RouteKind::Grpc)
+        );
+        assert_eq!(
+            retry_on(&ingress, "/flotilla.accounts.v1.Accounts/Signup"),
+            RetryPolicy::envoy_retry_on(RouteKind::Grpc)
+        );
+        let kv = services.iter().find(|s| s.name == "kv").unwrap();
+        let api = resources::api_routes(kv);
+        assert!(retry_on(&api, "/flotilla.kv.v1.Kv/Get").contains("unavailable"));
+        assert!(!retry_on(&api, "/flotilla.kv.v1.Kv/CompareAndSet").contains("unavailable"));
+        assert!(!retry_on(&api, "/flotilla.kv.v1.Kv/NoSuchMethod").contains("unavailable"));
+    }
+
+    #[test]
     fn responses_on_the_wire_decode_to_the_whole_message() {
         use envoy_types::pb::envoy::service::discovery::v3::{
             DeltaDiscoveryResponse, DiscoveryResponse,
@@ -402,6 +458,7 @@ mod tests {
         ServiceView {
             name: name.into(),
             grpc_services: vec![format!("flotilla.{name}.v1.Svc")],
+            idempotent_grpc_methods: vec![],
             endpoints: ports
                 .iter()
                 .enumerate()

@@ -69,7 +69,7 @@ use envoy_types::util::pack_any;
 use crate::{
     catalogue::routing::{API_PREFIX, RoutingTable},
     mesh::registry::Registry,
-    protocol::HEALTH_PATH,
+    protocol::{HEALTH_PATH, RetryPolicy as ProtocolRetryPolicy, RouteKind},
 };
 
 /// The ingress listener's name.
@@ -77,19 +77,15 @@ pub const INGRESS_LISTENER: &str = "flotilla-ingress";
 /// The ingress listener's route configuration.
 pub const INGRESS_ROUTES: &str = "flotilla-ingress-routes";
 
-/// Retries that are safe for any request, gRPC included: the upstream never
-/// saw it, or refused it before any handler ran (`forward::UNPROCESSED`).
-const RETRY_UNSEEN: &str = "connect-failure,refused-stream,reset-before-request,retriable-headers";
-/// Retries for idempotent HTTP methods: also after a failure or a reset.
-const RETRY_IDEMPOTENT: &str =
-    "5xx,reset,connect-failure,refused-stream,retriable-status-codes,retriable-headers";
-
 /// One service as the resources see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceView {
     pub name: String,
     /// gRPC service names (`package.Service`).
     pub grpc_services: Vec<String>,
+    /// The gRPC methods (`/package.Service/Method`) the service declares
+    /// idempotent: retried after a failure too (`protocol::RetryPolicy`).
+    pub idempotent_grpc_methods: Vec<String>,
     pub endpoints: Vec<EndpointView>,
 }
 
@@ -123,6 +119,12 @@ pub fn services(table: &RoutingTable, registry: &Registry) -> Vec<ServiceView> {
             ServiceView {
                 name: name.to_owned(),
                 grpc_services: table.grpc_services_of(name).map(str::to_owned).collect(),
+                idempotent_grpc_methods: table
+                    .routes()
+                    .iter()
+                    .filter(|r| r.service == name && r.kind == RouteKind::IdempotentGrpc)
+                    .map(|r| r.template.clone())
+                    .collect(),
                 endpoints,
             }
         })
@@ -213,7 +215,9 @@ fn listener_with(addr: SocketAddr, routes: http_connection_manager::RouteSpecifi
     }
 }
 
-fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
+/// A route of `kind` to `service`'s cluster, retried as
+/// `protocol::RetryPolicy` says.
+fn route_to(service: &str, path: PathSpecifier, kind: RouteKind) -> Route {
     Route {
         r#match: Some(RouteMatch {
             path_specifier: Some(path),
@@ -223,9 +227,11 @@ fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
             cluster_specifier: Some(ClusterSpecifier::Cluster(service.to_owned())),
             timeout: Some(duration(Duration::from_secs(15))),
             retry_policy: Some(RetryPolicy {
-                retry_on: retry_on.into(),
-                num_retries: Some(UInt32Value { value: 2 }),
-                retriable_status_codes: vec![503],
+                retry_on: ProtocolRetryPolicy::envoy_retry_on(kind).into(),
+                num_retries: Some(UInt32Value {
+                    value: ProtocolRetryPolicy::RETRIES,
+                }),
+                retriable_status_codes: vec![ProtocolRetryPolicy::ENVOY_RETRIABLE_STATUS],
                 retriable_headers: vec![HeaderMatcher {
                     name: crate::protocol::UNPROCESSED.into(),
                     header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
@@ -247,27 +253,19 @@ fn route_to(service: &str, path: PathSpecifier, retry_on: &str) -> Route {
     }
 }
 
-/// The ingress routes: for every service, its gRPC service paths and its
-/// HTTP prefix, to its cluster. Only `services` that have a cluster may be
-/// named here (make before break is the server's job).
+/// The ingress routes: for every service, its gRPC methods and its HTTP
+/// prefix, to its cluster. Only `services` that have a cluster may be named
+/// here (make before break is the server's job).
 pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
     let mut routes = Vec::new();
     for s in services {
-        for g in &s.grpc_services {
-            routes.push(route_to(
-                &s.name,
-                PathSpecifier::Prefix(format!("/{g}/")),
-                RETRY_UNSEEN,
-            ));
-        }
+        routes.extend(grpc_routes(s));
         // `/api/kv` and `/api/kv/...`, not `/api/kvx`.
         let prefix = format!("{API_PREFIX}{}", s.name);
-        // Idempotent methods are retried after failures too; the others
-        // only when the upstream never saw the request.
         let mut idempotent = route_to(
             &s.name,
             PathSpecifier::PathSeparatedPrefix(prefix.clone()),
-            RETRY_IDEMPOTENT,
+            RouteKind::IdempotentHttp,
         );
         if let Some(m) = idempotent.r#match.as_mut() {
             m.headers = vec![method_matcher(&["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])];
@@ -276,7 +274,7 @@ pub fn ingress_routes(services: &[ServiceView]) -> RouteConfiguration {
         routes.push(route_to(
             &s.name,
             PathSpecifier::PathSeparatedPrefix(prefix),
-            RETRY_UNSEEN,
+            RouteKind::Http,
         ));
     }
     RouteConfiguration {
@@ -466,18 +464,48 @@ pub fn api_listener(service: &str) -> Listener {
     }
 }
 
-/// The routes of `service`'s API listener: everything to its cluster.
-pub fn api_routes(service: &str) -> RouteConfiguration {
+/// A service's idempotent gRPC methods, one route each.
+fn idempotent_grpc_routes(s: &ServiceView) -> impl Iterator<Item = Route> + '_ {
+    s.idempotent_grpc_methods.iter().map(|m| {
+        route_to(
+            &s.name,
+            PathSpecifier::Path(m.clone()),
+            RouteKind::IdempotentGrpc,
+        )
+    })
+}
+
+/// A service's gRPC routes: its idempotent methods, then the rest of each
+/// of its gRPC services by prefix.
+fn grpc_routes(s: &ServiceView) -> impl Iterator<Item = Route> + '_ {
+    let rest = s.grpc_services.iter().map(|g| {
+        route_to(
+            &s.name,
+            PathSpecifier::Prefix(format!("/{g}/")),
+            RouteKind::Grpc,
+        )
+    });
+    idempotent_grpc_routes(s).chain(rest)
+}
+
+/// The routes of a service's API listener, for proxyless gRPC clients:
+/// every call to its cluster (an unknown method is the server's to refuse),
+/// each retried as the policy says (a gRPC client honours `unavailable` and
+/// ignores what it cannot).
+pub fn api_routes(service: &ServiceView) -> RouteConfiguration {
+    let name = &service.name;
     RouteConfiguration {
-        name: service.to_owned(),
+        name: name.clone(),
         virtual_hosts: vec![VirtualHost {
-            name: service.to_owned(),
+            name: name.clone(),
             domains: vec!["*".into()],
-            routes: vec![route_to(
-                service,
-                PathSpecifier::Prefix(String::new()),
-                RETRY_UNSEEN,
-            )],
+            routes: idempotent_grpc_routes(service)
+                .chain([route_to(
+                    name,
+                    PathSpecifier::Prefix(String::new()),
+                    RouteKind::Grpc,
+                )])
+                .collect(),
             ..Default::default()
         }],
         ..Default::default()
