@@ -2,110 +2,14 @@
 //! and a real Envoy running it serves HTTP and gRPC to the nodes; when a
 //! node dies, health checks and retries keep idempotent requests working.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
-use flotilla::proto::echo::{EchoRequest, echo_client::EchoClient};
 use serde_json::Value;
 
-use crate::{
-    envoy::{Envoy, envoy_binary},
-    ha::TestCluster,
-    support::{BINARY, Node, NodeConfig, free_addr, http, run_cli},
+use crate::support::{
+    BINARY, Envoy, Node, NodeConfig, TestCluster, envoy_in_front, free_addr, generate, grpc_echo,
+    http, repo, run_cli, validate, wait_routed, wait_until,
 };
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
-}
-
-/// Runs gen-envoy and returns its YAML; it must succeed.
-pub fn generate(args: &[&str]) -> String {
-    let mut all = vec!["gen-envoy"];
-    all.extend_from_slice(args);
-    let (code, out, err) = run_cli(Path::new(BINARY), &all);
-    assert_eq!(code, 0, "gen-envoy {args:?} failed: {err}");
-    out
-}
-
-/// `envoy --mode validate` on `yaml`: it must pass.
-pub fn validate(yaml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(envoy_binary())
-        .args(["--mode", "validate", "-c", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "envoy --mode validate refused the generated config:\n{}\n{yaml}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Waits until `url` answers 200 through Envoy (its health checks passed).
-pub async fn wait_routed(url: &str, envoy: &Envoy) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http().get(url).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy did not route {url} within 20 s:\n{}",
-            envoy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Envoy in front of a running cluster, on what gen-envoy makes for `mode`
-/// from `topology`: generated, validated, started and routing. Returns it
-/// and its ingress address.
-pub async fn envoy_in_front(mode: &str, topology: &Path) -> (Envoy, SocketAddr) {
-    let (listen, admin) = (free_addr(), free_addr());
-    let yaml = generate(&[
-        "--mode",
-        mode,
-        "--topology",
-        topology.to_str().unwrap(),
-        "--listen",
-        &listen.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ]);
-    validate(&yaml);
-    let envoy = Envoy::start_bootstrap(&yaml, admin);
-    wait_routed(&format!("http://{listen}/api/echo?message=hi"), &envoy).await;
-    (envoy, listen)
-}
-
-/// Echo over gRPC at `ingress`; the node that answered.
-pub async fn grpc_echo(ingress: SocketAddr, message: &str) -> Result<String, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{ingress}"))
-        .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let reply = EchoClient::new(channel)
-        .echo(EchoRequest {
-            message: message.into(),
-        })
-        .await?
-        .into_inner();
-    assert_eq!(reply.message, message);
-    Ok(reply.node)
-}
 
 #[tokio::test]
 async fn missing_or_inconsistent_inputs_are_refused_naming_the_problem() {
@@ -201,8 +105,8 @@ async fn single_mode_envoy_serves_http_and_grpc_to_the_node() {
         yaml,
         "--out writes the same"
     );
-    let envoy = Envoy::start_bootstrap(&yaml, admin);
-    wait_routed(&format!("http://{listen}/api/echo?message=hi"), &envoy).await;
+    let _envoy = Envoy::start_bootstrap(&yaml, admin);
+    wait_routed(&format!("http://{listen}/api/echo?message=hi")).await;
     let body: Value = http()
         .post(format!("http://{listen}/api/echo"))
         .json(&serde_json::json!({"message": "over envoy"}))
@@ -234,17 +138,20 @@ async fn ha_mode_envoy_keeps_idempotent_requests_working_when_a_node_dies() {
     let (envoy, listen) = envoy_in_front("ha", &cluster.topology).await;
     let url = format!("http://{listen}/api/echo?message=hi");
     // Every member gets requests (round robin once all pass checks).
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while seen.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "not all members served: {seen:?}"
-        );
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    wait_until("every member serves", Duration::from_secs(15), || async {
         let body: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
+        let by_grpc = grpc_echo(listen, "x").await.unwrap();
+        let mut seen = seen.borrow_mut();
         seen.insert(body["node"].as_str().unwrap().to_owned());
-        seen.insert(grpc_echo(listen, "x").await.unwrap());
-    }
+        seen.insert(by_grpc);
+        if seen.len() == 3 {
+            Ok(())
+        } else {
+            Err(seen.clone())
+        }
+    })
+    .await;
     // A member dies while GETs flow: none fails, the health checks take it
     // out and the retries cover the requests that met it first.
     let mut failures = Vec::new();
@@ -263,6 +170,7 @@ async fn ha_mode_envoy_keeps_idempotent_requests_working_when_a_node_dies() {
             Ok(r) => failures.push(format!("{i}: {}", r.status())),
             Err(e) => failures.push(format!("{i}: {e}")),
         }
+        // Paced, so that the requests span the kill and what follows.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
@@ -299,8 +207,8 @@ async fn k3d_mode_bootstraps_envoy_over_ads_from_the_xds_service() {
         "k3d-envoy",
     ]);
     validate(&yaml);
-    let envoy = Envoy::start_bootstrap(&yaml, admin);
-    wait_routed(&format!("http://{ingress}/api/echo?message=hi"), &envoy).await;
+    let _envoy = Envoy::start_bootstrap(&yaml, admin);
+    wait_routed(&format!("http://{ingress}/api/echo?message=hi")).await;
     assert_eq!(grpc_echo(ingress, "ads").await.unwrap(), "test-node");
     // The xDS server knows this Envoy by the node id of the bootstrap.
     let status = node.status().await.unwrap();

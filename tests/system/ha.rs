@@ -1,8 +1,6 @@
 //! HA mode: three real nodes on loopback forming a Raft group.
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -10,213 +8,9 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_addr, free_port, http,
-    run_cli_with_input,
+    ADMIN, ADMIN_PASSWORD, BINARY, CLUSTER_SECRET, Node, SECRET, TestCluster, authed, free_addr,
+    free_port, http, run_cli_with_input, wait_until,
 };
-
-/// (owner, key) → (value, version) of one node's database.
-pub type KvRows = BTreeMap<(String, String), (String, i64)>;
-
-pub struct TestCluster {
-    pub nodes: Vec<Node>,
-    /// (public, admin, peer) of each member, in id order.
-    pub addresses: Vec<(SocketAddr, SocketAddr, SocketAddr)>,
-    /// Each member's xDS listener.
-    pub xds: Vec<SocketAddr>,
-    /// Where Envoys fed by the members listen for the ingress.
-    pub envoy_ingress: SocketAddr,
-    pub topology: std::path::PathBuf,
-    _topology: tempfile::TempDir,
-}
-
-const CLUSTER_SECRET: &str = "ha-test-cluster-secret-0a9b8c7d6e5f4";
-
-impl TestCluster {
-    /// Three members on free loopback ports. `extra` goes into each node's
-    /// `cluster:` section.
-    pub fn start(extra: &str) -> TestCluster {
-        TestCluster::start_with(std::path::Path::new(BINARY), extra, "")
-    }
-
-    /// Three members of `binary` (the main one or an example's), with
-    /// `extra` in each node's `cluster:` section and `top` (whole YAML
-    /// lines) at the top level of each config.
-    pub fn start_with(binary: &std::path::Path, extra: &str, top: &str) -> TestCluster {
-        let topology_dir = tempfile::tempdir().unwrap();
-        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
-            .map(|_| (free_addr(), free_addr(), free_addr()))
-            .collect();
-        let topology = topology_dir.path().join("topology.yaml");
-        let mut text = String::from("members:\n");
-        for (i, (public, _, peer)) in members.iter().enumerate() {
-            text.push_str(&format!(
-                "  - {{id: {}, node: ha-{}, peer: '{peer}', public: '{public}'}}\n",
-                i + 1,
-                i + 1
-            ));
-        }
-        std::fs::write(&topology, text).unwrap();
-        let xds: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-        let envoy_ingress = free_addr();
-        let mut nodes = Vec::new();
-        for (i, (public, admin, peer)) in members.iter().copied().enumerate() {
-            let dir = tempfile::tempdir().unwrap();
-            let config = format!(
-                "node: {{id: ha-{}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\nxds: {{ingress_listener: '{envoy_ingress}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{extra}}}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n{top}",
-                i + 1,
-                xds[i],
-                dir.path().join("data").display(),
-                topology.display()
-            );
-            let path = dir.path().join("node.yaml");
-            std::fs::write(&path, config).unwrap();
-            let mut node = Node::prepared(dir, path, public, admin);
-            node.binary = binary.to_owned();
-            nodes.push(node);
-        }
-        for n in &mut nodes {
-            n.spawn_only(&[]);
-        }
-        for n in &mut nodes {
-            n.wait_ready();
-        }
-        TestCluster {
-            nodes,
-            addresses: members,
-            xds,
-            envoy_ingress,
-            topology,
-            _topology: topology_dir,
-        }
-    }
-
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        self.nodes[i].status().await.map(|v| v["cluster"].clone())
-    }
-
-    /// The index of the current leader, as the running nodes see it.
-    pub async fn leader(&self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].child.is_some()
-                    && let Some(s) = self.status(i).await
-                    && s["role"] == "Leader"
-                {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within 15 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until every running node has applied the same index.
-    pub async fn converge(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut applied = HashSet::new();
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].child.is_some() {
-                    applied.insert(self.status(i).await.map(|s| s["applied_index"].clone()));
-                }
-            }
-            if applied.len() == 1 && !applied.contains(&None) {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let errors: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        n.log()
-                            .lines()
-                            .filter(|l| {
-                                ["RaftCore exited", "Fatal", "StorageError", "panicked"]
-                                    .iter()
-                                    .any(|k| l.contains(k))
-                            })
-                            .take(6)
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    })
-                    .collect();
-                let mut statuses = Vec::new();
-                for i in 0..self.nodes.len() {
-                    statuses.push(self.status(i).await);
-                }
-                panic!(
-                    "nodes did not converge: {applied:?}\nstatus: {statuses:#?}\nerrors:\n{}",
-                    errors.join("\n--\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Creates the admin through Raft with the CLI, and logs in.
-    pub async fn admin_token(&self) -> String {
-        let node = &self.nodes[0];
-        let (code, out, err) = run_cli_with_input(
-            &node.binary,
-            &[
-                "accounts",
-                "create-admin",
-                "--config",
-                node.config_path.to_str().unwrap(),
-                "--username",
-                ADMIN,
-            ],
-            &format!("{ADMIN_PASSWORD}\n"),
-        );
-        assert_eq!(code, 0, "{out}{err}");
-        self.nodes[1].login(ADMIN, ADMIN_PASSWORD).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    pub fn stop_all(&mut self) {
-        for n in &mut self.nodes {
-            if n.child.is_some() {
-                n.signal("TERM");
-            }
-        }
-        for n in &mut self.nodes {
-            if n.child.is_some() {
-                let status = n.wait_exit(Duration::from_secs(20));
-                assert_eq!(status.code(), Some(0), "{}", n.log());
-            }
-        }
-    }
-
-    /// Every kv row (owner, key, value, version) of each node's database
-    /// file, with its integrity check.
-    pub fn kv_rows(&self) -> Vec<(String, KvRows)> {
-        self.nodes
-            .iter()
-            .map(|n| {
-                let db = rusqlite::Connection::open_with_flags(
-                    n.dir.path().join("data").join("flotilla.db"),
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .unwrap();
-                let check: String = db
-                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                    .unwrap();
-                let mut stmt = db
-                    .prepare("SELECT owner, key, value, version FROM kv__items")
-                    .unwrap();
-                let rows = stmt
-                    .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?))))
-                    .unwrap()
-                    .collect::<Result<BTreeMap<_, _>, _>>()
-                    .unwrap();
-                (check, rows)
-            })
-            .collect()
-    }
-}
 
 #[tokio::test]
 async fn writes_on_any_node_are_replicated_and_reads_are_linearizable() {
@@ -264,41 +58,47 @@ async fn writes_on_any_node_are_replicated_and_reads_are_linearizable() {
             s["registry"].clone()
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = registry().await;
-        let nodes = r.as_array().unwrap();
-        if nodes.len() == 3 && nodes.iter().all(|n| n["healthy"] == true) {
-            assert!(
-                nodes
-                    .iter()
-                    .all(|n| n["services"] == json!(["accounts", "echo", "kv"])),
-                "{r}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "registry incomplete: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = wait_until(
+        "every member is in the registry, healthy",
+        Duration::from_secs(10),
+        || async {
+            let r = registry().await;
+            let nodes = r.as_array().unwrap();
+            if nodes.len() == 3 && nodes.iter().all(|n| n["healthy"] == true) {
+                Ok(r)
+            } else {
+                Err(r)
+            }
+        },
+    )
+    .await;
+    assert!(
+        r.as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["services"] == json!(["accounts", "echo", "kv"])),
+        "{r}"
+    );
     // ... and a node that stops gracefully is marked unhealthy everywhere.
     cluster.nodes[2].signal("TERM");
     assert_eq!(
         cluster.nodes[2].wait_exit(Duration::from_secs(20)).code(),
         Some(0)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = registry().await;
-        if r.as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["id"] == "ha-3" && n["healthy"] == false)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ha-3 still healthy: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "ha-3 is marked unhealthy",
+        Duration::from_secs(10),
+        || async {
+            let r = registry().await;
+            let marked = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "ha-3" && n["healthy"] == false);
+            if marked { Ok(()) } else { Err(r) }
+        },
+    )
+    .await;
     cluster.converge().await;
     cluster.stop_all();
     let rows = cluster.kv_rows();
@@ -356,7 +156,21 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Under load: the writers have had writes acknowledged.
+    let acknowledged = |more: usize| {
+        let acked = acked.clone();
+        let from = acked.lock().unwrap().len();
+        move || {
+            let n = acked.lock().unwrap().len();
+            std::future::ready(if n >= from + more { Ok(()) } else { Err(n) })
+        }
+    };
+    wait_until(
+        "200 writes acknowledged",
+        Duration::from_secs(30),
+        acknowledged(200),
+    )
+    .await;
     let leader = cluster.leader().await;
     let before = acked.lock().unwrap().len();
     cluster.nodes[leader].kill9();
@@ -365,26 +179,39 @@ async fn kill_9_of_the_leader_under_load_loses_no_acknowledged_write() {
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     let c = authed(&token);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .put(cluster.nodes[new_leader].url("/api/kv/keys/after-failover"))
-            .json(&json!({"value": "ok"}))
-            .send()
-            .await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write accepted after the failover"
-        );
-    }
+    wait_until(
+        "a write is accepted after the failover",
+        Duration::from_secs(10),
+        || async {
+            match c
+                .put(cluster.nodes[new_leader].url("/api/kv/keys/after-failover"))
+                .json(&json!({"value": "ok"}))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     let failover = killed_at.elapsed();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The killed node comes back and catches up.
+    // The writers go on through the survivors...
+    wait_until(
+        "200 more writes acknowledged after the kill",
+        Duration::from_secs(30),
+        acknowledged(200),
+    )
+    .await;
+    // ... and go on while the killed node comes back and catches up.
     cluster.nodes[leader].spawn(&[]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_until(
+        "100 more writes acknowledged while the node catches up",
+        Duration::from_secs(30),
+        acknowledged(100),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -463,22 +290,31 @@ async fn a_member_started_before_a_majority_waits_for_it() {
     // saying so, instead of giving up.
     cluster.nodes[0].spawn_only(&[]);
     let readyz = cluster.nodes[0].admin_url("/readyz");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let waiting_since = loop {
-        if let Ok(r) = http().get(&readyz).send().await {
+    wait_until(
+        "the member says it waits",
+        Duration::from_secs(20),
+        || async {
+            let r = http()
+                .get(&readyz)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
             assert_eq!(r.status(), 503);
             let body: Value = r.json().await.unwrap();
             if body["services"]
                 .as_object()
                 .is_some_and(|s| s.values().any(|v| v["state"] == "waiting"))
             {
-                break Instant::now();
+                Ok(())
+            } else {
+                Err(body.to_string())
             }
-        }
-        assert!(Instant::now() < deadline, "the member never said it waits");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // Longer than any leaderless write waits (3 s): it is still there.
+        },
+    )
+    .await;
+    let waiting_since = Instant::now();
+    // Observed for longer than any leaderless write waits (3 s): it is
+    // still there.
     while waiting_since.elapsed() < Duration::from_secs(4) {
         assert!(
             cluster.nodes[0]
@@ -561,47 +397,48 @@ async fn a_partitioned_leader_refuses_writes_and_the_majority_goes_on_without_di
     let isolated_at = Instant::now();
     // The cut-off leader refuses writes: 503, within the election timeout
     // (1 s here) plus one proposal round (3 s) at most.
-    let refused_after = loop {
-        let r = c
-            .put(cluster.nodes[old].url("/api/kv/keys/minority"))
-            .json(&json!({"value": "lost"}))
-            .send()
-            .await
-            .unwrap();
-        assert_ne!(r.status(), 200, "the isolated leader acknowledged a write");
-        if r.status() == 503 {
-            assert!(r.text().await.unwrap().contains("majority"));
-            break isolated_at.elapsed();
-        }
-        assert!(
-            isolated_at.elapsed() < Duration::from_secs(15),
-            "never refused"
-        );
-    };
+    let refused_after = wait_until(
+        "the isolated leader refuses writes",
+        Duration::from_secs(15),
+        || async {
+            let r = c
+                .put(cluster.nodes[old].url("/api/kv/keys/minority"))
+                .json(&json!({"value": "lost"}))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 200, "the isolated leader acknowledged a write");
+            if r.status() == 503 {
+                assert!(r.text().await.unwrap().contains("majority"));
+                Ok(isolated_at.elapsed())
+            } else {
+                Err(r.status())
+            }
+        },
+    )
+    .await;
     assert!(
         refused_after < Duration::from_secs(5),
         "refused only after {refused_after:?}"
     );
     // The majority elects a leader and takes writes.
     let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let new = loop {
-        let mut found = None;
-        for i in &others {
-            if cluster
-                .status(*i)
-                .await
-                .is_some_and(|s| s["role"] == "Leader")
-            {
-                found = Some(*i);
+    let new = wait_until(
+        "the majority elects a leader",
+        Duration::from_secs(15),
+        || async {
+            let mut roles = Vec::new();
+            for i in &others {
+                let role = cluster.status(*i).await.map(|s| s["role"].clone());
+                if role.as_ref().is_some_and(|r| r == "Leader") {
+                    return Ok(*i);
+                }
+                roles.push(role);
             }
-        }
-        if let Some(i) = found {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "the majority elected no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            Err(roles)
+        },
+    )
+    .await;
     for i in 0..10 {
         let node = &cluster.nodes[others[i % 2]];
         let r = c
@@ -655,7 +492,7 @@ async fn fault_injection_is_refused_unless_configured() {
 
 #[tokio::test]
 async fn compare_and_set_histories_stay_linearizable_across_a_leader_kill() {
-    use crate::linearizability::{Kind, Op, State, linearizable};
+    use crate::support::linearizability::{Kind, Op, State, linearizable};
     let mut cluster = TestCluster::start("");
     let token = cluster.admin_token().await;
     let origin = Instant::now();
@@ -738,7 +575,12 @@ async fn compare_and_set_histories_stay_linearizable_across_a_leader_kill() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The kill lands among the operations: some are done before it.
+    wait_until("24 operations done", Duration::from_secs(20), || {
+        let done: usize = histories.iter().map(|h| h.lock().unwrap().len()).sum();
+        std::future::ready(if done >= 24 { Ok(()) } else { Err(done) })
+    })
+    .await;
     let leader = cluster.leader().await;
     cluster.nodes[leader].kill9();
     let killed_at = origin.elapsed().as_nanos() as u64;
@@ -829,10 +671,15 @@ async fn membership_changes_through_the_cluster_commands() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // ... and joins the endpoints the xDS server gives out.
-    let mut ads = crate::xds::Ads::connect(cluster.xds[0]).await;
-    ads.send(crate::xds::request(crate::xds::EDS, &["echo"], "", ""))
-        .await;
-    crate::xds::wait_for_endpoints(&mut ads, 4, Duration::from_secs(10)).await;
+    let mut ads = crate::support::Ads::connect(cluster.xds[0]).await;
+    ads.send(crate::support::request(
+        crate::support::EDS,
+        &["echo"],
+        "",
+        "",
+    ))
+    .await;
+    crate::support::wait_for_endpoints(&mut ads, 4, Duration::from_secs(10)).await;
     // Leadership moves where it is asked to. A hand-over reports its
     // outcome rather than promising one (see Cluster::hand_over_to), so the
     // test allows retries; the registry keeps writing meanwhile.
@@ -855,18 +702,15 @@ async fn membership_changes_through_the_cluster_commands() {
         refusals.len() < 3,
         "leadership never moved to node 4: {refusals:#?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("node 4 leads", Duration::from_secs(10), || async {
         let s = fourth.status().await.unwrap();
         if s["cluster"]["role"] == "Leader" {
-            break;
+            Ok(())
+        } else {
+            Err(s)
         }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 did not become leader: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // With four voters, removing one leaves three: allowed.
     let (code, out, err) = cli(&["cluster", "remove", "--config", &config1, "--id", "1"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -888,12 +732,13 @@ async fn leadership_moves_without_failing_a_request() {
     let config = |i: usize| cluster.nodes[i].config_path.to_str().unwrap().to_owned();
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = authed(&token);
     // Writes and linearizable reads through every node (the followers
     // forward them to whoever leads), sent at a steady pace whether or not
     // earlier ones have been answered, as many independent clients would.
     let generator = {
-        let (c, urls, stop) = (c.clone(), urls.clone(), stop.clone());
+        let (c, urls, stop, answered) = (c.clone(), urls.clone(), stop.clone(), answered.clone());
         tokio::spawn(async move {
             let mut requests = tokio::task::JoinSet::new();
             let mut pace = tokio::time::interval(Duration::from_millis(5));
@@ -903,10 +748,11 @@ async fn leadership_moves_without_failing_a_request() {
                     break;
                 }
                 let url = format!("{}/api/kv/keys/m{i}", urls[i % urls.len()]);
-                let c = c.clone();
+                let (c, answered) = (c.clone(), answered.clone());
                 requests.spawn(async move {
                     let put = c.put(&url).json(&json!({ "value": "v" })).send().await;
                     let get = c.get(&url).send().await;
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     [("PUT", put), ("GET", get)].map(|(what, r)| match r {
                         Ok(r) if r.status() == 200 => Ok(()),
                         Ok(r) => Err(format!("{what} {url}: {}", r.status())),
@@ -922,7 +768,21 @@ async fn leadership_moves_without_failing_a_request() {
                 .collect::<Vec<_>>()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each step happens while requests flow: some are answered between.
+    let answered_more = |more: usize| {
+        let answered = answered.clone();
+        let from = answered.load(std::sync::atomic::Ordering::Relaxed);
+        move || {
+            let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(if n >= from + more { Ok(()) } else { Err(n) })
+        }
+    };
+    wait_until(
+        "50 requests answered",
+        Duration::from_secs(20),
+        answered_more(50),
+    )
+    .await;
     // An operator's transfer, then a graceful stop of the new leader.
     let (code, out, err) = run_cli_with_input(
         std::path::Path::new(BINARY),
@@ -939,7 +799,12 @@ async fn leadership_moves_without_failing_a_request() {
     assert_eq!(code, 0, "{out}{err}");
     let second = cluster.leader().await;
     assert_eq!(second, followers[0]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "50 requests answered under the new leader",
+        Duration::from_secs(20),
+        answered_more(50),
+    )
+    .await;
     cluster.nodes[second].signal("TERM");
     assert_eq!(
         cluster.nodes[second]
@@ -947,7 +812,12 @@ async fn leadership_moves_without_failing_a_request() {
             .code(),
         Some(0)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "50 requests answered after the stop",
+        Duration::from_secs(20),
+        answered_more(50),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let results = generator.await.unwrap();
     // Requests to the stopped node may meet it no longer listening; every
@@ -999,31 +869,42 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let r = c.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("stale-read bound of 500 ms")
-    );
+    let isolated_at = Instant::now();
+    // Within the bound it may still answer; a read sent past it (its last
+    // word from the leader came before `isolated_at`) is refused.
+    let refusal = wait_until(
+        "the cut-off follower refuses stale reads",
+        Duration::from_secs(10),
+        || async {
+            let sent = isolated_at.elapsed();
+            let r = c.get(&url).send().await.unwrap();
+            match r.status().as_u16() {
+                503 => Ok(r.text().await.unwrap()),
+                200 if sent <= Duration::from_millis(500) => Err(200),
+                200 => panic!("a stale read sent {sent:?} after the cut was served"),
+                other => panic!("a stale read answered {other}"),
+            }
+        },
+    )
+    .await;
+    assert!(refusal.contains("stale-read bound of 500 ms"), "{refusal}");
     http()
         .post(cluster.nodes[follower].admin_url("/debug/isolate"))
         .json(&json!({"isolated": false}))
         .send()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c.get(&url).send().await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stale reads did not come back after healing"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "stale reads come back after healing",
+        Duration::from_secs(10),
+        || async {
+            let r = c.get(&url).send().await.unwrap();
+            if r.status() == 200 {
+                Ok(())
+            } else {
+                Err(r.status())
+            }
+        },
+    )
+    .await;
 }

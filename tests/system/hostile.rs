@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{
-    ha::TestCluster,
-    support::{Node, NodeConfig, authed, example_binary, http},
-};
+use crate::support::{Node, NodeConfig, TestCluster, authed, example_binary, http};
 
 /// The intruder's budgets: small enough that its slow statements stop at
 /// once. Every other service keeps the defaults.

@@ -7,7 +7,52 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::support::{Node, NodeConfig, authed, blocking_get};
+use crate::support::{Node, NodeConfig, authed, blocking_get, wait_until};
+
+/// Sends a PUT's head with `Expect: 100-continue` and waits for the node's
+/// `100 Continue`: from then on the request is in a handler's hands.
+async fn put_in_flight(node: &Node, token: &str, key: &str, body_len: usize) -> TcpStream {
+    let mut s = TcpStream::connect(node.public).await.unwrap();
+    let head = format!(
+        "PUT /api/kv/keys/{key} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\nExpect: 100-continue\r\n\r\n",
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_head(&mut s).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    s
+}
+
+/// Reads one response head (up to its blank line).
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("the node answers within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "the connection closed after {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Waits until the node says it is draining.
+async fn draining(node: &Node) {
+    let url = node.admin_url("/readyz");
+    wait_until(
+        "readyz turns 503 while draining",
+        Duration::from_secs(2),
+        || {
+            std::future::ready(match blocking_get(&url) {
+                Ok(r) if r.starts_with("HTTP/1.1 503") => Ok(()),
+                Ok(r) => Err(r),
+                Err(e) => Err(e.to_string()),
+            })
+        },
+    )
+    .await
+}
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
@@ -16,46 +61,27 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         let token = node.admin_token().await;
         // A request in flight: headers and half the body sent.
         let body = br#"{"value": "drained"}"#;
-        let mut s = TcpStream::connect(node.public).await.unwrap();
-        let head = format!(
-            "PUT /api/kv/keys/inflight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
+        let mut s = put_in_flight(&node, &token, "inflight", body.len()).await;
         s.write_all(&body[..5]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
         node.signal(signal);
         // While draining, the node says it is not ready...
-        let mut not_ready = false;
-        for _ in 0..100 {
-            match blocking_get(&node.admin_url("/readyz")) {
-                Ok(r) if r.starts_with("HTTP/1.1 503") => {
-                    not_ready = true;
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-        assert!(not_ready, "readyz did not turn 503 while draining");
+        draining(&node).await;
         // ... and new connections are refused (the listener closes on the
         // serving task, moments after readiness flips).
-        let mut refused = false;
-        for _ in 0..100 {
-            if TcpStream::connect(node.public).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(refused, "public listener still accepting");
+        wait_until(
+            "the public listener refuses connections",
+            Duration::from_secs(1),
+            || async {
+                match TcpStream::connect(node.public).await {
+                    Err(_) => Ok(()),
+                    Ok(_) => Err("accepted"),
+                }
+            },
+        )
+        .await;
         // The in-flight request completes.
         s.write_all(&body[5..]).await.unwrap();
-        let mut buf = vec![0u8; 1024];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let response = String::from_utf8_lossy(&buf[..n]);
+        let response = read_head(&mut s).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         let status = node.wait_exit(Duration::from_secs(10));
         assert_eq!(status.code(), Some(0), "SIG{signal}: {}", node.log());
@@ -71,22 +97,14 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 async fn the_write_of_a_drained_request_is_kept() {
     let mut node = Node::start(NodeConfig::default());
     let token = node.admin_token().await;
-    let mut s = TcpStream::connect(node.public).await.unwrap();
     let body = br#"{"value": "kept"}"#;
-    let head = format!(
-        "PUT /api/kv/keys/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
+    let mut s = put_in_flight(&node, &token, "kept", body.len()).await;
     node.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    draining(&node).await;
+    // The body arrives after the drain began: the write still happens.
     s.write_all(body).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let response = read_head(&mut s).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(node.wait_exit(Duration::from_secs(10)).code(), Some(0));
     node.spawn(&[]);
     let r: serde_json::Value = authed(&token)

@@ -11,7 +11,6 @@ mod hostile;
 mod ingress;
 mod kv;
 mod lifecycle;
-mod linearizability;
 mod scaled;
 mod support;
 mod xds;

@@ -5,167 +5,15 @@
 //! neither Envoy (with the generated scaled config) nor the built-in
 //! forwarding fails an idempotent request meanwhile.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use flotilla::cluster::network;
 use flotilla_store::{Command, MigrationSpec, Statement, WriteBudget};
 use serde_json::Value;
 
-use crate::{
-    gen_envoy::{envoy_in_front, grpc_echo},
-    support::{ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, authed, free_addr, http, run_cli},
+use crate::support::{
+    ADMIN, ADMIN_PASSWORD, BINARY, ScaledCluster, authed, envoy_in_front, grpc_echo, http, run_cli,
 };
-
-const CLUSTER_SECRET: &str = "scaled-test-cluster-secret-7e6d5c4b3a29";
-
-#[path = "../common/scaled_layout.rs"]
-mod scaled_layout;
-use scaled_layout::LAYOUT;
-
-pub struct ScaledCluster {
-    pub nodes: BTreeMap<&'static str, Node>,
-    /// Each db member's peer listener.
-    pub peers: BTreeMap<&'static str, SocketAddr>,
-    pub topology: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ScaledCluster {
-    pub fn start() -> ScaledCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let topology = dir.path().join("topology.yaml");
-        let mut members = String::from("members:\n");
-        let mut clients = String::from("nodes:\n");
-        let mut addresses = BTreeMap::new();
-        let mut peers = BTreeMap::new();
-        for (i, (name, services, db)) in LAYOUT.iter().enumerate() {
-            let (public, admin) = (free_addr(), free_addr());
-            addresses.insert(*name, (public, admin));
-            if *db {
-                let peer = free_addr();
-                peers.insert(*name, peer);
-                members.push_str(&format!(
-                    "  - {{id: {}, node: {name}, peer: '{peer}', public: '{public}', services: [{services}]}}\n",
-                    i + 1
-                ));
-            } else {
-                clients.push_str(&format!(
-                    "  - {{node: {name}, public: '{public}', services: [{services}]}}\n"
-                ));
-            }
-        }
-        std::fs::write(&topology, members + &clients).unwrap();
-        let mut nodes = BTreeMap::new();
-        let mut db1_config = None;
-        for (name, services, db) in LAYOUT {
-            let node_dir = tempfile::tempdir().unwrap();
-            let (public, admin) = addresses[name];
-            let cluster = if *db {
-                format!(
-                    "{{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true}}",
-                    topology.display()
-                )
-            } else {
-                let (code, key, err) = run_cli(
-                    Path::new(BINARY),
-                    &[
-                        "cluster",
-                        "client-key",
-                        "--config",
-                        db1_config
-                            .as_ref()
-                            .map(|p: &PathBuf| p.to_str().unwrap())
-                            .unwrap(),
-                        "--node",
-                        name,
-                    ],
-                );
-                assert_eq!(code, 0, "client-key for {name}: {err}");
-                format!(
-                    "{{topology: '{}', client_key: '{}'}}",
-                    topology.display(),
-                    key.trim()
-                )
-            };
-            let peer = peers
-                .get(name)
-                .map(|p| format!(", peer: '{p}'"))
-                .unwrap_or_default();
-            let config = format!(
-                "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {cluster}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
-                node_dir.path().join("data").display(),
-            );
-            let path = node_dir.path().join("node.yaml");
-            std::fs::write(&path, config).unwrap();
-            if *name == "db-1" {
-                db1_config = Some(path.clone());
-            }
-            nodes.insert(*name, Node::prepared(node_dir, path, public, admin));
-        }
-        for n in nodes.values_mut() {
-            n.spawn_only(&[]);
-        }
-        for n in nodes.values_mut() {
-            n.wait_ready();
-        }
-        ScaledCluster {
-            nodes,
-            peers,
-            topology,
-            _dir: dir,
-        }
-    }
-
-    /// The db member that leads, as the members see it.
-    pub async fn leader(&self) -> &'static str {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            for name in self.peers.keys() {
-                let node = &self.nodes[name];
-                if node.child.is_none() {
-                    continue;
-                }
-                if let Some(v) = node.status().await
-                    && v["cluster"]["role"] == "Leader"
-                {
-                    return name;
-                }
-            }
-            assert!(Instant::now() < deadline, "no db leader within 15 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until every running node's registry holds every running node
-    /// as healthy (the forwarding follows the registry).
-    pub async fn wait_registered(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for node in self.nodes.values().filter(|n| n.child.is_some()) {
-            loop {
-                let healthy = node.status().await.map(|v| {
-                    v["registry"]
-                        .as_array()
-                        .map(|a| a.iter().filter(|n| n["healthy"] == true).count())
-                        .unwrap_or(0)
-                });
-                if healthy == Some(LAYOUT.len()) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "registry of {} not complete within 15 s: {healthy:?}",
-                    node.public
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_leader_and_a_service_node()
@@ -334,6 +182,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
                 Err(e) => failures.push(format!("{i} {url}: {e}")),
             }
         }
+        // Paced, so that the requests span the kill and what follows.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(

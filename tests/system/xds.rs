@@ -7,12 +7,11 @@ use envoy_types::pb::{
     envoy::{
         admin::v3::ClientResourceStatus,
         config::{
-            cluster::v3::Cluster, core::v3::Node as XdsNode, endpoint::v3::ClusterLoadAssignment,
-            listener::v3::Listener,
+            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
         },
         service::{
             discovery::v3::{
-                DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+                DeltaDiscoveryRequest, DiscoveryRequest,
                 aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
             },
             status::v3::{
@@ -23,85 +22,14 @@ use envoy_types::pb::{
     },
     google::rpc::Status,
 };
-use prost::Message;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{Node, NodeConfig, free_port};
-
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub(crate) const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-
-pub(crate) fn request(
-    type_url: &str,
-    names: &[&str],
-    version: &str,
-    nonce: &str,
-) -> DiscoveryRequest {
-    DiscoveryRequest {
-        type_url: type_url.into(),
-        resource_names: names.iter().map(|s| s.to_string()).collect(),
-        version_info: version.into(),
-        response_nonce: nonce.into(),
-        node: Some(XdsNode {
-            id: "test-envoy".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-pub(crate) struct Ads {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: tonic::Streaming<DiscoveryResponse>,
-}
-
-impl Ads {
-    pub(crate) async fn connect(addr: std::net::SocketAddr) -> Ads {
-        let mut client = None;
-        for _ in 0..100 {
-            if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
-            {
-                client = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut client = client.expect("the xds listener accepts connections");
-        let (tx, requests) = mpsc::channel(16);
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(requests))
-            .await
-            .unwrap()
-            .into_inner();
-        Ads { tx, rx }
-    }
-
-    pub(crate) async fn send(&self, r: DiscoveryRequest) {
-        self.tx.send(r).await.unwrap();
-    }
-
-    async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("a response within 5 s")
-            .unwrap()
-            .expect("the stream stays open")
-    }
-
-    /// Nothing arrives within `wait`.
-    async fn quiet(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.rx.message()).await.is_err()
-    }
-}
-
-fn decode<T: Message + Default>(r: &DiscoveryResponse) -> Vec<T> {
-    r.resources
-        .iter()
-        .map(|a| T::decode(a.value.as_slice()).unwrap())
-        .collect()
-}
+use crate::support::{
+    Ads, CDS, EDS, LDS, Node, NodeConfig, TestCluster, decode, free_port, request,
+    wait_for_endpoints,
+};
 
 #[tokio::test]
 async fn a_node_serves_its_services_over_ads_by_the_rules() {
@@ -251,27 +179,11 @@ fn grpc_python() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
-    let cluster = crate::ha::TestCluster::start("");
+    let cluster = TestCluster::start("");
     // Every member knows every member's services before the client starts.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut ads = Ads::connect(cluster.xds[0]).await;
-    loop {
-        ads.send(request(EDS, &["echo"], "", "")).await;
-        let eds = ads.next().await;
-        let cla = decode::<ClusterLoadAssignment>(&eds);
-        if cla
-            .first()
-            .is_some_and(|c| c.endpoints[0].lb_endpoints.len() == 3)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "echo never had 3 endpoints: {cla:?}"
-        );
-        ads = Ads::connect(cluster.xds[0]).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ads.send(request(EDS, &["echo"], "", "")).await;
+    wait_for_endpoints(&mut ads, 3, Duration::from_secs(20)).await;
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = dir.path().join("bootstrap.json");
     std::fs::write(
@@ -316,35 +228,9 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
     );
 }
 
-/// Reads EDS responses for `echo` until one has `n` endpoints, within
-/// `within`; returns when it came.
-pub(crate) async fn wait_for_endpoints(
-    ads: &mut Ads,
-    n: usize,
-    within: Duration,
-) -> std::time::Instant {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let r = tokio::time::timeout(left, ads.rx.message())
-            .await
-            .unwrap_or_else(|_| panic!("echo did not get {n} endpoints within {within:?}"))
-            .unwrap()
-            .expect("the stream stays open");
-        if r.type_url == EDS {
-            let cla = decode::<ClusterLoadAssignment>(&r);
-            ads.send(request(EDS, &["echo"], &r.version_info, &r.nonce))
-                .await;
-            if cla[0].endpoints[0].lb_endpoints.len() == n {
-                return std::time::Instant::now();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn registry_changes_reach_ads_clients_and_a_stopping_node_leaves_before_it_stops_listening() {
-    let mut cluster = crate::ha::TestCluster::start("");
+    let mut cluster = TestCluster::start("");
     let mut ads = Ads::connect(cluster.xds[0]).await;
     ads.send(request(EDS, &["echo"], "", "")).await;
     wait_for_endpoints(&mut ads, 3, Duration::from_secs(20)).await;

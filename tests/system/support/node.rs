@@ -1,15 +1,16 @@
-//! Running the real binary on loopback ports for the system tests.
+//! The real binary as a process on loopback ports, and its command line.
 
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use super::{SECRET, http, wait_until_blocking};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_flotilla");
 
-/// A port that was free a moment ago on 127.0.0.1.
 /// A port that is free now, below the kernel's ephemeral range (32768 and
 /// up), so that no outgoing connection can take it before the node under
 /// test binds it. Each test process (nextest runs one per test) takes its
@@ -44,10 +45,6 @@ pub fn example_binary(name: &str) -> PathBuf {
     );
     path
 }
-
-pub const SECRET: &str = "system-test-secret-7d2f9a4c1e8b6035";
-pub const ADMIN: &str = "admin";
-pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 pub struct NodeConfig {
     pub services: String,
@@ -187,21 +184,25 @@ impl Node {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Waits until the admin listener's `/readyz` says 200; a node that
+    /// exits meanwhile fails the test with its log.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("http://{}/readyz", self.admin);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node exited during start-up with {status}:\n{}", self.log());
+        let log = self.log_path();
+        let child = self.child.as_mut().expect("running");
+        wait_until_blocking("the node is ready", Duration::from_secs(20), || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "node exited during start-up with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
-            if let Ok(resp) = blocking_get(&url)
-                && resp.starts_with("HTTP/1.1 200")
-            {
-                return;
+            match blocking_get(&url) {
+                Ok(resp) if resp.starts_with("HTTP/1.1 200") => Ok(()),
+                Ok(resp) => Err(resp),
+                Err(e) => Err(e.to_string()),
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("node not ready within 20 s:\n{}", self.log());
+        });
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -229,20 +230,13 @@ impl Node {
 
     /// Waits (bounded) for the process to exit and returns its status.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
+        // On a timeout, `Drop` shows the log's last lines.
         let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit within {within:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = wait_until_blocking("the node exits", within, || {
+            child.try_wait().unwrap().ok_or("still running")
+        });
+        self.child = None;
+        status
     }
 
     pub fn kill9(&mut self) {
@@ -310,136 +304,15 @@ pub fn run_cli_with_input(binary: &Path, args: &[&str], input: &str) -> (i32, St
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
     drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "{args:?} did not finish within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_blocking(
+        &format!("{args:?} finishes"),
+        Duration::from_secs(20),
+        || child.try_wait().unwrap().ok_or("still running"),
+    );
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A client that sends `Authorization: Bearer <token>` on every request.
-pub fn authed(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-/// A gRPC channel to the node whose calls carry `authorization: <value>`.
-pub async fn grpc_channel(
-    node: &Node,
-    authorization: Option<String>,
-) -> tonic::service::interceptor::InterceptedService<
-    tonic::transport::Channel,
-    impl tonic::service::Interceptor + Clone,
-> {
-    let channel = tonic::transport::Endpoint::from_shared(node.url(""))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
-        authorization.map(|v| v.parse().unwrap());
-    tonic::service::interceptor::InterceptedService::new(
-        channel,
-        move |mut req: tonic::Request<()>| {
-            if let Some(v) = &value {
-                req.metadata_mut().insert("authorization", v.clone());
-            }
-            Ok(req)
-        },
-    )
-}
-
-impl Node {
-    /// Creates the admin account with the CLI (the documented way to the
-    /// first admin). Call once per node.
-    pub fn create_admin(&self) {
-        let (code, out, err) = run_cli_with_input(
-            &self.binary,
-            &[
-                "accounts",
-                "create-admin",
-                "--config",
-                self.config_path.to_str().unwrap(),
-                "--username",
-                ADMIN,
-            ],
-            &format!("{ADMIN_PASSWORD}\n"),
-        );
-        assert_eq!(code, 0, "create-admin failed: {out}{err}");
-    }
-
-    /// Logs in over HTTP and returns the whole token response.
-    pub async fn login(&self, username: &str, password: &str) -> serde_json::Value {
-        let r = http()
-            .post(self.url("/api/accounts/login"))
-            .json(&serde_json::json!({"username": username, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        assert_eq!(status, 200, "login of {username} failed: {body}");
-        body
-    }
-
-    /// Creates the admin and returns an access token for it.
-    pub async fn admin_token(&self) -> String {
-        self.create_admin();
-        self.login(ADMIN, ADMIN_PASSWORD).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Has the admin create a user with role `user`; returns (id, token).
-    pub async fn user_token(&self, admin_token: &str, username: &str) -> (String, String) {
-        let password = user_password(username);
-        let r = authed(admin_token)
-            .post(self.url("/api/accounts/users"))
-            .json(
-                &serde_json::json!({"username": username, "password": password, "roles": ["user"]}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "creating {username}");
-        let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let token = self.login(username, &password).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        (id, token)
-    }
-}
-
-/// The password `user_token` gives `username`.
-pub fn user_password(username: &str) -> String {
-    format!("{username}-password-123")
 }

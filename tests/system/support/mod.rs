@@ -1,0 +1,34 @@
+//! What the system tests share: the real binary as a process on loopback
+//! ports ([`Node`]), a three-member cluster of it ([`TestCluster`]), the
+//! scaled layout of nine ([`ScaledCluster`]), a real
+//! Envoy ([`Envoy`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
+//! the accounts a test needs, a linearizability checker, and
+//! [`wait_until`], the one way a test waits for something to happen.
+//!
+//! Test modules import from here only, never from each other.
+
+mod accounts;
+mod ads;
+mod clients;
+mod cluster;
+mod envoy;
+pub mod linearizability;
+mod node;
+mod scaled;
+mod wait;
+
+pub use accounts::user_password;
+pub use ads::{Ads, CDS, EDS, LDS, decode, request, wait_for_endpoints};
+pub use clients::{authed, grpc_channel, http};
+pub use cluster::{CLUSTER_SECRET, TestCluster};
+pub use envoy::{Envoy, envoy_in_front, generate, grpc_echo, repo, validate, wait_routed};
+pub use node::{
+    BINARY, Node, NodeConfig, blocking_get, example_binary, free_addr, free_port, run_cli,
+    run_cli_with_input,
+};
+pub use scaled::ScaledCluster;
+pub use wait::{wait_until, wait_until_blocking, wait_until_every};
+
+pub const SECRET: &str = "system-test-secret-7d2f9a4c1e8b6035";
+pub const ADMIN: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
