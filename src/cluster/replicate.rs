@@ -121,13 +121,19 @@ pub(super) async fn forward_gathered(cluster: Weak<Cluster>, writes: Vec<(u64, P
     let Some(cluster) = cluster.upgrade() else {
         return;
     };
-    let mut by_leader: BTreeMap<u64, Vec<Pending>> = BTreeMap::new();
-    for (leader, pending) in writes {
-        by_leader.entry(leader).or_default().push(pending);
-    }
-    for (leader, pending) in by_leader {
+    for (leader, pending) in by_leader(writes) {
         cluster.forward_batch(leader, pending).await;
     }
+}
+
+/// Gathered forwarded writes grouped by the leader each was meant for, in
+/// the order they arrived: one call per leader keeps each caller's order.
+fn by_leader<T>(writes: Vec<(u64, T)>) -> BTreeMap<u64, Vec<T>> {
+    let mut grouped: BTreeMap<u64, Vec<T>> = BTreeMap::new();
+    for (leader, write) in writes {
+        grouped.entry(leader).or_default().push(write);
+    }
+    grouped
 }
 
 /// Proposes one entry on this node, which must lead.
@@ -422,5 +428,115 @@ impl Replicator for ReplicatorHandle {
 
     fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
         self.with(|c| async move { c.read_stale(call).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// Runs `gather` with a handler that records each batch and holds it
+    /// until released; returns the batches seen so far, the peak of
+    /// batches handled at once and a way to release the held ones.
+    struct Harness {
+        send: mpsc::UnboundedSender<usize>,
+        batches: mpsc::UnboundedReceiver<(Vec<usize>, oneshot::Sender<()>)>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    fn harness(in_flight: usize) -> Harness {
+        let (send, queue) = mpsc::unbounded_channel();
+        let (seen, batches) = mpsc::unbounded_channel();
+        let peak = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let (p, n) = (peak.clone(), now.clone());
+        tokio::spawn(gather(queue, in_flight, move |batch: Vec<usize>| {
+            let (release, held) = oneshot::channel();
+            let (p, n) = (p.clone(), n.clone());
+            let _ = seen.send((batch, release));
+            async move {
+                let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(current, Ordering::SeqCst);
+                let _ = held.await;
+                n.fetch_sub(1, Ordering::SeqCst);
+            }
+        }));
+        Harness {
+            send,
+            batches,
+            peak,
+        }
+    }
+
+    #[tokio::test]
+    async fn what_waits_while_a_batch_is_handled_forms_the_next_one() {
+        let mut h = harness(1);
+        for i in 0..3 {
+            h.send.send(i).unwrap();
+        }
+        let (first, release_first) = h.batches.recv().await.unwrap();
+        assert_eq!(first, vec![0, 1, 2], "queued writes share one batch");
+        // While the only slot is taken, new writes wait together.
+        for i in 3..8 {
+            h.send.send(i).unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert!(
+            h.batches.try_recv().is_err(),
+            "no batch starts while the slot is taken"
+        );
+        release_first.send(()).unwrap();
+        let (second, release_second) = h.batches.recv().await.unwrap();
+        assert_eq!(second, vec![3, 4, 5, 6, 7]);
+        release_second.send(()).unwrap();
+        assert_eq!(h.peak.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_in_flight_batches_are_handled_at_once() {
+        let mut h = harness(ENTRIES_IN_FLIGHT);
+        let mut held = Vec::new();
+        // One write at a time, each waiting for its batch to start: every
+        // batch holds one write, and only ENTRIES_IN_FLIGHT can start.
+        for i in 0..ENTRIES_IN_FLIGHT {
+            h.send.send(i).unwrap();
+            let (batch, release) = h.batches.recv().await.unwrap();
+            assert_eq!(batch, vec![i]);
+            held.push(release);
+        }
+        h.send.send(99).unwrap();
+        tokio::task::yield_now().await;
+        assert!(h.batches.try_recv().is_err(), "a fifth batch waited");
+        held.pop().unwrap().send(()).unwrap();
+        let (batch, _release) = h.batches.recv().await.unwrap();
+        assert_eq!(batch, vec![99]);
+        assert_eq!(h.peak.load(Ordering::SeqCst), ENTRIES_IN_FLIGHT);
+    }
+
+    #[tokio::test]
+    async fn a_batch_carries_at_most_max_batch_writes() {
+        let mut h = harness(1);
+        for i in 0..MAX_BATCH + 10 {
+            h.send.send(i).unwrap();
+        }
+        let (first, release) = h.batches.recv().await.unwrap();
+        assert_eq!(first.len(), MAX_BATCH);
+        assert_eq!(first[0], 0, "in arrival order");
+        release.send(()).unwrap();
+        let (second, _release) = h.batches.recv().await.unwrap();
+        assert_eq!(second, (MAX_BATCH..MAX_BATCH + 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn forwarded_writes_go_one_call_per_leader_in_arrival_order() {
+        let grouped = by_leader(vec![(2, "a"), (1, "b"), (2, "c"), (3, "d"), (1, "e")]);
+        assert_eq!(
+            grouped.into_iter().collect::<Vec<_>>(),
+            vec![(1, vec!["b", "e"]), (2, vec!["a", "c"]), (3, vec!["d"])]
+        );
     }
 }
