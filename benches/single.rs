@@ -158,7 +158,11 @@ where
         listener,
         service,
         stop.clone(),
-        Duration::from_secs(1),
+        server::ServeOptions::new(
+            "public",
+            server::ListenerLimits::PUBLIC,
+            Duration::from_secs(1),
+        ),
     ));
     (addr, stop)
 }

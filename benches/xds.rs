@@ -208,12 +208,18 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(flotilla::edge::server::serve_with(
+        tokio::spawn(flotilla::edge::server::serve(
             listener,
             flotilla::catalogue::grpc_router(Ads::service(rx, Clients::default())),
             stop.clone(),
-            Duration::from_secs(1),
-            flotilla::xds::server::SEND_BUFFER,
+            flotilla::edge::server::ServeOptions {
+                h2_send_buffer: flotilla::xds::server::SEND_BUFFER,
+                ..flotilla::edge::server::ServeOptions::new(
+                    "xds",
+                    flotilla::edge::server::ListenerLimits::XDS,
+                    Duration::from_secs(1),
+                )
+            },
         ));
         let rss0 = rss_kib();
         let started = Instant::now();

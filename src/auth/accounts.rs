@@ -175,37 +175,71 @@ pub async fn create_user(
         .map(user))
 }
 
-/// Stores a new password hash. With `revoke_sessions`, every access token
-/// issued so far stops working and every refresh token is revoked.
+/// Stores a new password hash in place of `previous`, the hash the caller
+/// checked a password against. Returns false, and writes nothing, if the
+/// stored hash is no longer `previous` (the password changed meanwhile: a
+/// login's rehash must not bring an old password back). With
+/// `revoke_sessions`, every access token issued so far stops working and
+/// every refresh token is revoked, in the same write.
 pub async fn set_password_hash(
     ns: &Namespace,
     user_id: &str,
+    previous: &str,
     hash: &str,
     now: i64,
     revoke_sessions: bool,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut statements = vec![Statement::new(
-        "UPDATE accounts__users SET password_hash = ?2 WHERE id = ?1",
-        vec![user_id.into(), hash.into()],
+        "UPDATE accounts__users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+        vec![user_id.into(), previous.into(), hash.into()],
     )];
     if revoke_sessions {
-        statements.extend(revoke_sessions_statements(user_id, now));
+        // Only if the hash above was replaced: a new hash has its own salt,
+        // so it is stored only if this write stored it.
+        statements.extend(
+            revoke_sessions_statements(user_id, now)
+                .into_iter()
+                .map(|s| s.only_if_user_hash(hash)),
+        );
     }
-    ns.write(statements).await?;
-    Ok(())
+    let out = ns.write(statements).await?;
+    Ok(out[0].changed == 1)
 }
 
-fn revoke_sessions_statements(user_id: &str, now: i64) -> Vec<Statement> {
+fn revoke_sessions_statements(user_id: &str, now: i64) -> Vec<SessionRevocation> {
     vec![
-        Statement::new(
+        SessionRevocation(Statement::new(
             "UPDATE accounts__users SET token_generation = token_generation + 1 WHERE id = ?1",
             vec![user_id.into()],
-        ),
-        Statement::new(
+        )),
+        SessionRevocation(Statement::new(
             "UPDATE accounts__refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
             vec![user_id.into(), now.into()],
-        ),
+        )),
     ]
+}
+
+/// A statement ending a user's sessions (`?1` is the user's id; its
+/// conditions end the SQL).
+struct SessionRevocation(Statement);
+
+impl SessionRevocation {
+    fn always(self) -> Statement {
+        self.0
+    }
+
+    /// The same statement, run only if the user's stored hash is `hash`.
+    fn only_if_user_hash(self, hash: &str) -> Statement {
+        let Statement { sql, mut params } = self.0;
+        params.push(hash.into());
+        let n = params.len();
+        Statement::new(
+            format!(
+                "{sql} AND EXISTS (SELECT 1 FROM accounts__users WHERE id = ?1 AND password_hash = ?{n})"
+            ),
+            params,
+        )
+    }
 }
 
 /// Disables or enables a user; disabling ends every session at once.
@@ -221,7 +255,11 @@ pub async fn set_disabled(
         vec![user_id.into(), i64::from(disabled).into()],
     )];
     if disabled {
-        statements.extend(revoke_sessions_statements(user_id, now));
+        statements.extend(
+            revoke_sessions_statements(user_id, now)
+                .into_iter()
+                .map(SessionRevocation::always),
+        );
     }
     let out = ns.write(statements).await?;
     Ok(out[0].changed > 0)
@@ -251,45 +289,136 @@ pub enum RefreshRefused {
     Reused,
 }
 
-/// Creates a refresh token in `family` (a new family if `None`) and
-/// returns it. Stored hashed; shown only to the caller.
-pub async fn issue_refresh(
+/// Starts a session: a refresh token of a new family for the user as the
+/// caller saw it (`token_generation`), returned to the caller only. Stored
+/// hashed. `None` if the account was disabled or its sessions were ended
+/// (a password change) since the caller read it: nothing is stored then.
+pub async fn start_session(
     ns: &Namespace,
     secrets: &Secrets,
-    user_id: &str,
-    family: Option<&str>,
+    user: &User,
     now: i64,
     ttl: i64,
-) -> Result<String, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let id = random_id();
     let token = format!("{id}.{}", random_secret());
-    ns.write(vec![Statement::new(
-        "INSERT INTO accounts__refresh_tokens (id, family, user_id, token_hash, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        vec![
-            id.clone().into(),
-            family.map_or_else(random_id, str::to_owned).into(),
-            user_id.into(),
-            secrets.credential_hash(&token).into(),
-            now.into(),
-            (now + ttl).into(),
-        ],
-    )])
-    .await?;
-    Ok(token)
+    let out = ns
+        .write(vec![Statement::new(
+            "INSERT INTO accounts__refresh_tokens (id, family, user_id, token_hash, created_at, expires_at)
+             SELECT ?1, ?2, id, ?4, ?5, ?6 FROM accounts__users
+             WHERE id = ?3 AND disabled = 0 AND token_generation = ?7",
+            vec![
+                id.into(),
+                random_id().into(),
+                user.id.as_str().into(),
+                secrets.credential_hash(&token).into(),
+                now.into(),
+                (now + ttl).into(),
+                user.token_generation.into(),
+            ],
+        )])
+        .await?;
+    Ok((out[0].changed == 1).then_some(token))
 }
 
-/// Uses a refresh token once: marks it used and returns its user and
-/// family. A second use revokes the family.
-pub async fn redeem_refresh(
+/// A refresh token exchanged for its successor.
+#[derive(Debug)]
+pub struct Rotated {
+    pub user_id: String,
+    pub family: String,
+    /// The successor, shown only to the caller.
+    pub token: String,
+}
+
+/// Exchanges a refresh token for its successor in the same family, in one
+/// write: the successor is stored, and the presented token marked used,
+/// only if the presented token is unused, unexpired and unrevoked, no token
+/// of its family is revoked, and its user is enabled. Of concurrent
+/// presentations of one token at most one wins; every other one is a reuse
+/// and revokes the whole family, the winner's successor included (it was
+/// stored in the same write that spent the token, so it exists by then).
+pub async fn rotate_refresh(
     ns: &Namespace,
     secrets: &Secrets,
     token: &str,
     now: i64,
-) -> Result<Result<(String, String), RefreshRefused>, StoreError> {
+    ttl: i64,
+) -> Result<Result<Rotated, RefreshRefused>, StoreError> {
     let Some((id, _)) = token.split_once('.') else {
         return Ok(Err(RefreshRefused::Invalid));
     };
+    // The presented secret is compared in constant time, in Rust, before
+    // anything is written.
+    let Some(seen) = refresh_state(ns, id).await? else {
+        return Ok(Err(RefreshRefused::Invalid));
+    };
+    if !bool::from(seen.hash.ct_eq(&secrets.credential_hash(token))) {
+        return Ok(Err(RefreshRefused::Invalid));
+    }
+    if seen.revoked || seen.expires_at <= now {
+        return Ok(Err(RefreshRefused::Invalid));
+    }
+    if !seen.used {
+        let next = random_id();
+        let successor = format!("{next}.{}", random_secret());
+        let out = ns
+            .write(vec![
+                Statement::new(
+                    "INSERT INTO accounts__refresh_tokens (id, family, user_id, token_hash, created_at, expires_at)
+                     SELECT ?2, t.family, t.user_id, ?3, ?4, ?5
+                     FROM accounts__refresh_tokens t JOIN accounts__users u ON u.id = t.user_id
+                     WHERE t.id = ?1 AND t.used_at IS NULL AND t.revoked_at IS NULL
+                       AND t.expires_at > ?4 AND u.disabled = 0
+                       AND NOT EXISTS (SELECT 1 FROM accounts__refresh_tokens r
+                                       WHERE r.family = t.family AND r.revoked_at IS NOT NULL)",
+                    vec![
+                        id.into(),
+                        next.as_str().into(),
+                        secrets.credential_hash(&successor).into(),
+                        now.into(),
+                        (now + ttl).into(),
+                    ],
+                ),
+                Statement::new(
+                    "UPDATE accounts__refresh_tokens SET used_at = ?3
+                     WHERE id = ?1 AND used_at IS NULL
+                       AND EXISTS (SELECT 1 FROM accounts__refresh_tokens WHERE id = ?2)",
+                    vec![id.into(), next.as_str().into(), now.into()],
+                ),
+            ])
+            .await?;
+        if out[0].changed == 1 {
+            return Ok(Ok(Rotated {
+                user_id: seen.user_id,
+                family: seen.family,
+                token: successor,
+            }));
+        }
+        // Something changed since the read: what decides the answer.
+        let Some(now_seen) = refresh_state(ns, id).await? else {
+            return Ok(Err(RefreshRefused::Invalid));
+        };
+        if !now_seen.used {
+            // Revoked or its user disabled meanwhile: not a reuse.
+            return Ok(Err(RefreshRefused::Invalid));
+        }
+    }
+    revoke_family(ns, &seen.family, now).await?;
+    tracing::warn!(family = %seen.family, "a used refresh token was presented again: its family is revoked");
+    Ok(Err(RefreshRefused::Reused))
+}
+
+/// A refresh token's stored state.
+struct RefreshState {
+    family: String,
+    user_id: String,
+    hash: Vec<u8>,
+    expires_at: i64,
+    used: bool,
+    revoked: bool,
+}
+
+async fn refresh_state(ns: &Namespace, id: &str) -> Result<Option<RefreshState>, StoreError> {
     let out = ns
         .read(Statement::new(
             "SELECT family, user_id, token_hash, expires_at, used_at, revoked_at FROM accounts__refresh_tokens WHERE id = ?1",
@@ -297,39 +426,25 @@ pub async fn redeem_refresh(
         ))
         .await?;
     let Some(row) = out.rows.into_iter().next() else {
-        return Ok(Err(RefreshRefused::Invalid));
+        return Ok(None);
     };
     let mut it = row.into_iter();
     let family = it.next().and_then(Value::into_string).unwrap_or_default();
     let user_id = it.next().and_then(Value::into_string).unwrap_or_default();
-    let hash = match it.next() {
-        Some(Value::Blob(b)) => b,
-        _ => return Ok(Err(RefreshRefused::Invalid)),
+    let Some(Value::Blob(hash)) = it.next() else {
+        return Ok(None);
     };
     let expires_at = it.next().and_then(|v| v.as_i64()).unwrap_or_default();
     let used = it.next().is_some_and(|v| v != Value::Null);
     let revoked = it.next().is_some_and(|v| v != Value::Null);
-    if !bool::from(hash.ct_eq(&secrets.credential_hash(token))) {
-        return Ok(Err(RefreshRefused::Invalid));
-    }
-    if revoked || expires_at <= now {
-        return Ok(Err(RefreshRefused::Invalid));
-    }
-    if !used {
-        // Only one concurrent redeemer wins; the loser is treated as reuse.
-        let out = ns
-            .write(vec![Statement::new(
-                "UPDATE accounts__refresh_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL AND revoked_at IS NULL",
-                vec![id.into(), now.into()],
-            )])
-            .await?;
-        if out[0].changed == 1 {
-            return Ok(Ok((user_id, family)));
-        }
-    }
-    revoke_family(ns, &family, now).await?;
-    tracing::warn!(family = %family, "a used refresh token was presented again: its family is revoked");
-    Ok(Err(RefreshRefused::Reused))
+    Ok(Some(RefreshState {
+        family,
+        user_id,
+        hash,
+        expires_at,
+        used,
+        revoked,
+    }))
 }
 
 pub async fn revoke_family(ns: &Namespace, family: &str, now: i64) -> Result<(), StoreError> {
@@ -398,6 +513,9 @@ pub fn api_key_id(presented: &str) -> Option<&str> {
     (id.len() == 32 && !secret.is_empty()).then_some(id)
 }
 
+/// Creates an API key for an enabled account and returns it with its
+/// secret (shown once). `None` if the account is disabled or gone: nothing
+/// is stored then.
 pub async fn create_api_key(
     ns: &Namespace,
     secrets: &Secrets,
@@ -405,22 +523,27 @@ pub async fn create_api_key(
     name: &str,
     scopes: &[String],
     now: i64,
-) -> Result<(ApiKey, String), StoreError> {
+) -> Result<Option<(ApiKey, String)>, StoreError> {
     let id = random_id();
     let presented = format!("{API_KEY_PREFIX}{id}_{}", random_secret());
-    ns.write(vec![Statement::new(
-        "INSERT INTO accounts__api_keys (id, user_id, name, scopes, key_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        vec![
-            id.clone().into(),
-            user_id.into(),
-            name.into(),
-            scopes.join(",").into(),
-            secrets.credential_hash(&presented).into(),
-            now.into(),
-        ],
-    )])
-    .await?;
-    Ok((
+    let out = ns
+        .write(vec![Statement::new(
+            "INSERT INTO accounts__api_keys (id, user_id, name, scopes, key_hash, created_at)
+             SELECT ?1, id, ?3, ?4, ?5, ?6 FROM accounts__users WHERE id = ?2 AND disabled = 0",
+            vec![
+                id.clone().into(),
+                user_id.into(),
+                name.into(),
+                scopes.join(",").into(),
+                secrets.credential_hash(&presented).into(),
+                now.into(),
+            ],
+        )])
+        .await?;
+    if out[0].changed == 0 {
+        return Ok(None);
+    }
+    Ok(Some((
         ApiKey {
             id,
             user_id: user_id.into(),
@@ -430,7 +553,7 @@ pub async fn create_api_key(
             revoked: false,
         },
         presented,
-    ))
+    )))
 }
 
 fn api_key_row(row: Vec<Value>) -> ApiKeyRecord {

@@ -21,6 +21,8 @@ pub mod ratelimit;
 pub mod tokens;
 
 #[cfg(test)]
+mod accounts_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

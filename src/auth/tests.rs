@@ -49,9 +49,17 @@ async fn an_access_token_names_its_user_until_the_sessions_are_revoked() {
     assert_eq!(principal.credential, Credential::AccessToken);
     // A password change that ends the sessions: the same token is refused,
     // even though its signature still checks and it is cached as verified.
-    accounts::set_password_hash(&f.auth.accounts, &ada.id, "other", now(), true)
-        .await
-        .unwrap();
+    let replaced = accounts::set_password_hash(
+        &f.auth.accounts,
+        &ada.id,
+        &ada.password_hash,
+        "other",
+        now(),
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(replaced);
     f.auth.invalidate_user(&ada.id);
     let reason = invalid(f.auth.authenticate(&headers).await.unwrap());
     assert!(reason.contains("revoked"), "{reason}");
@@ -70,6 +78,7 @@ async fn a_disabled_account_is_refused_whatever_its_credential() {
         now(),
     )
     .await
+    .unwrap()
     .unwrap();
     let by_key = authorization(&format!("ApiKey {key}"));
     let by_token = f.bearer(&bob);
@@ -103,6 +112,7 @@ async fn an_api_key_carries_its_scopes_and_a_wrong_or_revoked_key_is_refused() {
         now(),
     )
     .await
+    .unwrap()
     .unwrap();
     let Identity::Known(principal) = f
         .auth

@@ -246,4 +246,61 @@ mod tests {
             assert!(verify(&ring, garbage, NOW).is_err(), "{garbage}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9_-]{0,80}",
+                any::<Vec<u8>>().prop_map(|v| b64(&v)),
+                Just(b64(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#)),
+                Just(b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#)),
+            ]
+        }
+
+        proptest! {
+            /// Whatever text is presented as a token, checking it ends in
+            /// an error, never a panic and never a principal.
+            #[test]
+            fn arbitrary_text_is_never_accepted(token in ".{0,300}") {
+                let (ring, _) = ring("k1");
+                prop_assert!(verify(&ring, &token, NOW).is_err());
+            }
+
+            /// Three dot-separated segments shaped like a JWT, headers that
+            /// name our key among them: never accepted without our signature.
+            #[test]
+            fn jwt_shaped_forgeries_are_never_accepted(
+                header in segment(), payload in segment(), signature in segment()
+            ) {
+                let (ring, _) = ring("k1");
+                let token = format!("{header}.{payload}.{signature}");
+                prop_assert!(verify(&ring, &token, NOW).is_err());
+            }
+
+            /// A real token with any other claims, or any other signature,
+            /// is refused.
+            #[test]
+            fn a_real_token_changed_in_any_part_is_refused(
+                sub in "[a-z0-9]{1,20}", generation in any::<i64>(), signature in any::<[u8; 64]>()
+            ) {
+                let (ring, _) = ring("k1");
+                let real = sign(&ring, &AccessClaims::new("u1", 0, NOW, 900)).unwrap();
+                let parts: Vec<&str> = real.split('.').collect();
+                let mut claims = AccessClaims::new(&sub, generation, NOW, 900);
+                if claims == AccessClaims::new("u1", 0, NOW, 900) {
+                    claims.sub.push('x');
+                }
+                let claims = b64(&serde_json::to_vec(&claims).unwrap());
+                let changed_claims = format!("{}.{claims}.{}", parts[0], parts[2]);
+                prop_assert!(verify(&ring, &changed_claims, NOW).is_err());
+                let other_signature = format!("{}.{}.{}", parts[0], parts[1], b64(&signature));
+                prop_assume!(other_signature != real);
+                prop_assert!(verify(&ring, &other_signature, NOW).is_err());
+            }
+        }
+    }
 }

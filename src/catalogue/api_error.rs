@@ -112,9 +112,10 @@ impl From<ApiError> for tonic::Status {
             StatusCode::FORBIDDEN => tonic::Status::permission_denied(e.message),
             StatusCode::NOT_FOUND => tonic::Status::not_found(e.message),
             StatusCode::CONFLICT => tonic::Status::already_exists(e.message),
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
-                tonic::Status::resource_exhausted(e.message)
-            }
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            | StatusCode::URI_TOO_LONG => tonic::Status::resource_exhausted(e.message),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => {
                 tonic::Status::unavailable(e.message)
             }
@@ -125,5 +126,23 @@ impl From<ApiError> for tonic::Status {
             status.metadata_mut().insert("retry-after", secs.into());
         }
         status
+    }
+}
+
+/// Whether a request is gRPC (its content type), so that an error is
+/// answered as a gRPC status rather than as JSON.
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The error response for `error`, as JSON or as a gRPC status.
+pub fn error_response(error: ApiError, grpc: bool) -> Response {
+    if grpc {
+        tonic::Status::from(error).into_http::<axum::body::Body>()
+    } else {
+        error.into_response()
     }
 }

@@ -306,4 +306,99 @@ mod tests {
         assert_eq!(RoutingTable::service_segment("/api/kv/keys/a"), "kv");
         assert_eq!(RoutingTable::service_segment("/pkg.Svc/M"), "pkg.Svc");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Whether `path` fits `template`, segment by segment: a literal
+        /// must be equal, `{name}` takes one non-empty segment, `{*rest}`
+        /// the non-empty rest. Written apart from the table's matcher.
+        fn fits(template: &str, path: &str) -> bool {
+            let mut t = template.split('/');
+            let mut p = path.split('/');
+            loop {
+                match (t.next(), p.next()) {
+                    (None, None) => return true,
+                    (Some(seg), Some(first)) if seg.starts_with("{*") => {
+                        let rest: Vec<&str> = std::iter::once(first).chain(p).collect();
+                        return !rest.join("/").is_empty();
+                    }
+                    (Some(seg), Some(part)) if seg.starts_with('{') => {
+                        if part.is_empty() {
+                            return false;
+                        }
+                    }
+                    (Some(seg), Some(part)) if seg == part => {}
+                    _ => return false,
+                }
+            }
+        }
+
+        /// Paths made of the table's own pieces and of strangers.
+        fn path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("api".to_owned()),
+                Just("kv".to_owned()),
+                Just("keys".to_owned()),
+                Just("echo".to_owned()),
+                Just("accounts".to_owned()),
+                Just("users".to_owned()),
+                Just("login".to_owned()),
+                Just("me".to_owned()),
+                Just("private".to_owned()),
+                Just(String::new()),
+                Just("..".to_owned()),
+                Just("%2F".to_owned()),
+                Just("{key}".to_owned()),
+                "[a-z0-9._~-]{1,8}",
+            ];
+            proptest::collection::vec(piece, 0..7).prop_map(|p| format!("/{}", p.join("/")))
+        }
+
+        fn method() -> impl Strategy<Value = http::Method> {
+            prop_oneof![
+                Just(http::Method::GET),
+                Just(http::Method::HEAD),
+                Just(http::Method::POST),
+                Just(http::Method::PUT),
+                Just(http::Method::DELETE),
+                Just(http::Method::PATCH),
+            ]
+        }
+
+        proptest! {
+            /// No path reaches a route it does not fit, of another service,
+            /// or of another method (HEAD takes GET's).
+            #[test]
+            fn a_path_reaches_only_a_route_it_fits(path in path(), method in method()) {
+                let t = table();
+                if let Lookup::Found(route) = t.lookup(&method, &path, false) {
+                    prop_assert!(fits(&route.template, &path), "{path} reached {}", route.template);
+                    prop_assert_eq!(RoutingTable::service_segment(&path), route.service);
+                    let expected = if method == http::Method::HEAD { http::Method::GET } else { method.clone() };
+                    prop_assert!(route.method == method || route.method == expected);
+                }
+            }
+
+            /// A gRPC call reaches exactly the method it names, or nothing.
+            #[test]
+            fn a_grpc_call_reaches_only_its_method(path in path()) {
+                let t = table();
+                if let Lookup::Found(route) = t.lookup(&http::Method::POST, &path, true) {
+                    prop_assert_eq!(route.template.as_str(), path.as_str());
+                }
+            }
+        }
+
+        #[test]
+        fn the_independent_matcher_agrees_on_known_cases() {
+            assert!(fits("/api/kv/keys/{*key}", "/api/kv/keys/a/b"));
+            assert!(!fits("/api/kv/keys/{*key}", "/api/kv/keys/"));
+            assert!(fits("/api/accounts/users/{id}", "/api/accounts/users/x"));
+            assert!(!fits("/api/accounts/users/{id}", "/api/accounts/users/x/y"));
+            assert!(!fits("/api/echo", "/api/echo/"));
+        }
+    }
 }

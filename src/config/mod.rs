@@ -15,10 +15,13 @@ use std::{
 
 mod auth;
 mod cluster;
+mod limits;
 mod raw;
 
 use auth::{parse_auth, read_secret};
 use cluster::parse_cluster;
+pub use limits::ListenersLimits;
+use limits::parse_listener_limits;
 use raw::*;
 
 use crate::{
@@ -49,6 +52,8 @@ pub struct Limits {
     pub max_request_body_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Connections, HTTP/2 streams, header and URI sizes, per listener.
+    pub listeners: ListenersLimits,
     /// The store budget of every service, unless `services` names it.
     pub store: Budget,
     pub services: BTreeMap<&'static str, Budget>,
@@ -278,6 +283,7 @@ impl Config {
             );
         }
 
+        let listener_limits = parse_listener_limits(&mut problems, &raw.limits.listeners);
         let store_budget = parse_budget(
             &mut problems,
             "limits.store",
@@ -390,6 +396,7 @@ impl Config {
                 max_request_body_bytes: usize::try_from(body).expect("bounded by MAX_BODY_LIMIT"),
                 request_timeout: Duration::from_millis(timeout),
                 shutdown_grace: Duration::from_millis(grace),
+                listeners: listener_limits,
                 store: store_budget,
                 services: service_budgets,
             },
@@ -804,5 +811,119 @@ mod tests {
         ));
         assert_eq!(p[0].field, "data_dir");
         assert!(p[0].message.contains("not a directory"), "{}", p[0].message);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const SECTIONS: &[&str] = &[
+            "node",
+            "services",
+            "listeners",
+            "data_dir",
+            "limits",
+            "log",
+            "auth",
+            "cluster",
+            "xds",
+        ];
+
+        /// Whether a problem names where it is: a config field under a
+        /// known section, or the line and column of a YAML shape error.
+        fn names_a_place(field: &str) -> bool {
+            field == "(document)"
+                || (field.starts_with("line ") && field.contains(" column "))
+                || SECTIONS.contains(&field.split(['.', '[']).next().unwrap_or_default())
+        }
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("0".to_owned()),
+                Just("-1".to_owned()),
+                Just("true".to_owned()),
+                Just("~".to_owned()),
+                Just("''".to_owned()),
+                Just("[]".to_owned()),
+                Just("{}".to_owned()),
+                Just("'127.0.0.1:0'".to_owned()),
+                Just("[all]".to_owned()),
+                "'[ -~]{0,20}'".prop_map(|s| s.replace('\'', "")),
+            ]
+        }
+
+        /// A YAML document of known and unknown keys, two levels deep,
+        /// with values of every shape.
+        fn document() -> impl Strategy<Value = String> {
+            // `data_dir` is left out: checking it writes a probe file in
+            // the directory it names.
+            let sections: Vec<&str> = SECTIONS
+                .iter()
+                .copied()
+                .filter(|s| *s != "data_dir")
+                .collect();
+            let key = prop_oneof![
+                proptest::sample::select(sections).prop_map(str::to_owned),
+                proptest::sample::select(
+                    &[
+                        "id",
+                        "public",
+                        "admin",
+                        "peer",
+                        "secret",
+                        "format",
+                        "level",
+                        "max_request_body_bytes",
+                        "request_timeout_ms",
+                        "store",
+                        "services",
+                        "listeners",
+                        "max_connections",
+                        "max_header_bytes",
+                        "topology",
+                        "heartbeat_ms",
+                        "ingress_listener",
+                    ][..]
+                )
+                .prop_map(str::to_owned),
+                "[a-z_]{1,10}",
+            ];
+            let inner = proptest::collection::vec((key.clone(), scalar()), 0..4).prop_map(|kv| {
+                let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                format!("{{{}}}", body.join(", "))
+            });
+            let value = prop_oneof![scalar(), inner];
+            proptest::collection::vec((key, value), 0..8)
+                .prop_map(|kv| kv.into_iter().map(|(k, v)| format!("{k}: {v}\n")).collect())
+        }
+
+        proptest! {
+            /// Any text: an error or a config, never a panic; every problem
+            /// says where it is and what is wrong.
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,400}") {
+                if let Err(e) = parse(&text) {
+                    prop_assert!(!e.problems.is_empty());
+                    for p in &e.problems {
+                        prop_assert!(!p.message.is_empty(), "{:?}", p);
+                        prop_assert!(names_a_place(&p.field), "{:?}", p);
+                    }
+                }
+            }
+
+            /// YAML of the config's own keys and strangers, every value
+            /// shape: each problem names its field.
+            #[test]
+            fn every_problem_of_a_document_names_its_field(doc in document()) {
+                if let Err(e) = parse(&doc) {
+                    for p in &e.problems {
+                        prop_assert!(!p.message.is_empty(), "{:?} in\n{}", p, doc);
+                        prop_assert!(names_a_place(&p.field), "{:?} in\n{}", p, doc);
+                    }
+                }
+            }
+        }
     }
 }

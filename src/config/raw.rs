@@ -88,6 +88,8 @@ pub(super) struct RawLimits {
     pub(super) request_timeout_ms: Option<u64>,
     pub(super) shutdown_grace_ms: Option<u64>,
     #[serde(default)]
+    pub(super) listeners: super::limits::RawListenersLimits,
+    #[serde(default)]
     pub(super) store: RawBudget,
     #[serde(default)]
     pub(super) services: std::collections::BTreeMap<String, RawBudget>,

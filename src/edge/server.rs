@@ -1,25 +1,162 @@
 //! Serving HTTP/1.1 and h2c on a bound listener, with connection-level
 //! limits and a graceful drain.
+//!
+//! Every listener has its own [`ListenerLimits`] (`limits.listeners` in the
+//! config): connections at once, HTTP/2 streams per connection, and the
+//! size of a request's head. A head over its limits is answered here,
+//! before any routing, as JSON (or a gRPC status for a gRPC request): 431
+//! for too many or too large headers, 414 for a too long URI. Heads far
+//! over the limit (twice it) are refused by the HTTP parser itself, with an
+//! empty 431 for HTTP/1.1.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{body::Body, response::Response};
+use http::StatusCode;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
+use tower::ServiceExt;
+
+use crate::catalogue::api_error::{ApiError, error_response, is_grpc};
 
 /// Time a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive pings on otherwise idle connections.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// At most one "connection limit reached" line per listener this often.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub use crate::catalogue::ClientAddr;
+
+/// What one listener takes before it refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections open at once; further clients wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_streams_per_connection: usize,
+    /// A request's header names and values together.
+    pub max_header_bytes: usize,
+    /// A request's header count.
+    pub max_headers: usize,
+    /// A request's URI (path and query).
+    pub max_uri_bytes: usize,
+}
+
+impl ListenerLimits {
+    /// Clients and Envoy.
+    pub const PUBLIC: ListenerLimits = ListenerLimits {
+        max_connections: 10_000,
+        max_streams_per_connection: 256,
+        max_header_bytes: 32 * 1024,
+        max_headers: 100,
+        max_uri_bytes: 8 * 1024,
+    };
+    /// Operators, probes and scrapers.
+    pub const ADMIN: ListenerLimits = ListenerLimits {
+        max_connections: 256,
+        max_streams_per_connection: 32,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+        max_uri_bytes: 4 * 1024,
+    };
+    /// The other nodes: few connections, each multiplexing every write,
+    /// read and Raft call between two nodes.
+    pub const PEER: ListenerLimits = ListenerLimits {
+        max_connections: 1024,
+        max_streams_per_connection: 4096,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+        max_uri_bytes: 1024,
+    };
+    /// Envoys and proxyless clients: one long-lived ADS stream each.
+    pub const XDS: ListenerLimits = ListenerLimits {
+        max_connections: 20_000,
+        max_streams_per_connection: 128,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+        max_uri_bytes: 1024,
+    };
+
+    /// The refusal of a request whose head is over these limits, if it is.
+    fn refuse<B>(&self, req: &http::Request<B>) -> Option<Response> {
+        let uri = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        let error = if uri > self.max_uri_bytes {
+            ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!(
+                    "the request URI is {uri} bytes, over the limit of {}",
+                    self.max_uri_bytes
+                ),
+            )
+        } else if req.headers().len() > self.max_headers {
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!(
+                    "the request has {} headers, over the limit of {}",
+                    req.headers().len(),
+                    self.max_headers
+                ),
+            )
+        } else {
+            let bytes: usize = req
+                .headers()
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum();
+            if bytes <= self.max_header_bytes {
+                return None;
+            }
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!(
+                    "the request's headers are {bytes} bytes, over the limit of {}",
+                    self.max_header_bytes
+                ),
+            )
+        };
+        Some(error_response(error, is_grpc(req)))
+    }
+}
+
+/// How a listener serves: its name (for logs), limits and drain time.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    pub name: &'static str,
+    pub limits: ListenerLimits,
+    /// How long in-flight requests may finish once `stop` is cancelled.
+    pub grace: Duration,
+    /// Bytes of send buffer per HTTP/2 stream: smaller for many long-lived
+    /// streams (xDS), whose responses then wait in their own queues,
+    /// shared, rather than copied into each buffer.
+    pub h2_send_buffer: usize,
+}
+
+impl ServeOptions {
+    pub fn new(name: &'static str, limits: ListenerLimits, grace: Duration) -> ServeOptions {
+        ServeOptions {
+            name,
+            limits,
+            grace,
+            h2_send_buffer: H2_SEND_BUFFER,
+        }
+    }
+}
 
 /// Binds `addr`, naming the listener in the error.
 pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -41,13 +178,13 @@ pub struct BindError {
 pub const H2_SEND_BUFFER: usize = 400 * 1024;
 
 /// Accepts connections until `stop` is cancelled, then lets in-flight
-/// requests finish for at most `grace`. Returns whether every connection
-/// finished within the grace period.
+/// requests finish for at most `options.grace`. Returns whether every
+/// connection finished within the grace period.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     stop: CancellationToken,
-    grace: Duration,
+    options: ServeOptions,
 ) -> bool
 where
     S: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>
@@ -56,45 +193,57 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    serve_with(listener, service, stop, grace, H2_SEND_BUFFER).await
-}
-
-/// `serve`, with `h2_send_buffer` bytes of send buffer per HTTP/2 stream:
-/// smaller for many long-lived streams (xDS), whose responses then wait in
-/// their own queues, shared, rather than copied into each buffer.
-pub async fn serve_with<S>(
-    listener: TcpListener,
-    service: S,
-    stop: CancellationToken,
-    grace: Duration,
-    h2_send_buffer: usize,
-) -> bool
-where
-    S: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+    let limits = options.limits;
     let mut builder = Builder::new(TokioExecutor::new());
+    // The parser's own bounds are twice the limits, so that a head over a
+    // limit reaches `ListenerLimits::refuse` and gets a JSON answer.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size((2 * (limits.max_header_bytes + limits.max_uri_bytes)).max(8192))
+        .max_headers(2 * limits.max_headers);
     builder
         .http2()
-        .max_send_buf_size(h2_send_buffer)
+        .max_send_buf_size(options.h2_send_buffer)
+        .max_concurrent_streams(
+            u32::try_from(limits.max_streams_per_connection).unwrap_or(u32::MAX),
+        )
+        .max_header_list_size(
+            u32::try_from(2 * (limits.max_header_bytes + limits.max_uri_bytes)).unwrap_or(u32::MAX),
+        )
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEPALIVE);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_full_log: Option<Instant> = None;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if last_full_log.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY) {
+                    last_full_log = Some(Instant::now());
+                    tracing::warn!(
+                        listener = options.name,
+                        max_connections = limits.max_connections,
+                        "the listener is at its connection limit: new connections wait until one closes \
+                         (raise limits.listeners.{}.max_connections if this is expected load)",
+                        options.name
+                    );
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off, keep options.
+                    tracing::warn!(listener = options.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -102,26 +251,31 @@ where
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let hyper_service = TowerToHyperService::new(
-            tower::util::MapRequestLayer::new(move |r: http::Request<Incoming>| {
+        let hyper_service =
+            TowerToHyperService::new(tower::service_fn(move |r: http::Request<Incoming>| {
                 let mut r = r.map(Body::new);
                 r.extensions_mut().insert(ClientAddr(peer));
-                r
-            })
-            .layer(service),
-        );
+                let service = service.clone();
+                async move {
+                    match limits.refuse(&r) {
+                        Some(refusal) => Ok::<_, Infallible>(refusal),
+                        None => service.oneshot(r).await,
+                    }
+                }
+            }));
         let conn = builder
             .serve_connection(TokioIo::new(stream), hyper_service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    tokio::time::timeout(grace, graceful.shutdown())
+    tokio::time::timeout(options.grace, graceful.shutdown())
         .await
         .is_ok()
 }

@@ -9,6 +9,7 @@ use crate::{
     auth::{Auth, AuthError},
     catalogue::{Capability, Grants, ServiceContext},
     cluster::Cluster,
+    edge::server::ServeOptions,
     edge::{
         admin::{self, NodeInfo, Readiness, ServiceState},
         ingress::{self, Ingress, IngressLimits},
@@ -88,6 +89,7 @@ impl Node {
             listeners,
         } = self;
         let grace = config.limits.shutdown_grace;
+        let limits = config.limits.listeners;
 
         // In a cluster, the store becomes replicated before anything writes
         // to it: from here on every write, read and migration goes through
@@ -114,7 +116,12 @@ impl Node {
                 let stop = CancellationToken::new();
                 Some(Serving::spawn(
                     stop.clone(),
-                    server::serve(listener, c.peer_router(), stop, grace),
+                    server::serve(
+                        listener,
+                        c.peer_router(),
+                        stop,
+                        ServeOptions::new("peer", limits.peer, grace),
+                    ),
                 ))
             }
             _ => None,
@@ -149,7 +156,12 @@ impl Node {
             );
             Serving::spawn(
                 stop.clone(),
-                server::serve(listeners.admin, router, stop, grace),
+                server::serve(
+                    listeners.admin,
+                    router,
+                    stop,
+                    ServeOptions::new("admin", limits.admin, grace),
+                ),
             )
         };
         tracing::info!(addr = %config.listeners.admin, "admin listener serving");
@@ -278,12 +290,14 @@ impl Node {
             // then they are cut and the clients reconnect elsewhere.
             Serving::spawn(
                 stop.clone(),
-                server::serve_with(
+                server::serve(
                     listener,
                     router,
                     stop,
-                    Duration::from_secs(1),
-                    crate::xds::server::SEND_BUFFER,
+                    ServeOptions {
+                        h2_send_buffer: crate::xds::server::SEND_BUFFER,
+                        ..ServeOptions::new("xds", limits.xds, Duration::from_secs(1))
+                    },
                 ),
             )
         });
@@ -304,7 +318,12 @@ impl Node {
             let stop = CancellationToken::new();
             Serving::spawn(
                 stop.clone(),
-                server::serve(listeners.public, ingress, stop, grace),
+                server::serve(
+                    listeners.public,
+                    ingress,
+                    stop,
+                    ServeOptions::new("public", limits.public, grace),
+                ),
             )
         };
         tracing::info!(addr = %config.listeners.public, "public listener serving; node ready");

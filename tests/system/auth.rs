@@ -485,6 +485,79 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     assert_eq!(refresh(r5).await.status(), 401);
 }
 
+/// Thief and owner race with one refresh token. Each trial logs in from its
+/// own loopback address (logins are limited per address) and presents the
+/// token 2-5 times at once: at most one presentation gets a new token, and
+/// since the others were reuses, that new token is dead too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refreshes_of_one_token_never_leave_a_live_session() {
+    let node = Node::start(NodeConfig::default());
+    let admin = node.admin_token().await;
+    node.user_token(&admin, "race").await;
+    let url = node.url("/api/accounts/refresh");
+    let mut won_total = 0;
+    for trial in 0..16u8 {
+        let client = reqwest::Client::builder()
+            .local_address(IpAddr::from([127, 0, 0, 20 + trial]))
+            .build()
+            .unwrap();
+        let login: Value = client
+            .post(node.url("/api/accounts/login"))
+            .json(&json!({"username": "race", "password": user_password("race")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["refresh_token"].as_str().unwrap().to_owned();
+        let racers = 2 + usize::from(trial) % 4;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..racers {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            tasks.spawn(async move {
+                let r = client
+                    .post(url)
+                    .json(&json!({ "refresh_token": token }))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            });
+        }
+        let answers = tasks.join_all().await;
+        let winners: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+            .collect();
+        assert!(winners.len() <= 1, "trial {trial}: {answers:?}");
+        for (status, body) in &answers {
+            assert!(
+                *status == 200 || *status == 401,
+                "trial {trial}: {status} {body}"
+            );
+        }
+        won_total += winners.len();
+        for winner in winners {
+            let successor = winner["refresh_token"].as_str().unwrap();
+            let r = client
+                .post(&url)
+                .json(&json!({ "refresh_token": successor }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                401,
+                "trial {trial}: the winner's token outlived the reuse of its predecessor"
+            );
+        }
+    }
+    // Mostly one presentation wins; the reuse kills its successor.
+    assert!(won_total > 0, "no refresh ever succeeded");
+}
+
 #[tokio::test]
 async fn brute_force_is_limited_per_address_without_locking_the_owner_out() {
     let node = Node::start(NodeConfig::default());

@@ -191,6 +191,146 @@ async fn bodies_over_the_limit_are_refused_without_effect() {
     assert_eq!(r.status(), 404);
 }
 
+/// A table of malformed requests, each with the status it gets; every
+/// answer is the one error shape, `{"error","message"}` as JSON, whether a
+/// handler, the framework's extractors, the ingress or the listener's head
+/// limits refused it.
+#[tokio::test]
+async fn every_malformed_request_gets_its_status_as_json() {
+    let node = Node::start(NodeConfig {
+        extra: "limits: {max_request_body_bytes: 1024}\n".into(),
+        ..Default::default()
+    });
+    let token = node.admin_token().await;
+    let login = node.url("/api/accounts/login");
+    let put = node.url("/api/kv/keys/k");
+    let chunked = || {
+        let chunks: Vec<Result<String, std::io::Error>> = vec![
+            Ok("{\"value\": \"".into()),
+            Ok("x".repeat(4096)),
+            Ok("\"}".into()),
+        ];
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+    };
+    let many_headers = || {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for i in 0..120 {
+            headers.insert(
+                reqwest::header::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        headers
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            http()
+                .post(&login)
+                .header("content-type", "application/json")
+                .body("{nope"),
+            400,
+            "bad_request",
+        ),
+        (
+            "no content type",
+            http()
+                .post(&login)
+                .body(r#"{"username":"a","password":"b"}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "wrong content type",
+            http()
+                .post(&login)
+                .header("content-type", "text/plain")
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "wrongly typed field",
+            http()
+                .post(&login)
+                .json(&json!({"username": 1, "password": "b"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "missing field",
+            http().post(&login).json(&json!({"username": "a"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "declared body over the limit",
+            authed(&token)
+                .put(&put)
+                .json(&json!({"value": "x".repeat(2048)})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "chunked body over the limit",
+            authed(&token)
+                .put(&put)
+                .header("content-type", "application/json")
+                .body(chunked()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "a path segment that is not UTF-8",
+            authed(&token).get(node.url("/api/kv/keys/%FF%FE")),
+            400,
+            "bad_request",
+        ),
+        (
+            "a 40 KiB header",
+            http()
+                .get(node.url("/api/echo"))
+                .header("x-big", "y".repeat(40 * 1024)),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "120 headers",
+            http().get(node.url("/api/echo")).headers(many_headers()),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a 9 KiB URI",
+            http().get(node.url(&format!("/api/echo?q={}", "z".repeat(9 * 1024)))),
+            414,
+            "uri_too_long",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        assert_eq!(r.headers()["content-type"], "application/json", "{what}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    // Far over the limit, the HTTP parser refuses on its own: still 431.
+    let r = http()
+        .get(node.url("/api/echo"))
+        .header("x-huge", "y".repeat(200 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    // Nothing of it reached the store.
+    let r = authed(&token).get(&put).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
 #[tokio::test]
 async fn a_request_that_exceeds_the_timeout_gets_504() {
     let node = Node::start(NodeConfig {

@@ -582,4 +582,6 @@ impl Store {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -14,14 +14,14 @@ const ECHO: &[Migration] = &[Migration {
     sql: "CREATE TABLE echo__t (a TEXT) STRICT; CREATE INDEX echo__t_a ON echo__t (a);",
 }];
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,
-    kv: Namespace,
-    echo: Namespace,
+    pub(super) kv: Namespace,
+    pub(super) echo: Namespace,
 }
 
-async fn fixture() -> Fixture {
+pub(super) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let kv = store.namespace("kv");

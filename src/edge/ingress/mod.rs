@@ -5,23 +5,26 @@
 //!    node drains), outside every service's routes and metrics;
 //! 2. `metrics`: every other answer is counted by service, route template,
 //!    method and status, with its latency (labels `lookup` sets);
-//! 3. `lookup`: the routing table finds the route, or the request is
+//! 3. `errors`: every HTTP error from below is `{"error","message"}` JSON,
+//!    the framework's own rejections included;
+//! 4. `lookup`: the routing table finds the route, or the request is
 //!    answered: a JSON 404 for a path no service declares, 405 with `Allow`
 //!    for a path with other methods, and the gRPC equivalents;
-//! 4. `locality`: a service this node does not run is forwarded to a node
+//! 5. `locality`: a service this node does not run is forwarded to a node
 //!    that does, before any authentication (that node decides); a request
 //!    another node forwarded gets the client address that node saw;
-//! 5. `access`: authentication and the authorization decision for the
+//! 6. `access`: authentication and the authorization decision for the
 //!    route (`authz::decide`); the caller's `Principal` reaches the handler
 //!    as a request extension;
-//! 6. `limits`: body size and time;
-//! 7. `dispatch`: the service's router.
+//! 7. `limits`: body size and time;
+//! 8. `dispatch`: the service's router.
 //!
 //! Each layer is an axum middleware function over its own state, tested
 //! alone in its module.
 
 mod access;
 mod dispatch;
+mod errors;
 mod health;
 mod limits;
 mod locality;
@@ -30,17 +33,17 @@ mod metrics;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
-use axum::{
-    body::Body,
-    middleware::from_fn_with_state,
-    response::{IntoResponse, Response},
-};
-use http::{HeaderValue, Request, StatusCode, header};
+use axum::{body::Body, middleware::from_fn_with_state, response::Response};
+use http::{HeaderValue, Request, StatusCode};
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
     auth::Auth,
-    catalogue::{api_error::ApiError, routing::Route, routing::RoutingTable},
+    catalogue::{
+        api_error::{ApiError, error_response, is_grpc},
+        routing::Route,
+        routing::RoutingTable,
+    },
     edge::{admin::Readiness, forward},
     mesh::registry::Registry,
     telemetry::metrics::{HttpMetrics, Label},
@@ -67,22 +70,6 @@ struct Matched {
 struct Labels {
     service: Option<Label>,
     route: Option<Label>,
-}
-
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
-/// The error response for `error`, as JSON or as a gRPC status.
-fn error_response(error: ApiError, grpc: bool) -> Response {
-    if grpc {
-        tonic::Status::from(error).into_http::<Body>()
-    } else {
-        error.into_response()
-    }
 }
 
 /// Marks a refusal made before any handler ran: another node may take the
@@ -117,6 +104,7 @@ impl Ingress {
         let stack = ServiceBuilder::new()
             .layer(from_fn_with_state(readiness, health::answer))
             .layer(from_fn_with_state(metrics, metrics::observe))
+            .layer(axum::middleware::from_fn(errors::as_json))
             .layer(from_fn_with_state(table, lookup::route))
             .layer(from_fn_with_state(
                 locality::Locality {

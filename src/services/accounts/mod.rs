@@ -54,6 +54,14 @@ pub struct Tokens {
 
 const LOGIN_FAILED: &str = "invalid username or password";
 
+/// A login whose account changed between the password check and the new
+/// session (its password changed, or it was disabled): no session starts.
+fn changed_meanwhile() -> ApiError {
+    ApiError::unauthenticated(
+        "the account changed while logging in (new password, or disabled): log in again",
+    )
+}
+
 #[derive(Clone)]
 pub struct AccountsCore {
     auth: Arc<Auth>,
@@ -107,20 +115,16 @@ impl AccountsCore {
             })
     }
 
-    async fn tokens(&self, user: &User, family: Option<&str>) -> Result<Tokens, ApiError> {
+    fn refresh_ttl(&self) -> i64 {
+        self.auth.settings.refresh_token_ttl.as_secs() as i64
+    }
+
+    /// An access token for `user`, beside the refresh token of its session.
+    fn tokens(&self, user: &User, refresh_token: String) -> Result<Tokens, ApiError> {
         let (access_token, expires_in) = self
             .auth
             .issue_access_token(user)
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", e))?;
-        let refresh_token = accounts::issue_refresh(
-            self.ns(),
-            &self.auth.secrets,
-            &user.id,
-            family,
-            now(),
-            self.auth.settings.refresh_token_ttl.as_secs() as i64,
-        )
-        .await?;
         Ok(Tokens {
             access_token,
             token_type: "Bearer",
@@ -201,9 +205,23 @@ impl AccountsCore {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
         let user = match (user, verdict) {
             (Some(user), Verdict::Right) if !user.disabled => user,
-            (Some(user), Verdict::RightRehashed(hash)) if !user.disabled => {
-                accounts::set_password_hash(self.ns(), &user.id, &hash, now(), false).await?;
+            (Some(mut user), Verdict::RightRehashed(hash)) if !user.disabled => {
+                // Stored only over the hash just checked: a password
+                // changed meanwhile is never brought back.
+                if !accounts::set_password_hash(
+                    self.ns(),
+                    &user.id,
+                    &user.password_hash,
+                    &hash,
+                    now(),
+                    false,
+                )
+                .await?
+                {
+                    return Err(changed_meanwhile());
+                }
                 tracing::info!(user = %user.id, "password rehashed with the current parameters");
+                user.password_hash = hash;
                 user
             }
             _ => {
@@ -211,22 +229,36 @@ impl AccountsCore {
                 return Err(ApiError::unauthenticated(LOGIN_FAILED));
             }
         };
-        self.tokens(&user, None).await
+        let refresh_token = accounts::start_session(
+            self.ns(),
+            &self.auth.secrets,
+            &user,
+            now(),
+            self.refresh_ttl(),
+        )
+        .await?
+        .ok_or_else(changed_meanwhile)?;
+        self.tokens(&user, refresh_token)
     }
 
     pub async fn refresh(&self, token: &str) -> Result<Tokens, ApiError> {
         let refused = || ApiError::unauthenticated("the refresh token is not valid: log in again");
-        match accounts::redeem_refresh(self.ns(), &self.auth.secrets, token, now()).await? {
-            Ok((user_id, family)) => {
-                let user = accounts::user_by_id(self.ns(), &user_id).await?;
-                match user {
-                    Some(user) if !user.disabled => self.tokens(&user, Some(&family)).await,
-                    _ => {
-                        accounts::revoke_family(self.ns(), &family, now()).await?;
-                        Err(refused())
-                    }
+        let rotated = accounts::rotate_refresh(
+            self.ns(),
+            &self.auth.secrets,
+            token,
+            now(),
+            self.refresh_ttl(),
+        )
+        .await?;
+        match rotated {
+            Ok(rotated) => match accounts::user_by_id(self.ns(), &rotated.user_id).await? {
+                Some(user) if !user.disabled => self.tokens(&user, rotated.token),
+                _ => {
+                    accounts::revoke_family(self.ns(), &rotated.family, now()).await?;
+                    Err(refused())
                 }
-            }
+            },
             Err(RefreshRefused::Invalid) => Err(refused()),
             Err(RefreshRefused::Reused) => Err(ApiError::unauthenticated(
                 "the refresh token was already used: every token of this session is revoked; log in again",
@@ -278,7 +310,22 @@ impl AccountsCore {
         let hash = self.hash(new).await?;
         // Every session of the account ends: tokens issued before now stop
         // working, refresh tokens are revoked.
-        accounts::set_password_hash(self.ns(), &user.id, &hash, now(), true).await?;
+        let replaced = accounts::set_password_hash(
+            self.ns(),
+            &user.id,
+            &user.password_hash,
+            &hash,
+            now(),
+            true,
+        )
+        .await?;
+        if !replaced {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the password was changed by another request meanwhile: nothing was changed; retry with the current password",
+            ));
+        }
         self.auth.invalidate_user(&user.id);
         Ok(())
     }
@@ -313,7 +360,7 @@ impl AccountsCore {
                 )));
             }
         }
-        Ok(accounts::create_api_key(
+        accounts::create_api_key(
             self.ns(),
             &self.auth.secrets,
             &p.user_id,
@@ -321,7 +368,8 @@ impl AccountsCore {
             &scopes,
             now(),
         )
-        .await?)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("this account is disabled: no key was made"))
     }
 
     pub async fn list_api_keys(&self, p: &Principal) -> Result<Vec<ApiKey>, ApiError> {
