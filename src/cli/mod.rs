@@ -4,6 +4,8 @@
 //! Exit codes: 0 success; 64 (EX_USAGE) for a bad command line or config,
 //! always before any port is bound; 1 when the node fails to start or run.
 
+mod backup;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -58,6 +60,30 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Copy the node's database to FILE, consistently, while it serves: in a
+    /// cluster, with every write the group acknowledged before it started.
+    /// Run it on the node's host with its config (a db member's).
+    Backup {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        /// The file to write; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seed the node's data dir from a backup, before the node starts. In a
+    /// cluster, restore every member from the same file: they start a new
+    /// group on that data.
+    Restore {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        /// A file `flotilla backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace a database (and Raft log) already in the data dir; the
+        /// old files are kept beside, renamed.
+        #[arg(long)]
+        force: bool,
     },
     /// Write an Envoy bootstrap for a mode: fixed resources from a config
     /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
@@ -210,6 +236,12 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
+        Command::Backup { config, out } => backup::backup(&config, &catalogue, &out),
+        Command::Restore {
+            config,
+            from,
+            force,
+        } => backup::restore(&config, &catalogue, &from, force),
         Command::GenEnvoy { request, out } => {
             let yaml = match crate::envoy::generate(&request, &catalogue) {
                 Ok(y) => y,

@@ -52,6 +52,9 @@ use crate::{
     store::{Applied, Command, Outcome, Proposal, ReadCall, Replicator, Store, StoreError, now_ms},
 };
 
+/// The Raft log and vote of a member, in its data dir beside the database.
+pub const LOG_FILE: &str = "raft-log.db";
+
 /// An operation of `flotilla cluster ...`, sent to any member over the peer
 /// listener (authenticated with the cluster secret); membership changes are
 /// forwarded to the leader.
@@ -259,7 +262,7 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let log = log_store::LogStore::open(&data_dir.join("raft-log.db"))
+        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE))
             .map_err(|e| ClusterError::Log(e.to_string()))?;
         let snapshots = data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;

@@ -16,6 +16,9 @@ pub mod resources;
 pub mod server;
 pub mod sotw;
 
+#[cfg(test)]
+mod properties;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,

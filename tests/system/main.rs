@@ -2,6 +2,7 @@
 //! driven by real HTTP (reqwest) and gRPC (tonic) clients.
 
 mod auth;
+mod backup;
 mod config;
 mod envoy;
 mod example;

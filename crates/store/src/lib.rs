@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod authorizer;
+pub mod backup;
 mod budget;
 mod connection;
 mod metrics;

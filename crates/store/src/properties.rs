@@ -57,11 +57,6 @@ fn padding() -> impl Strategy<Value = &'static str> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
-        ..ProptestConfig::default()
-    })]
-
     #[test]
     fn a_statement_naming_another_namespace_is_always_refused(
         shape in shape(),

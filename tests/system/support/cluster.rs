@@ -40,6 +40,23 @@ impl TestCluster {
     /// `extra` in each node's `cluster:` section and `top` (whole YAML
     /// lines) at the top level of each config.
     pub fn start_with(binary: &std::path::Path, extra: &str, top: &str) -> TestCluster {
+        let mut cluster = TestCluster::prepare_with(binary, extra, top);
+        cluster.spawn_all();
+        cluster
+    }
+
+    /// Starts every prepared member and waits until each is ready.
+    pub fn spawn_all(&mut self) {
+        for n in &mut self.nodes {
+            n.spawn_only(&[]);
+        }
+        for n in &mut self.nodes {
+            n.wait_ready();
+        }
+    }
+
+    /// Three members' configs and data dirs, none started yet.
+    pub fn prepare_with(binary: &std::path::Path, extra: &str, top: &str) -> TestCluster {
         let topology_dir = tempfile::tempdir().unwrap();
         let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
             .map(|_| (free_addr(), free_addr(), free_addr()))
@@ -71,12 +88,6 @@ impl TestCluster {
             let mut node = Node::prepared(dir, path, public, admin);
             node.binary = binary.to_owned();
             nodes.push(node);
-        }
-        for n in &mut nodes {
-            n.spawn_only(&[]);
-        }
-        for n in &mut nodes {
-            n.wait_ready();
         }
         TestCluster {
             nodes,
