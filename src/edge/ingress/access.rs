@@ -4,14 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, response::Response};
+use futures_util::future::BoxFuture;
 use http::StatusCode;
 
-use super::{Matched, error_response, mark_unprocessed};
+use super::{Layer, Matched, Next, error_response, mark_unprocessed};
 use crate::{
     auth::{
         Auth,
@@ -20,7 +17,7 @@ use crate::{
     catalogue::{Access, api_error::ApiError},
 };
 
-pub(super) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+async fn check(auth: &Arc<Auth>, mut req: Request, next: Next<'_>) -> Response {
     let Some(Matched { route, grpc }) = req.extensions().get::<Matched>().cloned() else {
         return next.run(req).await;
     };
@@ -54,16 +51,25 @@ pub(super) async fn check(State(auth): State<Arc<Auth>>, mut req: Request, next:
     next.run(req).await
 }
 
+/// The layer: `check` over its state.
+pub(super) struct Checks(pub Arc<Auth>);
+
+impl Layer for Checks {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(check(&self.0, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, middleware::from_fn_with_state};
-    use tower::{ServiceBuilder, ServiceExt};
+    use axum::body::Body;
+    use tower::ServiceExt;
 
     use super::*;
     use crate::{
         auth::{authz::Principal, test_support::Fixture},
         catalogue::{Catalogue, routing::Lookup},
-        edge::ingress::test_support::text,
+        edge::ingress::test_support::{layered, text},
     };
 
     /// A request for `path` as `lookup` hands it on.
@@ -105,9 +111,7 @@ mod tests {
     #[tokio::test]
     async fn each_route_gets_the_decision_its_access_calls_for() {
         let f = Fixture::new().await;
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(f.auth.clone(), check))
-            .service(who());
+        let stack = layered(Checks(f.auth.clone()), who());
         let none = http::HeaderMap::new;
         // Public: passes, anonymous.
         let r = stack

@@ -8,18 +8,18 @@
 
 use axum::{
     extract::Request,
-    middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode, header};
 
-use super::is_grpc;
+use super::{Layer, Next, is_grpc};
 use crate::catalogue::api_error::ApiError;
 
 /// The most of a plain-text error body kept as the message.
 const MESSAGE_LIMIT: usize = 4 * 1024;
 
-pub(super) async fn as_json(req: Request, next: Next) -> Response {
+async fn as_json(req: Request, next: Next<'_>) -> Response {
     if is_grpc(&req) {
         return next.run(req).await;
     }
@@ -49,6 +49,15 @@ pub(super) async fn as_json(req: Request, next: Next) -> Response {
         }
     }
     json
+}
+
+/// The layer: `as_json`.
+pub(super) struct Errors;
+
+impl Layer for Errors {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(as_json(req, next))
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -84,13 +93,13 @@ fn code(status: StatusCode) -> &'static str {
 mod tests {
     use std::convert::Infallible;
 
-    use axum::{Json, Router, extract::Path, middleware::from_fn, routing::post};
-    use tower::{ServiceBuilder, ServiceExt};
+    use axum::{Json, Router, extract::Path, routing::post};
+    use tower::ServiceExt;
 
     use axum::body::Body;
 
     use super::*;
-    use crate::edge::ingress::test_support::text;
+    use crate::edge::ingress::test_support::{layered, text};
 
     #[derive(serde::Deserialize)]
     struct Numbered {
@@ -98,8 +107,10 @@ mod tests {
     }
 
     /// A router whose extractors reject on their own, behind the layer.
-    fn app() -> Router {
-        Router::new()
+    fn app()
+    -> impl tower::Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone
+    {
+        let router = Router::new()
             .route(
                 "/json",
                 post(|Json(b): Json<Numbered>| async move { b.n.to_string() }),
@@ -111,8 +122,8 @@ mod tests {
             .route(
                 "/grpc",
                 post(|| async { (StatusCode::BAD_REQUEST, "a grpc handler's own text") }),
-            )
-            .layer(from_fn(as_json))
+            );
+        layered(Errors, router)
     }
 
     async fn send(req: Request) -> (StatusCode, HeaderMap, String) {
@@ -192,11 +203,12 @@ mod tests {
             (status, body.as_str()),
             (StatusCode::BAD_REQUEST, "a grpc handler's own text")
         );
-        let already = ServiceBuilder::new()
-            .layer(from_fn(as_json))
-            .service(tower::service_fn(|_req: Request| async {
+        let already = layered(
+            Errors,
+            tower::service_fn(|_req: Request| async {
                 Ok::<_, Infallible>(ApiError::bad_request("said as JSON").into_response())
-            }));
+            }),
+        );
         let r = already.oneshot(request("/x", None, "")).await.unwrap();
         assert_eq!(
             text(r).await,

@@ -5,20 +5,16 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Request, State},
-    middleware::Next,
+    extract::Request,
     response::{IntoResponse, Response},
 };
+use futures_util::future::BoxFuture;
 use http::{Method, StatusCode};
 
-use super::HEALTH_PATH;
+use super::{HEALTH_PATH, Layer, Next};
 use crate::edge::admin::Readiness;
 
-pub(super) async fn answer(
-    State(readiness): State<Arc<Readiness>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn answer(readiness: &Arc<Readiness>, req: Request, next: Next<'_>) -> Response {
     if req.uri().path() != HEALTH_PATH || req.method() != Method::GET {
         return next.run(req).await;
     }
@@ -35,20 +31,26 @@ pub(super) async fn answer(
         .into_response()
 }
 
+/// The layer: `answer` over its state.
+pub(super) struct Health(pub Arc<Readiness>);
+
+impl Layer for Health {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(answer(&self.0, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::middleware::from_fn_with_state;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     use super::*;
-    use crate::edge::ingress::test_support::{get, inner, text};
+    use crate::edge::ingress::test_support::{get, inner, layered, text};
 
     #[tokio::test]
     async fn health_is_answered_here_and_everything_else_passes() {
         let readiness = Arc::new(Readiness::new(&[]));
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(readiness.clone(), answer))
-            .service(inner());
+        let stack = layered(Health(readiness.clone()), inner());
         let r = stack.clone().oneshot(get(HEALTH_PATH)).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(text(r).await, r#"{"serving":true}"#);

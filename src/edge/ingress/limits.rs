@@ -4,20 +4,16 @@
 
 use axum::{
     body::Body,
-    extract::{Request, State},
-    middleware::Next,
+    extract::Request,
     response::{IntoResponse, Response},
 };
+use futures_util::future::BoxFuture;
 use http::{StatusCode, header};
 
-use super::{IngressLimits, is_grpc};
+use super::{IngressLimits, Layer, Next, is_grpc};
 use crate::catalogue::api_error::ApiError;
 
-pub(super) async fn apply(
-    State(limits): State<IngressLimits>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn apply(limits: &IngressLimits, req: Request, next: Next<'_>) -> Response {
     let grpc = is_grpc(&req);
     let limit = limits.max_request_body_bytes;
     let declared = req
@@ -52,15 +48,23 @@ pub(super) async fn apply(
     }
 }
 
+/// The layer: `apply` over its state.
+pub(super) struct Limits(pub IngressLimits);
+
+impl Layer for Limits {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(apply(&self.0, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use axum::middleware::from_fn_with_state;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     use super::*;
-    use crate::edge::ingress::test_support::{get, inner, text};
+    use crate::edge::ingress::test_support::{get, inner, layered, text};
 
     fn limits() -> IngressLimits {
         IngressLimits {
@@ -87,9 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused_declared_or_not() {
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(limits(), apply))
-            .service(reader());
+        let stack = layered(Limits(limits()), reader());
         let post = |body: &'static str, declared: bool| {
             let mut r = Request::post("/api/kv/cas");
             if declared {
@@ -110,20 +112,20 @@ mod tests {
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_request_over_its_time_is_answered_for() {
         let slow = tower::service_fn(|_req: Request| async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
         });
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(limits(), apply))
-            .service(slow);
+        let short = IngressLimits {
+            request_timeout: Duration::from_millis(50),
+            ..limits()
+        };
+        let stack = layered(Limits(short), slow);
         let r = stack.oneshot(get("/api/echo")).await.unwrap();
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-        let quick = ServiceBuilder::new()
-            .layer(from_fn_with_state(limits(), apply))
-            .service(inner());
+        let quick = layered(Limits(limits()), inner());
         let r = quick.oneshot(get("/api/echo")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }

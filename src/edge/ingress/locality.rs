@@ -3,13 +3,10 @@
 //! runs it decides); a request another node forwarded gets, as its client,
 //! the address that node saw, when its signature checks.
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, response::Response};
+use futures_util::future::BoxFuture;
 
-use super::{Matched, error_response, mark_unprocessed};
+use super::{Layer, Matched, Next, error_response, mark_unprocessed};
 use crate::{
     catalogue::ClientAddr,
     edge::forward::{self, Forwarder},
@@ -24,11 +21,7 @@ pub(super) struct Locality {
     pub body_limit: usize,
 }
 
-pub(super) async fn forward_or_pass(
-    State(locality): State<Locality>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn forward_or_pass(locality: &Locality, mut req: Request, next: Next<'_>) -> Response {
     let Some(Matched { route, grpc }) = req.extensions().get::<Matched>().cloned() else {
         return next.run(req).await;
     };
@@ -55,18 +48,23 @@ pub(super) async fn forward_or_pass(
     next.run(req).await
 }
 
+impl Layer for Locality {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(forward_or_pass(self, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use axum::middleware::from_fn_with_state;
     use http::StatusCode;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     use super::*;
     use crate::{
         catalogue::{Catalogue, routing::Lookup},
-        edge::ingress::test_support::{get, inner},
+        edge::ingress::test_support::{get, inner, layered},
         mesh::registry::NodeRecord,
     };
 
@@ -101,9 +99,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_local_service_is_served_here_and_another_is_forwarded() {
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(locality(), forward_or_pass))
-            .service(inner());
+        let stack = layered(locality(), inner());
         let r = stack
             .clone()
             .oneshot(matched("/api/kv/keys/a"))
@@ -129,9 +125,7 @@ mod tests {
             )))
         });
         let l = locality();
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(l.clone(), forward_or_pass))
-            .service(seen);
+        let stack = layered(l.clone(), seen);
         let mut req = matched("/api/kv/keys/a");
         let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
         req.headers_mut().insert(

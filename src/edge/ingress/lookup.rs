@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Request, State},
-    middleware::Next,
+    extract::Request,
     response::{IntoResponse, Response},
 };
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, StatusCode, header};
 
-use super::{Labels, Matched, is_grpc};
+use super::{Labels, Layer, Matched, Next, is_grpc};
 use crate::{
     catalogue::{
         api_error::ApiError,
@@ -20,11 +20,7 @@ use crate::{
     telemetry::metrics::Label,
 };
 
-pub(super) async fn route(
-    State(table): State<Arc<RoutingTable>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn route(table: &Arc<RoutingTable>, mut req: Request, next: Next<'_>) -> Response {
     let grpc = is_grpc(&req);
     let path = req.uri().path().to_owned();
     let (mut response, service) = match table.lookup(req.method(), &path, grpc) {
@@ -88,15 +84,24 @@ pub(super) async fn route(
     response
 }
 
+/// The layer: `route` over its state.
+pub(super) struct Table(pub Arc<RoutingTable>);
+
+impl Layer for Table {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(route(&self.0, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, middleware::from_fn_with_state};
-    use tower::{ServiceBuilder, ServiceExt};
+    use axum::body::Body;
+    use tower::ServiceExt;
 
     use super::*;
     use crate::{
         catalogue::Catalogue,
-        edge::ingress::test_support::{get, inner, text},
+        edge::ingress::test_support::{get, inner, layered, text},
     };
 
     fn stack() -> impl tower::Service<
@@ -106,9 +111,7 @@ mod tests {
         Future = impl Send,
     > + Clone {
         let table = Catalogue::builtin().check().unwrap().table().clone();
-        ServiceBuilder::new()
-            .layer(from_fn_with_state(table, route))
-            .service(inner())
+        layered(Table(table), inner())
     }
 
     #[tokio::test]

@@ -5,20 +5,13 @@
 
 use std::time::Instant;
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, response::Response};
+use futures_util::future::BoxFuture;
 
-use super::Labels;
+use super::{Labels, Layer, Next};
 use crate::telemetry::metrics::{HttpMetrics, Label};
 
-pub(super) async fn observe(
-    State(metrics): State<HttpMetrics>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn observe(metrics: &HttpMetrics, req: Request, next: Next<'_>) -> Response {
     let started = Instant::now();
     let method = Label::method(req.method());
     let response = next.run(req).await;
@@ -38,14 +31,22 @@ pub(super) async fn observe(
     response
 }
 
+/// The layer: `observe` over its state.
+pub(super) struct Metrics(pub HttpMetrics);
+
+impl Layer for Metrics {
+    fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
+        Box::pin(observe(&self.0, req, next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::middleware::from_fn_with_state;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::ServiceExt;
 
     use super::*;
     use crate::{
-        edge::ingress::test_support::{get, inner},
+        edge::ingress::test_support::{get, inner, layered},
         telemetry::metrics::Metrics,
     };
 
@@ -60,13 +61,9 @@ mod tests {
             });
             Ok::<_, std::convert::Infallible>(r)
         });
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(metrics.http.clone(), observe))
-            .service(labelled);
+        let stack = layered(Metrics(metrics.http.clone()), labelled);
         stack.oneshot(get("/api/kv/keys")).await.unwrap();
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(metrics.http.clone(), observe))
-            .service(inner());
+        let stack = layered(Metrics(metrics.http.clone()), inner());
         stack.oneshot(get("/no/such/thing")).await.unwrap();
         let text = metrics.encode();
         assert!(

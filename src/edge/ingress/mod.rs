@@ -19,8 +19,10 @@
 //! 7. `limits`: body size and time;
 //! 8. `dispatch`: the service's router.
 //!
-//! Each layer is an axum middleware function over its own state, tested
-//! alone in its module.
+//! Each layer is a function over its own state, run through the `Layer`
+//! trait, and tested alone in its module (`test_support::layered` puts one
+//! layer over any inner service). The stack is a list of layers, each
+//! handed the rest as a borrowed `Next`: nothing is cloned per request.
 
 mod access;
 mod dispatch;
@@ -33,9 +35,10 @@ mod metrics;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
-use axum::{body::Body, middleware::from_fn_with_state, response::Response};
+use axum::{body::Body, response::Response};
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, StatusCode};
-use tower::{ServiceBuilder, util::BoxCloneSyncService};
+use tower::ServiceExt;
 
 use crate::{
     auth::Auth,
@@ -80,10 +83,53 @@ fn mark_unprocessed(response: &mut Response) {
         .insert(forward::UNPROCESSED, HeaderValue::from_static("1"));
 }
 
+/// The rest of the stack below a layer: `run` hands the request on. It
+/// borrows the stack (nothing is cloned per request).
+pub(super) struct Next<'a>(Box<dyn FnOnce(Request<Body>) -> BoxFuture<'a, Response> + Send + 'a>);
+
+impl<'a> Next<'a> {
+    fn new(run: impl FnOnce(Request<Body>) -> BoxFuture<'a, Response> + Send + 'a) -> Next<'a> {
+        Next(Box::new(run))
+    }
+
+    pub(super) async fn run(self, req: Request<Body>) -> Response {
+        (self.0)(req).await
+    }
+}
+
+/// One layer of the stack: it answers a request itself, or hands it (or a
+/// changed one) to `next` and may change what comes back.
+pub(super) trait Layer: Send + Sync {
+    fn handle<'a>(&'a self, req: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response>;
+}
+
+/// The layers, top first, and the service routers below them.
+struct Stack {
+    layers: Vec<Box<dyn Layer>>,
+    dispatch: dispatch::Dispatch,
+}
+
+impl Stack {
+    fn run(&self, from: usize, req: Request<Body>) -> BoxFuture<'_, Response> {
+        match self.layers.get(from) {
+            Some(layer) => layer.handle(req, Next::new(move |req| self.run(from + 1, req))),
+            None => {
+                let dispatch = self.dispatch.clone();
+                Box::pin(async move {
+                    match dispatch.oneshot(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// The ingress as one tower service. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingress {
-    stack: BoxCloneSyncService<Request<Body>, Response, Infallible>,
+    stack: Arc<Stack>,
 }
 
 impl Ingress {
@@ -101,25 +147,25 @@ impl Ingress {
         let client_key = forward::ClientKey::derive(&auth.settings.secret);
         let forwarder =
             forward::Forwarder::new(registry.clone(), limits.request_timeout, client_key.clone());
-        let stack = ServiceBuilder::new()
-            .layer(from_fn_with_state(readiness, health::answer))
-            .layer(from_fn_with_state(metrics, metrics::observe))
-            .layer(axum::middleware::from_fn(errors::as_json))
-            .layer(from_fn_with_state(table, lookup::route))
-            .layer(from_fn_with_state(
-                locality::Locality {
-                    registry,
-                    forwarder,
-                    client_key,
-                    body_limit: limits.max_request_body_bytes,
-                },
-                locality::forward_or_pass,
-            ))
-            .layer(from_fn_with_state(auth, access::check))
-            .layer(from_fn_with_state(limits, limits::apply))
-            .service(dispatch::Dispatch::new(services));
+        let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(health::Health(readiness)),
+            Box::new(metrics::Metrics(metrics)),
+            Box::new(errors::Errors),
+            Box::new(lookup::Table(table)),
+            Box::new(locality::Locality {
+                registry,
+                forwarder,
+                client_key,
+                body_limit: limits.max_request_body_bytes,
+            }),
+            Box::new(access::Checks(auth)),
+            Box::new(limits::Limits(limits)),
+        ];
         Ingress {
-            stack: BoxCloneSyncService::new(stack),
+            stack: Arc::new(Stack {
+                layers,
+                dispatch: dispatch::Dispatch::new(services),
+            }),
         }
     }
 }
@@ -127,19 +173,18 @@ impl Ingress {
 impl tower::Service<Request<Body>> for Ingress {
     type Response = Response;
     type Error = Infallible;
-    type Future = <BoxCloneSyncService<Request<Body>, Response, Infallible> as tower::Service<
-        Request<Body>,
-    >>::Future;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn poll_ready(
         &mut self,
-        cx: &mut std::task::Context<'_>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
-        self.stack.poll_ready(cx)
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        self.stack.call(req)
+        let stack = self.stack.clone();
+        Box::pin(async move { Ok(stack.run(0, req).await) })
     }
 }
 
@@ -196,6 +241,44 @@ mod test_support {
                 .map(|m| m.route.template.clone())
                 .unwrap_or_default();
             Ok::<_, Infallible>(Response::new(Body::from(route)))
+        })
+    }
+
+    /// One layer over `inner`, as a tower service.
+    pub fn layered<L, S>(
+        layer: L,
+        inner: S,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static
+    where
+        L: super::Layer + 'static,
+        S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send,
+    {
+        let layer = std::sync::Arc::new(layer);
+        tower::service_fn(move |req: Request<Body>| {
+            let (layer, inner) = (layer.clone(), inner.clone());
+            async move {
+                let next = super::Next::new(move |req| {
+                    Box::pin(async move {
+                        match tower::ServiceExt::oneshot(inner, req).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    })
+                });
+                Ok::<_, Infallible>(layer.handle(req, next).await)
+            }
         })
     }
 
