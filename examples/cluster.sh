@@ -7,7 +7,7 @@
 #   examples/cluster.sh ha start        # builds, starts the nodes, waits until ready
 #   examples/cluster.sh ha status       # Raft view of every db member
 #   examples/cluster.sh ha envoy        # Envoy in front (from .venv/bin or PATH)
-#   examples/cluster.sh ha stop         # stops Envoy, then SIGTERM to each node
+#   examples/cluster.sh ha stop         # stops Envoy, the store clients, then the db members
 #
 # The same with `scaled`. Logs go to data/<node>.log, data to data/...; run
 # from anywhere. Without Envoy, any node's public port serves every route.
@@ -77,20 +77,42 @@ envoy_start() {
   echo "envoy ready: http://127.0.0.1:10000 (admin http://127.0.0.1:9901)"
 }
 
-stop_pid() {
-  local name=$1
-  if [ -f "data/$name.pid" ]; then
-    pid=$(cat "data/$name.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+# Sends SIGTERM to each named process at once, then waits for all of them
+# (30 s at most).
+stop_pids() {
+  local name pids=() names=()
+  for name in "$@"; do
+    if [ -f "data/$name.pid" ]; then
+      pids+=("$(cat "data/$name.pid")")
+      names+=("$name")
+      kill -TERM "${pids[-1]}" 2>/dev/null || true
+    fi
+  done
+  for _ in $(seq 1 300); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for name in "${names[@]}"; do
     rm -f "data/$name.pid"
     echo "$name stopped"
-  fi
+  done
 }
 
+# Whether a node's config gives it a copy of the database (db or all).
+db_member() { grep -Eq '^services:.*\b(db|all)\b' "$1"; }
+
 stop() {
-  stop_pid "envoy-$mode"
-  while read -r name _; do stop_pid "$name"; done < <(nodes)
+  stop_pids "envoy-$mode"
+  # Store clients first, while the db members they write through are up;
+  # then the members, together.
+  local clients=() members=()
+  while read -r name config; do
+    if db_member "$config"; then members+=("$name"); else clients+=("$name"); fi
+  done < <(nodes)
+  stop_pids "${clients[@]}"
+  stop_pids "${members[@]}"
 }
 
 case "${2:-}" in

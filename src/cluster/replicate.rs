@@ -163,6 +163,11 @@ pub(super) async fn propose_entry(
 /// How long a write or read waits for a leader before giving up.
 pub(super) const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// A leader that has not heard from a majority for this many (longest)
+/// election timeouts is cut off and refuses; a shorter silence is waited
+/// out (see `Cluster::quorum_doubt`).
+pub(super) const CUT_OFF: u32 = 3;
+
 /// How long one proposal or read-index round may take before it is retried.
 pub(super) const PROPOSAL_WAIT: Duration = Duration::from_secs(3);
 
@@ -174,7 +179,7 @@ impl Cluster {
         request_id: String,
         command: Command,
     ) -> Result<ApplyResponse, Refusal> {
-        if let Some(silent) = self.quorum_silence() {
+        if let Some(silent) = self.quorum_doubt().await {
             return Err(Refusal::NoQuorum(silent));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -203,6 +208,26 @@ impl Cluster {
         }
         m.millis_since_quorum_ack
             .filter(|ms| *ms > self.election_timeout_max.as_millis() as u64)
+    }
+
+    /// Waits out a doubt about the quorum: while this node leads and has
+    /// not heard from a majority for longer than an election timeout, it
+    /// waits (a busy machine delays heartbeats and their answers), until
+    /// the majority answers again or this node stops leading (`None`), or
+    /// the silence reaches `CUT_OFF` election timeouts: then it is cut off,
+    /// and the silence is returned. Bounded by that much wall time too.
+    pub(super) async fn quorum_doubt(&self) -> Option<u64> {
+        let cut_off = self.election_timeout_max * CUT_OFF;
+        let deadline = Instant::now() + cut_off;
+        loop {
+            match self.quorum_silence() {
+                None => return None,
+                Some(ms) if ms >= cut_off.as_millis() as u64 || Instant::now() >= deadline => {
+                    return Some(ms);
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// A write from anywhere: proposed here if this node leads, forwarded to
@@ -309,7 +334,7 @@ impl Cluster {
     /// (read index) and waits until it has applied up to it, then reads.
     pub(super) async fn read(&self, call: ReadCall) -> Result<Outcome, StoreError> {
         tracing::debug!(namespace = %call.namespace, "read: start");
-        if let Some(ms) = self.quorum_silence() {
+        if let Some(ms) = self.quorum_doubt().await {
             return Err(no_quorum(ms));
         }
         let deadline = Instant::now() + LEADER_WAIT;
@@ -369,7 +394,7 @@ impl Cluster {
         };
         let bound = self.stale_read_max_lag.as_millis();
         if leading {
-            if let Some(ms) = self.quorum_silence() {
+            if let Some(ms) = self.quorum_doubt().await {
                 return Err(no_quorum(ms));
             }
         } else {

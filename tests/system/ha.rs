@@ -908,3 +908,49 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
     )
     .await;
 }
+
+/// A busy machine can delay heartbeats past the election timeout without
+/// any node being cut off. Here both followers are stopped (SIGSTOP) for
+/// 700 ms: the leader has not heard from a majority for longer than the
+/// longest election timeout (400 ms), but not for its cut-off (three of
+/// them). A write it gets meanwhile waits for the majority to answer again
+/// and succeeds, rather than being refused as if the leader were cut off.
+#[tokio::test]
+async fn a_write_during_a_moment_without_quorum_waits_and_succeeds() {
+    let cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        cluster.nodes[*f].signal("STOP");
+    }
+    // The fault's length, not a wait for a condition: past the election
+    // timeout before the write is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = cluster.nodes[leader].url("/api/kv/keys/during-silence");
+    let client = authed(&token);
+    let write = tokio::spawn(async move {
+        client
+            .put(url)
+            .json(&json!({"value": "kept"}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // The rest of the fault: the write waits meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for f in &followers {
+        cluster.nodes[*f].signal("CONT");
+    }
+    let status = write.await.unwrap().unwrap();
+    assert_eq!(
+        status, 200,
+        "a write was refused during a moment of silence"
+    );
+    let r = authed(&token)
+        .get(cluster.nodes[followers[0]].url("/api/kv/keys/during-silence"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
