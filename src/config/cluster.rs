@@ -50,7 +50,15 @@ pub(super) fn parse_cluster(
     let topology = match Topology::load(Path::new(&path), catalogue) {
         Ok(t) => t,
         Err(found) => {
-            problems.0.extend(found);
+            // A problem with the file as a whole (unreadable, not YAML) is
+            // this config's field's; one inside it names its place there.
+            for p in found {
+                if p.field == path {
+                    problems.add("cluster.topology", format!("{path}: {}", p.message));
+                } else {
+                    problems.0.push(p);
+                }
+            }
             return None;
         }
     };

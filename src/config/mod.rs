@@ -813,6 +813,25 @@ mod tests {
         assert!(p[0].message.contains("not a directory"), "{}", p[0].message);
     }
 
+    /// Found by the config property test: an unreadable topology was
+    /// reported under the file's name, not the config field.
+    #[test]
+    fn an_unreadable_topology_is_a_problem_of_cluster_topology() {
+        let found = problems(&format!(
+            "{BASE}services: [all]\ncluster: {{topology: /nonexistent/topology.yaml, secret: 'a-cluster-secret-0123456789abcdef'}}\n"
+        ));
+        let p = found
+            .iter()
+            .find(|p| p.message.contains("cannot read the topology"))
+            .expect("the unreadable topology is reported");
+        assert_eq!(p.field, "cluster.topology");
+        assert!(
+            p.message.contains("/nonexistent/topology.yaml"),
+            "{}",
+            p.message
+        );
+    }
+
     mod properties {
         use proptest::prelude::*;
 
@@ -831,11 +850,15 @@ mod tests {
         ];
 
         /// Whether a problem names where it is: a config field under a
-        /// known section, or the line and column of a YAML shape error.
+        /// known section, the line and column of a YAML shape error, or a
+        /// place inside the topology file (`<file>: members[0].peer`).
         fn names_a_place(field: &str) -> bool {
             field == "(document)"
                 || (field.starts_with("line ") && field.contains(" column "))
                 || SECTIONS.contains(&field.split(['.', '[']).next().unwrap_or_default())
+                || field
+                    .split_once(": ")
+                    .is_some_and(|(_, place)| !place.is_empty())
         }
 
         fn scalar() -> impl Strategy<Value = String> {
