@@ -66,8 +66,12 @@ pub(super) fn backup(path: &Path, catalogue: &Catalogue, out: &Path) -> ExitCode
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let sha256 = match std::fs::read(&file.path) {
-        Ok(bytes) => hex(&Sha256::digest(&bytes)),
+    // Streamed: a backup may be larger than the memory at hand.
+    let mut hasher = Sha256::new();
+    let sha256 = match std::fs::File::open(&file.path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+    {
+        Ok(_) => format!("{:x}", hasher.finalize()),
         Err(e) => return fail(format!("cannot read back {}: {e}", file.path.display())),
     };
     let report = serde_json::json!({
@@ -82,10 +86,6 @@ pub(super) fn backup(path: &Path, catalogue: &Catalogue, out: &Path) -> ExitCode
         serde_json::to_string_pretty(&report).unwrap_or_default()
     );
     ExitCode::SUCCESS
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The highest commit index the members report: every write acknowledged

@@ -22,7 +22,8 @@
 //! Each layer is a function over its own state, run through the `Layer`
 //! trait, and tested alone in its module (`test_support::layered` puts one
 //! layer over any inner service). The stack is a list of layers, each
-//! handed the rest as a borrowed `Next`: nothing is cloned per request.
+//! handed the rest as a borrowed `Next`: nothing of the stack is cloned
+//! per request.
 
 mod access;
 mod dispatch;
@@ -84,7 +85,7 @@ fn mark_unprocessed(response: &mut Response) {
 }
 
 /// The rest of the stack below a layer: `run` hands the request on. It
-/// borrows the stack (nothing is cloned per request).
+/// borrows the stack (nothing of it is cloned per request).
 pub(super) struct Next<'a>(Box<dyn FnOnce(Request<Body>) -> BoxFuture<'a, Response> + Send + 'a>);
 
 impl<'a> Next<'a> {
