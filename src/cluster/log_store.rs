@@ -26,13 +26,15 @@ use std::{
 };
 
 use openraft::{
-    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
+    Vote,
     storage::{LogFlushed, RaftLogStorage},
 };
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::TypeConfig;
+use crate::store::fault::{self, Fault};
 
 type NodeId = u64;
 
@@ -47,11 +49,26 @@ fn checksum(bytes: &[u8]) -> i64 {
 }
 
 fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::<NodeId>::write(&std::io::Error::other(e.to_string())).into()
+    StorageIOError::<NodeId>::write(AnyError::error(e)).into()
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::<NodeId>::read(&std::io::Error::other(e.to_string())).into()
+    StorageIOError::<NodeId>::read(AnyError::error(e)).into()
+}
+
+/// A failed read of `file`, with what to do about it (see `fault`).
+fn read_fault<'a>(file: &'a str) -> impl Fn(rusqlite::Error) -> StorageError<NodeId> + 'a {
+    move |e| read_err(fault::describe(file, "cannot read the Raft log", &e))
+}
+
+/// A record whose checksum does not match: the file is damaged.
+fn corrupt(file: &str, what: &str) -> String {
+    fault::explain(
+        Fault::Damaged,
+        file,
+        "cannot read the Raft log",
+        &format!("{what} does not match its checksum"),
+    )
 }
 
 /// One entry as stored: index, encoding, checksum of the encoding.
@@ -92,6 +109,8 @@ pub struct LogStore {
     writer: mpsc::Sender<Op>,
     /// The highest commit index this node has learned, for stale reads.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// The file, for messages.
+    file: Arc<str>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,10 +118,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+    /// Opens (creating if needed) the log at `path`, and checks it: the
+    /// file (SQLite's quick check) and every record's checksum. The error
+    /// names the file and what to do.
+    pub fn open(path: &Path) -> Result<LogStore, String> {
+        let file: Arc<str> = path.display().to_string().into();
+        let fail = |e| fault::describe(&file, "cannot open the Raft log", &e);
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        fault::check(&conn, &file)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS log (
                 idx INTEGER PRIMARY KEY NOT NULL,
@@ -114,24 +141,24 @@ impl LogStore {
                 value BLOB NOT NULL,
                 checksum INTEGER NOT NULL
             ) STRICT;",
-        )?;
-        let reader = Connection::open(path)?;
+        )
+        .map_err(fail)?;
+        verify_checksums(&conn, &file)?;
+        let reader = Connection::open(path).map_err(fail)?;
         let tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let writer_tail = tail.clone();
+        let writer_file = file.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(conn, rx, writer_tail))
-            .map_err(|e| {
-                rusqlite::Error::ToSqlConversionFailure(
-                    format!("cannot start the raft log writer thread: {e}").into(),
-                )
-            })?;
+            .spawn(move || write_loop(conn, &writer_file, rx, writer_tail))
+            .map_err(|e| format!("cannot start the raft log writer thread: {e}"))?;
         Ok(LogStore {
             reader: Arc::new(Mutex::new(reader)),
             tail,
             writer: tx,
             committed: Arc::default(),
+            file,
         })
     }
 
@@ -164,27 +191,27 @@ impl LogStore {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
-            .map_err(read_err)?;
+            .map_err(read_fault(&self.file))?;
         match row {
             None => Ok(None),
             Some((bytes, sum)) if checksum(&bytes) == sum => {
                 serde_json::from_slice(&bytes).map(Some).map_err(read_err)
             }
-            Some(_) => Err(read_err(format!(
-                "the raft log's `{key}` record is corrupt (checksum mismatch)"
+            Some(_) => Err(read_err(corrupt(
+                &self.file,
+                &format!("the `{key}` record"),
             ))),
         }
     }
 
     fn decode(
+        &self,
         idx: u64,
         payload: &[u8],
         sum: i64,
     ) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
         if checksum(payload) != sum {
-            return Err(read_err(format!(
-                "raft log entry {idx} is corrupt (checksum mismatch)"
-            )));
+            return Err(read_err(corrupt(&self.file, &format!("entry {idx}"))));
         }
         serde_json::from_slice(payload).map_err(read_err)
     }
@@ -194,6 +221,7 @@ impl LogStore {
 /// commits (fsync), then answers each operation.
 fn write_loop(
     mut conn: Connection,
+    file: &str,
     rx: mpsc::Receiver<Op>,
     tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
 ) {
@@ -218,7 +246,11 @@ fn write_loop(
             continue;
         }
         batch.extend(committed.take());
-        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        let result = write_batch(&mut conn, &batch)
+            .map_err(|e| fault::describe(file, "cannot write the Raft log", &e));
+        if let Err(e) = &result {
+            tracing::error!("{e}");
+        }
         for op in batch {
             match op {
                 Op::Append { ids, done, .. } => {
@@ -243,6 +275,27 @@ fn write_loop(
             }
         }
     }
+}
+
+/// Checks every record's checksum, so that a damaged log stops the node at
+/// start with a clear error, not later in Raft.
+fn verify_checksums(conn: &Connection, file: &str) -> Result<(), String> {
+    let fail = |e| fault::describe(file, "cannot check the Raft log", &e);
+    let queries = [
+        "SELECT 'entry ' || idx, payload, checksum FROM log",
+        "SELECT 'the `' || key || '` record', value, checksum FROM meta",
+    ];
+    for sql in queries {
+        let mut stmt = conn.prepare(sql).map_err(fail)?;
+        let mut rows = stmt.query([]).map_err(fail)?;
+        while let Some(row) = rows.next().map_err(fail)? {
+            let bytes: Vec<u8> = row.get(1).map_err(fail)?;
+            if checksum(&bytes) != row.get::<_, i64>(2).map_err(fail)? {
+                return Err(corrupt(file, &row.get::<_, String>(0).map_err(fail)?));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
@@ -311,7 +364,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .prepare_cached(
                     "SELECT idx, payload, checksum FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
                 )
-                .map_err(read_err)?;
+                .map_err(read_fault(&self.file))?;
             let rows = stmt
                 .query_map(
                     rusqlite::params![start as i64, end.min(i64::MAX as u64) as i64],
@@ -323,12 +376,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
                         ))
                     },
                 )
-                .map_err(read_err)?;
+                .map_err(read_fault(&self.file))?;
             for row in rows {
-                let (idx, payload, sum) = row.map_err(read_err)?;
+                let (idx, payload, sum) = row.map_err(read_fault(&self.file))?;
                 let idx = idx as u64;
                 if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(idx) {
-                    slot.insert(LogStore::decode(idx, &payload, sum)?);
+                    slot.insert(self.decode(idx, &payload, sum)?);
                 }
             }
         }
@@ -349,9 +402,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(read_err)?;
+            .map_err(read_fault(&self.file))?;
         let stored = match last {
-            Some((idx, payload, sum)) => Some(LogStore::decode(idx as u64, &payload, sum)?.log_id),
+            Some((idx, payload, sum)) => Some(self.decode(idx as u64, &payload, sum)?.log_id),
             None => None,
         };
         Ok(LogState {
@@ -556,6 +609,6 @@ mod tests {
             .execute("UPDATE log SET payload = CAST(replace(CAST(payload AS TEXT), 'Blank', 'Blanc') AS BLOB) WHERE idx = 2", [])
             .unwrap();
         let err = store.try_get_log_entries(0..10).await.unwrap_err();
-        assert!(err.to_string().contains("corrupt"), "{err}");
+        assert!(err.to_string().contains("does not match its checksum"), "{err}");
     }
 }

@@ -93,6 +93,52 @@ impl<T> From<Result<T, Refusal>> for PeerReply<T> {
     }
 }
 
+/// The reason of `Cluster::stopped`, from Raft's metrics.
+fn stop_reason(m: &openraft::RaftMetrics<u64, BasicNode>) -> Option<String> {
+    let fatal = m.running_state.as_ref().err()?;
+    // The storage's own message (it names the file and the fix), without
+    // openraft's wrapping.
+    let cause = match fatal {
+        openraft::error::Fatal::StorageError(openraft::StorageError::IO { source }) => {
+            let cause = std::error::Error::source(source)
+                .map_or_else(|| source.to_string(), ToString::to_string);
+            // A failed log append reaches openraft as an io::Error.
+            match cause.strip_prefix("std::io::error::Error: ") {
+                Some(inner) => inner.to_owned(),
+                None => cause,
+            }
+        }
+        other => other.to_string(),
+    };
+    Some(format!(
+        "this member has stopped replicating: {cause}. The other members carry on without it; it serves no reads or writes until it is restarted"
+    ))
+}
+
+/// Logs, once, why this member stopped taking part in Raft (unless it was
+/// shut down).
+async fn report_stop(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+) {
+    loop {
+        let reason = {
+            let m = metrics.borrow_and_update();
+            match &m.running_state {
+                Ok(()) => None,
+                Err(openraft::error::Fatal::Stopped) => return,
+                Err(_) => stop_reason(&m),
+            }
+        };
+        if let Some(reason) = reason {
+            tracing::error!("{reason}");
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn no_quorum(ms: u64) -> StoreError {
     unavailable(format!(
         "the leader has not heard from a majority for {ms} ms: it is cut off from the cluster; retry on a node of the majority"
@@ -182,7 +228,7 @@ pub struct ClusterSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot open the raft log: {0}")]
+    #[error("{0}")]
     Log(String),
     #[error("invalid raft settings: {0}")]
     Config(String),
@@ -262,10 +308,11 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE))
-            .map_err(|e| ClusterError::Log(e.to_string()))?;
+        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)?;
         let snapshots = data_dir.join("snapshots");
-        std::fs::create_dir_all(&snapshots).map_err(|e| ClusterError::Log(e.to_string()))?;
+        std::fs::create_dir_all(&snapshots).map_err(|e| {
+            ClusterError::Log(format!("cannot create {}: {e}", snapshots.display()))
+        })?;
         let sm = state_machine::StateMachine::new(store.clone(), snapshots);
         let committed = log.committed.clone();
         let Role::Voter { id, secret } = &settings.role else {
@@ -330,6 +377,7 @@ impl Cluster {
             clients: std::sync::Mutex::default(),
             credential,
         });
+        tokio::spawn(report_stop(cluster.raft.metrics()));
         let forwarder = Arc::downgrade(&cluster);
         tokio::spawn(gather(forward_queue, ENTRIES_IN_FLIGHT, move |writes| {
             forward_gathered(forwarder.clone(), writes)
@@ -540,6 +588,7 @@ impl Cluster {
         serde_json::json!({
             "id": self.id,
             "role": format!("{:?}", m.state),
+            "stopped": stop_reason(&m),
             "term": m.current_term,
             "leader": m.current_leader,
             "last_log_index": m.last_log_index,
@@ -550,9 +599,22 @@ impl Cluster {
         })
     }
 
-    /// Whether the cluster has a leader this node knows.
+    /// Whether the cluster has a leader this node knows (and this member
+    /// still takes part: see `stopped`).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.running_state.is_ok() && m.current_leader.is_some()
+    }
+
+    /// Why this member stopped taking part in Raft, if it did: a read or
+    /// write of its Raft log or database failed (a full disk, a read-only
+    /// file system, a damaged file). The member then refuses every write and
+    /// read with this reason, which names the file and the fix; it
+    /// acknowledged nothing it had not persisted, and the other members
+    /// carry on without it.
+    pub fn stopped(&self) -> Option<String> {
+        stop_reason(&self.raft.metrics().borrow())
     }
 
     /// Hands leadership over (if this node leads) and stops Raft.

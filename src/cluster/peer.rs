@@ -59,6 +59,18 @@ pub(super) fn check_command<T>(
     }
 }
 
+impl PeerService {
+    /// Refuses Raft's messages once this member has stopped taking part
+    /// (see `Cluster::stopped`): the leader learns it is unavailable, and
+    /// Raft is not asked again for every heartbeat.
+    fn running(&self) -> Result<(), tonic::Status> {
+        match self.cluster.stopped() {
+            Some(reason) => Err(tonic::Status::unavailable(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
 pub(super) fn refuse(node: &str, why: String) -> tonic::Status {
     tracing::warn!(client = %node, %why, "store client refused");
     tonic::Status::permission_denied(why)
@@ -68,6 +80,7 @@ pub(super) fn refuse(node: &str, why: String) -> tonic::Status {
 impl peer_server::Peer for PeerService {
     async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
+        self.running()?;
         let req = network::unblob(r.get_ref())?;
         let result = self.cluster.raft.append_entries(req).await;
         if matches!(
@@ -86,12 +99,14 @@ impl peer_server::Peer for PeerService {
 
     async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
+        self.running()?;
         let req = network::unblob(r.get_ref())?;
         reply(&self.cluster.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
+        self.running()?;
         let blob = r.into_inner();
         let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
         req.data = blob.payload;

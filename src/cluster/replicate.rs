@@ -241,6 +241,9 @@ impl Cluster {
         let mut leaderless_since: Option<Instant> = None;
         let mut leader = self.raft.current_leader().await;
         loop {
+            if let Some(reason) = self.stopped() {
+                return Err(StoreError::Storage(reason));
+            }
             tracing::debug!(request = %id, ?leader, "write: attempt");
             let attempt = match leader {
                 Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
@@ -339,6 +342,9 @@ impl Cluster {
         }
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
+            if let Some(reason) = self.stopped() {
+                return Err(StoreError::Storage(reason));
+            }
             let leader = match self.confirm_leadership().await {
                 Ok(()) => return self.store.read_local(call).await,
                 Err(leader) => leader,
@@ -384,6 +390,9 @@ impl Cluster {
     /// node must have heard from a leader within the bound (or lead with a
     /// quorum) and have applied everything it knows to be committed.
     pub(super) async fn read_stale(&self, call: ReadCall) -> Result<Outcome, StoreError> {
+        if let Some(reason) = self.stopped() {
+            return Err(StoreError::Storage(reason));
+        }
         let (leading, applied) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();

@@ -18,8 +18,8 @@ use std::{
 };
 
 use openraft::{
-    EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, storage::RaftStateMachine,
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, storage::RaftStateMachine,
 };
 use sha2::{Digest, Sha256};
 
@@ -30,11 +30,11 @@ type NodeId = u64;
 type Node = openraft::BasicNode;
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::<NodeId>::write_state_machine(&std::io::Error::other(e.to_string())).into()
+    StorageIOError::<NodeId>::write_state_machine(AnyError::error(e)).into()
 }
 
 fn snap_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::<NodeId>::write_snapshot(None, &std::io::Error::other(e.to_string())).into()
+    StorageIOError::<NodeId>::write_snapshot(None, AnyError::error(e)).into()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -4,6 +4,7 @@
 mod auth;
 mod backup;
 mod config;
+mod disk;
 mod envoy;
 mod example;
 mod gen_envoy;

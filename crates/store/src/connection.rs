@@ -15,6 +15,7 @@ use super::{
     StoreError,
     authorizer::Guard,
     budget::MAX_VALUE_BYTES,
+    fault::file_of,
     value::{Outcome, Statement, Value},
 };
 
@@ -190,7 +191,7 @@ pub(super) fn run_statement(
     guard.begin_statement();
     let mut stmt = conn
         .prepare_cached(&key)
-        .map_err(|e| StoreError::from_sqlite(e, guard, namespace))?;
+        .map_err(|e| StoreError::from_sqlite(e, guard, namespace, file_of(conn)))?;
     if stmt.parameter_count() != statement.params.len() {
         return Err(StoreError::Invalid(format!(
             "the statement takes {} parameters but {} were given",
@@ -205,7 +206,7 @@ pub(super) fn run_statement(
         });
     }
     guard.begin_statement();
-    let fail = |e| StoreError::from_sqlite(e, guard, namespace);
+    let fail = |e| StoreError::from_sqlite(e, guard, namespace, file_of(conn));
     let columns = stmt.column_count();
     let readonly = stmt.readonly();
     let changes_before = conn.total_changes();
@@ -257,6 +258,9 @@ impl ExecCached for Connection {
 }
 
 /// Maps a SQLite error of flotilla's own bookkeeping to a storage failure.
-pub(super) fn storage(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |e| StoreError::Storage(format!("{context}: {e}"))
+pub(super) fn storage<'a>(
+    file: &'a str,
+    context: &'a str,
+) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
+    move |e| StoreError::Storage(crate::fault::describe(file, context, &e))
 }

@@ -36,6 +36,7 @@ mod authorizer;
 pub mod backup;
 mod budget;
 mod connection;
+pub mod fault;
 mod metrics;
 mod schema;
 mod share;
@@ -94,7 +95,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn from_sqlite(err: rusqlite::Error, guard: &Guard, namespace: &str) -> Self {
+    /// `file`: the database the statement ran on, named in a machine's
+    /// fault.
+    fn from_sqlite(err: rusqlite::Error, guard: &Guard, namespace: &str, file: &str) -> Self {
         // A denial can surface as SQLITE_AUTH or, for functions, as a plain
         // SQLITE_ERROR; the guard remembers which rule was broken either way.
         if let Some(reason) = guard.take_denial() {
@@ -156,7 +159,7 @@ impl StoreError {
                 | ErrorCode::PermissionDenied
                 | ErrorCode::ReadOnly
                 | ErrorCode::NoLargeFileSupport,
-            ) => StoreError::Storage(message),
+            ) => StoreError::Storage(fault::describe(file, "cannot run the statement", &err)),
             _ => StoreError::Invalid(message),
         }
     }
@@ -241,13 +244,14 @@ impl Store {
     /// starts the writer thread.
     pub fn open(config: &StoreConfig, metrics: StoreMetrics) -> Result<Store, StoreError> {
         let path = config.data_dir.join(DB_FILE);
-        let storage = |e: rusqlite::Error| {
-            StoreError::Storage(format!("cannot open the database {}: {e}", path.display()))
-        };
+        let file = path.display().to_string();
+        let storage =
+            |e: rusqlite::Error| StoreError::Storage(fault::describe(&file, "cannot open", &e));
         let determinism = connection::Determinism::default();
         let writer_guard = Guard::new();
         let writer = open_writer(&path, config.durability, &writer_guard, determinism.clone())
             .map_err(storage)?;
+        fault::check(&writer, &file).map_err(StoreError::Storage)?;
         writer
             .execute_batch(schema::SYSTEM_TABLES)
             .map_err(storage)?;
@@ -551,21 +555,22 @@ impl Store {
         self.with_reader(move |reader| {
             reader.guard.set_mode(Mode::System);
             let _ = std::fs::remove_file(&path);
+            let file = path.display().to_string();
             reader
                 .conn
                 .execute("VACUUM INTO ?1", [path.to_string_lossy()])
-                .map_err(storage("cannot copy the database for a snapshot"))?;
+                .map_err(storage(&file, "cannot copy the database into a snapshot"))?;
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| StoreError::Storage(format!("cannot sync the snapshot: {e}")))?;
             let copy = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(storage("cannot open the snapshot"))?;
+                .map_err(storage(&file, "cannot open the snapshot"))?;
             let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
                 copy.query_row("SELECT value FROM raft__state WHERE key = ?1", [key], |r| {
                     r.get(0)
                 })
                 .optional()
-                .map_err(storage("cannot read the snapshot's state"))
+                .map_err(storage(&file, "cannot read the snapshot's state"))
             };
             Ok(SnapshotFile {
                 log_id: get("applied")?,

@@ -16,6 +16,7 @@ use super::{
     StoreError,
     authorizer::{Guard, Mode},
     connection::storage,
+    fault::file_of,
     sql,
     value::MigrationSpec,
 };
@@ -67,7 +68,7 @@ pub(super) fn migrate(
     namespace: &str,
     migrations: &[MigrationSpec],
 ) -> Result<usize, StoreError> {
-    let sys = storage("migration bookkeeping failed");
+    let sys = storage(file_of(conn), "migration bookkeeping failed");
     guard.set_mode(Mode::System);
     let applied: Vec<(u32, String, String)> = {
         let mut stmt = conn
@@ -171,11 +172,11 @@ fn apply_migration(
         guard.begin_statement();
         let next = batch
             .next()
-            .map_err(|e| context(StoreError::from_sqlite(e, guard, namespace)))?;
+            .map_err(|e| context(StoreError::from_sqlite(e, guard, namespace, file_of(conn))))?;
         let Some(mut stmt) = next else { break };
         guard.begin_statement();
         stmt.raw_execute()
-            .map_err(|e| context(StoreError::from_sqlite(e, guard, namespace)))?;
+            .map_err(|e| context(StoreError::from_sqlite(e, guard, namespace, file_of(conn))))?;
     }
     Ok(())
 }
@@ -185,7 +186,10 @@ fn apply_migration(
 /// it, a trigger as the write that fires it. Refuses the first that does not
 /// compile, naming it and why. Leaves the guard in system mode.
 pub(super) fn audit(conn: &Connection, guard: &Guard, namespace: &str) -> Result<(), StoreError> {
-    let sys = storage("cannot list the namespace's views and triggers");
+    let sys = storage(
+        file_of(conn),
+        "cannot list the namespace's views and triggers",
+    );
     guard.set_mode(Mode::System);
     let prefix = format!("{namespace}__");
     let objects: Vec<(String, String, String, String)> = {
@@ -216,7 +220,8 @@ pub(super) fn audit(conn: &Connection, guard: &Guard, namespace: &str) -> Result
             });
             guard.begin_statement();
             let compiled = conn.prepare(&probe).map(drop);
-            let result = compiled.map_err(|e| StoreError::from_sqlite(e, guard, namespace));
+            let result =
+                compiled.map_err(|e| StoreError::from_sqlite(e, guard, namespace, file_of(conn)));
             guard.set_mode(Mode::System);
             if let Err(e) = result {
                 let reason = match e {
@@ -256,7 +261,7 @@ fn trigger_probes(
                     s.query_map([table], |r| r.get(0))?
                         .collect::<Result<_, _>>()
                 })
-                .map_err(storage("cannot list a table's columns"))?;
+                .map_err(storage(file_of(conn), "cannot list a table's columns"))?;
             let set: Vec<String> = columns
                 .iter()
                 .map(|c| format!("{0} = {0}", quote(c)))

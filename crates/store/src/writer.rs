@@ -35,6 +35,7 @@ use super::{
     budget::MAX_VALUE_BYTES,
     budget::{Meter, WriteBudget},
     connection::{Determinism, ExecCached, fresh_stamp, run_statement, set_value_limit, storage},
+    fault::{describe, file_of},
     schema,
     share::Shares,
     value::{Applied, Command, MigrationSpec, Outcome, Proposal, Statement},
@@ -106,6 +107,8 @@ type GroupResults = Vec<Result<Vec<Outcome>, StoreError>>;
 /// The writer thread's state: the only read-write connection.
 pub(super) struct Writer {
     conn: Connection,
+    /// The database file, for messages.
+    file: String,
     guard: Guard,
     determinism: Determinism,
     metrics: StoreMetrics,
@@ -144,6 +147,7 @@ impl Writer {
         wal_long: Arc<AtomicBool>,
     ) -> Writer {
         Writer {
+            file: file_of(&conn).to_owned(),
             conn,
             guard,
             determinism,
@@ -284,7 +288,7 @@ impl Writer {
         self.guard.set_mode(Mode::System);
         self.conn
             .exec_cached("BEGIN IMMEDIATE")
-            .map_err(storage("cannot start a write transaction"))?;
+            .map_err(storage(&self.file, "cannot start a write transaction"))?;
         let result = f(self);
         self.guard.set_mode(Mode::System);
         match result {
@@ -292,7 +296,11 @@ impl Writer {
                 Ok(()) => Ok(v),
                 Err(e) => {
                     self.rollback();
-                    Err(StoreError::Storage(format!("commit failed: {e}")))
+                    Err(StoreError::Storage(describe(
+                        &self.file,
+                        "commit failed",
+                        &e,
+                    )))
                 }
             },
             Err(e) => {
@@ -317,12 +325,12 @@ impl Writer {
         self.guard.set_mode(Mode::System);
         self.conn
             .exec_cached("SAVEPOINT unit")
-            .map_err(storage("cannot open a savepoint"))?;
+            .map_err(storage(&self.file, "cannot open a savepoint"))?;
         let result = work(self);
         self.guard.set_mode(Mode::System);
         self.guard.unmeter();
         set_value_limit(&self.conn, MAX_VALUE_BYTES as i32)
-            .map_err(storage("cannot reset the length limit"))?;
+            .map_err(storage(&self.file, "cannot reset the length limit"))?;
         if self.conn.is_autocommit() {
             return match result {
                 Err(e) if e.is_deterministic() => Ok(Unit::Ended(e)),
@@ -341,7 +349,7 @@ impl Writer {
                 .exec_cached("ROLLBACK TO unit")
                 .and_then(|()| self.conn.exec_cached("RELEASE unit")),
         };
-        close.map_err(storage("cannot close a savepoint"))?;
+        close.map_err(storage(&self.file, "cannot close a savepoint"))?;
         Ok(Unit::Done(result))
     }
 
@@ -356,7 +364,7 @@ impl Writer {
     ) -> Result<Vec<Outcome>, StoreError> {
         let meter = Meter::write(budget);
         set_value_limit(&self.conn, meter.value_limit())
-            .map_err(storage("cannot set the length limit"))?;
+            .map_err(storage(&self.file, "cannot set the length limit"))?;
         self.guard.meter(meter);
         let mut outcomes = Vec::with_capacity(statements.len());
         for statement in statements {
@@ -449,7 +457,7 @@ impl Writer {
         self.guard.set_mode(Mode::System);
         self.conn
             .exec_cached("BEGIN IMMEDIATE")
-            .map_err(storage("cannot start a write transaction"))?;
+            .map_err(storage(&self.file, "cannot start a write transaction"))?;
         let mut results = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(e) = &ended[i] {
@@ -486,7 +494,11 @@ impl Writer {
             Ok(()) => Ok(Some(results)),
             Err(e) => {
                 self.rollback();
-                Err(StoreError::Storage(format!("commit failed: {e}")))
+                Err(StoreError::Storage(describe(
+                    &self.file,
+                    "commit failed",
+                    &e,
+                )))
             }
         }
     }
@@ -546,7 +558,7 @@ impl Writer {
         if self.open_apply.is_none() {
             self.conn
                 .exec_cached("BEGIN IMMEDIATE")
-                .map_err(storage("cannot start a write transaction"))?;
+                .map_err(storage(&self.file, "cannot start a write transaction"))?;
             self.open_apply = Some(Instant::now());
             let previous = std::mem::take(&mut self.uncommitted);
             let replayed = self.apply_entries(&previous);
@@ -590,7 +602,8 @@ impl Writer {
         self.guard.set_mode(Mode::System);
         let started = Instant::now();
         if let Err(e) = self.conn.exec_cached("COMMIT") {
-            return Err(self.lose_applies(&format!("the commit failed: {e}")));
+            let why = describe(&self.file, "the commit failed", &e);
+            return Err(self.lose_applies(&why));
         }
         self.metrics
             .observe_commit(started.elapsed(), self.uncommitted.len(), since.elapsed());
@@ -660,7 +673,7 @@ impl Writer {
             self.conn
                 .prepare_cached("DELETE FROM raft__requests WHERE time_ms < ?1")
                 .and_then(|mut s| s.execute([newest - 600_000]))
-                .map_err(storage("cannot purge old request ids"))?;
+                .map_err(storage(&self.file, "cannot purge old request ids"))?;
         }
         Ok(Ok(results))
     }
@@ -673,7 +686,7 @@ impl Writer {
             .conn
             .prepare_cached("SELECT result FROM raft__requests WHERE request_id = ?1")
             .and_then(|mut s| s.query_row([&p.request_id], |r| r.get(0)).optional())
-            .map_err(storage("cannot look up the request id"))?;
+            .map_err(storage(&self.file, "cannot look up the request id"))?;
         if let Some(seen) = seen {
             return serde_json::from_slice(&seen)
                 .map(Unit::Done)
@@ -723,7 +736,7 @@ impl Writer {
                 "INSERT INTO raft__requests (request_id, result, time_ms) VALUES (?1, ?2, ?3)",
             )
             .and_then(|mut s| s.execute(rusqlite::params![p.request_id, encoded, p.time_ms]))
-            .map_err(storage("cannot record the request id"))?;
+            .map_err(storage(&self.file, "cannot record the request id"))?;
         Ok(Unit::Done(result))
     }
 
@@ -735,7 +748,7 @@ impl Writer {
                     r.get(0)
                 })
                 .optional()
-                .map_err(storage("cannot read the applied state"))
+                .map_err(storage(&self.file, "cannot read the applied state"))
         };
         Ok((get("applied")?, get("membership")?))
     }
@@ -744,11 +757,12 @@ impl Writer {
     /// snapshot), page by page through SQLite's backup API, in place, so
     /// open readers see the new content.
     fn restore(&mut self, path: &Path) -> Result<(), StoreError> {
+        let snapshot = path.display().to_string();
         let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(storage("cannot open the received snapshot"))?;
+            .map_err(storage(&snapshot, "cannot open the received snapshot"))?;
         let ok: String = source
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(storage("cannot check the received snapshot"))?;
+            .map_err(storage(&snapshot, "cannot check the received snapshot"))?;
         if ok != "ok" {
             return Err(StoreError::Storage(format!(
                 "the received snapshot is corrupt: {ok}"
@@ -756,10 +770,10 @@ impl Writer {
         }
         {
             let backup = rusqlite::backup::Backup::new(&source, &mut self.conn)
-                .map_err(storage("cannot start restoring the snapshot"))?;
+                .map_err(storage(&self.file, "cannot start restoring the snapshot"))?;
             backup
                 .run_to_completion(1024, std::time::Duration::ZERO, None)
-                .map_err(storage("cannot restore the snapshot"))?;
+                .map_err(storage(&self.file, "cannot restore the snapshot"))?;
         }
         self.conn.flush_prepared_statement_cache();
         Ok(())

@@ -1,7 +1,7 @@
 //! What the system tests share: the real binary as a process on loopback
 //! ports ([`Node`]), a three-member cluster of it ([`TestCluster`]), the
 //! scaled layout of nine ([`ScaledCluster`]), a real
-//! Envoy ([`Envoy`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
+//! Envoy ([`Envoy`]), a small disk to fill or break ([`SmallDisk`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
 //! the accounts a test needs, a linearizability checker, and
 //! [`wait_until`], the one way a test waits for something to happen.
 //!
@@ -11,6 +11,7 @@ mod accounts;
 mod ads;
 mod clients;
 mod cluster;
+mod disk;
 mod envoy;
 pub mod linearizability;
 mod node;
@@ -21,6 +22,7 @@ pub use accounts::user_password;
 pub use ads::{Ads, CDS, EDS, LDS, decode, request, wait_for_endpoints};
 pub use clients::{authed, grpc_channel, http};
 pub use cluster::{CLUSTER_SECRET, TestCluster};
+pub use disk::SmallDisk;
 pub use envoy::{Envoy, envoy_in_front, generate, grpc_echo, repo, validate, wait_routed};
 pub use node::{
     BINARY, Node, NodeConfig, blocking_get, example_binary, free_addr, free_port, run_cli,
