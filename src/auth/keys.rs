@@ -125,14 +125,21 @@ fn new_kid() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn new_key_statement(secrets: &Secrets, now: i64) -> Statement {
+/// Adds a key; `INSERT_KEY_IF_NONE` only while there is no current one.
+const INSERT_KEY: &str = "INSERT INTO auth__signing_keys (kid, created_at, public_key, sealed_private_key) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_KEY_IF_NONE: &str = "INSERT INTO auth__signing_keys (kid, created_at, public_key, sealed_private_key)
+     SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM auth__signing_keys WHERE retired_at IS NULL)";
+
+/// A new key's row for `sql` (one of the two above): kid, creation time,
+/// public key, sealed private key.
+fn new_key_statement(sql: &str, secrets: &Secrets, now: i64) -> Statement {
     let signing = ed25519_dalek::SigningKey::generate(&mut OsRng);
     let kid = new_kid();
     let pkcs8 = signing
         .to_pkcs8_der()
         .expect("an Ed25519 key always encodes as PKCS#8");
     Statement::new(
-        "INSERT INTO auth__signing_keys (kid, created_at, public_key, sealed_private_key) VALUES (?1, ?2, ?3, ?4)",
+        sql,
         vec![
             kid.clone().into(),
             now.into(),
@@ -155,8 +162,12 @@ pub async fn ensure_current(
         ))
         .await?;
     if current.rows[0][0] == Value::Integer(0) {
-        store.write(vec![new_key_statement(secrets, now)]).await?;
-        tracing::info!("created the first token signing key");
+        // Conditional: nodes starting together all see no key, and only
+        // the first write may add one.
+        let first = new_key_statement(INSERT_KEY_IF_NONE, secrets, now);
+        if store.write(vec![first]).await?[0].changed == 1 {
+            tracing::info!("created the first token signing key");
+        }
     }
     Ok(())
 }
@@ -169,7 +180,7 @@ pub async fn rotate(
     now: i64,
     keep_retired_secs: i64,
 ) -> Result<String, StoreError> {
-    let insert = new_key_statement(secrets, now);
+    let insert = new_key_statement(INSERT_KEY, secrets, now);
     let kid = insert.params[0].as_str().unwrap_or_default().to_owned();
     store
         .write(vec![
@@ -269,6 +280,32 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(a.unseal("kid1", &tampered).is_err());
+    }
+
+    #[tokio::test]
+    async fn nodes_starting_together_make_one_first_key() {
+        let fixture = crate::auth::test_support::Fixture::new().await;
+        let ns = &fixture.auth.keys;
+        let secrets = Secrets::from_secret("an-example-secret-of-enough-length-0123");
+        ns.write(vec![Statement::new(
+            "DELETE FROM auth__signing_keys",
+            vec![],
+        )])
+        .await
+        .unwrap();
+        // Every one reads "no key" before any writes.
+        let starts = (0..4).map(|_| ensure_current(ns, &secrets, 1));
+        for started in futures_util::future::join_all(starts).await {
+            started.unwrap();
+        }
+        let current = ns
+            .read(Statement::new(
+                "SELECT count(*) FROM auth__signing_keys WHERE retired_at IS NULL",
+                vec![],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(current.rows[0][0], Value::Integer(1));
     }
 
     #[test]

@@ -609,6 +609,9 @@ mod tests {
             .execute("UPDATE log SET payload = CAST(replace(CAST(payload AS TEXT), 'Blank', 'Blanc') AS BLOB) WHERE idx = 2", [])
             .unwrap();
         let err = store.try_get_log_entries(0..10).await.unwrap_err();
-        assert!(err.to_string().contains("does not match its checksum"), "{err}");
+        assert!(
+            err.to_string().contains("does not match its checksum"),
+            "{err}"
+        );
     }
 }

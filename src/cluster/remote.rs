@@ -76,6 +76,8 @@ impl RemoteInner {
         };
         let deadline = Instant::now() + if method == "admin" { wait } else { LEADER_WAIT };
         let mut last_error = String::from("no member answered");
+        // Rounds in a row in which no member accepted a connection.
+        let mut rounds_unreachable = 0;
         loop {
             let hint = self.leader.load(Ordering::Relaxed);
             let mut order: Vec<&Member> = self.members.iter().collect();
@@ -83,6 +85,7 @@ impl RemoteInner {
             // A refusal is final only if every member refuses: during a
             // rolling restart some may not know this node yet.
             let mut refusals = Vec::new();
+            let mut unreachable = Vec::new();
             let asked = order.len();
             for member in order {
                 let mut client = match self.client(member) {
@@ -134,8 +137,22 @@ impl RemoteInner {
                             status.message()
                         )));
                     }
+                    Err(status) if is_unreachable(&status) => {
+                        unreachable.push(format!("{} ({})", member.name, member.peer));
+                    }
                     Err(status) => last_error = format!("{}: {}", member.name, status.message()),
                 }
+            }
+            rounds_unreachable = if unreachable.len() == asked {
+                rounds_unreachable + 1
+            } else {
+                0
+            };
+            if rounds_unreachable >= GONE_ROUNDS {
+                return Err(unavailable(format!(
+                    "no cluster member accepts connections ({}): the db members are not running; start them",
+                    unreachable.join(", ")
+                )));
             }
             if refusals.len() == asked
                 && let Some(refusal) = refusals.pop()
@@ -150,6 +167,20 @@ impl RemoteInner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A store client gives up after this many rounds in a row in which every
+/// member refused the connection (about 150 ms): nothing listens, so
+/// waiting out `LEADER_WAIT` would only delay the answer, and a node that
+/// stops would wait for its deregistration in vain. A member that is slow
+/// or restarting still gets the whole wait.
+const GONE_ROUNDS: u32 = 3;
+
+/// Whether the call failed because no connection could be made to the
+/// member (nothing listens there), not because the member answered.
+fn is_unreachable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && status.message().to_ascii_lowercase().contains("connect")
 }
 
 /// Runs a `flotilla cluster` operation against the running members: status

@@ -224,7 +224,11 @@ impl Running {
             self.registry.deregister(&self.registry_store),
         )
         .await
-        .unwrap_or_else(|_| Err(StoreError::Storage("timed out".into())));
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the cluster did not answer within 3 s".into(),
+            ))
+        });
         match deregistered {
             Ok(()) if replicated => tokio::time::sleep(DEREGISTRATION_DRAIN).await,
             Ok(()) => {}

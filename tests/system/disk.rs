@@ -135,11 +135,16 @@ fn assert_refuses_to_start(node: &mut Node, file: &Path, fix: &str) {
     node.spawn_only(&[]);
     let status = node.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", node.log());
+    // The one line on standard error that says why (threads may still log
+    // after it).
     let log = node.log();
-    let last = log.lines().last().unwrap_or_default();
+    let why = log
+        .lines()
+        .find(|l| l.starts_with("flotilla: "))
+        .unwrap_or_else(|| panic!("no `flotilla: ` line:\n{log}"));
     assert!(
-        last.contains(file.to_str().unwrap()) && last.contains("damaged") && last.contains(fix),
-        "{last}"
+        why.contains(file.to_str().unwrap()) && why.contains("damaged") && why.contains(fix),
+        "{why}"
     );
 }
 

@@ -215,4 +215,31 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "write through Envoy after failover");
+
+    // With every db member gone, a store client stops at once, saying so
+    // in one line instead of retrying its deregistration.
+    for db in ["db-1", "db-2", "db-3"] {
+        let member = cluster.nodes.get_mut(db).unwrap();
+        if member.child.is_some() {
+            member.kill9();
+        }
+    }
+    let echo = cluster.nodes.get_mut("echo-2").unwrap();
+    let before = echo.log().lines().count();
+    echo.signal("TERM");
+    let status = echo.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", echo.log());
+    let log = echo.log();
+    let complaints: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert_eq!(complaints.len(), 1, "{complaints:#?}");
+    assert!(
+        complaints[0].contains("no cluster member accepts connections")
+            && complaints[0].contains("start them"),
+        "{}",
+        complaints[0]
+    );
 }
