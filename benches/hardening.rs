@@ -25,63 +25,26 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{CLIENTS, PASSWORD, client, create_admin, free_addr, load, machine, ready};
-
-const SECRET: &str = "bench-secret-for-the-hardening-figures-0123";
+use common::{BenchNode, CLIENTS, PASSWORD, client, load, machine};
 
 /// Every public listener limit at the top of its accepted range.
 const LIMITS_AT_MAX: &str = "limits: {listeners: {public: {max_connections: 1000000, max_streams_per_connection: 100000, max_header_bytes: 1048576, max_headers: 1000, max_uri_bytes: 1048576}}}\n";
 
-struct BenchNode {
+/// A node of the comparison, by name.
+struct Named {
     name: &'static str,
-    public: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
+    node: BenchNode,
 }
 
-impl Drop for BenchNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &'static str, binary: &Path, extra: &str) -> BenchNode {
-    let dir = tempfile::tempdir().unwrap();
-    let (public, admin) = (free_addr(), free_addr());
-    let config = dir.path().join("bench.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "node: {{id: bench}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{SECRET}'}}\n{extra}",
-            free_addr(),
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready(admin) {
-        assert!(Instant::now() < deadline, "{name} did not become ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    create_admin(binary.to_str().unwrap(), &config);
-    BenchNode {
+fn start(name: &'static str, binary: &Path, extra: &str) -> Named {
+    Named {
         name,
-        public,
-        child,
-        _dir: dir,
+        node: BenchNode::start(binary, extra),
     }
 }
 
@@ -113,9 +76,9 @@ struct Round {
     echo_per_s: f64,
 }
 
-async fn measure(node: &BenchNode, duration: Duration, round: usize) -> Round {
+async fn measure(node: &Named, duration: Duration, round: usize) -> Round {
     let from = std::net::IpAddr::from([127, 0, 1, 10 + round as u8]);
-    let public = node.public;
+    let public = node.node.public;
     let mut logins = Vec::new();
     let mut refresh_token = String::new();
     for _ in 0..10 {

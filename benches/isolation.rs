@@ -21,9 +21,7 @@
 //! Every request goes to 127.0.0.1.
 
 use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -35,61 +33,7 @@ use flotilla_store::{Durability, Migration, Store, StoreConfig, StoreMetrics};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{CLIENTS, Figures, client, create_admin, free_addr, load, login, machine, ready};
-
-const SECRET: &str = "bench-secret-5c1e9a7f3b2d8e6a4c0f";
-
-/// One node of `binary` on fresh ports and data, with `limits` (a YAML
-/// line, may be empty).
-struct Node {
-    child: Child,
-    public: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(binary: &Path, limits: &str) -> (Node, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let (public, admin) = (free_addr(), free_addr());
-        let config = dir.path().join("bench.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: error}}\nauth: {{secret: '{SECRET}'}}\n{limits}\n",
-                free_addr(),
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(binary)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready(admin) {
-            assert!(Instant::now() < deadline, "bench node not ready");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        create_admin(binary.to_str().unwrap(), &config);
-        (
-            Node {
-                child,
-                public,
-                _dir: dir,
-            },
-            config.display().to_string(),
-        )
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{BenchNode, CLIENTS, Figures, client, load, login, machine};
 
 /// What runs beside kv's writes.
 #[derive(Clone, Copy)]
@@ -111,7 +55,7 @@ struct Scenario {
 /// kv PUTs from 64 clients for `duration` on a fresh node, with `beside`
 /// looping meanwhile; returns the figures and how many intruder calls ran.
 fn run(rt: &tokio::runtime::Runtime, s: &Scenario, duration: Duration) -> (Figures, u64) {
-    let (node, _config) = Node::start(&s.binary, s.limits);
+    let node = BenchNode::start(&s.binary, s.limits);
     let public = node.public;
     rt.block_on(async {
         let token = login(public).await;

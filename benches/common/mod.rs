@@ -193,3 +193,56 @@ pub async fn login(public: SocketAddr) -> String {
         .unwrap();
     r["access_token"].as_str().unwrap().to_owned()
 }
+
+/// The auth secret of the benchmark nodes.
+const BENCH_SECRET: &str = "bench-secret-5c1e9a7f3b2d8e6a4c0f";
+
+/// A single-mode `flotilla serve` of `binary` on loopback, every service,
+/// with the admin created; `extra` is appended to its config (top-level
+/// YAML lines). Killed when dropped.
+pub struct BenchNode {
+    pub child: std::process::Child,
+    pub public: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchNode {
+    pub fn start(binary: &std::path::Path, extra: &str) -> BenchNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, admin) = (free_addr(), free_addr());
+        let config = dir.path().join("bench.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "node: {{id: bench-1}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: error}}\nauth: {{secret: '{BENCH_SECRET}'}}\n{extra}\n",
+                free_addr(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(binary)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready(admin) {
+            assert!(Instant::now() < deadline, "bench node not ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        create_admin(binary.to_str().unwrap(), &config);
+        BenchNode {
+            child,
+            public,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for BenchNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
