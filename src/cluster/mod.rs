@@ -9,6 +9,7 @@
 //!   cluster secret.
 //! - `replicate`: writes and reads through the leader, batched.
 //! - `handover`: leadership hand-over.
+//! - `elect`: PreVote; elections start only after a majority would vote.
 //! - `peer`: the peer listener's service, with the store clients' checks.
 //! - `remote`: a store client's replicator.
 //!
@@ -19,6 +20,7 @@
 //! writes and reads to the leader. Reads are linearizable (read index
 //! through the leader).
 
+mod elect;
 mod handover;
 pub mod log_store;
 pub mod network;
@@ -304,6 +306,9 @@ impl Cluster {
             // Per chunk; generous, so a loaded machine does not turn a slow
             // chunk into an endless resend.
             install_snapshot_timeout: 10_000,
+            // Elections are started by our elector after a PreVote round
+            // (`elect`, docs/adr/0008-prevote.md).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -378,6 +383,7 @@ impl Cluster {
             credential,
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
+        tokio::spawn(elect::elector(Arc::downgrade(&cluster)));
         let forwarder = Arc::downgrade(&cluster);
         tokio::spawn(gather(forward_queue, ENTRIES_IN_FLIGHT, move |writes| {
             forward_gathered(forwarder.clone(), writes)

@@ -171,6 +171,18 @@ impl peer_server::Peer for PeerService {
         reply(&reply_value)
     }
 
+    async fn pre_vote(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        self.running()?;
+        let req: openraft::raft::VoteRequest<u64> = network::unblob(r.get_ref())?;
+        match self.cluster.pre_vote(&req).await {
+            Some(answer) => reply(&answer),
+            None => Err(tonic::Status::unavailable(
+                "raft has stopped on this member",
+            )),
+        }
+    }
+
     async fn timeout_now(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
         self.cluster

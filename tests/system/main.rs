@@ -13,6 +13,7 @@ mod hostile;
 mod ingress;
 mod kv;
 mod lifecycle;
+mod partition;
 mod scaled;
 mod support;
 mod xds;
