@@ -78,6 +78,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Constraint(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::OutcomeUnknown(_) => {
+                tracing::warn!(error = %e, "a write's outcome is unknown");
+                Self::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "outcome_unknown",
+                    format!(
+                        "{e}. The write may have been applied, or may still be: read before retrying it"
+                    ),
+                )
+            }
             StoreError::Storage(_) | StoreError::Unavailable(_) | StoreError::Closed => {
                 tracing::error!(error = %e, "store unavailable");
                 Self::new(
@@ -144,5 +154,22 @@ pub fn error_response(error: ApiError, grpc: bool) -> Response {
         tonic::Status::from(error).into_http::<axum::body::Body>()
     } else {
         error.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_whose_outcome_is_unknown_is_a_504_never_a_503() {
+        let e = ApiError::from(StoreError::OutcomeUnknown("no answer".into()));
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.code, "outcome_unknown");
+        assert!(e.message.contains("read before retrying"), "{}", e.message);
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::DeadlineExceeded);
+        let e = ApiError::from(StoreError::Unavailable("no leader".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
     }
 }

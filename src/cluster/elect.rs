@@ -77,12 +77,14 @@ impl Cluster {
         })
     }
 
-    /// Asks the other voters whether they would vote for this member;
-    /// whether a majority of every configuration would.
-    async fn pre_vote_round(&self, term: u64) -> bool {
+    /// Asks the other voters whether they would vote for this member:
+    /// whether a majority of every configuration would, and whether a
+    /// majority answered at all (if not, this member is cut off).
+    async fn pre_vote_round(&self, term: u64) -> (bool, bool) {
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let configs = membership.membership().get_joint_config().clone();
         let mut granted = BTreeSet::from([self.id]);
+        let mut answered = BTreeSet::from([self.id]);
         // A member cut off by fault injection is refused only on the
         // receiving side of its own calls: count its peers as no.
         if !self.faults.isolated() {
@@ -100,29 +102,61 @@ impl Cluster {
                 let req = network::blob(&req);
                 async move {
                     let Ok(mut client) = self.leader_client(id) else {
-                        return (id, false);
+                        return (id, None);
                     };
                     let call = client.pre_vote(tonic::Request::new(req));
                     let granted = match tokio::time::timeout(self.election_timeout_min, call).await
                     {
-                        Ok(Ok(reply)) => {
+                        Ok(Ok(reply)) => Some(
                             serde_json::from_slice::<VoteResponse<u64>>(&reply.into_inner().data)
-                                .is_ok_and(|r| r.vote_granted)
-                        }
+                                .is_ok_and(|r| r.vote_granted),
+                        ),
                         // A member of an older version, without PreVote.
-                        Ok(Err(status)) => status.code() == tonic::Code::Unimplemented,
-                        Err(_) => false,
+                        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                            Some(true)
+                        }
+                        // It answered: it is there, and said no.
+                        Ok(Err(status)) if !network::is_unreachable(&status) => Some(false),
+                        Ok(Err(_)) | Err(_) => None,
                     };
                     (id, granted)
                 }
             });
-            for (id, yes) in futures_util::future::join_all(asks).await {
-                if yes {
-                    granted.insert(id);
+            for (id, answer) in futures_util::future::join_all(asks).await {
+                if let Some(yes) = answer {
+                    answered.insert(id);
+                    if yes {
+                        granted.insert(id);
+                    }
                 }
             }
         }
-        quorum(&configs, &granted)
+        (quorum(&configs, &granted), quorum(&configs, &answered))
+    }
+
+    /// Since when this member has known it is cut off from a majority (no
+    /// leader heard and its last PreVote round unanswered by a majority).
+    pub(super) fn cut_off(&self) -> Option<Instant> {
+        *self.cut_off_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records what the last PreVote round or the leader's last message
+    /// said about this member's reach.
+    pub(super) fn set_cut_off(&self, cut_off: bool) {
+        let mut since = self.cut_off_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (cut_off, *since) {
+            (true, None) => {
+                tracing::warn!(
+                    "no majority of the voters answers: this member is cut off; it refuses writes and reads until it hears from a leader"
+                );
+                *since = Some(Instant::now());
+            }
+            (false, Some(_)) => {
+                tracing::info!("this member reaches a majority again");
+                *since = None;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -173,7 +207,9 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
             continue;
         }
         let term = state.vote.leader_id().term;
-        if c.pre_vote_round(term).await {
+        let (won, reached) = c.pre_vote_round(term).await;
+        c.set_cut_off(!reached);
+        if won {
             // Unless a leader spoke meanwhile.
             if let Some(now) = c.vote_state().await
                 && !now.leading

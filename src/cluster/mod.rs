@@ -32,8 +32,8 @@ pub mod state_machine;
 use handover::Quiet;
 pub use remote::{remote_admin, remote_replicator};
 use replicate::{
-    Confirmation, ENTRIES_IN_FLIGHT, LEADER_WAIT, PROPOSAL_WAIT, Pending, ReplicatorHandle,
-    confirm_gathered, forward_gathered, gather, propose_gathered,
+    Confirmation, ENTRIES_IN_FLIGHT, ForwardedBatch, LEADER_WAIT, PROPOSAL_WAIT, Pending,
+    ReplicatorHandle, confirm_gathered, forward_gathered, gather, propose_gathered,
 };
 
 use std::{
@@ -77,6 +77,10 @@ pub enum Refusal {
     /// This node leads but has not heard from a quorum for this many
     /// milliseconds: it is on the minority side of a partition.
     NoQuorum(u64),
+    /// The write reached a leader, and no outcome came back: it may still
+    /// commit. Retried with the same request id it applies at most once;
+    /// if no retry gets an answer, the caller is told "outcome unknown".
+    Unknown(String),
 }
 
 /// A peer's answer to a forwarded write or read.
@@ -245,6 +249,10 @@ pub struct Cluster {
     stale_read_max_lag: Duration,
     committed: Arc<std::sync::atomic::AtomicU64>,
     last_leader_contact: std::sync::Mutex<Option<Instant>>,
+    /// When this member's last PreVote round reached no majority of the
+    /// voters (its peers did not answer): it is cut off, and refuses what
+    /// it would otherwise forward at once (see `elect`).
+    cut_off_since: std::sync::Mutex<Option<Instant>>,
     election_timeout_min: Duration,
     election_timeout_max: Duration,
     raft: Raft<TypeConfig>,
@@ -369,6 +377,7 @@ impl Cluster {
             stale_read_max_lag: settings.stale_read_max_lag,
             committed,
             last_leader_contact: std::sync::Mutex::new(None),
+            cut_off_since: std::sync::Mutex::new(None),
             election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
             raft,

@@ -324,3 +324,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         self.call("vote", blob(&rpc), &option).await
     }
 }
+
+/// Whether a call failed because no connection could be made to the peer
+/// (nothing listens there, or nothing answers the connection): the request
+/// was not sent.
+pub(super) fn is_unreachable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && status.message().to_ascii_lowercase().contains("connect")
+}

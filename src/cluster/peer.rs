@@ -93,6 +93,7 @@ impl peer_server::Peer for PeerService {
                 .last_leader_contact
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.cluster.set_cut_off(false);
         }
         reply(&result)
     }
@@ -121,9 +122,26 @@ impl peer_server::Peer for PeerService {
 
     async fn write_batch(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
-        let writes: Vec<(String, Command)> = network::unblob(r.get_ref())?;
+        let batch: ForwardedBatch = network::unblob(r.get_ref())?;
+        let late = now_ms() - batch.deadline_ms;
+        if late > 0 {
+            // Its sender has given up on it: proposing it now would apply
+            // writes their clients were told nothing about.
+            tracing::warn!(
+                writes = batch.writes.len(),
+                late_ms = late,
+                "refused forwarded writes that arrived after their sender's deadline"
+            );
+            let refused: Vec<PeerReply<ApplyResponse>> = batch
+                .writes
+                .iter()
+                .map(|_| PeerReply::Refused(Refusal::NotLeader(None)))
+                .collect();
+            return reply(&refused);
+        }
         let answers = futures_util::future::join_all(
-            writes
+            batch
+                .writes
                 .into_iter()
                 .map(|(id, command)| self.cluster.propose(id, command)),
         )

@@ -76,6 +76,9 @@ impl RemoteInner {
         };
         let deadline = Instant::now() + if method == "admin" { wait } else { LEADER_WAIT };
         let mut last_error = String::from("no member answered");
+        // A write that reached a member and got no outcome may still
+        // commit (its request id makes a retry apply it once).
+        let mut unknown: Option<String> = None;
         // Rounds in a row in which no member accepted a connection.
         let mut rounds_unreachable = 0;
         loop {
@@ -117,6 +120,10 @@ impl RemoteInner {
                             self.leader.store(leader, Ordering::Relaxed);
                             break;
                         }
+                        Ok(PeerReply::Refused(Refusal::Unknown(why))) => {
+                            last_error = format!("{}: {why}", member.name);
+                            unknown = Some(last_error.clone());
+                        }
                         Ok(PeerReply::Refused(refusal)) => {
                             last_error = format!("{}: {refusal:?}", member.name)
                         }
@@ -137,10 +144,15 @@ impl RemoteInner {
                             status.message()
                         )));
                     }
-                    Err(status) if is_unreachable(&status) => {
+                    Err(status) if network::is_unreachable(&status) => {
                         unreachable.push(format!("{} ({})", member.name, member.peer));
                     }
-                    Err(status) => last_error = format!("{}: {}", member.name, status.message()),
+                    Err(status) => {
+                        last_error = format!("{}: {}", member.name, status.message());
+                        if method == "write" {
+                            unknown = Some(last_error.clone());
+                        }
+                    }
                 }
             }
             rounds_unreachable = if unreachable.len() == asked {
@@ -148,8 +160,14 @@ impl RemoteInner {
             } else {
                 0
             };
+            let give_up = |why: String| match &unknown {
+                Some(sent) => StoreError::OutcomeUnknown(format!(
+                    "the write reached a member and its outcome is unknown ({sent}); then {why}"
+                )),
+                None => unavailable(why),
+            };
             if rounds_unreachable >= GONE_ROUNDS {
-                return Err(unavailable(format!(
+                return Err(give_up(format!(
                     "no cluster member accepts connections ({}): the db members are not running; start them",
                     unreachable.join(", ")
                 )));
@@ -160,7 +178,7 @@ impl RemoteInner {
                 return Err(refusal);
             }
             if Instant::now() >= deadline {
-                return Err(unavailable(format!(
+                return Err(give_up(format!(
                     "no cluster member accepted the request: {last_error}"
                 )));
             }
@@ -175,13 +193,6 @@ impl RemoteInner {
 /// stops would wait for its deregistration in vain. A member that is slow
 /// or restarting still gets the whole wait.
 const GONE_ROUNDS: u32 = 3;
-
-/// Whether the call failed because no connection could be made to the
-/// member (nothing listens there), not because the member answered.
-fn is_unreachable(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable
-        && status.message().to_ascii_lowercase().contains("connect")
-}
 
 /// Runs a `flotilla cluster` operation against the running members: status
 /// from every reachable member, changes on the leader.

@@ -16,6 +16,15 @@ pub(super) const ENTRIES_IN_FLIGHT: usize = 4;
 /// The most proposals one entry carries.
 pub(super) const MAX_BATCH: usize = 512;
 
+/// Writes a follower forwards to the leader in one call, with the time
+/// (wall clock, milliseconds) after which the sender no longer waits for
+/// them: the leader proposes none of them after it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct ForwardedBatch {
+    pub deadline_ms: i64,
+    pub writes: Vec<(String, Command)>,
+}
+
 /// A proposal waiting to be gathered into an entry.
 pub(super) struct Pending {
     request_id: String,
@@ -149,13 +158,17 @@ pub(super) async fn propose_entry(
         Ok(Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(Refusal::NotLeader(f.leader_id))
         }
+        // The entry may be in the log already, and commit later.
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "a proposal failed");
-            Err(Refusal::NotLeader(None))
+            Err(Refusal::Unknown(format!("the proposal failed: {e}")))
         }
         Err(_) => {
             tracing::warn!("a proposal was not answered in time; retrying");
-            Err(Refusal::NotLeader(None))
+            Err(Refusal::Unknown(format!(
+                "the leader did not answer the proposal within {} s",
+                PROPOSAL_WAIT.as_secs()
+            )))
         }
     }
 }
@@ -191,7 +204,11 @@ impl Cluster {
         if self.proposals.send(pending).is_err() {
             return Err(Refusal::NotLeader(None));
         }
-        answer.await.unwrap_or(Err(Refusal::NotLeader(None)))
+        answer.await.unwrap_or_else(|_| {
+            Err(Refusal::Unknown(
+                "the proposal was dropped without an answer".into(),
+            ))
+        })
     }
 
     /// If this node leads but has not heard from a quorum for longer than
@@ -233,20 +250,52 @@ impl Cluster {
     /// A write from anywhere: proposed here if this node leads, forwarded to
     /// the leader otherwise, retried (same request id, so it applies once)
     /// until a leader answers or `LEADER_WAIT` passes.
+    ///
+    /// Outcomes are honest: once the write may have reached a leader that
+    /// could still commit it, a failure is `OutcomeUnknown` (504), never
+    /// `Unavailable` (503), which says nothing was done. A member that
+    /// knows it is cut off (see `elect`) refuses at once what it has not
+    /// sent.
     pub(super) async fn write(&self, command: Command) -> Result<Applied, StoreError> {
         let id = request_id();
         tracing::debug!(request = %id, "write: start");
         let deadline = Instant::now() + LEADER_WAIT;
         let leaderless_limit = (self.election_timeout_max * 3).max(Duration::from_secs(3));
         let mut leaderless_since: Option<Instant> = None;
+        // Why the write may have been applied, once it may have been.
+        let mut unknown: Option<String> = None;
         let mut leader = self.raft.current_leader().await;
         loop {
+            let fail = |why: String, unknown: &Option<String>| match unknown {
+                Some(sent) => StoreError::OutcomeUnknown(format!(
+                    "{sent}; then {why}. Its request id is {id}"
+                )),
+                None => unavailable(why),
+            };
             if let Some(reason) = self.stopped() {
-                return Err(StoreError::Storage(reason));
+                return Err(match &unknown {
+                    Some(_) => fail(reason, &unknown),
+                    None => StoreError::Storage(reason),
+                });
+            }
+            if leader != Some(self.id)
+                && let Some(since) = self.cut_off()
+            {
+                return Err(fail(
+                    format!(
+                        "this member has been cut off from a majority of the voters for {} ms (no leader heard from, no majority answering)",
+                        since.elapsed().as_millis()
+                    ),
+                    &unknown,
+                ));
             }
             tracing::debug!(request = %id, ?leader, "write: attempt");
             let attempt = match leader {
                 Some(l) if l == self.id => self.propose(id.clone(), command.clone()).await,
+                // A leader not heard from for longer than its lease may be
+                // gone: wait for the elector's verdict (a new leader, or cut
+                // off) rather than send the write where it may linger.
+                Some(_) if !self.leader_heard_lately() => Err(Refusal::NotLeader(None)),
                 Some(l) => self.forward_write(l, &id, &command).await,
                 None => Err(Refusal::NotLeader(None)),
             };
@@ -255,7 +304,19 @@ impl Cluster {
                     tracing::debug!(request = %id, ?leader, "write: done");
                     return result;
                 }
-                Err(Refusal::NoQuorum(ms)) => return Err(no_quorum(ms)),
+                Err(Refusal::NoQuorum(ms)) => {
+                    return Err(match &unknown {
+                        Some(_) => fail(no_quorum(ms).to_string(), &unknown),
+                        None => no_quorum(ms),
+                    });
+                }
+                Err(Refusal::Unknown(why)) => {
+                    tracing::debug!(request = %id, %why, "write: outcome unknown; retrying with the same id");
+                    unknown = Some(format!(
+                        "the write reached a leader and its outcome is unknown ({why})"
+                    ));
+                    None
+                }
                 Err(Refusal::NotLeader(hint)) => hint,
             };
             leader = hint.or(self.raft.current_leader().await);
@@ -265,14 +326,26 @@ impl Cluster {
                 leaderless_since = None;
             }
             if now >= deadline || (leader.is_none() && now - since >= leaderless_limit) {
-                return Err(unavailable(format!(
-                    "no leader accepted the write within {} ms: this node cannot reach a majority of the cluster",
-                    (now - since).as_millis().max(1)
-                )));
+                return Err(fail(
+                    format!(
+                        "no leader accepted the write within {} ms: this node cannot reach a majority of the cluster",
+                        (now - since).as_millis().max(1)
+                    ),
+                    &unknown,
+                ));
             }
             tracing::debug!(request = %id, ?leader, "write: retrying");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether this node has heard from a leader within its lease (a
+    /// leader's own view is `quorum_doubt`'s).
+    pub(super) fn leader_heard_lately(&self) -> bool {
+        self.last_leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() <= self.election_timeout_max)
     }
 
     /// Sends a write to the leader, together with the other writes this
@@ -296,28 +369,56 @@ impl Cluster {
     }
 
     /// Sends gathered writes to `leader` in one call and answers each.
+    ///
+    /// The call carries a deadline (wall clock, milliseconds): the leader
+    /// refuses, unproposed, a batch that reaches it after its sender gave
+    /// up (bytes held by a partition and delivered after the heal). Once
+    /// sent, a write without an answer is `Unknown`, and so is one whose
+    /// leader this node learns has changed while it waits: the write loop
+    /// retries it with the same request id through the new leader at once,
+    /// instead of holding its slot until the call times out.
     pub(super) async fn forward_batch(&self, leader: u64, pending: Vec<Pending>) {
         let (writes, replies): (Vec<(String, Command)>, Vec<_>) = pending
             .into_iter()
             .map(|p| ((p.request_id, p.command), p.reply))
             .unzip();
-        let answers = match self.leader_client(leader) {
+        let wait = PROPOSAL_WAIT + Duration::from_secs(1);
+        let batch = ForwardedBatch {
+            deadline_ms: now_ms() + wait.as_millis() as i64,
+            writes,
+        };
+        let answers: Result<Vec<PeerReply<ApplyResponse>>, Refusal> = match self
+            .leader_client(leader)
+        {
+            Err(_) => Err(Refusal::NotLeader(None)),
             Ok(mut client) => {
-                let deadline = PROPOSAL_WAIT + Duration::from_secs(1);
-                let mut req = tonic::Request::new(network::blob(&writes));
-                req.set_timeout(deadline);
-                match tokio::time::timeout(deadline, client.write_batch(req)).await {
-                    Ok(Ok(reply)) => serde_json::from_slice::<Vec<PeerReply<ApplyResponse>>>(
-                        &reply.into_inner().data,
-                    )
-                    .ok(),
-                    _ => None,
+                let mut req = tonic::Request::new(network::blob(&batch));
+                req.set_timeout(wait);
+                let call = tokio::time::timeout(wait, client.write_batch(req));
+                tokio::select! {
+                    answer = call => match answer {
+                        Ok(Ok(reply)) => serde_json::from_slice(&reply.into_inner().data)
+                            .map_err(|e| Refusal::Unknown(format!("undecodable answer from the leader: {e}"))),
+                        Ok(Err(status)) if network::is_unreachable(&status) => {
+                            Err(Refusal::NotLeader(None))
+                        }
+                        Ok(Err(status)) => Err(Refusal::Unknown(format!(
+                            "the forward to leader {leader} failed: {}",
+                            status.message()
+                        ))),
+                        Err(_) => Err(Refusal::Unknown(format!(
+                            "leader {leader} did not answer within {} ms",
+                            wait.as_millis()
+                        ))),
+                    },
+                    () = self.leader_changes_from(leader) => Err(Refusal::Unknown(format!(
+                        "the leadership moved from {leader} while the write was on its way"
+                    ))),
                 }
             }
-            Err(_) => None,
         };
         match answers {
-            Some(answers) => {
+            Ok(answers) if answers.len() == replies.len() => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(match answer {
                         PeerReply::Done(r) => Ok(r),
@@ -325,10 +426,37 @@ impl Cluster {
                     });
                 }
             }
-            None => {
+            Ok(answers) => {
+                let refusal = Refusal::Unknown(format!(
+                    "the leader answered {} of {} writes",
+                    answers.len(),
+                    replies.len()
+                ));
                 for reply in replies {
-                    let _ = reply.send(Err(Refusal::NotLeader(None)));
+                    let _ = reply.send(Err(refusal.clone()));
                 }
+            }
+            Err(refusal) => {
+                for reply in replies {
+                    let _ = reply.send(Err(refusal.clone()));
+                }
+            }
+        }
+    }
+
+    /// Returns once this node knows a leader other than `leader`.
+    async fn leader_changes_from(&self, leader: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics
+                .borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != leader)
+            {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }
@@ -345,12 +473,19 @@ impl Cluster {
             if let Some(reason) = self.stopped() {
                 return Err(StoreError::Storage(reason));
             }
+            if let Some(since) = self.cut_off() {
+                return Err(unavailable(format!(
+                    "this member has been cut off from a majority of the voters for {} ms (no leader heard from, no majority answering): read elsewhere, or with consistency=stale",
+                    since.elapsed().as_millis()
+                )));
+            }
             let leader = match self.confirm_leadership().await {
                 Ok(()) => return self.store.read_local(call).await,
                 Err(leader) => leader,
             };
             tracing::debug!(?leader, "read attempt: this node does not lead");
             if let Some(l) = leader.filter(|l| *l != self.id)
+                && self.leader_heard_lately()
                 && let Ok(mut client) = self.leader_client(l)
             {
                 let deadline = PROPOSAL_WAIT + Duration::from_secs(1);

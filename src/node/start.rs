@@ -31,7 +31,7 @@ trait Unavailable {
 impl Unavailable for StoreError {
     fn unavailable(&self) -> Option<&str> {
         match self {
-            StoreError::Unavailable(why) => Some(why),
+            StoreError::Unavailable(why) | StoreError::OutcomeUnknown(why) => Some(why),
             _ => None,
         }
     }

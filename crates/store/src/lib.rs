@@ -90,6 +90,11 @@ pub enum StoreError {
     /// quorum, a copy catching up): retry later.
     #[error("storage failure: {0}")]
     Unavailable(String),
+    /// A replicated write reached a leader and no outcome came back in
+    /// time: it may still be applied (once: its request id). The caller
+    /// must not report it as not done.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("the store is shut down")]
     Closed,
 }

@@ -248,7 +248,10 @@ impl StoreError {
     fn is_deterministic(&self) -> bool {
         !matches!(
             self,
-            StoreError::Storage(_) | StoreError::Unavailable(_) | StoreError::Closed
+            StoreError::Storage(_)
+                | StoreError::Unavailable(_)
+                | StoreError::OutcomeUnknown(_)
+                | StoreError::Closed
         )
     }
 }
