@@ -414,6 +414,9 @@ impl Cluster {
                     () = self.leader_changes_from(leader) => Err(Refusal::Unknown(format!(
                         "the leadership moved from {leader} while the write was on its way"
                     ))),
+                    () = self.becomes_cut_off() => Err(Refusal::Unknown(
+                        "this member was cut off from the cluster while the write was on its way".into(),
+                    )),
                 }
             }
         };
@@ -441,6 +444,13 @@ impl Cluster {
                     let _ = reply.send(Err(refusal.clone()));
                 }
             }
+        }
+    }
+
+    /// Returns once this member knows it is cut off (see `elect`).
+    async fn becomes_cut_off(&self) {
+        while self.cut_off().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

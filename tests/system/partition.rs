@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{TestCluster, authed, http, wait_until};
+use crate::support::{Net, TestCluster, authed, http, wait_until};
 
 /// Each member's (role, term, leader), as its `/status` says.
 async fn terms(cluster: &TestCluster) -> Vec<(String, u64, Option<u64>)> {
@@ -82,4 +82,348 @@ async fn a_follower_cut_off_keeps_its_term_and_rejoins_without_an_election() {
         assert_eq!(*l, Some(leader as u64 + 1), "member {i}: {after:?}");
         assert_eq!(role == "Leader", i == leader, "{after:?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Real partitions: each member on a host of its own (`Net`), packets dropped.
+
+/// One write of the history: its key, the member it went to, its status (0:
+/// no answer), and when it started and ended (since the load began).
+#[derive(Clone, Debug)]
+struct Write {
+    key: String,
+    member: usize,
+    status: u16,
+    start: Duration,
+    end: Duration,
+}
+
+/// A read that saw less than a write acknowledged before it started.
+struct StaleRead {
+    key: String,
+    member: usize,
+    status: u16,
+}
+
+/// Writes through every member and linearizable reads of acknowledged
+/// keys, until stopped; the history of both.
+struct Load {
+    started: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writes: std::sync::Arc<std::sync::Mutex<Vec<Write>>>,
+    stale: std::sync::Arc<std::sync::Mutex<Vec<StaleRead>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+impl Load {
+    fn start(cluster: &TestCluster, token: &str) -> Load {
+        use std::sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        };
+        let started = std::time::Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes: Arc<Mutex<Vec<Write>>> = Arc::default();
+        let stale: Arc<Mutex<Vec<StaleRead>>> = Arc::default();
+        let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url("")).collect();
+        let mut tasks = Vec::new();
+        for (member, url) in urls.iter().cloned().enumerate() {
+            let (stop, writes, client) = (stop.clone(), writes.clone(), client(token));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("m{member}-{i}");
+                    let start = started.elapsed();
+                    let status = client
+                        .put(format!("{url}/api/kv/keys/{key}"))
+                        .json(&json!({ "value": key }))
+                        .send()
+                        .await
+                        .map_or(0, |r| r.status().as_u16());
+                    let end = started.elapsed();
+                    writes.lock().unwrap().push(Write {
+                        key,
+                        member,
+                        status,
+                        start,
+                        end,
+                    });
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+        for (member, url) in urls.into_iter().enumerate() {
+            let (stop, writes, stale, client) =
+                (stop.clone(), writes.clone(), stale.clone(), client(token));
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // The latest write acknowledged before this read starts.
+                    let acked = writes
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .rev()
+                        .find(|w| w.status == 200)
+                        .map(|w| w.key.clone());
+                    let Some(key) = acked else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let r = client.get(format!("{url}/api/kv/keys/{key}")).send().await;
+                    let status = r.as_ref().map_or(0, |r| r.status().as_u16());
+                    let body: Value = match r {
+                        Ok(r) => r.json().await.unwrap_or_default(),
+                        Err(_) => Value::Null,
+                    };
+                    if status == 404 || (status == 200 && body["value"] != key.as_str()) {
+                        stale.lock().unwrap().push(StaleRead {
+                            key,
+                            member,
+                            status,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }));
+        }
+        Load {
+            started,
+            stop,
+            writes,
+            stale,
+            tasks,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    async fn stop(self) -> (Vec<Write>, Vec<StaleRead>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let writes = self.writes.lock().unwrap().clone();
+        let stale = std::mem::take(&mut *self.stale.lock().unwrap());
+        (writes, stale)
+    }
+}
+
+/// Heals, waits until the members agree, and checks the history: no
+/// acknowledged write lost, no write refused with 503 applied, no stale
+/// read. Prints the history of any failure.
+async fn check_history(
+    net: &Net,
+    cluster: &TestCluster,
+    token: &str,
+    writes: &[Write],
+    stale: &[StaleRead],
+) {
+    net.heal();
+    cluster.converge().await;
+    let client = client(token);
+    let mut problems = Vec::new();
+    for w in writes {
+        if !matches!(w.status, 200 | 503) {
+            continue;
+        }
+        let r = wait_until(
+            "a read through member 1",
+            Duration::from_secs(15),
+            || async {
+                match client
+                    .get(cluster.nodes[0].url(&format!("/api/kv/keys/{}", w.key)))
+                    .send()
+                    .await
+                {
+                    Ok(r) if matches!(r.status().as_u16(), 200 | 404) => Ok(r.status().as_u16()),
+                    Ok(r) => Err(r.status().as_u16()),
+                    Err(e) => Err(e.status().map_or(0, |s| s.as_u16())),
+                }
+            },
+        )
+        .await;
+        match (w.status, r) {
+            (200, 404) => problems.push(format!("acknowledged and lost: {w:?}")),
+            (503, 200) => problems.push(format!("refused with 503 and applied: {w:?}")),
+            _ => {}
+        }
+    }
+    for s in stale {
+        problems.push(format!(
+            "stale read of {} through member {}: status {}",
+            s.key, s.member, s.status
+        ));
+    }
+    if !problems.is_empty() {
+        let history: Vec<String> = writes.iter().map(|w| format!("{w:?}")).collect();
+        panic!(
+            "{}\n--- history ---\n{}",
+            problems.join("\n"),
+            history.join("\n")
+        );
+    }
+    let count = |s: u16| writes.iter().filter(|w| w.status == s).count();
+    eprintln!(
+        "history: {} writes: {} acknowledged, {} refused (503), {} unknown (504), {} other",
+        writes.len(),
+        count(200),
+        count(503),
+        count(504),
+        writes.len() - count(200) - count(503) - count(504)
+    );
+}
+
+/// The first acknowledgement through `member` at or after `since`.
+fn first_ack(writes: &[Write], member: usize, since: Duration) -> Option<Duration> {
+    writes
+        .iter()
+        .filter(|w| w.member == member && w.status == 200 && w.end >= since)
+        .map(|w| w.end)
+        .min()
+}
+
+/// The longest time between two acknowledgements through `member` within
+/// `window`.
+fn longest_gap(writes: &[Write], member: usize, window: (Duration, Duration)) -> Duration {
+    let mut acks: Vec<Duration> = writes
+        .iter()
+        .filter(|w| w.member == member && w.status == 200)
+        .map(|w| w.end)
+        .filter(|t| *t >= window.0 && *t <= window.1)
+        .collect();
+    acks.sort();
+    acks.windows(2)
+        .map(|p| p[1] - p[0])
+        .max()
+        .unwrap_or(window.1 - window.0)
+}
+
+async fn net_cluster(net: &Net) -> (TestCluster, String) {
+    let mut cluster = TestCluster::prepare_in(net, "");
+    cluster.spawn_all();
+    let token = cluster.admin_token().await;
+    (cluster, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_by_the_network_loses_nothing_and_the_majority_goes_on() {
+    let net = Net::new(3);
+    let (cluster, token) = net_cluster(&net).await;
+    let leader = cluster.leader().await;
+    let load = Load::start(&cluster, &token);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = load.now();
+    net.isolate(leader);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let healed = load.now();
+    net.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (writes, stale) = load.stop().await;
+    check_history(&net, &cluster, &token, &writes, &stale).await;
+    for member in (0..3).filter(|m| *m != leader) {
+        let first = first_ack(&writes, member, cut).map(|t| t - cut);
+        eprintln!("leader cut off: first ack through member {member} after {first:?}");
+        assert!(
+            first.is_some_and(|t| t < healed - cut),
+            "no ack through the majority member {member}"
+        );
+    }
+    // The cut-off leader acknowledged nothing while cut off (beyond what
+    // was committed before the cut).
+    let late: Vec<&Write> = writes
+        .iter()
+        .filter(|w| {
+            w.member == leader
+                && w.status == 200
+                && w.start > cut + Duration::from_millis(100)
+                && w.end < healed
+        })
+        .collect();
+    assert!(late.is_empty(), "the cut-off leader acknowledged: {late:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_cut_off_by_the_network_refuses_fast_and_rejoins_quietly() {
+    let net = Net::new(3);
+    let (cluster, token) = net_cluster(&net).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let term = terms(&cluster).await[leader].1;
+    let load = Load::start(&cluster, &token);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = load.now();
+    net.isolate(follower);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let healed = load.now();
+    net.heal();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (writes, stale) = load.stop().await;
+    check_history(&net, &cluster, &token, &writes, &stale).await;
+    let gap = longest_gap(&writes, leader, (cut, healed));
+    eprintln!("follower cut off: longest ack gap through the leader {gap:?}");
+    // The cut-off member refuses what it has not sent, and soon.
+    let refused: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.member == follower && w.status == 503 && w.start > cut && w.end < healed)
+        .collect();
+    let fastest = refused.iter().map(|w| w.end - w.start).min();
+    eprintln!(
+        "follower cut off: {} refusals, fastest {fastest:?}",
+        refused.len()
+    );
+    assert!(!refused.is_empty(), "the cut-off member never refused");
+    let after = terms(&cluster).await;
+    assert!(
+        after
+            .iter()
+            .all(|(_, t, l)| *t == term && *l == Some(leader as u64 + 1)),
+        "the rejoin caused an election: term {term} -> {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flapping_link_and_a_one_way_partition_lose_nothing() {
+    let net = Net::new(3);
+    let (cluster, token) = net_cluster(&net).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 2) % 3;
+    let load = Load::start(&cluster, &token);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for cycle in 0..10 {
+        // Alternately the leader's and a follower's link to one peer.
+        if cycle % 2 == 0 {
+            net.cut(leader, follower);
+        } else {
+            net.cut(follower, (follower + 1) % 3);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        net.heal();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // One way: the follower no longer hears the leader; the leader hears it.
+    net.drop_from(leader, follower);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    net.heal();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (writes, stale) = load.stop().await;
+    check_history(&net, &cluster, &token, &writes, &stale).await;
 }

@@ -9,7 +9,7 @@ use std::{
 use serde_json::Value;
 
 use super::{
-    ADMIN, ADMIN_PASSWORD, BINARY, Node, SECRET, free_addr, run_cli_with_input, wait_until,
+    ADMIN, ADMIN_PASSWORD, BINARY, Net, Node, SECRET, free_addr, run_cli_with_input, wait_until,
 };
 
 /// (owner, key) → (value, version) of one node's database.
@@ -57,10 +57,40 @@ impl TestCluster {
 
     /// Three members' configs and data dirs, none started yet.
     pub fn prepare_with(binary: &std::path::Path, extra: &str, top: &str) -> TestCluster {
-        let topology_dir = tempfile::tempdir().unwrap();
-        let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
+        let members = (0..3)
             .map(|_| (free_addr(), free_addr(), free_addr()))
             .collect();
+        let xds = (0..3).map(|_| free_addr()).collect();
+        TestCluster::prepare_on(binary, extra, top, members, xds)
+    }
+
+    /// Three members, each on a host of its own (see `Net`), not started
+    /// yet; `extra` goes into each node's `cluster:` section.
+    pub fn prepare_in(net: &Net, extra: &str) -> TestCluster {
+        let on = |ip: std::net::Ipv4Addr, port: u16| SocketAddr::from((ip, port));
+        let members = net
+            .ips
+            .iter()
+            .map(|ip| (on(*ip, 8080), on(*ip, 8081), on(*ip, 7070)))
+            .collect();
+        let xds = net.ips.iter().map(|ip| on(*ip, 18000)).collect();
+        let mut cluster =
+            TestCluster::prepare_on(std::path::Path::new(BINARY), extra, "", members, xds);
+        for (i, node) in cluster.nodes.iter_mut().enumerate() {
+            node.launcher = net.launcher(i);
+        }
+        cluster
+    }
+
+    /// Three members on the given (public, admin, peer) and xDS addresses.
+    fn prepare_on(
+        binary: &std::path::Path,
+        extra: &str,
+        top: &str,
+        members: Vec<(SocketAddr, SocketAddr, SocketAddr)>,
+        xds: Vec<SocketAddr>,
+    ) -> TestCluster {
+        let topology_dir = tempfile::tempdir().unwrap();
         let topology = topology_dir.path().join("topology.yaml");
         let mut text = String::from("members:\n");
         for (i, (public, _, peer)) in members.iter().enumerate() {
@@ -71,7 +101,6 @@ impl TestCluster {
             ));
         }
         std::fs::write(&topology, text).unwrap();
-        let xds: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
         let envoy_ingress = free_addr();
         let mut nodes = Vec::new();
         for (i, (public, admin, peer)) in members.iter().copied().enumerate() {

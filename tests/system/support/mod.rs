@@ -1,7 +1,7 @@
 //! What the system tests share: the real binary as a process on loopback
 //! ports ([`Node`]), a three-member cluster of it ([`TestCluster`]), the
 //! scaled layout of nine ([`ScaledCluster`]), a real
-//! Envoy ([`Envoy`]), a small disk to fill or break ([`SmallDisk`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
+//! Envoy ([`Envoy`]), a small disk to fill or break ([`SmallDisk`]), hosts of their own for a cluster's members, to partition ([`Net`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
 //! the accounts a test needs, a linearizability checker, and
 //! [`wait_until`], the one way a test waits for something to happen.
 //!
@@ -14,6 +14,7 @@ mod cluster;
 mod disk;
 mod envoy;
 pub mod linearizability;
+mod netns;
 mod node;
 mod scaled;
 mod wait;
@@ -24,6 +25,7 @@ pub use clients::{authed, grpc_channel, http};
 pub use cluster::{CLUSTER_SECRET, TestCluster};
 pub use disk::SmallDisk;
 pub use envoy::{Envoy, envoy_in_front, generate, grpc_echo, repo, validate, wait_routed};
+pub use netns::Net;
 pub use node::{
     BINARY, Node, NodeConfig, blocking_get, example_binary, free_addr, free_port, run_cli,
     run_cli_with_input,

@@ -76,6 +76,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub binary: PathBuf,
+    /// What runs the binary, if anything (`ip netns exec <ns>`).
+    pub launcher: Vec<String>,
 }
 
 impl Node {
@@ -122,6 +124,7 @@ impl Node {
             dir,
             config_path,
             binary: binary.to_owned(),
+            launcher: Vec::new(),
         };
         node.spawn(&[]);
         node
@@ -141,6 +144,7 @@ impl Node {
             dir,
             config_path,
             binary: PathBuf::from(BINARY),
+            launcher: Vec::new(),
         }
     }
 
@@ -159,7 +163,15 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(&self.binary)
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
