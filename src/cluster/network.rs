@@ -152,7 +152,13 @@ pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Cli
         // caller forever.
         .timeout(Duration::from_secs(15))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10));
+        // A connection whose packets are dropped (a partition) is found
+        // dead within about 1.5 s and closed, and the next call opens a new
+        // one: otherwise, after the heal, calls would wait on the old
+        // connection's TCP retransmission backoff, seconds long.
+        .http2_keep_alive_interval(Duration::from_millis(500))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true);
     let credential = credential
         .parse()
         .map_err(|e| format!("the peer credential is not valid metadata: {e}"))?;

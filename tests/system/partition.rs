@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Net, TestCluster, authed, http, wait_until};
+use crate::support::{Net, TestCluster, authed, authed_for, http, wait_until};
 
 /// Each member's (role, term, leader), as its `/status` says.
 async fn terms(cluster: &TestCluster) -> Vec<(String, u64, Option<u64>)> {
@@ -115,17 +115,10 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Longer than a request may take inside the cluster (10 s), so that the
+/// client sees the node's answer.
 fn client(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    authed_for(token, Duration::from_secs(15))
 }
 
 impl Load {
@@ -324,32 +317,82 @@ async fn net_cluster(net: &Net) -> (TestCluster, String) {
     (cluster, token)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_cut_off_by_the_network_loses_nothing_and_the_majority_goes_on() {
-    let net = Net::new(3);
-    let (cluster, token) = net_cluster(&net).await;
-    let leader = cluster.leader().await;
-    let load = Load::start(&cluster, &token);
+/// A history around one fault: writes and reads for 1 s, `fault` for 4 s,
+/// the heal, 2 s more; checked (see `check_history`).
+struct Run {
+    writes: Vec<Write>,
+    cut: Duration,
+    healed: Duration,
+}
+
+async fn around(net: &Net, cluster: &TestCluster, token: &str, fault: impl FnOnce(&Net)) -> Run {
+    let load = Load::start(cluster, token);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cut = load.now();
-    net.isolate(leader);
+    fault(net);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let healed = load.now();
     net.heal();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (writes, stale) = load.stop().await;
-    check_history(&net, &cluster, &token, &writes, &stale).await;
+    check_history(net, cluster, token, &writes, &stale).await;
+    Run {
+        writes,
+        cut,
+        healed,
+    }
+}
+
+impl Run {
+    /// The longest time without an acknowledgement through `member` in the
+    /// two seconds after the heal.
+    fn gap_after_heal(&self, member: usize) -> Duration {
+        longest_gap(
+            &self.writes,
+            member,
+            (self.healed, self.healed + Duration::from_secs(2)),
+        )
+    }
+
+    /// The 99th percentile of acknowledgement latency before the fault.
+    fn p99_before(&self) -> Duration {
+        let mut l: Vec<Duration> = self
+            .writes
+            .iter()
+            .filter(|w| w.status == 200 && w.end < self.cut)
+            .map(|w| w.end - w.start)
+            .collect();
+        l.sort();
+        l.get(l.len() * 99 / 100).copied().unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_by_the_network_loses_nothing_and_the_majority_goes_on() {
+    let net = Net::new(3);
+    let (cluster, token) = net_cluster(&net).await;
+    let leader = cluster.leader().await;
+    let run = around(&net, &cluster, &token, |net| net.isolate(leader)).await;
+    let (cut, healed) = (run.cut, run.healed);
     for member in (0..3).filter(|m| *m != leader) {
-        let first = first_ack(&writes, member, cut).map(|t| t - cut);
-        eprintln!("leader cut off: first ack through member {member} after {first:?}");
+        let first = first_ack(&run.writes, member, cut).map(|t| t - cut);
+        eprintln!("bench: leader cut off, first ack through a majority member: {first:?}");
         assert!(
             first.is_some_and(|t| t < healed - cut),
             "no ack through the majority member {member}"
         );
     }
+    for member in 0..3 {
+        eprintln!(
+            "bench: leader cut off, longest ack gap after the heal: {:?} (p99 before: {:?})",
+            run.gap_after_heal(member),
+            run.p99_before()
+        );
+    }
     // The cut-off leader acknowledged nothing while cut off (beyond what
     // was committed before the cut).
-    let late: Vec<&Write> = writes
+    let late: Vec<&Write> = run
+        .writes
         .iter()
         .filter(|w| {
             w.member == leader
@@ -368,29 +411,33 @@ async fn a_follower_cut_off_by_the_network_refuses_fast_and_rejoins_quietly() {
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let term = terms(&cluster).await[leader].1;
-    let load = Load::start(&cluster, &token);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let cut = load.now();
-    net.isolate(follower);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let healed = load.now();
-    net.heal();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (writes, stale) = load.stop().await;
-    check_history(&net, &cluster, &token, &writes, &stale).await;
-    let gap = longest_gap(&writes, leader, (cut, healed));
-    eprintln!("follower cut off: longest ack gap through the leader {gap:?}");
+    let run = around(&net, &cluster, &token, |net| net.isolate(follower)).await;
+    let (cut, healed) = (run.cut, run.healed);
+    eprintln!(
+        "bench: follower cut off, longest ack gap through the leader: {:?} (p99 before: {:?})",
+        longest_gap(&run.writes, leader, (cut, healed)),
+        run.p99_before()
+    );
     // The cut-off member refuses what it has not sent, and soon.
-    let refused: Vec<&Write> = writes
+    let refused: Vec<&Write> = run
+        .writes
         .iter()
         .filter(|w| w.member == follower && w.status == 503 && w.start > cut && w.end < healed)
         .collect();
-    let fastest = refused.iter().map(|w| w.end - w.start).min();
+    assert!(!refused.is_empty(), "the cut-off member never refused");
+    let first = refused.iter().map(|w| w.end - cut).min();
+    let slowest = refused.iter().map(|w| w.end - w.start).max();
     eprintln!(
-        "follower cut off: {} refusals, fastest {fastest:?}",
+        "bench: follower cut off, first refusal after the cut: {first:?}, slowest refusal: {slowest:?}, refusals: {}",
         refused.len()
     );
-    assert!(!refused.is_empty(), "the cut-off member never refused");
+    for member in 0..3 {
+        eprintln!(
+            "bench: follower cut off, longest ack gap after the heal: {:?} (p99 before: {:?})",
+            run.gap_after_heal(member),
+            run.p99_before()
+        );
+    }
     let after = terms(&cluster).await;
     assert!(
         after

@@ -13,13 +13,18 @@ pub fn http() -> reqwest::Client {
 
 /// A client that sends `Authorization: Bearer <token>` on every request.
 pub fn authed(token: &str) -> reqwest::Client {
+    authed_for(token, Duration::from_secs(10))
+}
+
+/// [`authed`], giving up on a request after `timeout`.
+pub fn authed_for(token: &str, timeout: Duration) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().unwrap(),
     );
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .default_headers(headers)
         .build()
         .unwrap()

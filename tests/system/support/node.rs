@@ -267,7 +267,10 @@ impl Drop for Node {
         // log in FLOTILLA_TEST_LOGS (a directory), if that is set.
         if std::thread::panicking() {
             if let Ok(dir) = std::env::var("FLOTILLA_TEST_LOGS") {
-                let _ = std::fs::copy(self.log_path(), format!("{dir}/{}.log", self.admin.port()));
+                let _ = std::fs::copy(
+                    self.log_path(),
+                    format!("{dir}/{}-{}.log", self.admin.ip(), self.admin.port()),
+                );
             }
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
