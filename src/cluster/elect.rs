@@ -174,6 +174,7 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         None => return,
     };
     let mut next_attempt = Instant::now();
+    let mut next_probe = Instant::now();
     loop {
         tokio::time::sleep(TICK).await;
         let Some(c) = cluster.upgrade() else { return };
@@ -194,7 +195,24 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         let Some(state) = c.vote_state().await else {
             return;
         };
-        if state.leading || Instant::now() < next_attempt {
+        if state.leading {
+            continue;
+        }
+        let term = state.vote.leader_id().term;
+        // Once the leader's lease has lapsed here, ask the others at once
+        // whether they are there at all (the answer to "would you vote"
+        // is not used yet): a member cut off learns it, and refuses what
+        // it would otherwise send into the void, an election timeout
+        // sooner than the election attempt below would tell it.
+        let lapsed = state
+            .since
+            .is_some_and(|since| since >= c.election_timeout_max);
+        if lapsed && c.cut_off().is_none() && Instant::now() >= next_probe {
+            let (_, reached) = c.pre_vote_round(term).await;
+            c.set_cut_off(!reached);
+            next_probe = Instant::now() + c.election_timeout_min;
+        }
+        if Instant::now() < next_attempt {
             continue;
         }
         // A committed vote is a leader's: its lease first.
@@ -206,7 +224,6 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         if state.since.is_some_and(|since| since < due) {
             continue;
         }
-        let term = state.vote.leader_id().term;
         let (won, reached) = c.pre_vote_round(term).await;
         c.set_cut_off(!reached);
         if won {

@@ -285,11 +285,12 @@ async fn check_history(
     );
 }
 
-/// The first acknowledgement through `member` at or after `since`.
+/// When the first write through `member` sent at or after `since` was
+/// acknowledged.
 fn first_ack(writes: &[Write], member: usize, since: Duration) -> Option<Duration> {
     writes
         .iter()
-        .filter(|w| w.member == member && w.status == 200 && w.end >= since)
+        .filter(|w| w.member == member && w.status == 200 && w.start >= since)
         .map(|w| w.end)
         .min()
 }
@@ -328,8 +329,9 @@ struct Run {
 async fn around(net: &Net, cluster: &TestCluster, token: &str, fault: impl FnOnce(&Net)) -> Run {
     let load = Load::start(cluster, token);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let cut = load.now();
     fault(net);
+    // From the moment every rule is in place.
+    let cut = load.now();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let healed = load.now();
     net.heal();
