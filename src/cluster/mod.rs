@@ -99,6 +99,28 @@ impl<T> From<Result<T, Refusal>> for PeerReply<T> {
     }
 }
 
+/// What an operator reads when a membership change fails: a change cut
+/// short by a leader change may still be applied, and says so.
+fn membership_error(
+    e: openraft::error::RaftError<u64, ClientWriteError<u64, BasicNode>>,
+) -> String {
+    use openraft::error::{ChangeMembershipError, RaftError};
+    if let RaftError::APIError(ClientWriteError::ChangeMembershipError(
+        ChangeMembershipError::InProgress(_),
+    )) = &e
+    {
+        return "a membership change is still being made (perhaps this one, from an earlier attempt; a change is finished once a majority of both the old and the new members have it): wait a moment, check `flotilla cluster status`, and run the command again if it is not there".to_owned();
+    }
+    match e.forward_to_leader() {
+        Some(f) => format!(
+            "the leadership moved (to {}) while the change was being made; it may or may not have been applied: check `flotilla cluster status`, and run the command again if not (it is safe to repeat)",
+            f.leader_id
+                .map_or_else(|| "no leader yet".to_owned(), |id| format!("member {id}"))
+        ),
+        None => e.to_string(),
+    }
+}
+
 /// The reason of `Cluster::stopped`, from Raft's metrics.
 fn stop_reason(m: &openraft::RaftMetrics<u64, BasicNode>) -> Option<String> {
     let fatal = m.running_state.as_ref().err()?;
@@ -519,7 +541,7 @@ impl Cluster {
                     .add_learner(id, BasicNode::new(peer), true)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(membership_error)
             }
             AdminOp::Promote { id } => {
                 if let Some(refusal) = two_voters(voters.len() + usize::from(!voters.contains(&id)))
@@ -530,7 +552,7 @@ impl Cluster {
                     .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(membership_error)
             }
             AdminOp::Remove { id } => {
                 if let Some(refusal) = two_voters(voters.len() - usize::from(voters.contains(&id)))
@@ -541,7 +563,7 @@ impl Cluster {
                     .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(membership_error)
             }
             AdminOp::TransferLeader { to } => match to {
                 Some(target) if !voters.contains(&target) => {

@@ -64,16 +64,15 @@ impl TestCluster {
         TestCluster::prepare_on(binary, extra, top, members, xds)
     }
 
-    /// Three members, each on a host of its own (see `Net`), not started
-    /// yet; `extra` goes into each node's `cluster:` section.
+    /// Three members on the first three hosts of `net` (see `Net`), not
+    /// started yet; `extra` goes into each node's `cluster:` section.
     pub fn prepare_in(net: &Net, extra: &str) -> TestCluster {
         let on = |ip: std::net::Ipv4Addr, port: u16| SocketAddr::from((ip, port));
-        let members = net
-            .ips
+        let members = net.ips[..3]
             .iter()
             .map(|ip| (on(*ip, 8080), on(*ip, 8081), on(*ip, 7070)))
             .collect();
-        let xds = net.ips.iter().map(|ip| on(*ip, 18000)).collect();
+        let xds = net.ips[..3].iter().map(|ip| on(*ip, 18000)).collect();
         let mut cluster =
             TestCluster::prepare_on(std::path::Path::new(BINARY), extra, "", members, xds);
         for (i, node) in cluster.nodes.iter_mut().enumerate() {
