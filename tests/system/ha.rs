@@ -8,8 +8,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN, ADMIN_PASSWORD, BINARY, CLUSTER_SECRET, Node, SECRET, TestCluster, authed, free_addr,
-    free_port, http, run_cli_with_input, wait_until,
+    ADMIN, ADMIN_PASSWORD, BINARY, TestCluster, authed, free_addr, http, run_cli_with_input,
+    wait_until,
 };
 
 #[tokio::test]
@@ -621,29 +621,8 @@ async fn membership_changes_through_the_cluster_commands() {
     assert!(err.contains("two voters"), "{err}");
 
     // A fourth node: it knows the topology but is not a member yet.
-    let (public, admin, peer) = (free_addr(), free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let mut topology = String::from("members:\n");
-    for (i, (p, _, r)) in cluster.addresses.iter().enumerate() {
-        topology.push_str(&format!(
-            "  - {{id: {}, node: ha-{}, peer: '{r}', public: '{p}'}}\n",
-            i + 1,
-            i + 1
-        ));
-    }
-    topology.push_str(&format!(
-        "  - {{id: 4, node: ha-4, peer: '{peer}', public: '{public}'}}\n"
-    ));
-    std::fs::write(dir.path().join("topology.yaml"), topology).unwrap();
-    let config = format!(
-        "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '127.0.0.1:{}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
-        free_port(),
-        dir.path().join("data").display(),
-        dir.path().join("topology.yaml").display()
-    );
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut fourth = Node::prepared(dir, path, public, admin);
+    let peer = free_addr();
+    let mut fourth = cluster.joiner([free_addr(), free_addr(), peer, free_addr()]);
     fourth.spawn_only(&[]);
 
     let (code, out, err) = cli(&[

@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    BINARY, CLUSTER_SECRET, Net, Node, SECRET, TestCluster, authed, authed_for, http, run_cli,
-    wait_until,
+    BINARY, Net, Node, TestCluster, authed, authed_for, http, run_cli, wait_until,
 };
 
 /// Each member's (role, term, leader), as its `/status` says.
@@ -480,36 +479,11 @@ async fn a_flapping_link_and_a_one_way_partition_lose_nothing() {
     check_history(&net, &cluster, &token, &writes, &stale).await;
 }
 
-/// A fourth node on `net`'s fourth host: it knows the topology with itself
-/// (id 4) and is not a member yet. Started, not ready until added.
+/// A fourth node on `net`'s fourth host, not a member yet; started, not
+/// ready until added.
 fn fourth_member(net: &Net, cluster: &TestCluster) -> Node {
-    let ip = net.ips[3];
-    let (public, admin, peer) = (
-        std::net::SocketAddr::from((ip, 8080)),
-        std::net::SocketAddr::from((ip, 8081)),
-        std::net::SocketAddr::from((ip, 7070)),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut topology = String::from("members:\n");
-    for (i, (p, _, r)) in cluster.addresses.iter().enumerate() {
-        topology.push_str(&format!(
-            "  - {{id: {}, node: ha-{}, peer: '{r}', public: '{p}'}}\n",
-            i + 1,
-            i + 1
-        ));
-    }
-    topology.push_str(&format!(
-        "  - {{id: 4, node: ha-4, peer: '{peer}', public: '{public}'}}\n"
-    ));
-    std::fs::write(dir.path().join("topology.yaml"), topology).unwrap();
-    let config = format!(
-        "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{ip}:18000'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
-        dir.path().join("data").display(),
-        dir.path().join("topology.yaml").display()
-    );
-    let path = dir.path().join("node.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut node = Node::prepared(dir, path, public, admin);
+    let on = |port| std::net::SocketAddr::from((net.ips[3], port));
+    let mut node = cluster.joiner([on(8080), on(8081), on(7070), on(18000)]);
     node.launcher = net.launcher(3);
     node.spawn_only(&[]);
     node

@@ -127,6 +127,34 @@ impl TestCluster {
         }
     }
 
+    /// A fourth node on the given (public, admin, peer, xDS) addresses: its
+    /// topology lists the three members and itself (id 4), and it is not a
+    /// member until added. Not started.
+    pub fn joiner(&self, addresses: [SocketAddr; 4]) -> Node {
+        let [public, admin, peer, xds] = addresses;
+        let dir = tempfile::tempdir().unwrap();
+        let mut topology = String::from("members:\n");
+        for (i, (p, _, r)) in self.addresses.iter().enumerate() {
+            topology.push_str(&format!(
+                "  - {{id: {}, node: ha-{}, peer: '{r}', public: '{p}'}}\n",
+                i + 1,
+                i + 1
+            ));
+        }
+        topology.push_str(&format!(
+            "  - {{id: 4, node: ha-4, peer: '{peer}', public: '{public}'}}\n"
+        ));
+        std::fs::write(dir.path().join("topology.yaml"), topology).unwrap();
+        let config = format!(
+            "node: {{id: ha-4}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{xds}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', secret: '{CLUSTER_SECRET}'}}\n",
+            dir.path().join("data").display(),
+            dir.path().join("topology.yaml").display()
+        );
+        let path = dir.path().join("node.yaml");
+        std::fs::write(&path, config).unwrap();
+        Node::prepared(dir, path, public, admin)
+    }
+
     pub async fn status(&self, i: usize) -> Option<Value> {
         self.nodes[i].status().await.map(|v| v["cluster"].clone())
     }

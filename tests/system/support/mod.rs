@@ -22,7 +22,7 @@ mod wait;
 pub use accounts::user_password;
 pub use ads::{Ads, CDS, EDS, LDS, decode, request, wait_for_endpoints};
 pub use clients::{authed, authed_for, grpc_channel, http};
-pub use cluster::{CLUSTER_SECRET, TestCluster};
+pub use cluster::TestCluster;
 pub use disk::SmallDisk;
 pub use envoy::{Envoy, envoy_in_front, generate, grpc_echo, repo, validate, wait_routed};
 pub use netns::Net;
