@@ -89,7 +89,14 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Storage(_) | StoreError::Unavailable(_) | StoreError::Closed => {
-                tracing::error!(error = %e, "store unavailable");
+                // A cluster without a leader or a member cut off is
+                // transient and announced where it is learned; a storage
+                // failure or a closed store needs an operator.
+                if matches!(e, StoreError::Unavailable(_)) {
+                    tracing::warn!(error = %e, "store unavailable");
+                } else {
+                    tracing::error!(error = %e, "store unavailable");
+                }
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

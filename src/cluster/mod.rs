@@ -319,9 +319,17 @@ impl Cluster {
     /// Opens the raft log in `data_dir`, starts Raft over the store, makes
     /// the store replicated, and bootstraps if configured. Store clients'
     /// calls are checked against `policy`.
+    /// Opens and checks this member's Raft log (see `LogStore::open`):
+    /// before the node binds anything, so that a damaged log stops it at
+    /// once.
+    pub fn open_log(data_dir: &Path) -> Result<log_store::LogStore, ClusterError> {
+        log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)
+    }
+
     pub async fn start(
         settings: &ClusterSettings,
         store: Store,
+        log: log_store::LogStore,
         data_dir: &Path,
         policy: Arc<dyn ClientPolicy>,
     ) -> Result<Arc<Cluster>, ClusterError> {
@@ -343,7 +351,6 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
-        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)?;
         let snapshots = data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| {
             ClusterError::Log(format!("cannot create {}: {e}", snapshots.display()))

@@ -572,7 +572,9 @@ impl Cluster {
                 "this node is catching up (applied {applied} of {committed} committed entries): read without consistency=stale"
             )));
         }
-        self.store.read_local(call).await
+        let mut outcome = self.store.read_local(call).await?;
+        outcome.applied_index = Some(applied);
+        Ok(outcome)
     }
 }
 

@@ -4,9 +4,10 @@
 //!
 //! Order matters and is the contract with operators:
 //! 1. the config was validated before this module is entered;
-//! 2. `open`: the database is opened (created if needed) and every listener
-//!    is bound, so a port in use fails the start at once, before anything
-//!    serves;
+//! 2. `open`: the database (and a member's Raft log) is opened, created if
+//!    needed, and checked, so a damaged file stops the node before it binds
+//!    anything; then every listener is bound, so a port in use fails the
+//!    start at once, before anything serves;
 //! 3. `start`: in a cluster, Raft starts and the peer listener serves; the
 //!    admin listener serves (`/readyz` is 503); authentication, each
 //!    selected service (its migrations, then its handlers) and the registry
@@ -103,6 +104,8 @@ pub struct Node {
     catalogue: Services,
     metrics: Metrics,
     store: Store,
+    /// A Raft member's log, opened and checked with the database.
+    raft_log: Option<crate::cluster::log_store::LogStore>,
     listeners: Listeners,
 }
 
@@ -141,6 +144,10 @@ impl Node {
             },
             metrics.store.clone(),
         )?;
+        let raft_log = match &config.cluster {
+            Some(_) if config.db_role => Some(Cluster::open_log(&config.data_dir)?),
+            _ => None,
+        };
         let listeners = Listeners {
             admin: server::bind("admin", config.listeners.admin).await?,
             public: server::bind("public", config.listeners.public).await?,
@@ -158,6 +165,7 @@ impl Node {
             catalogue,
             metrics,
             store,
+            raft_log,
             listeners,
         })
     }

@@ -86,6 +86,7 @@ impl Node {
             catalogue,
             metrics,
             store,
+            raft_log,
             listeners,
         } = self;
         let grace = config.limits.shutdown_grace;
@@ -102,7 +103,8 @@ impl Node {
                     .clone()
                     .expect("a config with a cluster has a topology");
                 let policy = Arc::new(policy::StoreClients::new(topology));
-                Some(Cluster::start(settings, store.clone(), &config.data_dir, policy).await?)
+                let log = raft_log.expect("a member's log is opened with its database");
+                Some(Cluster::start(settings, store.clone(), log, &config.data_dir, policy).await?)
             }
             Some(settings) => {
                 store.set_replicator(crate::cluster::remote_replicator(settings))?;

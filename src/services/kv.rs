@@ -176,6 +176,17 @@ impl KvCore {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<Entry>, ApiError> {
+        Ok(self.get_at(owner, key, consistency).await?.0)
+    }
+
+    /// The entry, and for a stale read in a cluster the Raft log index of
+    /// the copy it was read from (see `APPLIED_INDEX`).
+    pub async fn get_at(
+        &self,
+        owner: &str,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<(Option<Entry>, Option<u64>), ApiError> {
         check_key(key)?;
         let out = self
             .read(
@@ -186,7 +197,8 @@ impl KvCore {
                 ),
             )
             .await?;
-        Ok(out.rows.into_iter().next().map(entry))
+        let applied = out.applied_index;
+        Ok((out.rows.into_iter().next().map(entry), applied))
     }
 
     pub async fn put(&self, owner: &str, key: &str, value: String) -> Result<u64, ApiError> {
@@ -369,17 +381,26 @@ struct ListQuery {
     consistency: Consistency,
 }
 
+/// The header (and gRPC metadata) of a stale read in a cluster: the Raft
+/// log index the answering member's copy had applied, so that a client can
+/// tell how current the answer is.
+pub const APPLIED_INDEX: &str = "x-flotilla-applied-index";
+
 async fn http_get(
     State(kv): State<KvCore>,
     Extension(caller): Extension<Principal>,
     Path(key): Path<String>,
     Query(q): Query<OwnerQuery>,
-) -> Result<Json<Entry>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let owner = resolve_owner(&caller, q.owner.as_deref())?;
-    kv.get(&owner, &key, q.consistency)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no key `{key}`")))
+    let (found, applied) = kv.get_at(&owner, &key, q.consistency).await?;
+    let entry = found.ok_or_else(|| ApiError::not_found(format!("no key `{key}`")))?;
+    let mut response = Json(entry).into_response();
+    if let Some(index) = applied {
+        response.headers_mut().insert(APPLIED_INDEX, index.into());
+    }
+    Ok(response)
 }
 
 async fn http_put(
@@ -451,11 +472,17 @@ impl kv_server::Kv for KvCore {
         let owner = grpc_owner(&r, &r.get_ref().owner)?;
         let consistency = Consistency::from_stale(r.get_ref().stale);
         let key = r.into_inner().key;
-        match KvCore::get(self, &owner, &key, consistency).await? {
-            Some(e) => Ok(tonic::Response::new(pb::GetResponse {
-                entry: Some(e.into()),
-            })),
-            None => Err(tonic::Status::not_found(format!("no key `{key}`"))),
+        match KvCore::get_at(self, &owner, &key, consistency).await? {
+            (Some(e), applied) => {
+                let mut response = tonic::Response::new(pb::GetResponse {
+                    entry: Some(e.into()),
+                });
+                if let Some(index) = applied {
+                    response.metadata_mut().insert(APPLIED_INDEX, index.into());
+                }
+                Ok(response)
+            }
+            (None, _) => Err(tonic::Status::not_found(format!("no key `{key}`"))),
         }
     }
 

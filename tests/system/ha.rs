@@ -831,7 +831,19 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
     let leader = cluster.leader().await;
     let follower = (0..3).find(|i| *i != leader).unwrap();
     let url = cluster.nodes[follower].url("/api/kv/keys/fresh?consistency=stale");
-    let r: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+    let r = c.get(&url).send().await.unwrap();
+    // How current the copy is: the index it had applied, at least the
+    // write's.
+    let applied: u64 = r.headers()["x-flotilla-applied-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let commit = cluster.status(leader).await.unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    assert!(applied > 0 && applied <= commit, "{applied} vs {commit}");
+    let r: Value = r.json().await.unwrap();
     assert_eq!(r["value"], "1");
     let r = c
         .get(cluster.nodes[follower].url("/api/kv/keys/fresh?consistency=sometimes"))

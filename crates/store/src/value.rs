@@ -114,6 +114,10 @@ impl Statement {
 pub struct Outcome {
     pub rows: Vec<Vec<Value>>,
     pub changed: u64,
+    /// For a stale read in a cluster: the Raft log index this member's
+    /// copy had applied (at least) when it was read.
+    #[serde(default)]
+    pub applied_index: Option<u64>,
 }
 
 /// A migration as data, so it can be replicated with the write that applies

@@ -15,6 +15,7 @@ use crate::{
         authz::{self, Decision, Identity},
     },
     catalogue::{Access, api_error::ApiError},
+    store::StoreError,
 };
 
 async fn check(auth: &Arc<Auth>, mut req: Request, next: Next<'_>) -> Response {
@@ -26,7 +27,14 @@ async fn check(auth: &Arc<Auth>, mut req: Request, next: Next<'_>) -> Response {
         Access::Permission(_) => match auth.authenticate(req.headers()).await {
             Ok(identity) => identity,
             Err(e) => {
-                tracing::error!(error = %e, "cannot check credentials");
+                // The cluster being unavailable is announced where it is
+                // learned (no leader, this member cut off); per request it
+                // is only detail.
+                if matches!(e, StoreError::Unavailable(_)) {
+                    tracing::debug!(error = %e, "cannot check credentials");
+                } else {
+                    tracing::error!(error = %e, "cannot check credentials");
+                }
                 let error = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "auth_unavailable",
