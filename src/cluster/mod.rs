@@ -83,6 +83,18 @@ pub enum Refusal {
     Unknown(String),
 }
 
+/// A write a store client or an administrative command sends to a member.
+/// It is proposed only until `deadline_ms` (wall clock, milliseconds):
+/// after that its sender no longer waits for it, and applying it (bytes
+/// held by a partition, delivered after the heal) would apply a write
+/// whose caller was told nothing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientWrite {
+    pub request_id: String,
+    pub command: Command,
+    pub deadline_ms: i64,
+}
+
 /// A peer's answer to a forwarded write or read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PeerReply<T> {

@@ -115,9 +115,22 @@ impl peer_server::Peer for PeerService {
     }
 
     async fn write(&self, r: tonic::Request<Blob>) -> PeerResult {
-        let (id, command): (String, Command) = network::unblob(r.get_ref())?;
-        check_command(&r, &command, &*self.cluster.policy)?;
-        reply(&PeerReply::from(self.cluster.propose(id, command).await))
+        let write: ClientWrite = network::unblob(r.get_ref())?;
+        check_command(&r, &write.command, &*self.cluster.policy)?;
+        let late = now_ms() - write.deadline_ms;
+        if late > 0 {
+            tracing::warn!(
+                request = %write.request_id,
+                late_ms = late,
+                "refused a write that arrived after its sender's deadline"
+            );
+            return reply(&PeerReply::<ApplyResponse>::Refused(Refusal::NotLeader(
+                None,
+            )));
+        }
+        reply(&PeerReply::from(
+            self.cluster.propose(write.request_id, write.command).await,
+        ))
     }
 
     async fn write_batch(&self, r: tonic::Request<Blob>) -> PeerResult {

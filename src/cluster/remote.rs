@@ -243,7 +243,13 @@ impl Replicator for Remote {
         let remote = self.0.clone();
         async move {
             let namespace = command.namespace().to_owned();
-            let payload = network::blob(&(request_id(), command));
+            // The whole call's deadline, and the last attempt's wait.
+            let patience = LEADER_WAIT + PROPOSAL_WAIT + Duration::from_secs(1);
+            let payload = network::blob(&ClientWrite {
+                request_id: request_id(),
+                command,
+                deadline_ms: now_ms() + patience.as_millis() as i64,
+            });
             let ApplyResponse(result) = remote.call("write", &namespace, payload).await?;
             result
         }

@@ -7,7 +7,7 @@
 
 use std::{path::Path, time::Duration};
 
-use flotilla::cluster::network;
+use flotilla::cluster::{ClientWrite, network};
 use flotilla_store::{Command, MigrationSpec, Statement, WriteBudget};
 use serde_json::Value;
 
@@ -94,14 +94,15 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
     );
     let mut as_kv = network::client_as(&db1, kv_key.trim(), Some("kv-1")).unwrap();
     let write = |namespace: &str| {
-        network::blob(&(
-            format!("test-{namespace}"),
-            Command::Write {
+        network::blob(&ClientWrite {
+            request_id: format!("test-{namespace}"),
+            command: Command::Write {
                 namespace: namespace.into(),
                 statements: vec![Statement::new("SELECT 1", vec![])],
                 budget: WriteBudget::UNLIMITED,
             },
-        ))
+            deadline_ms: i64::MAX,
+        })
     };
     let refused = as_kv.write(write("echo")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -116,11 +117,43 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     as_kv.write(write("kv")).await.expect("its own namespace");
+    // A write that arrives after its sender's deadline is not proposed: the
+    // same insert sent again in time succeeds, so the late one left nothing.
+    let insert = |deadline_ms: i64, id: &str| {
+        network::blob(&ClientWrite {
+            request_id: id.to_owned(),
+            command: Command::Write {
+                namespace: "kv".into(),
+                statements: vec![Statement::new(
+                    "INSERT INTO kv__items (owner, key, value, version) VALUES ('late', 'late', 'x', 1)",
+                    vec![],
+                )],
+                budget: WriteBudget::UNLIMITED,
+            },
+            deadline_ms,
+        })
+    };
+    let leader_peer = cluster.peers[cluster.leader().await].to_string();
+    let mut to_leader = network::client_as(&leader_peer, kv_key.trim(), Some("kv-1")).unwrap();
+    let late = to_leader
+        .write(insert(1, "test-late"))
+        .await
+        .unwrap()
+        .into_inner();
+    let late: Value = serde_json::from_slice(&late.data).unwrap();
+    assert_eq!(late, serde_json::json!({"Refused": {"NotLeader": null}}));
+    let in_time = to_leader
+        .write(insert(i64::MAX, "test-in-time"))
+        .await
+        .unwrap()
+        .into_inner();
+    let in_time: Value = serde_json::from_slice(&in_time.data).unwrap();
+    assert!(in_time["Done"]["Ok"].is_object(), "{in_time}");
     // Not another node's registry record, nor a schema of its own for a
     // namespace it only reads.
-    let hijack = network::blob(&(
-        "test-hijack".to_owned(),
-        Command::Write {
+    let hijack = network::blob(&ClientWrite {
+        request_id: "test-hijack".to_owned(),
+        command: Command::Write {
             namespace: "registry".into(),
             statements: vec![Statement::new(
                 "UPDATE registry__nodes SET public = '127.0.0.1:1' WHERE node = 'accounts-1'",
@@ -128,13 +161,14 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             )],
             budget: WriteBudget::UNLIMITED,
         },
-    ));
+        deadline_ms: i64::MAX,
+    });
     let refused = as_kv.write(hijack).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let migrate = |sql: &str| {
-        network::blob(&(
-            "test-migrate".to_owned(),
-            Command::Migrate {
+        network::blob(&ClientWrite {
+            request_id: "test-migrate".to_owned(),
+            command: Command::Migrate {
                 namespace: flotilla::auth::accounts::NAMESPACE.into(),
                 migrations: vec![MigrationSpec {
                     version: 999,
@@ -142,7 +176,8 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
                     sql: sql.into(),
                 }],
             },
-        ))
+            deadline_ms: i64::MAX,
+        })
     };
     let refused = as_kv
         .write(migrate("DELETE FROM accounts__users"))
