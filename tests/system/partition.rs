@@ -320,7 +320,7 @@ async fn net_cluster(net: &Net) -> (TestCluster, String) {
     (cluster, token)
 }
 
-/// A history around one fault: writes and reads for 1 s, `fault` for 4 s,
+/// A history around one fault: writes and reads for 2.5 s, `fault` for 4 s,
 /// the heal, 2 s more; checked (see `check_history`).
 struct Run {
     writes: Vec<Write>,
@@ -330,7 +330,8 @@ struct Run {
 
 async fn around(net: &Net, cluster: &TestCluster, token: &str, fault: impl FnOnce(&Net)) -> Run {
     let load = Load::start(cluster, token);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // As long as the window after the heal, to compare the two.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     fault(net);
     // From the moment every rule is in place.
     let cut = load.now();
@@ -355,6 +356,16 @@ impl Run {
             &self.writes,
             member,
             (self.healed, self.healed + Duration::from_secs(2)),
+        )
+    }
+
+    /// The longest time without an acknowledgement through `member` in the
+    /// two seconds before the fault: what is normal here.
+    fn gap_before(&self, member: usize) -> Duration {
+        longest_gap(
+            &self.writes,
+            member,
+            (self.cut - Duration::from_secs(2), self.cut),
         )
     }
 
@@ -388,8 +399,9 @@ async fn a_leader_cut_off_by_the_network_loses_nothing_and_the_majority_goes_on(
     }
     for member in 0..3 {
         eprintln!(
-            "bench: leader cut off, longest ack gap after the heal: {:?} (p99 before: {:?})",
+            "bench: leader cut off, longest ack gap after the heal: {:?} (before the cut: {:?}; p99 latency before: {:?})",
             run.gap_after_heal(member),
+            run.gap_before(member),
             run.p99_before()
         );
     }
@@ -418,8 +430,9 @@ async fn a_follower_cut_off_by_the_network_refuses_fast_and_rejoins_quietly() {
     let run = around(&net, &cluster, &token, |net| net.isolate(follower)).await;
     let (cut, healed) = (run.cut, run.healed);
     eprintln!(
-        "bench: follower cut off, longest ack gap through the leader: {:?} (p99 before: {:?})",
+        "bench: follower cut off, longest ack gap through the leader: {:?} (before the cut: {:?}; p99 latency before: {:?})",
         longest_gap(&run.writes, leader, (cut, healed)),
+        run.gap_before(leader),
         run.p99_before()
     );
     // The cut-off member refuses what it has not sent, and soon.
@@ -437,8 +450,9 @@ async fn a_follower_cut_off_by_the_network_refuses_fast_and_rejoins_quietly() {
     );
     for member in 0..3 {
         eprintln!(
-            "bench: follower cut off, longest ack gap after the heal: {:?} (p99 before: {:?})",
+            "bench: follower cut off, longest ack gap after the heal: {:?} (before the cut: {:?}; p99 latency before: {:?})",
             run.gap_after_heal(member),
+            run.gap_before(member),
             run.p99_before()
         );
     }
