@@ -2,7 +2,10 @@
 //! (fault injection: its peer traffic dropped both ways) must not disturb
 //! the cluster when it comes back.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 
@@ -114,6 +117,9 @@ struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writes: std::sync::Arc<std::sync::Mutex<Vec<Write>>>,
     stale: std::sync::Arc<std::sync::Mutex<Vec<StaleRead>>>,
+    /// Which members said they led, by term (every member's `/status`,
+    /// every 50 ms): Raft allows one leader per term.
+    leaders: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, BTreeSet<usize>>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -198,11 +204,43 @@ impl Load {
                 }
             }));
         }
+        let leaders: std::sync::Arc<std::sync::Mutex<BTreeMap<u64, BTreeSet<usize>>>> =
+            Arc::default();
+        let admins: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| n.admin_url("/status"))
+            .collect();
+        let (poll_stop, poll_leaders) = (stop.clone(), leaders.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = http();
+            while !poll_stop.load(Ordering::Relaxed) {
+                for (member, url) in admins.iter().enumerate() {
+                    let Ok(r) = client.get(url).send().await else {
+                        continue;
+                    };
+                    let status: Value = r.json().await.unwrap_or_default();
+                    let cluster = &status["cluster"];
+                    if cluster["role"] == "Leader"
+                        && let Some(term) = cluster["term"].as_u64()
+                    {
+                        poll_leaders
+                            .lock()
+                            .unwrap()
+                            .entry(term)
+                            .or_default()
+                            .insert(member);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
         Load {
             started,
             stop,
             writes,
             stale,
+            leaders,
             tasks,
         }
     }
@@ -211,26 +249,46 @@ impl Load {
         self.started.elapsed()
     }
 
-    async fn stop(self) -> (Vec<Write>, Vec<StaleRead>) {
+    /// Stops the load; its writes, and what it saw go wrong (stale reads,
+    /// two leaders in one term).
+    async fn stop(self) -> (Vec<Write>, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
         }
         let writes = self.writes.lock().unwrap().clone();
-        let stale = std::mem::take(&mut *self.stale.lock().unwrap());
-        (writes, stale)
+        let mut problems: Vec<String> = std::mem::take(&mut *self.stale.lock().unwrap())
+            .into_iter()
+            .map(|s| {
+                format!(
+                    "stale read of {} through member {}: status {}",
+                    s.key, s.member, s.status
+                )
+            })
+            .collect();
+        let leaders = self.leaders.lock().unwrap();
+        if leaders.is_empty() {
+            problems.push("the status poller saw no leader at all".into());
+        }
+        for (term, members) in leaders.iter() {
+            if members.len() > 1 {
+                problems.push(format!("term {term} had two leaders: members {members:?}"));
+            }
+        }
+        (writes, problems)
     }
 }
 
 /// Heals, waits until the members agree, and checks the history: no
-/// acknowledged write lost, no write refused with 503 applied, no stale
-/// read. Prints the history of any failure.
+/// acknowledged write lost, no write refused with 503 applied, and nothing
+/// the load saw go wrong (`seen`: stale reads, two leaders in one term).
+/// Prints the history of any failure.
 async fn check_history(
     net: &Net,
     cluster: &TestCluster,
     token: &str,
     writes: &[Write],
-    stale: &[StaleRead],
+    seen: &[String],
 ) {
     net.heal();
     cluster.converge().await;
@@ -262,12 +320,7 @@ async fn check_history(
             _ => {}
         }
     }
-    for s in stale {
-        problems.push(format!(
-            "stale read of {} through member {}: status {}",
-            s.key, s.member, s.status
-        ));
-    }
+    problems.extend_from_slice(seen);
     if !problems.is_empty() {
         let history: Vec<String> = writes.iter().map(|w| format!("{w:?}")).collect();
         panic!(
@@ -339,8 +392,8 @@ async fn around(net: &Net, cluster: &TestCluster, token: &str, fault: impl FnOnc
     let healed = load.now();
     net.heal();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (writes, stale) = load.stop().await;
-    check_history(net, cluster, token, &writes, &stale).await;
+    let (writes, seen) = load.stop().await;
+    check_history(net, cluster, token, &writes, &seen).await;
     Run {
         writes,
         cut,
@@ -489,8 +542,8 @@ async fn a_flapping_link_and_a_one_way_partition_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     net.heal();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (writes, stale) = load.stop().await;
-    check_history(&net, &cluster, &token, &writes, &stale).await;
+    let (writes, seen) = load.stop().await;
+    check_history(&net, &cluster, &token, &writes, &seen).await;
 }
 
 /// A fourth node on `net`'s fourth host, not a member yet; started, not
