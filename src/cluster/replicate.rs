@@ -534,6 +534,24 @@ impl Cluster {
     /// A read of this node's own copy, within the stale-read bound: the
     /// node must have heard from a leader within the bound (or lead with a
     /// quorum) and have applied everything it knows to be committed.
+    /// A read of this member's copy whatever its age (no bound, no
+    /// leader), with the index it had applied: what a client asking for
+    /// `consistency=local` gets, on the minority side of a partition too.
+    pub(super) async fn read_local_copy(&self, call: ReadCall) -> Result<Outcome, StoreError> {
+        if let Some(reason) = self.stopped() {
+            return Err(StoreError::Storage(reason));
+        }
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        let mut outcome = self.store.read_local(call).await?;
+        outcome.applied_index = Some(applied);
+        Ok(outcome)
+    }
+
     pub(super) async fn read_stale(&self, call: ReadCall) -> Result<Outcome, StoreError> {
         if let Some(reason) = self.stopped() {
             return Err(StoreError::Storage(reason));
@@ -609,6 +627,10 @@ impl Replicator for ReplicatorHandle {
 
     fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
         self.with(|c| async move { c.read_stale(call).await })
+    }
+
+    fn read_local_copy(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.with(|c| async move { c.read_local_copy(call).await })
     }
 }
 

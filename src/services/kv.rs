@@ -167,6 +167,7 @@ impl KvCore {
         Ok(match consistency {
             Consistency::Linearizable => self.store.read(statement).await?,
             Consistency::Stale => self.store.read_stale(statement).await?,
+            Consistency::Local => self.store.read_local_copy(statement).await?,
         })
     }
 
@@ -348,13 +349,19 @@ struct OwnerQuery {
 
 /// How fresh a read must be. Linearizable (the default) sees every write
 /// acknowledged before it started; stale reads this node's copy, which in a
-/// cluster may lag by up to `cluster.stale_read_max_lag_ms` (refused beyond).
+/// cluster may lag by up to `cluster.stale_read_max_lag_ms` (refused beyond);
+/// local reads this node's copy whatever its age, even cut off from the
+/// cluster (etcd's serializable read), with the index it had applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     #[default]
     Linearizable,
+    /// This node's copy, within the cluster's staleness bound.
     Stale,
+    /// This node's copy whatever its age, even cut off from the cluster,
+    /// with the index it had applied (`APPLIED_INDEX`).
+    Local,
 }
 
 impl Consistency {

@@ -879,6 +879,16 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
     )
     .await;
     assert!(refusal.contains("stale-read bound of 500 ms"), "{refusal}");
+    // A client that takes any age gets the cut-off copy, and how old it is.
+    let r = c
+        .get(cluster.nodes[follower].url("/api/kv/keys/fresh?consistency=local"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-flotilla-applied-index"));
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["value"], "1");
     http()
         .post(cluster.nodes[follower].admin_url("/debug/isolate"))
         .json(&json!({"isolated": false}))

@@ -179,6 +179,13 @@ pub trait Replicator: Send + Sync + 'static {
     /// A read from this node's copy, refused if the copy may lag more than
     /// the configured bound.
     fn read_stale(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>>;
+    /// A read from this node's copy whatever its age, even cut off from
+    /// the cluster (what etcd calls a serializable read); the copy's
+    /// applied index comes with it. A replicator without a copy of its own
+    /// reads as `read_stale` does.
+    fn read_local_copy(&self, call: ReadCall) -> BoxFuture<'static, Result<Outcome, StoreError>> {
+        self.read_stale(call)
+    }
 }
 
 /// One Raft log entry for the state machine, in terms the store knows: the
@@ -412,6 +419,18 @@ impl Namespace {
         let call = self.call(statement);
         if let Some(r) = self.store.inner.replicator.get() {
             return r.read_stale(call).await;
+        }
+        self.store.read_local(call).await
+    }
+
+    /// Runs one read-only statement on this node's copy whatever its age,
+    /// even when this node is cut off from the cluster; in a cluster the
+    /// outcome carries the log index the copy had applied. The same as
+    /// `read` on a single node.
+    pub async fn read_local_copy(&self, statement: Statement) -> Result<Outcome, StoreError> {
+        let call = self.call(statement);
+        if let Some(r) = self.store.inner.replicator.get() {
+            return r.read_local_copy(call).await;
         }
         self.store.read_local(call).await
     }
