@@ -181,15 +181,15 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         if c.stopped().is_some() {
             return;
         }
-        let is_voter = c
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == c.id);
-        if !is_voter || c.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+        // The cheap answers first (Raft's metrics, the leader's last
+        // message), so that a healthy member does not ask Raft's core for
+        // its vote every tick.
+        let leading = c.raft.metrics().borrow().state == ServerState::Leader;
+        if leading
+            || c.leader_heard_lately()
+            || !c.voters().contains(&c.id)
+            || c.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+        {
             continue;
         }
         let Some(state) = c.vote_state().await else {

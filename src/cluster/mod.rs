@@ -536,14 +536,7 @@ impl Cluster {
         if leader != Some(self.id) {
             return Err(leader);
         }
-        let voters: BTreeSet<u64> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = self.voters();
         let two_voters = |n: usize| {
             (n == 2).then(|| {
                 "refused: two voters cannot tolerate the loss of either; keep 1 or 3 or more"
@@ -653,6 +646,17 @@ impl Cluster {
             "snapshot_index": m.snapshot.map(|l| l.index),
             "peers": peers,
         })
+    }
+
+    /// The voters of the membership this member knows.
+    pub(super) fn voters(&self) -> BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     /// Whether the cluster has a leader this node knows (and this member
