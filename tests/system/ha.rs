@@ -387,13 +387,7 @@ async fn a_partitioned_leader_refuses_writes_and_the_majority_goes_on_without_di
         acked.push(format!("before-{i}"));
     }
     let old = cluster.leader().await;
-    let r = http()
-        .post(cluster.nodes[old].admin_url("/debug/isolate"))
-        .json(&json!({"isolated": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    cluster.isolate(old, true).await;
     let isolated_at = Instant::now();
     // The cut-off leader refuses writes: 503, within the election timeout
     // (1 s here) plus one proposal round (3 s) at most.
@@ -452,13 +446,7 @@ async fn a_partitioned_leader_refuses_writes_and_the_majority_goes_on_without_di
     }
     assert_ne!(new, old);
     // Heal: the old leader rejoins as a follower and converges.
-    let r = http()
-        .post(cluster.nodes[old].admin_url("/debug/isolate"))
-        .json(&json!({"isolated": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    cluster.isolate(old, false).await;
     cluster.converge().await;
     cluster.stop_all();
     let rows = cluster.kv_rows();
@@ -853,13 +841,7 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
     assert_eq!(r.status(), 400);
     // Cut the follower off: beyond the bound, it refuses stale reads rather
     // than serve data of unknown age.
-    let r = http()
-        .post(cluster.nodes[follower].admin_url("/debug/isolate"))
-        .json(&json!({"isolated": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    cluster.isolate(follower, true).await;
     let isolated_at = Instant::now();
     // Within the bound it may still answer; a read sent past it (its last
     // word from the leader came before `isolated_at`) is refused.
@@ -889,12 +871,7 @@ async fn stale_reads_serve_the_local_copy_within_their_bound() {
     assert!(r.headers().contains_key("x-flotilla-applied-index"));
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["value"], "1");
-    http()
-        .post(cluster.nodes[follower].admin_url("/debug/isolate"))
-        .json(&json!({"isolated": false}))
-        .send()
-        .await
-        .unwrap();
+    cluster.isolate(follower, false).await;
     wait_until(
         "stale reads come back after healing",
         Duration::from_secs(10),

@@ -27,16 +27,6 @@ async fn terms(cluster: &TestCluster) -> Vec<(String, u64, Option<u64>)> {
     out
 }
 
-async fn isolate(cluster: &TestCluster, i: usize, isolated: bool) {
-    let r = http()
-        .post(cluster.nodes[i].admin_url("/debug/isolate"))
-        .json(&json!({ "isolated": isolated }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 #[tokio::test]
 async fn a_follower_cut_off_keeps_its_term_and_rejoins_without_an_election() {
     let cluster = TestCluster::start(", fault_injection: true");
@@ -45,7 +35,7 @@ async fn a_follower_cut_off_keeps_its_term_and_rejoins_without_an_election() {
     let follower = (leader + 1) % 3;
     let before = terms(&cluster).await;
     let term = before[leader].1;
-    isolate(&cluster, follower, true).await;
+    cluster.isolate(follower, true).await;
     // Many election timeouts (200-400 ms) pass, and writes go on.
     let client = authed(&token);
     for i in 0..30 {
@@ -63,7 +53,7 @@ async fn a_follower_cut_off_keeps_its_term_and_rejoins_without_an_election() {
         cut_off[follower].1, term,
         "the cut-off member raised its term: {cut_off:?}"
     );
-    isolate(&cluster, follower, false).await;
+    cluster.isolate(follower, false).await;
     // It catches up, and nobody was elected meanwhile.
     wait_until("the member catches up", Duration::from_secs(15), || async {
         let r = client

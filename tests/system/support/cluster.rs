@@ -155,6 +155,18 @@ impl TestCluster {
         Node::prepared(dir, path, public, admin)
     }
 
+    /// Cuts member `i`'s peer traffic off (or restores it) by fault
+    /// injection (the cluster must run with `fault_injection: true`).
+    pub async fn isolate(&self, i: usize, isolated: bool) {
+        let r = super::http()
+            .post(self.nodes[i].admin_url("/debug/isolate"))
+            .json(&serde_json::json!({ "isolated": isolated }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     pub async fn status(&self, i: usize) -> Option<Value> {
         self.nodes[i].status().await.map(|v| v["cluster"].clone())
     }
