@@ -99,6 +99,20 @@ enum Op {
     },
 }
 
+/// What a log says about the group it belongs to.
+#[derive(Clone, Debug)]
+pub struct LogFacts {
+    /// Nothing written yet: no vote, no entry, nothing purged.
+    pub empty: bool,
+    pub group: Option<String>,
+    /// The first snapshot of a group formed on existing data is not made
+    /// yet.
+    pub origin_pending: bool,
+    pub purged: Option<LogId<NodeId>>,
+    /// The last entry's id (or the last purged one).
+    pub last: Option<LogId<NodeId>>,
+}
+
 /// The log store; cheap to clone (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
@@ -202,6 +216,79 @@ impl LogStore {
                 &format!("the `{key}` record"),
             ))),
         }
+    }
+
+    /// What the log says about its group, read at start (see `origin`).
+    pub fn facts(&self) -> Result<LogFacts, String> {
+        let text = |e: StorageError<NodeId>| e.to_string();
+        let group: Option<String> = self.get_meta("group").map_err(text)?;
+        let origin_pending = self
+            .get_meta::<bool>("origin")
+            .map_err(text)?
+            .unwrap_or(false);
+        let vote: Option<Vote<NodeId>> = self.get_meta("vote").map_err(text)?;
+        let purged: Option<LogId<NodeId>> = self.get_meta("purged").map_err(text)?;
+        let last = self.entry_id("ORDER BY idx DESC LIMIT 1", None)?;
+        Ok(LogFacts {
+            empty: vote.is_none() && purged.is_none() && last.is_none(),
+            group,
+            origin_pending,
+            purged,
+            last: last.or(purged),
+        })
+    }
+
+    /// The log id of the entry at `index`, if the log holds it.
+    pub fn id_at(&self, index: u64) -> Result<Option<LogId<NodeId>>, String> {
+        self.entry_id("WHERE idx = ?1", Some(index))
+    }
+
+    fn entry_id(&self, clause: &str, index: Option<u64>) -> Result<Option<LogId<NodeId>>, String> {
+        let sql = format!("SELECT idx, payload, checksum FROM log {clause}");
+        let conn = lock(&self.reader);
+        let row: Option<(i64, Vec<u8>, i64)> = match index {
+            Some(i) => conn.query_row(&sql, [i as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))),
+            None => conn.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))),
+        }
+        .optional()
+        .map_err(|e| fault::describe(&self.file, "cannot read the Raft log", &e))?;
+        drop(conn);
+        match row {
+            Some((idx, payload, sum)) => self
+                .decode(idx as u64, &payload, sum)
+                .map(|e| Some(e.log_id))
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the group this log belongs to, durably.
+    pub async fn set_group(&self, group: &str) -> Result<(), String> {
+        self.put(
+            "group",
+            serde_json::to_vec(group).expect("a string encodes"),
+        )
+        .await
+    }
+
+    /// Records whether this member still has to make its first snapshot
+    /// and purge the log up to it (see `origin`), durably.
+    pub async fn set_origin_pending(&self, pending: bool) -> Result<(), String> {
+        self.put(
+            "origin",
+            serde_json::to_vec(&pending).expect("a bool encodes"),
+        )
+        .await
+    }
+
+    async fn put(&self, key: &'static str, value: Vec<u8>) -> Result<(), String> {
+        self.write_and_wait(|done| Op::Meta {
+            key,
+            value,
+            done: Some(done),
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     fn decode(

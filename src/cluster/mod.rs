@@ -24,6 +24,7 @@ mod elect;
 mod handover;
 pub mod log_store;
 pub mod network;
+pub mod origin;
 mod peer;
 mod remote;
 mod replicate;
@@ -274,6 +275,9 @@ pub enum ClusterError {
     Config(String),
     #[error("raft failed to start: {0}")]
     Start(String),
+    /// The data dir holds state this member's group does not account for.
+    #[error("{0}")]
+    Foreign(String),
 }
 
 pub struct Cluster {
@@ -310,6 +314,16 @@ pub struct Cluster {
     client_keys: network::ClientKeys,
     /// What each store client may do.
     policy: Arc<dyn ClientPolicy>,
+    /// The group this member belongs to, once known (see `origin`).
+    group: origin::GroupCell,
+    /// One group change (forming, joining) at a time.
+    adopting: tokio::sync::Mutex<()>,
+    /// The backup this member's database was restored from to seed a new
+    /// group, if it was.
+    seed: Option<String>,
+    /// This member's log, for the group's records.
+    log: log_store::LogStore,
+    me: Weak<Cluster>,
 }
 
 fn unavailable(message: String) -> StoreError {
@@ -328,23 +342,38 @@ fn request_id() -> String {
 }
 
 impl Cluster {
-    /// Opens the raft log in `data_dir`, starts Raft over the store, makes
-    /// the store replicated, and bootstraps if configured. Store clients'
-    /// calls are checked against `policy`.
-    /// Opens and checks this member's Raft log (see `LogStore::open`):
-    /// before the node binds anything, so that a damaged log stops it at
-    /// once.
-    pub fn open_log(data_dir: &Path) -> Result<log_store::LogStore, ClusterError> {
-        log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)
+    /// Opens and checks this member's Raft log (see `LogStore::open`), and
+    /// checks that it accounts for the database beside it (see
+    /// `origin::refusal`): before the node binds anything, so that a damaged
+    /// log or foreign data stops it at once. `config` names the node's
+    /// config in messages.
+    pub async fn open_log(
+        data_dir: &Path,
+        store: &Store,
+        config: &str,
+    ) -> Result<origin::OpenedLog, ClusterError> {
+        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)?;
+        let facts = log.facts().map_err(ClusterError::Log)?;
+        let marks = store
+            .group_marks()
+            .await
+            .map_err(|e| ClusterError::Log(e.to_string()))?;
+        origin::refusal(data_dir, config, &facts, &marks, |i| log.id_at(i))
+            .map_err(ClusterError::Foreign)?;
+        Ok(origin::OpenedLog { log, facts, marks })
     }
 
+    /// Starts Raft over the store with the log `opened`, makes the store
+    /// replicated, and forms or joins the group as configured (see
+    /// `origin`). Store clients' calls are checked against `policy`.
     pub async fn start(
         settings: &ClusterSettings,
         store: Store,
-        log: log_store::LogStore,
+        opened: origin::OpenedLog,
         data_dir: &Path,
         policy: Arc<dyn ClientPolicy>,
     ) -> Result<Arc<Cluster>, ClusterError> {
+        let origin::OpenedLog { log, facts, marks } = opened;
         let config = Config {
             cluster_name: "flotilla".into(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
@@ -384,11 +413,14 @@ impl Cluster {
                 .collect(),
         );
         let faults = network::Faults::default();
+        let group: origin::GroupCell = Arc::new(std::sync::RwLock::new(
+            facts.group.as_deref().map(Arc::from),
+        ));
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(credential.clone(), faults.clone()),
-            log,
+            network::Network::new(credential.clone(), faults.clone(), group.clone()),
+            log.clone(),
             sm,
         )
         .await
@@ -409,7 +441,12 @@ impl Cluster {
             confirm_gathered(confirmer.clone(), gate.clone(), waiters)
         }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
+            group,
+            adopting: tokio::sync::Mutex::new(()),
+            seed: marks.seed.clone(),
+            log,
             id,
             client_keys,
             policy,
@@ -441,42 +478,15 @@ impl Cluster {
         store
             .set_replicator(Arc::new(ReplicatorHandle(Arc::downgrade(&cluster))))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
-        if settings.bootstrap {
-            cluster.bootstrap().await?;
+        if facts.origin_pending {
+            // Formed on existing data, and stopped before its first
+            // snapshot was made: make it now.
+            cluster.spawn_first_snapshot();
+        }
+        if settings.bootstrap && cluster.group().is_none() {
+            tokio::spawn(Cluster::bootstrap(Arc::downgrade(&cluster)));
         }
         Ok(cluster)
-    }
-
-    /// Initializes the cluster with every member of the topology as a voter,
-    /// unless this node already belongs to an initialized cluster.
-    async fn bootstrap(&self) -> Result<(), ClusterError> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| ClusterError::Start(e.to_string()))?
-        {
-            return Ok(());
-        }
-        let members: BTreeMap<u64, BasicNode> = self
-            .members
-            .values()
-            .map(|m| (m.id, BasicNode::new(m.peer.to_string())))
-            .collect();
-        match self.raft.initialize(members).await {
-            Ok(()) => {
-                tracing::info!(
-                    members = self.members.len(),
-                    "initialized the cluster from the topology"
-                );
-                Ok(())
-            }
-            // Another member's leader reached us first: nothing to do.
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::InitializeError::NotAllowed(_),
-            )) => Ok(()),
-            Err(e) => Err(ClusterError::Start(e.to_string())),
-        }
     }
 
     /// The peer gRPC service, behind the credential check.
@@ -489,6 +499,7 @@ impl Cluster {
                 self.credential.clone(),
                 self.client_keys.clone(),
                 self.faults.clone(),
+                self.group.clone(),
             ),
         ))
     }
@@ -516,7 +527,7 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let client = network::client(&addr, &self.credential).map_err(unavailable)?;
+        let client = network::client(&addr, &self.credential, &self.group).map_err(unavailable)?;
         clients.insert(id, (addr, client.clone()));
         Ok(client)
     }
@@ -636,6 +647,8 @@ impl Cluster {
             .collect();
         serde_json::json!({
             "id": self.id,
+            "group": self.group(),
+            "seed": self.seed,
             "role": format!("{:?}", m.state),
             "stopped": stop_reason(&m),
             "term": m.current_term,

@@ -35,6 +35,49 @@ type NodeId = u64;
 pub const CREDENTIAL_HEADER: &str = "x-flotilla-peer";
 /// The node name a store client calls as.
 pub const CLIENT_HEADER: &str = "x-flotilla-client";
+/// The Raft group of the member that calls (see `origin`).
+pub const GROUP_HEADER: &str = "x-flotilla-group";
+
+/// The refusal of a message from a member of another group.
+pub fn group_mismatch(mine: &str, theirs: &str) -> tonic::Status {
+    tonic::Status::failed_precondition(format!(
+        "Raft group mismatch: this member belongs to group {mine}, the caller to group {theirs}; members of different groups never exchange Raft messages (one of them was started on another cluster's data dir, or joined another cluster)"
+    ))
+}
+
+/// The group a fresh member (one with no group yet) was offered by a
+/// member's call: its handlers join it before they let Raft act on the
+/// call.
+#[derive(Clone, Debug)]
+pub struct OfferedGroup(pub String);
+
+/// Logs at most once per `every`, so a refusal repeated by every heartbeat
+/// is said without flooding the log.
+pub struct Throttle {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    every: Duration,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Throttle {
+        Throttle {
+            last: std::sync::Mutex::new(None),
+            every,
+        }
+    }
+
+    /// Whether to say it now.
+    pub fn ready(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
+static REFUSED_GROUP: Throttle = Throttle::new(Duration::from_secs(10));
 
 fn mac_hex(secret: &str, message: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
@@ -82,6 +125,7 @@ pub fn check_credential(
     expected: Arc<str>,
     clients: ClientKeys,
     faults: Faults,
+    group: super::origin::GroupCell,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |mut req: tonic::Request<()>| {
         if faults.isolated() {
@@ -105,6 +149,23 @@ pub fn check_credential(
                 })
             }
         };
+        let offered = req
+            .metadata()
+            .get(GROUP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match (&caller, offered, super::origin::group_of(&group)) {
+            (Some(Caller::Peer), Some(theirs), Some(mine)) if theirs != *mine => {
+                if REFUSED_GROUP.ready() {
+                    tracing::warn!(group = %mine, caller_group = %theirs, "refused a Raft message from a member of another group");
+                }
+                return Err(group_mismatch(&mine, &theirs));
+            }
+            (Some(Caller::Peer), Some(theirs), None) => {
+                req.extensions_mut().insert(OfferedGroup(theirs));
+            }
+            _ => {}
+        }
         match caller {
             Some(caller) => {
                 req.extensions_mut().insert(caller);
@@ -121,6 +182,7 @@ pub fn check_credential(
 pub struct AddCredential {
     credential: MetadataValue<tonic::metadata::Ascii>,
     client: Option<MetadataValue<tonic::metadata::Ascii>>,
+    group: Option<super::origin::GroupCell>,
 }
 
 impl tonic::service::Interceptor for AddCredential {
@@ -130,20 +192,40 @@ impl tonic::service::Interceptor for AddCredential {
         if let Some(node) = &self.client {
             req.metadata_mut().insert(CLIENT_HEADER, node.clone());
         }
+        if let Some(group) = self.group.as_ref().and_then(super::origin::group_of)
+            && let Ok(value) = group.parse()
+        {
+            req.metadata_mut().insert(GROUP_HEADER, value);
+        }
         Ok(req)
     }
 }
 
 pub type Client = PeerClient<InterceptedService<Channel, AddCredential>>;
 
-/// A client for the peer at `addr`, connecting lazily (and reconnecting).
-pub fn client(addr: &str, credential: &str) -> Result<Client, String> {
-    client_as(addr, credential, None)
+/// A member's client for the peer at `addr`, connecting lazily (and
+/// reconnecting); its calls carry this member's group once it has one.
+pub fn client(
+    addr: &str,
+    credential: &str,
+    group: &super::origin::GroupCell,
+) -> Result<Client, String> {
+    client_with(addr, credential, None, Some(group.clone()))
 }
 
 /// A client for the peer at `addr` that calls as store client `node` when
-/// one is given (with that node's key as `credential`).
+/// one is given (with that node's key as `credential`), or as a tool
+/// holding the cluster secret.
 pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Client, String> {
+    client_with(addr, credential, node, None)
+}
+
+fn client_with(
+    addr: &str,
+    credential: &str,
+    node: Option<&str>,
+    group: Option<super::origin::GroupCell>,
+) -> Result<Client, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
@@ -168,7 +250,11 @@ pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Cli
         .map_err(|e| format!("the node name is not valid metadata: {e}"))?;
     Ok(PeerClient::with_interceptor(
         endpoint.connect_lazy(),
-        AddCredential { credential, client },
+        AddCredential {
+            credential,
+            client,
+            group,
+        },
     )
     .max_decoding_message_size(256 * 1024 * 1024)
     .max_encoding_message_size(256 * 1024 * 1024))
@@ -206,11 +292,16 @@ impl Faults {
 pub struct Network {
     credential: Arc<str>,
     faults: Faults,
+    group: super::origin::GroupCell,
 }
 
 impl Network {
-    pub fn new(credential: Arc<str>, faults: Faults) -> Network {
-        Network { credential, faults }
+    pub fn new(credential: Arc<str>, faults: Faults, group: super::origin::GroupCell) -> Network {
+        Network {
+            credential,
+            faults,
+            group,
+        }
     }
 }
 
@@ -227,7 +318,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             faults: self.faults.clone(),
-            client: client(&node.addr, &self.credential),
+            client: client(&node.addr, &self.credential, &self.group),
         }
     }
 }
@@ -278,6 +369,9 @@ impl Connection {
                 ))
             });
         let reply = result.map_err(|status| {
+            if status.code() == tonic::Code::FailedPrecondition && REFUSED_GROUP.ready() {
+                tracing::warn!(peer = self.target, "{}", status.message());
+            }
             let e = TransportError(format!("peer {}: {status}", self.target));
             match status.code() {
                 tonic::Code::Unavailable

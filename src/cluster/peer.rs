@@ -69,6 +69,21 @@ impl PeerService {
             None => Ok(()),
         }
     }
+
+    /// Before Raft acts on a member's message: a member with no group yet
+    /// joins the caller's (see `origin`; the credential check already
+    /// refused another group's); a message that names no group is refused.
+    async fn in_group<T>(&self, r: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        if let Some(network::OfferedGroup(offered)) = r.extensions().get() {
+            return self.cluster.adopt(offered).await;
+        }
+        match r.metadata().get(network::GROUP_HEADER) {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::failed_precondition(
+                "a Raft message must name its sender's group (x-flotilla-group)",
+            )),
+        }
+    }
 }
 
 pub(super) fn refuse(node: &str, why: String) -> tonic::Status {
@@ -81,6 +96,7 @@ impl peer_server::Peer for PeerService {
     async fn append_entries(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
         self.running()?;
+        self.in_group(&r).await?;
         let req = network::unblob(r.get_ref())?;
         let result = self.cluster.raft.append_entries(req).await;
         if matches!(
@@ -101,6 +117,7 @@ impl peer_server::Peer for PeerService {
     async fn vote(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
         self.running()?;
+        self.in_group(&r).await?;
         let req = network::unblob(r.get_ref())?;
         reply(&self.cluster.raft.vote(req).await)
     }
@@ -108,6 +125,7 @@ impl peer_server::Peer for PeerService {
     async fn install_snapshot(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
         self.running()?;
+        self.in_group(&r).await?;
         let blob = r.into_inner();
         let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
         req.data = blob.payload;

@@ -210,7 +210,7 @@ pub async fn remote_admin(
     if matches!(op, AdminOp::Status) {
         let mut members = Vec::new();
         for m in &settings.members {
-            let status = match network::client(&m.peer.to_string(), &credential) {
+            let status = match network::client_as(&m.peer.to_string(), &credential, None) {
                 Ok(mut client) => {
                     let call = client.admin(tonic::Request::new(network::blob(&op)));
                     match tokio::time::timeout(Duration::from_secs(3), call).await {

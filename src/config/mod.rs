@@ -75,6 +75,8 @@ pub struct LogConfig {
 /// A validated configuration: everything `serve` needs, nothing unchecked.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where the config came from (its file), for messages.
+    pub source_name: String,
     pub node_id: String,
     /// The selection as written, e.g. `[all]`.
     pub selection: Vec<String>,
@@ -381,6 +383,7 @@ impl Config {
             return Err(fail(problems.0));
         }
         Ok(Config {
+            source_name: source_name.to_owned(),
             node_id,
             selection,
             services,

@@ -105,7 +105,7 @@ pub struct Node {
     metrics: Metrics,
     store: Store,
     /// A Raft member's log, opened and checked with the database.
-    raft_log: Option<crate::cluster::log_store::LogStore>,
+    raft_log: Option<crate::cluster::origin::OpenedLog>,
     listeners: Listeners,
 }
 
@@ -145,8 +145,17 @@ impl Node {
             metrics.store.clone(),
         )?;
         let raft_log = match &config.cluster {
-            Some(_) if config.db_role => Some(Cluster::open_log(&config.data_dir)?),
-            _ => None,
+            Some(_) if config.db_role => {
+                Some(Cluster::open_log(&config.data_dir, &store, &config.source_name).await?)
+            }
+            _ => {
+                crate::cluster::origin::refusal_for_non_member(
+                    &config.data_dir,
+                    &config.source_name,
+                )
+                .map_err(crate::cluster::ClusterError::Foreign)?;
+                None
+            }
         };
         let listeners = Listeners {
             admin: server::bind("admin", config.listeners.admin).await?,

@@ -355,9 +355,10 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let wrong = flotilla::cluster::network::client(
+    let wrong = flotilla::cluster::network::client_as(
         &peer,
         &flotilla::cluster::network::credential("not-the-secret-at-all-0123456789"),
+        None,
     )
     .unwrap()
     .write(flotilla::proto::peer::Blob {

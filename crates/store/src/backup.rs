@@ -100,8 +100,26 @@ pub enum RestoreAs {
     Single,
     /// A member of a new Raft group: the old group's position and
     /// membership are forgotten, so the group starts its log afresh on top
-    /// of the data (every member must be restored from the same file).
+    /// of the data (every member must be restored from the same file). The
+    /// copy is marked with the backup's SHA-256 ([`crate::SEED_MARK`]), so
+    /// the members that form the group can check they share it.
     NewGroupMember,
+}
+
+/// The SHA-256 of a backup file, in hex: the seed of the groups restored
+/// from it.
+fn seed_of(from: &Path) -> Result<String, StoreError> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(from)
+        .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", from.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", from.display())))?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Checks that `from` is a sound flotilla database and puts a copy of it as
@@ -160,6 +178,11 @@ pub fn restore(
         if how == RestoreAs::NewGroupMember {
             conn.execute_batch("DELETE FROM raft__state; DELETE FROM raft__requests;")
                 .map_err(storage(format!("cannot prepare {}", staging.display())))?;
+            conn.execute(
+                "INSERT INTO raft__state (key, value) VALUES (?1, ?2)",
+                rusqlite::params![crate::SEED_MARK, seed_of(from)?.as_bytes()],
+            )
+            .map_err(storage(format!("cannot prepare {}", staging.display())))?;
         }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(storage(format!("cannot prepare {}", staging.display())))?;
@@ -271,6 +294,21 @@ mod tests {
             .unwrap()
             .rows;
         assert_eq!(rows.len(), 1);
+        // Marked as the seed of a new group, with the backup's hash.
+        let marks = restored.group_marks().await.unwrap();
+        assert_eq!(marks.seed.as_deref(), Some(seed_of(&out).unwrap().as_str()));
+        assert_eq!(
+            (marks.applied, marks.group, marks.has_data),
+            (None, None, true)
+        );
+        restored
+            .set_group_mark(crate::GROUP_MARK, Some("g1".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            restored.group_marks().await.unwrap().group.as_deref(),
+            Some("g1")
+        );
     }
 
     #[test]

@@ -206,6 +206,26 @@ pub type EntryResults = Vec<Result<Applied, StoreError>>;
 /// The last applied log id and the membership, as opaque bytes.
 pub type AppliedState = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The `raft__state` key of the Raft group a member's database belongs to.
+pub const GROUP_MARK: &str = "group";
+/// The `raft__state` key of the backup a database was restored from to seed
+/// a new group (`RestoreAs::NewGroupMember`).
+pub const SEED_MARK: &str = "seed";
+
+/// What a database says about its place in a Raft group: whether its data
+/// came from a group's log, a backup, or neither.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupMarks {
+    /// The last applied log id (opaque bytes), if any entry was applied.
+    pub applied: Option<Vec<u8>>,
+    /// The group it belongs to.
+    pub group: Option<String>,
+    /// The backup it was restored from, to seed a new group.
+    pub seed: Option<String>,
+    /// Whether it holds anything beyond the empty bookkeeping tables.
+    pub has_data: bool,
+}
+
 /// A consistent copy of the database, made without blocking writes for
 /// longer than the copy, with the log position and membership it contains.
 #[derive(Debug)]
@@ -567,6 +587,22 @@ impl Store {
     /// The last applied log id and membership, as recorded with the data.
     pub async fn applied_state(&self) -> Result<AppliedState, StoreError> {
         self.job(|reply| Job::AppliedState { reply }).await
+    }
+
+    /// What the database says about its Raft group (see [`GroupMarks`]).
+    pub async fn group_marks(&self) -> Result<GroupMarks, StoreError> {
+        self.job(|reply| Job::GroupMarks { reply }).await
+    }
+
+    /// Records (or, with `None`, forgets) one of the group marks
+    /// ([`GROUP_MARK`], [`SEED_MARK`]), durably.
+    pub async fn set_group_mark(
+        &self,
+        key: &'static str,
+        value: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.job(|reply| Job::SetGroupMark { key, value, reply })
+            .await
     }
 
     /// Writes a consistent copy of the database to `path`.

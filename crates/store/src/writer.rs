@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    AppliedState, ApplyEntry, EntryResults, StoreError,
+    AppliedState, ApplyEntry, EntryResults, GROUP_MARK, GroupMarks, SEED_MARK, StoreError,
     authorizer::{Guard, Mode},
     budget::MAX_VALUE_BYTES,
     budget::{Meter, WriteBudget},
@@ -81,6 +81,14 @@ pub(super) enum Job {
     },
     AppliedState {
         reply: Reply<AppliedState>,
+    },
+    GroupMarks {
+        reply: Reply<GroupMarks>,
+    },
+    SetGroupMark {
+        key: &'static str,
+        value: Option<String>,
+        reply: Reply<()>,
     },
     /// Commits the applies waiting in an open transaction, if any.
     Flush {
@@ -278,6 +286,27 @@ impl Writer {
             }
             Job::AppliedState { reply } => {
                 let _ = reply.send(self.applied_state());
+            }
+            Job::GroupMarks { reply } => {
+                let _ = reply.send(self.group_marks());
+            }
+            Job::SetGroupMark { key, value, reply } => {
+                let result = self.in_transaction(|w| {
+                    let file = w.file.clone();
+                    let done = match &value {
+                        Some(v) => w.conn.execute(
+                            "INSERT INTO raft__state (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            rusqlite::params![key, v.as_bytes()],
+                        ),
+                        None => w
+                            .conn
+                            .execute("DELETE FROM raft__state WHERE key = ?1", [key]),
+                    };
+                    done.map(|_| ())
+                        .map_err(storage(&file, "cannot record the Raft group"))
+                });
+                let _ = reply.send(result);
             }
         }
     }
@@ -754,6 +783,31 @@ impl Writer {
                 .map_err(storage(&self.file, "cannot read the applied state"))
         };
         Ok((get("applied")?, get("membership")?))
+    }
+
+    fn group_marks(&mut self) -> Result<GroupMarks, StoreError> {
+        let (applied, _) = self.applied_state()?;
+        let fail = storage(&self.file, "cannot read the Raft group marks");
+        let text = |key: &str| -> Result<Option<String>, StoreError> {
+            let value: Option<Vec<u8>> = self
+                .conn
+                .query_row("SELECT value FROM raft__state WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(&fail)?;
+            Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        let has_data: bool = self
+            .conn
+            .query_row(schema::HAS_DATA, [], |r| r.get(0))
+            .map_err(&fail)?;
+        Ok(GroupMarks {
+            applied,
+            group: text(GROUP_MARK)?,
+            seed: text(SEED_MARK)?,
+            has_data,
+        })
     }
 
     /// Replaces the whole database with the one at `path` (a received
