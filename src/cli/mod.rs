@@ -5,6 +5,7 @@
 //! always before any port is bound; 1 when the node fails to start or run.
 
 mod backup;
+mod control;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -98,6 +99,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
+    /// Turn the single node running on this host into the first member of
+    /// a new Raft group, while it serves: its database becomes the group's
+    /// first snapshot. CONFIG is the node's config from now on (a member's:
+    /// a `cluster` section, the db role, a peer listener; the same node id,
+    /// data dir, services and listeners).
+    Init {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+    },
     /// Every member's view: role, term, leader, log, commit and applied
     /// indexes, peers.
     Status {
@@ -111,16 +121,18 @@ enum ClusterCommand {
         config: PathBuf,
         #[arg(long)]
         id: u64,
-        /// The new node's peer address (IP:PORT).
+        /// The new node's peer address (IP:PORT); by default, the one the
+        /// topology gives member ID.
         #[arg(long)]
-        peer: String,
+        peer: Option<String>,
     },
-    /// Make a caught-up learner a voter.
+    /// Make caught-up learners voters, in one membership change (from one
+    /// voter to three: `--id 2 --id 3`).
     Promote {
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: PathBuf,
-        #[arg(long)]
-        id: u64,
+        #[arg(long = "id", required = true)]
+        ids: Vec<u64>,
     },
     /// Remove a voter. Leaving two voters is refused.
     Remove {
@@ -271,10 +283,20 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                     return client_key(&config, &catalogue, &node);
                 }
                 ClusterCommand::Status { config } => (config, AdminOp::Status),
+                ClusterCommand::Init { config } => {
+                    return control::cluster_init(&config, &catalogue);
+                }
                 ClusterCommand::AddLearner { config, id, peer } => {
+                    let peer = match peer {
+                        Some(p) => p,
+                        None => match topology_peer(&config, &catalogue, id) {
+                            Ok(p) => p,
+                            Err(code) => return code,
+                        },
+                    };
                     (config, AdminOp::AddLearner { id, peer })
                 }
-                ClusterCommand::Promote { config, id } => (config, AdminOp::Promote { id }),
+                ClusterCommand::Promote { config, ids } => (config, AdminOp::Promote { ids }),
                 ClusterCommand::Remove { config, id } => (config, AdminOp::Remove { id }),
                 ClusterCommand::TransferLeader { config, to } => {
                     (config, AdminOp::TransferLeader { to })
@@ -395,6 +417,27 @@ fn cluster_settings(
         eprintln!("flotilla: this config has no `cluster` section: the node is not in a cluster");
         ExitCode::from(EX_USAGE)
     })
+}
+
+/// The peer address the topology of the config at `path` gives member `id`.
+fn topology_peer(
+    path: &std::path::Path,
+    catalogue: &Catalogue,
+    id: u64,
+) -> Result<String, ExitCode> {
+    let settings = cluster_settings(path, catalogue)?;
+    settings
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.peer.to_string())
+        .ok_or_else(|| {
+            eprintln!(
+                "flotilla: member {id} is not in the topology of {}: add it under `members`, or give --peer",
+                path.display()
+            );
+            ExitCode::from(EX_USAGE)
+        })
 }
 
 fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> ExitCode {

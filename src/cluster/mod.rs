@@ -65,7 +65,7 @@ pub const LOG_FILE: &str = "raft-log.db";
 pub enum AdminOp {
     Status,
     AddLearner { id: u64, peer: String },
-    Promote { id: u64 },
+    Promote { ids: Vec<u64> },
     Remove { id: u64 },
     TransferLeader { to: Option<u64> },
 }
@@ -210,6 +210,25 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
+/// The cluster this node takes part in, if any: set at start, or later
+/// when a running single node forms a group (`flotilla cluster init`).
+#[derive(Clone, Default)]
+pub struct ClusterSlot(Arc<std::sync::RwLock<Option<Arc<Cluster>>>>);
+
+impl ClusterSlot {
+    pub fn new(cluster: Option<Arc<Cluster>>) -> ClusterSlot {
+        ClusterSlot(Arc::new(std::sync::RwLock::new(cluster)))
+    }
+
+    pub fn get(&self) -> Option<Arc<Cluster>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, cluster: Arc<Cluster>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
+    }
+}
+
 /// A Raft member: a node with the `db` role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -352,12 +371,19 @@ impl Cluster {
         store: &Store,
         config: &str,
     ) -> Result<origin::OpenedLog, ClusterError> {
-        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE)).map_err(ClusterError::Log)?;
-        let facts = log.facts().map_err(ClusterError::Log)?;
         let marks = store
             .group_marks()
             .await
             .map_err(|e| ClusterError::Log(e.to_string()))?;
+        let path = data_dir.join(LOG_FILE);
+        if !path.exists() {
+            // Checked before the log is created, so that a refusal leaves
+            // the data dir as it was.
+            origin::refusal(data_dir, config, &origin::no_log(), &marks, |_| Ok(None))
+                .map_err(ClusterError::Foreign)?;
+        }
+        let log = log_store::LogStore::open(&path).map_err(ClusterError::Log)?;
+        let facts = log.facts().map_err(ClusterError::Log)?;
         origin::refusal(data_dir, config, &facts, &marks, |i| log.id_at(i))
             .map_err(ClusterError::Foreign)?;
         Ok(origin::OpenedLog { log, facts, marks })
@@ -566,13 +592,13 @@ impl Cluster {
                     .map(|_| ())
                     .map_err(membership_error)
             }
-            AdminOp::Promote { id } => {
-                if let Some(refusal) = two_voters(voters.len() + usize::from(!voters.contains(&id)))
-                {
+            AdminOp::Promote { ids } => {
+                let ids: BTreeSet<u64> = ids.into_iter().collect();
+                if let Some(refusal) = two_voters(voters.union(&ids).count()) {
                     return Ok(Err(refusal));
                 }
                 self.raft
-                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .change_membership(ChangeMembers::AddVoterIds(ids), false)
                     .await
                     .map(|_| ())
                     .map_err(membership_error)

@@ -41,6 +41,17 @@ pub struct OpenedLog {
     pub marks: GroupMarks,
 }
 
+/// What a log that does not exist yet says.
+pub fn no_log() -> LogFacts {
+    LogFacts {
+        empty: true,
+        group: None,
+        origin_pending: false,
+        purged: None,
+        last: None,
+    }
+}
+
 /// A new group id: 128 random bits in hex.
 pub fn new_group_id() -> String {
     let mut bytes = [0u8; 16];
@@ -135,6 +146,26 @@ pub fn refusal_for_non_member(dir: &Path, config: &str) -> Result<(), String> {
 }
 
 impl Cluster {
+    /// Opens the Raft log of a running single node that forms a group on
+    /// its data (`flotilla cluster init`): there must be no log yet, and
+    /// the database must belong to no group.
+    pub async fn open_log_to_form(data_dir: &Path, store: &Store) -> Result<OpenedLog, String> {
+        let log = log_store::LogStore::open(&data_dir.join(LOG_FILE))?;
+        let facts = log.facts()?;
+        let marks = store.group_marks().await.map_err(|e| e.to_string())?;
+        if !facts.empty || marks.group.is_some() || marks.applied.is_some() {
+            return Err(format!(
+                "{} already holds a Raft group's state (group {}): this node cannot form a new group on it",
+                data_dir.display(),
+                facts
+                    .group
+                    .or(marks.group)
+                    .unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        Ok(OpenedLog { log, facts, marks })
+    }
+
     /// The group this member belongs to, if it knows it yet.
     pub fn group(&self) -> Option<Arc<str>> {
         group_of(&self.group)
@@ -169,8 +200,9 @@ impl Cluster {
     /// Forms a new group of `members`, with this member first: a new group
     /// id, recorded durably, then Raft's initialization. `on_data`: the
     /// database already holds data (a single node's, or a restored
-    /// backup), so the group's first snapshot is made of it.
-    pub(super) async fn form_group(
+    /// backup): the caller makes the group's first snapshot of it
+    /// (`first_snapshot`), which a restart makes if it was not made.
+    pub async fn form_group(
         &self,
         members: BTreeMap<u64, BasicNode>,
         on_data: bool,
@@ -195,9 +227,6 @@ impl Cluster {
             .await
             .map_err(|e| format!("Raft did not initialize: {e}"))?;
         tracing::info!(group = %group, voters, "formed a new Raft group");
-        if on_data {
-            self.spawn_first_snapshot();
-        }
         Ok(())
     }
 
@@ -217,7 +246,7 @@ impl Cluster {
     /// Makes a snapshot of this member's database and purges the log up to
     /// it, so that members added later receive the data by snapshot: done
     /// once, by each member of a group formed on existing data.
-    pub(super) async fn first_snapshot(&self) -> Result<(), String> {
+    pub async fn first_snapshot(&self) -> Result<(), String> {
         const WAIT: Duration = Duration::from_secs(600);
         let applied = self
             .raft
@@ -332,7 +361,12 @@ impl Cluster {
                     .map(|m| (m.id, BasicNode::new(m.peer.to_string())))
                     .collect();
                 match cluster.form_group(members, cluster.seed.is_some()).await {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        if cluster.seed.is_some() {
+                            cluster.spawn_first_snapshot();
+                        }
+                        return;
+                    }
                     Err(e) => say(format!("could not form the group: {e}")),
                 }
             } else {

@@ -17,7 +17,7 @@ use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use http::{StatusCode, header};
 use serde::Serialize;
 
-use crate::{cluster::Cluster, mesh::registry::Registry, telemetry::metrics::Metrics};
+use crate::{cluster::ClusterSlot, mesh::registry::Registry, telemetry::metrics::Metrics};
 
 /// Where a selected service is in its start-up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -93,9 +93,38 @@ pub struct NodeInfo {
 /// server's view of its clients), read at each request.
 pub type StatusPart = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// An operation a `flotilla` command runs on this running node.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlOp {
+    /// Form a one-member Raft group on this single node's data, with the
+    /// node's new config at `config`.
+    ClusterInit { config: std::path::PathBuf },
+}
+
+/// How the node runs a [`ControlOp`].
+pub type ControlRun = Arc<
+    dyn Fn(ControlOp) -> futures_util::future::BoxFuture<'static, Result<serde_json::Value, String>>
+        + Send
+        + Sync,
+>;
+
+/// The header that carries the node's control token.
+pub const CONTROL_HEADER: &str = "x-flotilla-control";
+
+/// Operations on the running node (`POST /control`), for the `flotilla`
+/// commands run on its host: authorized by the control token, a file only
+/// its data dir holds (see `node::control_token`).
+#[derive(Clone)]
+pub struct Control {
+    pub token: Arc<str>,
+    pub run: ControlRun,
+}
+
 #[derive(Clone)]
 struct AdminState {
-    cluster: Option<Arc<Cluster>>,
+    control: Control,
+    cluster: ClusterSlot,
     registry: Registry,
     xds: Option<StatusPart>,
     readiness: Arc<Readiness>,
@@ -110,7 +139,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let (ready, draining, services) = s.readiness.snapshot();
-    let has_leader = s.cluster.as_ref().is_none_or(|c| c.has_leader());
+    let has_leader = s.cluster.get().is_none_or(|c| c.has_leader());
     let ready = ready && has_leader;
     let status = if ready {
         StatusCode::OK
@@ -123,7 +152,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             "ready": ready,
             "draining": draining,
             "services": services,
-            "cluster": s.cluster.as_ref().map(|c| c.status()),
+            "cluster": s.cluster.get().map(|c| c.status()),
         })),
     )
 }
@@ -146,7 +175,7 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "draining": draining,
         "uptime_seconds": s.started.elapsed().as_secs(),
         "services": services,
-        "cluster": s.cluster.as_ref().map(|c| c.status()),
+        "cluster": s.cluster.get().map(|c| c.status()),
         "registry": s.registry.nodes(),
         "xds": s.xds.as_ref().map(|x| x()),
     }))
@@ -160,7 +189,7 @@ struct Isolate {
 
 /// Fault injection for partition tests; refused unless the config allows it.
 async fn isolate(State(s): State<AdminState>, Json(body): Json<Isolate>) -> impl IntoResponse {
-    match s.cluster.as_ref().map(|c| c.set_isolated(body.isolated)) {
+    match s.cluster.get().map(|c| c.set_isolated(body.isolated)) {
         Some(Ok(())) => (
             StatusCode::OK,
             Json(serde_json::json!({ "isolated": body.isolated })),
@@ -178,22 +207,58 @@ async fn isolate(State(s): State<AdminState>, Json(body): Json<Isolate>) -> impl
     }
 }
 
+/// Runs a control operation for a caller holding the node's token.
+async fn run_control(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    Json(op): Json<ControlOp>,
+) -> impl IntoResponse {
+    use subtle::ConstantTimeEq;
+    let presented = headers
+        .get(CONTROL_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(presented.ct_eq(s.control.token.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({
+                "error": "unauthorized",
+                "message": "missing or wrong control token: run the command on the node's host, with a config whose data_dir is the node's (it holds the token)",
+            })),
+        );
+    }
+    tracing::info!(?op, "control operation");
+    match (s.control.run)(op).await {
+        Ok(value) => (StatusCode::OK, Json(value)),
+        Err(message) => {
+            tracing::warn!(%message, "control operation refused or failed");
+            (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({ "error": "refused", "message": message })),
+            )
+        }
+    }
+}
+
 /// The admin router.
 pub fn router(
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: NodeInfo,
-    cluster: Option<Arc<Cluster>>,
+    cluster: ClusterSlot,
     registry: Registry,
     xds: Option<StatusPart>,
+    control: Control,
 ) -> Router {
     Router::new()
+        .route("/control", axum::routing::post(run_control))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
         .route("/debug/isolate", axum::routing::post(isolate))
         .with_state(AdminState {
+            control,
             cluster,
             registry,
             xds,

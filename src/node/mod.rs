@@ -21,6 +21,8 @@
 //!    `limits.shutdown_grace_ms`), Raft stops, and the other listeners
 //!    close. The process exits 0.
 
+mod grow;
+pub use grow::CONTROL_TOKEN_FILE;
 mod policy;
 mod start;
 
@@ -31,7 +33,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     catalogue::Services,
-    cluster::Cluster,
+    cluster::{Cluster, ClusterSlot},
     config::Config,
     edge::{admin::Readiness, server},
     mesh::registry::Registry,
@@ -107,6 +109,9 @@ pub struct Node {
     /// A Raft member's log, opened and checked with the database.
     raft_log: Option<crate::cluster::origin::OpenedLog>,
     listeners: Listeners,
+    /// The token of the admin listener's control operations (see
+    /// `grow::write_control_token`).
+    control_token: Arc<str>,
 }
 
 struct Listeners {
@@ -157,6 +162,11 @@ impl Node {
                 None
             }
         };
+        let control_token =
+            grow::write_control_token(&config.data_dir).map_err(|source| NodeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
         let listeners = Listeners {
             admin: server::bind("admin", config.listeners.admin).await?,
             public: server::bind("public", config.listeners.public).await?,
@@ -176,6 +186,7 @@ impl Node {
             store,
             raft_log,
             listeners,
+            control_token,
         })
     }
 }
@@ -212,7 +223,7 @@ impl Serving {
 pub struct Running {
     config: Config,
     store: Store,
-    cluster: Option<Arc<Cluster>>,
+    cluster: ClusterSlot,
     registry: Registry,
     registry_store: Namespace,
     readiness: Arc<Readiness>,
@@ -222,7 +233,8 @@ pub struct Running {
     public: Serving,
     admin: Serving,
     xds: Option<Serving>,
-    peer: Option<Serving>,
+    /// Set at start for a member, or when a single node forms a group.
+    peer: Arc<std::sync::Mutex<Option<Serving>>>,
 }
 
 impl Running {
@@ -235,7 +247,8 @@ impl Running {
         // Deregister first: routers that learn the registry (other nodes,
         // Envoys fed by xDS) stop sending here while this node still
         // listens.
-        let replicated = self.config.cluster.is_some();
+        let cluster = self.cluster.get();
+        let replicated = self.config.cluster.is_some() || cluster.is_some();
         let deregistered = tokio::time::timeout(
             Duration::from_secs(3),
             self.registry.deregister(&self.registry_store),
@@ -255,7 +268,7 @@ impl Running {
         }
         // No new connections from here on; requests in flight finish.
         self.public.stop_accepting();
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &cluster {
             // Hand leadership over before the last requests finish, so
             // writes in flight here are forwarded to a leader that stays.
             c.transfer_leadership().await;
@@ -266,7 +279,7 @@ impl Running {
                 "some requests did not finish within the shutdown grace period and were cut off"
             );
         }
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &cluster {
             c.shutdown().await;
         }
         // Applied entries still waiting for a shared commit are written now,
@@ -275,7 +288,8 @@ impl Running {
         if let Err(e) = self.store.flush().await {
             tracing::warn!(error = %e, "the last applied entries were not committed; the next start applies them again from the Raft log");
         }
-        for other in [self.xds, self.peer].into_iter().flatten() {
+        let peer = self.peer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for other in [self.xds, peer].into_iter().flatten() {
             other.stop().await;
         }
         self.admin.stop().await;

@@ -4,11 +4,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Node, NodeError, Running, Serving, Signals, policy, refresh_registry};
+use futures_util::FutureExt;
+
+use super::{Node, NodeError, Running, Serving, Signals, grow::Grow, policy, refresh_registry};
 use crate::{
     auth::{Auth, AuthError},
     catalogue::{Capability, Grants, ServiceContext},
-    cluster::Cluster,
+    cluster::{Cluster, ClusterSlot},
     edge::server::ServeOptions,
     edge::{
         admin::{self, NodeInfo, Readiness, ServiceState},
@@ -88,6 +90,7 @@ impl Node {
             store,
             raft_log,
             listeners,
+            control_token,
         } = self;
         let grace = config.limits.shutdown_grace;
         let limits = config.limits.listeners;
@@ -112,7 +115,7 @@ impl Node {
             }
             None => None,
         };
-        let peer = match (&cluster, listeners.peer) {
+        let peer: Option<Serving> = match (&cluster, listeners.peer) {
             (Some(c), Some(listener)) => {
                 tracing::info!(addr = ?config.listeners.peer, raft_id = c.id, "peer listener serving");
                 let stop = CancellationToken::new();
@@ -137,6 +140,25 @@ impl Node {
             healthy: true,
         });
         let xds_clients = crate::xds::clients::Clients::default();
+        let cluster = ClusterSlot::new(cluster);
+        let peer = Arc::new(std::sync::Mutex::new(peer));
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        let grow = Arc::new(Grow {
+            config: config.clone(),
+            catalogue: catalogue.clone(),
+            store: store.clone(),
+            cluster: cluster.clone(),
+            peer: peer.clone(),
+            registry: registry.clone(),
+            background: background.clone(),
+            background_stop: background_stop.clone(),
+            busy: tokio::sync::Mutex::new(()),
+        });
+        let control = admin::Control {
+            token: control_token,
+            run: Arc::new(move |op| grow.clone().run(op).boxed()),
+        };
         let admin = {
             let stop = CancellationToken::new();
             let router = admin::router(
@@ -155,6 +177,7 @@ impl Node {
                     let clients = xds_clients.clone();
                     Arc::new(move || clients.status()) as admin::StatusPart
                 }),
+                control,
             );
             Serving::spawn(
                 stop.clone(),
@@ -257,8 +280,6 @@ impl Node {
         .await?
         .map_err(NodeError::Registry)?;
 
-        let background = TaskTracker::new();
-        let background_stop = CancellationToken::new();
         background.spawn(auth.clone().maintain(background_stop.clone()));
         // Alone, a node is the only reader of its registry: nothing to renew
         // or reload (a heartbeat would be a durable write every second for

@@ -8,6 +8,7 @@ mod disk;
 mod envoy;
 mod example;
 mod gen_envoy;
+mod grow;
 mod ha;
 mod hostile;
 mod ingress;
