@@ -50,6 +50,35 @@ pub(super) fn cluster_init(path: &Path, catalogue: &Services) -> ExitCode {
     }
 }
 
+/// `flotilla reconfigure --config F`: the node running on this host with
+/// F's data dir drops the services F does not list, draining each first.
+pub(super) fn reconfigure(path: &Path, catalogue: &Services) -> ExitCode {
+    let config = match Config::load(path, catalogue) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let absolute = match std::path::absolute(path) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot resolve {}: {e}", path.display())),
+    };
+    match run(&config, &ControlOp::Reconfigure { config: absolute }) {
+        Ok(answer) => {
+            println!(
+                "services: {}; stopped after draining: {}",
+                answer["services"], answer["stopped"]
+            );
+            if let Some(next) = answer["next"].as_str() {
+                println!("{next}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn fail(message: String) -> ExitCode {
     eprintln!("flotilla: {message}");
     ExitCode::FAILURE

@@ -86,6 +86,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Make the node running on this host run the services of CONFIG from
+    /// now on: it may only drop services, and drains each first (the other
+    /// nodes and the Envoys fed by xDS stop sending it there, what still
+    /// arrives is served), then forwards its requests to the nodes that run
+    /// it. CONFIG is the node's config from then on.
+    Reconfigure {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+    },
     /// Write an Envoy bootstrap for a mode: fixed resources from a config
     /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
     GenEnvoy {
@@ -254,6 +263,7 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             from,
             force,
         } => backup::restore(&config, &catalogue, &from, force),
+        Command::Reconfigure { config } => control::reconfigure(&config, &catalogue),
         Command::GenEnvoy { request, out } => {
             let yaml = match crate::envoy::generate(&request, &catalogue) {
                 Ok(y) => y,

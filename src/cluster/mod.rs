@@ -331,6 +331,8 @@ pub struct Cluster {
     credential: Arc<str>,
     /// The store clients, with their keys.
     client_keys: network::ClientKeys,
+    /// The cluster secret, from which the store clients' keys derive.
+    secret: String,
     /// What each store client may do.
     policy: Arc<dyn ClientPolicy>,
     /// The group this member belongs to, once known (see `origin`).
@@ -347,6 +349,14 @@ pub struct Cluster {
 
 fn unavailable(message: String) -> StoreError {
     StoreError::Unavailable(message)
+}
+
+/// Each store client's expected key.
+fn client_keys_of(secret: &str, names: &[String]) -> std::collections::HashMap<String, String> {
+    names
+        .iter()
+        .map(|name| (name.clone(), network::client_key(secret, name)))
+        .collect()
 }
 
 /// A new request id: this node's clock in milliseconds, then 64 random
@@ -431,13 +441,10 @@ impl Cluster {
         };
         let id = *id;
         let credential: Arc<str> = Arc::from(network::credential(secret));
-        let client_keys: network::ClientKeys = Arc::new(
-            settings
-                .clients
-                .iter()
-                .map(|name| (name.clone(), network::client_key(secret, name)))
-                .collect(),
-        );
+        let client_keys: network::ClientKeys = Arc::new(std::sync::RwLock::new(client_keys_of(
+            secret,
+            &settings.clients,
+        )));
         let faults = network::Faults::default();
         let group: origin::GroupCell = Arc::new(std::sync::RwLock::new(
             facts.group.as_deref().map(Arc::from),
@@ -468,6 +475,7 @@ impl Cluster {
         }));
         let (forwards, forward_queue) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new_cyclic(|me| Cluster {
+            secret: secret.clone(),
             me: me.clone(),
             group,
             adopting: tokio::sync::Mutex::new(()),
@@ -644,6 +652,13 @@ impl Cluster {
         self.faults.set_isolated(isolated);
         tracing::warn!(isolated, "fault injection: peer traffic switched");
         Ok(())
+    }
+
+    /// Lets in the store clients `names` (and no others) from now on: the
+    /// topology's `nodes` after it changed.
+    pub fn set_store_clients(&self, names: &[String]) {
+        *self.client_keys.write().unwrap_or_else(|p| p.into_inner()) =
+            client_keys_of(&self.secret, names);
     }
 
     /// Raft's view of this node, for `/status` and `/readyz`.

@@ -117,7 +117,7 @@ pub enum Caller {
 }
 
 /// What the db members know of each store client: its expected key.
-pub type ClientKeys = Arc<HashMap<String, String>>;
+pub type ClientKeys = Arc<std::sync::RwLock<HashMap<String, String>>>;
 
 /// Server side: refuses a call without the right credential, and records
 /// the caller.
@@ -142,6 +142,7 @@ pub fn check_credential(
             None => bool::from(presented.ct_eq(expected.as_bytes())).then_some(Caller::Peer),
             Some(node) => {
                 let node = node.to_str().unwrap_or_default();
+                let clients = clients.read().unwrap_or_else(|p| p.into_inner());
                 clients.get(node).and_then(|key| {
                     bool::from(presented.ct_eq(key.as_bytes())).then(|| Caller::Client {
                         node: node.to_owned(),

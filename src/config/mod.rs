@@ -94,6 +94,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// With `cluster`: the topology file every node of the cluster shares.
     pub topology: Option<Topology>,
+    /// Where `topology` was read from (members reload it when it changes).
+    pub topology_path: Option<PathBuf>,
     /// Where the Envoys fed by this node's xDS server listen for the
     /// public ingress (`xds.ingress_listener`).
     pub xds_ingress: SocketAddr,
@@ -372,6 +374,11 @@ impl Config {
             raw.xds.ingress_listener,
             DEFAULT_XDS_INGRESS,
         );
+        let topology_path = raw
+            .cluster
+            .as_ref()
+            .and_then(|c| c.topology.as_ref())
+            .map(PathBuf::from);
         let (cluster, topology) = raw
             .cluster
             .and_then(|c| {
@@ -407,6 +414,7 @@ impl Config {
             auth: auth.expect("validated above"),
             cluster,
             topology,
+            topology_path,
             xds_ingress: xds_ingress.expect("validated above"),
         })
     }

@@ -58,6 +58,14 @@ impl Readiness {
             .insert(service, state);
     }
 
+    /// Forgets a service this node no longer runs.
+    pub fn remove(&self, service: &str) {
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service);
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -100,6 +108,9 @@ pub enum ControlOp {
     /// Form a one-member Raft group on this single node's data, with the
     /// node's new config at `config`.
     ClusterInit { config: std::path::PathBuf },
+    /// Apply the services of the node's config at `config`: the ones it
+    /// drops are drained (the others stop sending them here) and stopped.
+    Reconfigure { config: std::path::PathBuf },
 }
 
 /// How the node runs a [`ControlOp`].

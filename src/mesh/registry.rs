@@ -64,6 +64,9 @@ pub struct Instance {
 pub struct Registry {
     local: Arc<str>,
     nodes: Arc<RwLock<Vec<NodeRecord>>>,
+    /// Services this node no longer advertises but still serves, while the
+    /// others stop sending them here (see `set_local_services`).
+    draining: Arc<RwLock<Vec<String>>>,
     /// Bumped whenever `nodes` changes, for those who follow it (xDS).
     changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -74,6 +77,7 @@ impl Registry {
         Registry {
             local: Arc::from(local.id.as_str()),
             nodes: Arc::new(RwLock::new(vec![local])),
+            draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
@@ -83,6 +87,7 @@ impl Registry {
         Registry {
             local: Arc::from(""),
             nodes: Arc::new(RwLock::new(nodes)),
+            draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
@@ -104,11 +109,40 @@ impl Registry {
         &self.local
     }
 
-    /// Whether this node runs `service`.
+    /// Whether this node runs `service` (or still serves it while it
+    /// drains it).
     pub fn is_local(&self, service: &str) -> bool {
         self.read()
             .iter()
             .any(|n| *n.id == *self.local && n.services.iter().any(|s| s == service))
+            || self
+                .draining
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|s| s == service)
+    }
+
+    /// Changes the services this node advertises to `services`; the ones in
+    /// `draining` it still serves when asked, until called again without
+    /// them. The record is written by the next `heartbeat`.
+    pub fn set_local_services(&self, services: Vec<String>, draining: Vec<String>) {
+        *self.draining.write().unwrap_or_else(|p| p.into_inner()) = draining;
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = nodes.iter_mut().find(|n| *n.id == *self.local) {
+            n.services = services;
+        }
+        drop(nodes);
+        self.changed();
+    }
+
+    /// The services this node advertises.
+    pub fn local_services(&self) -> Vec<String> {
+        self.read()
+            .iter()
+            .find(|n| *n.id == *self.local)
+            .map(|n| n.services.clone())
+            .unwrap_or_default()
     }
 
     /// Every instance of `service`, healthy or not, in node order.

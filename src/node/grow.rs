@@ -1,6 +1,8 @@
-//! A running node that changes shape: a single node becomes the first
-//! member of a Raft group (`flotilla cluster init`), without a restart and
-//! without refusing a request.
+//! A running node that changes shape, without a restart and without
+//! refusing a request: a single node becomes the first member of a Raft
+//! group (`flotilla cluster init`); a node stops running some of its
+//! services once it has drained them (`flotilla reconfigure`); a member
+//! lets in the store clients added to the topology file.
 //!
 //! The node keeps its listeners, services, accounts and registry; what
 //! changes is under the store: from the moment Raft starts, every write and
@@ -55,7 +57,9 @@ pub fn write_control_token(data_dir: &Path) -> Result<Arc<str>, std::io::Error> 
 
 /// What a running node needs to change shape.
 pub(super) struct Grow {
-    pub config: Config,
+    /// The config the node runs with now.
+    pub config: std::sync::Mutex<Config>,
+    pub readiness: Arc<crate::edge::admin::Readiness>,
     pub catalogue: Services,
     pub store: Store,
     pub cluster: ClusterSlot,
@@ -77,13 +81,20 @@ impl Grow {
     pub(super) async fn run(self: Arc<Self>, op: ControlOp) -> Result<serde_json::Value, String> {
         match op {
             ControlOp::ClusterInit { config } => self.cluster_init(config).await,
+            ControlOp::Reconfigure { config } => self.reconfigure(config).await,
         }
     }
 
-    /// Why `new` cannot be this running node's config as the first member
-    /// of a group, if it cannot.
-    fn misfit(&self, new: &Config) -> Vec<String> {
-        let old = &self.config;
+    fn current(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Why `new` cannot replace the running node's config `old` as far as
+    /// its identity goes (node id, data dir, listeners).
+    fn same_node(old: &Config, new: &Config) -> Vec<String> {
         let mut problems = Vec::new();
         if new.node_id != old.node_id {
             problems.push(format!(
@@ -98,12 +109,6 @@ impl Grow {
                 old.data_dir.display()
             ));
         }
-        if new.services != old.services {
-            problems.push(format!(
-                "services are {:?}, this node runs {:?}: keep them as they are (move services once the group has grown)",
-                new.services, old.services
-            ));
-        }
         for (name, a, b) in [
             ("public", new.listeners.public, old.listeners.public),
             ("admin", new.listeners.admin, old.listeners.admin),
@@ -116,6 +121,20 @@ impl Grow {
         }
         if new.listeners.xds != old.listeners.xds {
             problems.push("listeners.xds differs from this node's: keep it".into());
+        }
+        problems
+    }
+
+    /// Why `new` cannot be this running node's config as the first member
+    /// of a group, if it cannot.
+    fn misfit(&self, new: &Config) -> Vec<String> {
+        let old = self.current();
+        let mut problems = Self::same_node(&old, new);
+        if new.services != old.services {
+            problems.push(format!(
+                "services are {:?}, this node runs {:?}: keep them as they are (move services once the group has grown)",
+                new.services, old.services
+            ));
         }
         match &new.cluster {
             None => problems.push("has no `cluster` section".into()),
@@ -140,7 +159,8 @@ impl Grow {
                 c.group().as_deref().unwrap_or("(forming)")
             ));
         }
-        if self.config.cluster.is_some() {
+        let old = self.current();
+        if old.cluster.is_some() {
             return Err("this node is a store client of a cluster: only a single node (a config without `cluster`) forms a group this way".into());
         }
         let new = Config::load(&path, &self.catalogue).map_err(|e| e.to_string())?;
@@ -177,24 +197,34 @@ impl Grow {
         };
         // From here on the store is replicated: writes wait for the group's
         // leader, which the next step makes.
+        let clients = Arc::new(policy::StoreClients::new(topology));
         let cluster = Cluster::start(
             &settings,
             self.store.clone(),
             opened,
             &new.data_dir,
-            Arc::new(policy::StoreClients::new(topology)),
+            clients.clone(),
         )
         .await
         .map_err(|e| e.to_string())?;
+        if let Some(path) = &new.topology_path {
+            self.background.spawn(follow_topology(
+                path.clone(),
+                self.catalogue.clone(),
+                clients,
+                cluster.clone(),
+                self.background_stop.clone(),
+            ));
+        }
         let stop = CancellationToken::new();
-        let limits = self.config.limits.listeners;
+        let limits = old.limits.listeners;
         *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Serving::spawn(
             stop.clone(),
             server::serve(
                 listener,
                 cluster.peer_router(),
                 stop,
-                server::ServeOptions::new("peer", limits.peer, self.config.limits.shutdown_grace),
+                server::ServeOptions::new("peer", limits.peer, old.limits.shutdown_grace),
             ),
         ));
         cluster
@@ -205,6 +235,7 @@ impl Grow {
             .await?;
         cluster.first_snapshot().await?;
         self.cluster.set(cluster.clone());
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
         self.background.spawn(refresh_registry(
             self.registry.clone(),
             self.store.namespace(registry::NAMESPACE),
@@ -227,5 +258,127 @@ impl Grow {
                 path.display()
             ),
         }))
+    }
+
+    /// `flotilla reconfigure`: the node runs the services of the config at
+    /// `path` from now on. It may only drop services (starting one needs a
+    /// restart with the new config); each dropped one is first drained: the
+    /// node's registry record stops listing it, the others (their
+    /// forwarders, the Envoys fed by xDS) stop sending it here, and this
+    /// node serves what still arrives meanwhile; then requests for it that
+    /// reach this node are forwarded to the nodes that run it.
+    async fn reconfigure(self: Arc<Self>, path: PathBuf) -> Result<serde_json::Value, String> {
+        let _one = self.busy.lock().await;
+        let old = self.current();
+        let new = Config::load(&path, &self.catalogue).map_err(|e| e.to_string())?;
+        let mut problems = Self::same_node(&old, &new);
+        if new.db_role != old.db_role || new.cluster.is_some() != old.cluster.is_some() {
+            problems.push("the db role and the cluster section must stay as they are".into());
+        }
+        let added: Vec<&str> = new
+            .services
+            .iter()
+            .filter(|s| !old.services.contains(s))
+            .copied()
+            .collect();
+        if !added.is_empty() {
+            problems.push(format!(
+                "adds {added:?}: a running node only stops services; start them on another node, or restart this one with the new config"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "{} does not fit this running node: {}",
+                path.display(),
+                problems.join("; ")
+            ));
+        }
+        let dropped: Vec<&'static str> = old
+            .services
+            .iter()
+            .filter(|s| !new.services.contains(s))
+            .copied()
+            .collect();
+        let keep: Vec<String> = new.services.iter().map(|s| s.to_string()).collect();
+        for service in &dropped {
+            if !self
+                .registry
+                .instances(service)
+                .iter()
+                .any(|i| i.healthy && i.node_id != self.registry.local_id())
+            {
+                return Err(format!(
+                    "no other healthy node runs `{service}`: start one first (its requests would have nowhere to go)"
+                ));
+            }
+        }
+        let store = self.store.namespace(registry::NAMESPACE);
+        self.registry.set_local_services(
+            keep.clone(),
+            dropped.iter().map(|s| s.to_string()).collect(),
+        );
+        self.registry
+            .heartbeat(&store)
+            .await
+            .map_err(|e| format!("cannot record the node's new services: {e}"))?;
+        tracing::info!(
+            ?dropped,
+            "draining services: the others stop sending them here"
+        );
+        // The others' registry copies follow within their refresh period,
+        // and the Envoys they feed right after.
+        tokio::time::sleep(super::DEREGISTRATION_DRAIN).await;
+        self.registry.set_local_services(keep.clone(), Vec::new());
+        for service in &dropped {
+            self.readiness.remove(service);
+        }
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        tracing::info!(?dropped, services = ?keep, "stopped serving the dropped services; their requests are forwarded");
+        Ok(serde_json::json!({
+            "services": keep,
+            "stopped": dropped,
+            "next": format!("start this node with {} from now on", path.display()),
+        }))
+    }
+}
+
+/// Reloads the topology file at `path` when it changes, so that a member
+/// lets in the store clients added to it (with their services'
+/// namespaces), and no longer the ones removed, without a restart. A file
+/// that does not load is reported and the previous topology kept.
+pub(super) async fn follow_topology(
+    path: PathBuf,
+    catalogue: Services,
+    policy: Arc<policy::StoreClients>,
+    cluster: Arc<Cluster>,
+    stop: CancellationToken,
+) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = modified(&path);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match crate::mesh::topology::Topology::load(&path, &catalogue) {
+            Ok(topology) => {
+                let names: Vec<String> = topology.nodes.iter().map(|n| n.name.clone()).collect();
+                policy.set(topology);
+                cluster.set_store_clients(&names);
+                tracing::info!(file = %path.display(), store_clients = ?names, "topology reloaded");
+            }
+            Err(problems) => {
+                let problems: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect();
+                tracing::warn!(file = %path.display(), ?problems, "the changed topology does not load; keeping the previous one");
+            }
+        }
     }
 }

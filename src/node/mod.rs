@@ -79,7 +79,7 @@ const READERS: usize = 4;
 /// How long a node that left the registry keeps listening, so that the
 /// others' registry copies (refreshed every `registry::REFRESH`) and the
 /// Envoys fed from them stop sending to it first.
-const DEREGISTRATION_DRAIN: Duration = Duration::from_millis(1500);
+pub(super) const DEREGISTRATION_DRAIN: Duration = Duration::from_millis(1500);
 
 /// Runs the node until SIGTERM or SIGINT.
 pub async fn run(config: Config, catalogue: Services) -> Result<(), NodeError> {

@@ -21,7 +21,8 @@ use crate::{
 };
 
 pub struct StoreClients {
-    topology: Topology,
+    /// Replaced when the topology file changes (see `node::follow_topology`).
+    topology: std::sync::RwLock<Topology>,
 }
 
 /// The namespaces one store client may use.
@@ -64,12 +65,23 @@ fn is_builtin_schema(namespace: &str, migrations: &[MigrationSpec]) -> bool {
 
 impl StoreClients {
     pub fn new(topology: Topology) -> StoreClients {
-        StoreClients { topology }
+        StoreClients {
+            topology: std::sync::RwLock::new(topology),
+        }
+    }
+
+    /// Follows a changed topology from now on.
+    pub fn set(&self, topology: Topology) {
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology;
+    }
+
+    fn topology(&self) -> std::sync::RwLockReadGuard<'_, Topology> {
+        self.topology.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn access(&self, client: &str) -> Access {
         let services: Vec<&str> = self
-            .topology
+            .topology()
             .nodes
             .iter()
             .find(|n| n.name == client)
@@ -94,7 +106,8 @@ impl StoreClients {
             RegistryWrite::Own(r) => (r, true),
             RegistryWrite::Seed(r) => (r, false),
         };
-        let Some(node) = self.topology.find(&record.id) else {
+        let topology = self.topology();
+        let Some(node) = topology.find(&record.id) else {
             return false;
         };
         let expected = NodeRecord::from_topology(node, record.healthy);

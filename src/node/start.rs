@@ -99,15 +99,17 @@ impl Node {
         // to it: from here on every write, read and migration goes through
         // Raft. A node without the db role keeps no copy: its store is a
         // client of the members' database, within its namespaces.
+        let mut policy = None;
         let cluster = match &config.cluster {
             Some(settings) if config.db_role => {
                 let topology = config
                     .topology
                     .clone()
                     .expect("a config with a cluster has a topology");
-                let policy = Arc::new(policy::StoreClients::new(topology));
+                let clients = Arc::new(policy::StoreClients::new(topology));
+                policy = Some(clients.clone());
                 let log = raft_log.expect("a member's log is opened with its database");
-                Some(Cluster::start(settings, store.clone(), log, &config.data_dir, policy).await?)
+                Some(Cluster::start(settings, store.clone(), log, &config.data_dir, clients).await?)
             }
             Some(settings) => {
                 store.set_replicator(crate::cluster::remote_replicator(settings))?;
@@ -132,7 +134,6 @@ impl Node {
             _ => None,
         };
 
-        let readiness = Arc::new(Readiness::new(&config.services));
         let registry = Registry::single(NodeRecord {
             id: config.node_id.clone(),
             public: config.listeners.public,
@@ -140,12 +141,23 @@ impl Node {
             healthy: true,
         });
         let xds_clients = crate::xds::clients::Clients::default();
-        let cluster = ClusterSlot::new(cluster);
-        let peer = Arc::new(std::sync::Mutex::new(peer));
+        let readiness = Arc::new(Readiness::new(&config.services));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
+        if let (Some(c), Some(policy), Some(path)) = (&cluster, policy, &config.topology_path) {
+            background.spawn(super::grow::follow_topology(
+                path.clone(),
+                catalogue.clone(),
+                policy,
+                c.clone(),
+                background_stop.clone(),
+            ));
+        }
+        let cluster = ClusterSlot::new(cluster);
+        let peer = Arc::new(std::sync::Mutex::new(peer));
         let grow = Arc::new(Grow {
-            config: config.clone(),
+            config: std::sync::Mutex::new(config.clone()),
+            readiness: readiness.clone(),
             catalogue: catalogue.clone(),
             store: store.clone(),
             cluster: cluster.clone(),

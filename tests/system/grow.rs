@@ -423,3 +423,233 @@ async fn a_single_node_grows_into_three_voters_under_load_without_a_failed_reque
     cluster.spawn_all();
     assert!(cluster.nodes[2].login(ADMIN, ADMIN_PASSWORD).await["access_token"].is_string());
 }
+
+/// Envoy's endpoints of `cluster`, from its admin interface.
+async fn envoy_endpoints(admin: std::net::SocketAddr, cluster: &str) -> Vec<String> {
+    let text = crate::support::http()
+        .get(format!("http://{admin}/clusters"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut hosts: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{cluster}::")))
+        .filter_map(|l| l.strip_suffix("::health_flags::healthy"))
+        .map(str::to_owned)
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+/// HA → scaled, online: store clients join a running three-member group
+/// (added to the topology file, which the members reload), then each member
+/// in turn stops running the services (`flotilla reconfigure`, drained
+/// first), under load through a member and through an Envoy fed by ADS. No
+/// request fails; the Envoy follows with no restart, ending with the store
+/// clients as the only endpoints; and the configs of the new shape start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ha_cluster_moves_its_services_onto_store_clients_under_load_without_a_failed_request() {
+    use crate::support::{Envoy, SECRET, free_addr, wait_routed};
+    let cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let envoy = Envoy::start(cluster.xds[0]);
+    let through_envoy = format!("http://{}", cluster.envoy_ingress);
+    wait_routed(&format!("{through_envoy}/api/echo?message=hi")).await;
+
+    let client = authed(&token);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut tasks = Vec::new();
+    for (t, base) in [cluster.nodes[0].url(""), through_envoy.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        for w in 0..2 {
+            let (client, stop, seen, base) =
+                (client.clone(), stop.clone(), seen.clone(), base.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                    let key = format!("m{t}{w}-{i}");
+                    i += 1;
+                    let put = client
+                        .put(format!("{base}/api/kv/keys/{key}"))
+                        .json(&json!({"value": key}))
+                        .send()
+                        .await;
+                    let echo = client
+                        .get(format!("{base}/api/echo?message={key}"))
+                        .send()
+                        .await;
+                    let mut seen = seen.lock().unwrap();
+                    match put {
+                        Ok(r) if r.status() == 200 => seen.acked.push(key.clone()),
+                        Ok(r) => seen
+                            .failures
+                            .push(format!("PUT {key} via {base}: {}", r.status())),
+                        Err(e) => seen.failures.push(format!("PUT {key} via {base}: {e}")),
+                    }
+                    match echo {
+                        Ok(r) if r.status() == 200 => seen.reads += 1,
+                        Ok(r) => seen
+                            .failures
+                            .push(format!("echo via {base}: {}", r.status())),
+                        Err(e) => seen.failures.push(format!("echo via {base}: {e}")),
+                    }
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The topology gains three store clients, one per service; each
+    // member's entry changes to the database (and xDS) only when that
+    // member is reconfigured, so that every running node's config matches
+    // it all along.
+    let services = ["kv", "echo", "accounts"];
+    let addresses: Vec<_> = services
+        .iter()
+        .map(|_| (free_addr(), free_addr()))
+        .collect();
+    let topology_with = |db_only: usize| {
+        let mut text = String::from("members:\n");
+        for (i, (public, _, peer)) in cluster.addresses.iter().enumerate() {
+            let services = if i < db_only { "[db, xds]" } else { "[all]" };
+            text.push_str(&format!(
+                "  - {{id: {}, node: ha-{}, peer: '{peer}', public: '{public}', services: {services}}}\n",
+                i + 1,
+                i + 1
+            ));
+        }
+        text.push_str("nodes:\n");
+        for (service, (public, _)) in services.iter().zip(&addresses) {
+            text.push_str(&format!(
+                "  - {{node: {service}-1, public: '{public}', services: [{service}]}}\n"
+            ));
+        }
+        text
+    };
+    std::fs::write(&cluster.topology, topology_with(0)).unwrap();
+    wait_until(
+        "every member reloads the topology",
+        Duration::from_secs(10),
+        || async {
+            let reloaded = cluster
+                .nodes
+                .iter()
+                .filter(|n| n.log().contains("topology reloaded"))
+                .count();
+            if reloaded == 3 { Ok(()) } else { Err(reloaded) }
+        },
+    )
+    .await;
+    let member1 = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
+    let mut store_clients = Vec::new();
+    for (service, (public, admin)) in services.iter().zip(addresses.clone()) {
+        let name = format!("{service}-1");
+        let (code, key, err) = cli(&[
+            "cluster",
+            "client-key",
+            "--config",
+            &member1,
+            "--node",
+            &name,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "node: {{id: {name}}}\nservices: [{service}]\nlisteners: {{public: '{public}', admin: '{admin}'}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {{topology: '{}', client_key: '{}'}}\n",
+            dir.path().join("data").display(),
+            cluster.topology.display(),
+            key.trim()
+        );
+        let path = dir.path().join("node.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut node = Node::prepared(dir, path, public, admin);
+        node.spawn(&[]);
+        store_clients.push(node);
+    }
+
+    // Each member in turn stops running the services.
+    for i in 0..3 {
+        std::fs::write(&cluster.topology, topology_with(i + 1)).unwrap();
+        let member = &cluster.nodes[i];
+        let text = std::fs::read_to_string(&member.config_path).unwrap();
+        let db = member.config_path.with_file_name("db.yaml");
+        std::fs::write(&db, text.replace("services: [all]", "services: [db, xds]")).unwrap();
+        let db = db.to_str().unwrap().to_owned();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            run_cli(Path::new(BINARY), &["reconfigure", "--config", &db])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "member {}: {out}{err}", i + 1);
+        assert!(out.contains("stopped after draining"), "{out}");
+    }
+    let kv_1 = store_clients[0].public.to_string();
+    wait_until(
+        "Envoy's kv endpoints are the store client's",
+        Duration::from_secs(10),
+        || async {
+            let hosts = envoy_endpoints(envoy.admin, "kv").await;
+            if hosts == [kv_1.clone()] {
+                Ok(())
+            } else {
+                Err(hosts)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        &seen.failures[..seen.failures.len().min(10)]
+    );
+    assert!(
+        seen.acked.len() > 50 && seen.reads > 50,
+        "too little load: {} writes, {} echoes",
+        seen.acked.len(),
+        seen.reads
+    );
+    // Envoy was never restarted: one process, one ADS stream all along.
+    assert!(envoy.stat("control_plane.connected_state").await == Some(1));
+    // Every acknowledged write is readable through the new shape.
+    for key in seen.acked.iter().step_by(37) {
+        let r: Value = client
+            .get(cluster.nodes[1].url(&format!("/api/kv/keys/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["value"], key.as_str());
+    }
+    // gen-envoy's static config for the new shape (from the final
+    // topology) validates, starts, and routes every service.
+    let (_static_envoy, listen) = crate::support::envoy_in_front("scaled", &cluster.topology).await;
+    let r = client
+        .put(format!("http://{listen}/api/kv/keys/static"))
+        .json(&json!({"value": "through the static Envoy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The registry says the same: the members run no service now.
+    let status = cluster.nodes[2].status().await.unwrap();
+    for record in status["registry"].as_array().unwrap() {
+        let id = record["id"].as_str().unwrap();
+        if id.starts_with("ha-") {
+            assert_eq!(record["services"], json!([]), "{record}");
+        }
+    }
+}
