@@ -50,6 +50,41 @@ pub(super) fn cluster_init(path: &Path, catalogue: &Services) -> ExitCode {
     }
 }
 
+/// `flotilla cluster leave --config F --confirm`: the last member of a
+/// group, running on this host, becomes a single node with config F.
+pub(super) fn cluster_leave(path: &Path, catalogue: &Services, confirm: bool) -> ExitCode {
+    if !confirm {
+        eprintln!(
+            "flotilla: this ends the Raft group on its last member, which keeps the data as a single node: pass --confirm"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    let config = match Config::load(path, catalogue) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let absolute = match std::path::absolute(path) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot resolve {}: {e}", path.display())),
+    };
+    match run(&config, &ControlOp::ClusterLeave { config: absolute }) {
+        Ok(answer) => {
+            println!(
+                "left Raft group {}",
+                answer["left"].as_str().unwrap_or_default()
+            );
+            if let Some(next) = answer["next"].as_str() {
+                println!("{next}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// `flotilla reconfigure --config F`: the node running on this host with
 /// F's data dir drops the services F does not list, draining each first.
 pub(super) fn reconfigure(path: &Path, catalogue: &Services) -> ExitCode {

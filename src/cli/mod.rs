@@ -143,12 +143,26 @@ enum ClusterCommand {
         #[arg(long = "id", required = true)]
         ids: Vec<u64>,
     },
-    /// Remove a voter. Leaving two voters is refused.
+    /// Remove voters (or learners), in one membership change (from three
+    /// voters to one: `--id 2 --id 3`). Leaving two voters is refused.
     Remove {
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: PathBuf,
+        #[arg(long = "id", required = true)]
+        ids: Vec<u64>,
+    },
+    /// Turn the last member of a group, running on this host, back into a
+    /// single node while it serves: it stops replicating and keeps its
+    /// database; its Raft log is deleted. CONFIG is the node's single-mode
+    /// config from now on (no `cluster` section; the same node id, data
+    /// dir, services and listeners).
+    Leave {
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        config: PathBuf,
+        /// Required: the group ends, and its other members (if any were
+        /// left) could not rejoin it.
         #[arg(long)]
-        id: u64,
+        confirm: bool,
     },
     /// Print the `cluster.client_key` of a node without the db role: it is
     /// derived from the cluster secret and the node's name.
@@ -307,7 +321,10 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                     (config, AdminOp::AddLearner { id, peer })
                 }
                 ClusterCommand::Promote { config, ids } => (config, AdminOp::Promote { ids }),
-                ClusterCommand::Remove { config, id } => (config, AdminOp::Remove { id }),
+                ClusterCommand::Remove { config, ids } => (config, AdminOp::Remove { ids }),
+                ClusterCommand::Leave { config, confirm } => {
+                    return control::cluster_leave(&config, &catalogue, confirm);
+                }
                 ClusterCommand::TransferLeader { config, to } => {
                     (config, AdminOp::TransferLeader { to })
                 }

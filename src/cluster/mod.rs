@@ -66,7 +66,7 @@ pub enum AdminOp {
     Status,
     AddLearner { id: u64, peer: String },
     Promote { ids: Vec<u64> },
-    Remove { id: u64 },
+    Remove { ids: Vec<u64> },
     TransferLeader { to: Option<u64> },
 }
 
@@ -226,6 +226,10 @@ impl ClusterSlot {
 
     pub fn set(&self, cluster: Arc<Cluster>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(cluster);
+    }
+
+    pub fn clear(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -611,16 +615,34 @@ impl Cluster {
                     .map(|_| ())
                     .map_err(membership_error)
             }
-            AdminOp::Remove { id } => {
-                if let Some(refusal) = two_voters(voters.len() - usize::from(voters.contains(&id)))
-                {
+            AdminOp::Remove { ids } => {
+                let ids: BTreeSet<u64> = ids.into_iter().collect();
+                if let Some(refusal) = two_voters(voters.difference(&ids).count()) {
                     return Ok(Err(refusal));
                 }
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-                    .await
-                    .map(|_| ())
-                    .map_err(membership_error)
+                if voters.is_subset(&ids) {
+                    return Ok(Err("refused: that would leave no voter; to end the group on its last member, run `flotilla cluster leave --confirm` there".into()));
+                }
+                let learners: BTreeSet<u64> = ids.difference(&voters).copied().collect();
+                let voters_out: BTreeSet<u64> = ids.intersection(&voters).copied().collect();
+                let mut done = Ok(());
+                if !voters_out.is_empty() {
+                    done = self
+                        .raft
+                        .change_membership(ChangeMembers::RemoveVoters(voters_out), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(membership_error);
+                }
+                if done.is_ok() && !learners.is_empty() {
+                    done = self
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(learners), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(membership_error);
+                }
+                done
             }
             AdminOp::TransferLeader { to } => match to {
                 Some(target) if !voters.contains(&target) => {

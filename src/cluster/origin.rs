@@ -166,6 +166,81 @@ impl Cluster {
         Ok(OpenedLog { log, facts, marks })
     }
 
+    /// Ends the group on its last member (`flotilla cluster leave`): its
+    /// store stops replicating (writes go to the database again, each
+    /// durable on its own), Raft applies what it had and stops, and the
+    /// group's records go: the log and snapshots are deleted, and the
+    /// database forgets its group and log position. The data stays.
+    pub async fn leave(&self, data_dir: &Path) -> Result<(), String> {
+        let (members, leader) = {
+            let m = self.raft.metrics().borrow().clone();
+            let members: Vec<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            (members, m.current_leader)
+        };
+        if members != [self.id] {
+            let others: Vec<u64> = members.into_iter().filter(|m| *m != self.id).collect();
+            return Err(format!(
+                "the group has other members ({others:?}): remove them first (`flotilla cluster remove --id N ...`), so that none is left with a group that cannot elect"
+            ));
+        }
+        if leader != Some(self.id) {
+            return Err("this member does not lead its group yet: try again in a moment".into());
+        }
+        self.store
+            .stop_replicating()
+            .await
+            .map_err(|e| e.to_string())?;
+        // Writes proposed before the switch are applied (and answered):
+        // wait until the log stops growing and all of it is applied.
+        let mut quiet_since = Instant::now();
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (log, applied) = {
+                let m = self.raft.metrics().borrow().clone();
+                (m.last_log_index, m.last_applied.map(|l| l.index))
+            };
+            if last != Some(log) {
+                last = Some(log);
+                quiet_since = Instant::now();
+            }
+            if applied == log && quiet_since.elapsed() >= Duration::from_millis(200) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err("Raft did not finish applying its log within 10 s; the node still replicates nothing new: restart it with its member config and try again".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        self.store.flush().await.map_err(|e| e.to_string())?;
+        for key in [GROUP_MARK, crate::store::SEED_MARK, "applied", "membership"] {
+            self.store
+                .set_group_mark(key, None)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        *self.group.write().unwrap_or_else(|p| p.into_inner()) = None;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = data_dir.join(format!("{LOG_FILE}{suffix}"));
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot delete {}: {e}", file.display())),
+            }
+        }
+        let _ = std::fs::remove_dir_all(data_dir.join("snapshots"));
+        tracing::info!("left the Raft group: this node is a single node again, on the same data");
+        Ok(())
+    }
+
     /// The group this member belongs to, if it knows it yet.
     pub fn group(&self) -> Option<Arc<str>> {
         group_of(&self.group)

@@ -111,6 +111,9 @@ pub enum ControlOp {
     /// Apply the services of the node's config at `config`: the ones it
     /// drops are drained (the others stop sending them here) and stopped.
     Reconfigure { config: std::path::PathBuf },
+    /// End the group on its last member, which runs with the single-mode
+    /// config at `config` from then on.
+    ClusterLeave { config: std::path::PathBuf },
 }
 
 /// How the node runs a [`ControlOp`].

@@ -82,6 +82,7 @@ impl Grow {
         match op {
             ControlOp::ClusterInit { config } => self.cluster_init(config).await,
             ControlOp::Reconfigure { config } => self.reconfigure(config).await,
+            ControlOp::ClusterLeave { config } => self.cluster_leave(config).await,
         }
     }
 
@@ -338,6 +339,47 @@ impl Grow {
             "services": keep,
             "stopped": dropped,
             "next": format!("start this node with {} from now on", path.display()),
+        }))
+    }
+
+    /// `flotilla cluster leave --confirm`: the last member of a group turns
+    /// back into a single node, on the same data, running with the
+    /// single-mode config at `path` from then on.
+    async fn cluster_leave(self: Arc<Self>, path: PathBuf) -> Result<serde_json::Value, String> {
+        let _one = self.busy.lock().await;
+        let Some(cluster) = self.cluster.get() else {
+            return Err("this node belongs to no Raft group: nothing to leave".into());
+        };
+        let old = self.current();
+        let new = Config::load(&path, &self.catalogue).map_err(|e| e.to_string())?;
+        let mut problems = Self::same_node(&old, &new);
+        if new.cluster.is_some() {
+            problems.push("has a `cluster` section: give the node's single-mode config".into());
+        }
+        if new.services != old.services {
+            problems.push(format!(
+                "services are {:?}, this node runs {:?}: keep them as they are",
+                new.services, old.services
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "{} does not fit this running node: {}",
+                path.display(),
+                problems.join("; ")
+            ));
+        }
+        let group = cluster.group();
+        cluster.leave(&new.data_dir).await?;
+        self.cluster.clear();
+        let peer = self.peer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(peer) = peer {
+            peer.stop().await;
+        }
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(serde_json::json!({
+            "left": group,
+            "next": format!("this node is a single node again; start it with {} from now on", path.display()),
         }))
     }
 }

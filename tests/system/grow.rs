@@ -653,3 +653,142 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_under_load_without_
         }
     }
 }
+
+/// The way back, for an operator who over-provisioned: a three-member
+/// group shrinks to its member 1 (`cluster remove --id 2 --id 3`), which
+/// then turns back into a single node (`cluster leave --confirm`) while it
+/// serves, keeping every acknowledged write; the single node starts again
+/// on its data, and its member config is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_shrinks_back_to_a_single_node_under_load_keeping_its_data() {
+    let mut cluster = TestCluster::start("");
+    let token = cluster.admin_token().await;
+    let member = cluster.nodes[0].config_path.clone();
+    let m = member.to_str().unwrap().to_owned();
+    let single = single_config_of(&member);
+    let client = authed(&token);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut tasks = Vec::new();
+    let url = cluster.nodes[0].url("");
+    for t in 0..3 {
+        let (client, stop, seen, url) = (client.clone(), stop.clone(), seen.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                let key = format!("s{t}-{i}");
+                i += 1;
+                let r = client
+                    .put(format!("{url}/api/kv/keys/{key}"))
+                    .json(&json!({"value": key}))
+                    .send()
+                    .await;
+                let read = client.get(format!("{url}/api/kv/keys/{key}")).send().await;
+                let mut seen = seen.lock().unwrap();
+                match r {
+                    Ok(r) if r.status() == 200 => seen.acked.push(key.clone()),
+                    Ok(r) => seen.failures.push(format!("PUT {key}: {}", r.status())),
+                    Err(e) => seen.failures.push(format!("PUT {key}: {e}")),
+                }
+                match read {
+                    Ok(r) if r.status() == 200 || r.status() == 404 => seen.reads += 1,
+                    Ok(r) => seen.failures.push(format!("GET {key}: {}", r.status())),
+                    Err(e) => seen.failures.push(format!("GET {key}: {e}")),
+                }
+            }
+        }));
+    }
+    let step = |args: Vec<&str>| {
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = run_cli(Path::new(BINARY), &args);
+            assert_eq!(code, 0, "{args:?}: {out}{err}");
+            out
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Member 1 leads before the others go (the command says "try again"
+    // when an election under load goes elsewhere).
+    let mut moved = false;
+    for _ in 0..5 {
+        let (code, _, _) = cli(&["cluster", "transfer-leader", "--config", &m, "--to", "1"]);
+        if code == 0 {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "leadership never moved to member 1");
+    step(vec![
+        "cluster", "remove", "--config", &m, "--id", "2", "--id", "3",
+    ])
+    .await
+    .unwrap();
+    for n in &mut cluster.nodes[1..] {
+        n.signal("TERM");
+        assert_eq!(n.wait_exit(Duration::from_secs(20)).code(), Some(0));
+        n.child = None;
+    }
+    // Without the flag, nothing happens.
+    let (code, _, err) = cli(&["cluster", "leave", "--config", single.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--confirm"), "{err}");
+    let out = step(vec![
+        "cluster",
+        "leave",
+        "--config",
+        single.to_str().unwrap(),
+        "--confirm",
+    ])
+    .await
+    .unwrap();
+    assert!(out.contains("left Raft group"), "{out}");
+    let data = cluster.nodes[0].dir.path().join("data");
+    assert!(!data.join("raft-log.db").exists());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.failures.is_empty(),
+        "failed requests: {:?}",
+        &seen.failures[..seen.failures.len().min(10)]
+    );
+    assert!(
+        seen.acked.len() > 50,
+        "too little load: {} writes",
+        seen.acked.len()
+    );
+    let status = cluster.nodes[0].status().await.unwrap();
+    assert!(status["cluster"].is_null(), "{status}");
+    // Restarted as the single node it now is: every acknowledged write is
+    // there; the member config is refused on this data.
+    cluster.nodes[0].signal("TERM");
+    assert_eq!(
+        cluster.nodes[0].wait_exit(Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    let (code, _, err) = cli(&["serve", "--config", &m]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no Raft log"), "{err}");
+    cluster.nodes[0].config_path = single;
+    cluster.nodes[0].spawn(&[]);
+    let token = cluster.nodes[0].login(ADMIN, ADMIN_PASSWORD).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = authed(&token);
+    for key in &seen.acked {
+        let r: Value = client
+            .get(cluster.nodes[0].url(&format!("/api/kv/keys/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["value"], key.as_str(), "{key}");
+    }
+}

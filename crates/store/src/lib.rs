@@ -47,7 +47,7 @@ mod writer;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -256,7 +256,9 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
     /// Set while applied entries wait uncommitted (invisible to readers).
     unflushed: Arc<AtomicBool>,
-    replicator: OnceLock<Arc<dyn Replicator>>,
+    /// Set when the store becomes replicated; taken away when the last
+    /// member of a group turns back into a single node.
+    replicator: std::sync::RwLock<Option<Arc<dyn Replicator>>>,
     readers: Mutex<Vec<Reader>>,
     reader_slots: Semaphore,
     metrics: StoreMetrics,
@@ -327,7 +329,7 @@ impl Store {
             inner: Arc::new(Inner {
                 jobs: tx,
                 unflushed,
-                replicator: OnceLock::new(),
+                replicator: std::sync::RwLock::new(None),
                 reader_slots: Semaphore::new(readers.len()),
                 readers: Mutex::new(readers),
                 metrics,
@@ -388,7 +390,7 @@ impl Namespace {
     /// when the store is replicated). If any statement fails, none of them
     /// has any effect.
     pub async fn write(&self, statements: Vec<Statement>) -> Result<Vec<Outcome>, StoreError> {
-        if let Some(r) = self.store.inner.replicator.get() {
+        if let Some(r) = self.store.replicator() {
             let command = Command::Write {
                 namespace: self.name.to_string(),
                 statements,
@@ -425,7 +427,7 @@ impl Namespace {
     /// replicated (through the leader's read index).
     pub async fn read(&self, statement: Statement) -> Result<Outcome, StoreError> {
         let call = self.call(statement);
-        if let Some(r) = self.store.inner.replicator.get() {
+        if let Some(r) = self.store.replicator() {
             return r.read(call).await;
         }
         self.store.read_local(call).await
@@ -437,7 +439,7 @@ impl Namespace {
     /// single node.
     pub async fn read_stale(&self, statement: Statement) -> Result<Outcome, StoreError> {
         let call = self.call(statement);
-        if let Some(r) = self.store.inner.replicator.get() {
+        if let Some(r) = self.store.replicator() {
             return r.read_stale(call).await;
         }
         self.store.read_local(call).await
@@ -449,7 +451,7 @@ impl Namespace {
     /// `read` on a single node.
     pub async fn read_local_copy(&self, statement: Statement) -> Result<Outcome, StoreError> {
         let call = self.call(statement);
-        if let Some(r) = self.store.inner.replicator.get() {
+        if let Some(r) = self.store.replicator() {
             return r.read_local_copy(call).await;
         }
         self.store.read_local(call).await
@@ -460,7 +462,7 @@ impl Namespace {
     /// namespace. Returns how many were applied.
     pub async fn migrate(&self, migrations: &[Migration]) -> Result<usize, StoreError> {
         let migrations: Vec<MigrationSpec> = migrations.iter().map(MigrationSpec::from).collect();
-        if let Some(r) = self.store.inner.replicator.get() {
+        if let Some(r) = self.store.replicator() {
             let command = Command::Migrate {
                 namespace: self.name.to_string(),
                 migrations,
@@ -491,13 +493,47 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Makes this store replicated: from now on, every namespace's writes,
-    /// reads and migrations go through `replicator`. Set once, at start.
-    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> Result<(), StoreError> {
+    fn replicator(&self) -> Option<Arc<dyn Replicator>> {
         self.inner
             .replicator
-            .set(replicator)
-            .map_err(|_| StoreError::Invalid("the store already has a replicator".into()))
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes this store replicated: from now on, every namespace's writes,
+    /// reads and migrations go through `replicator`. Set once, at start (or
+    /// when a single node forms a group).
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> Result<(), StoreError> {
+        let mut slot = self
+            .inner
+            .replicator
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Err(StoreError::Invalid(
+                "the store already has a replicator".into(),
+            ));
+        }
+        *slot = Some(replicator);
+        Ok(())
+    }
+
+    /// Makes this store a single node's again: from now on, writes and
+    /// reads go to this database directly, each write durable on its own
+    /// (`Durability::Full`). For the last member of a group that leaves it.
+    pub async fn stop_replicating(&self) -> Result<(), StoreError> {
+        self.job(|reply| Job::Durability {
+            durability: Durability::Full,
+            reply,
+        })
+        .await?;
+        *self
+            .inner
+            .replicator
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
     /// Runs `work` on a reader connection from the pool, on a blocking

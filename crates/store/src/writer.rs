@@ -85,6 +85,10 @@ pub(super) enum Job {
     GroupMarks {
         reply: Reply<GroupMarks>,
     },
+    Durability {
+        durability: crate::Durability,
+        reply: Reply<()>,
+    },
     SetGroupMark {
         key: &'static str,
         value: Option<String>,
@@ -289,6 +293,17 @@ impl Writer {
             }
             Job::GroupMarks { reply } => {
                 let _ = reply.send(self.group_marks());
+            }
+            Job::Durability { durability, reply } => {
+                let synchronous = match durability {
+                    crate::Durability::Full => "FULL",
+                    crate::Durability::ReplayedFromLog => "NORMAL",
+                };
+                let result = self
+                    .conn
+                    .pragma_update(None, "synchronous", synchronous)
+                    .map_err(storage(&self.file, "cannot change the durability"));
+                let _ = reply.send(result);
             }
             Job::SetGroupMark { key, value, reply } => {
                 let result = self.in_transaction(|w| {
