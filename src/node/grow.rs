@@ -68,6 +68,14 @@ pub(super) struct Grow {
     pub background: TaskTracker,
     pub background_stop: CancellationToken,
     pub busy: tokio::sync::Mutex<()>,
+    /// Set once the node serves: what starting a service needs.
+    pub started: std::sync::OnceLock<Started>,
+}
+
+/// The parts of a serving node a service started later plugs into.
+pub(super) struct Started {
+    pub ingress: crate::edge::ingress::Ingress,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -262,8 +270,9 @@ impl Grow {
     }
 
     /// `flotilla reconfigure`: the node runs the services of the config at
-    /// `path` from now on. It may only drop services (starting one needs a
-    /// restart with the new config); each dropped one is first drained: the
+    /// `path` from now on. A service it takes on is migrated, started and
+    /// plugged into the ingress, then advertised; each one it drops is
+    /// first drained: the
     /// node's registry record stops listing it, the others (their
     /// forwarders, the Envoys fed by xDS) stop sending it here, and this
     /// node serves what still arrives meanwhile; then requests for it that
@@ -276,17 +285,12 @@ impl Grow {
         if new.db_role != old.db_role || new.cluster.is_some() != old.cluster.is_some() {
             problems.push("the db role and the cluster section must stay as they are".into());
         }
-        let added: Vec<&str> = new
+        let added: Vec<&'static str> = new
             .services
             .iter()
             .filter(|s| !old.services.contains(s))
             .copied()
             .collect();
-        if !added.is_empty() {
-            problems.push(format!(
-                "adds {added:?}: a running node only stops services; start them on another node, or restart this one with the new config"
-            ));
-        }
         if !problems.is_empty() {
             return Err(format!(
                 "{} does not fit this running node: {}",
@@ -313,6 +317,36 @@ impl Grow {
                 ));
             }
         }
+        let Some(started) = self.started.get() else {
+            return Err("the node is still starting: try again once it is ready".into());
+        };
+        // Services it takes on: migrated (a no-op when the group has them
+        // already), started and plugged in before they are advertised.
+        let node_id: Arc<str> = Arc::from(new.node_id.as_str());
+        for name in &added {
+            let service = self
+                .catalogue
+                .get(name)
+                .expect("selection is validated against the catalogue");
+            self.store
+                .namespace(name)
+                .migrate(service.migrations())
+                .await
+                .map_err(|e| format!("service `{name}` could not migrate its namespace: {e}"))?;
+            let router = super::start::service_router(
+                &self.catalogue,
+                name,
+                &node_id,
+                &self.store,
+                &new,
+                &started.auth,
+            )
+            .map_err(|e| e.to_string())?;
+            started.ingress.add_service(name, router);
+            self.readiness
+                .set(name, crate::edge::admin::ServiceState::Running);
+            tracing::info!(service = name, "service started on the running node");
+        }
         let store = self.store.namespace(registry::NAMESPACE);
         self.registry.set_local_services(
             keep.clone(),
@@ -337,6 +371,7 @@ impl Grow {
         tracing::info!(?dropped, services = ?keep, "stopped serving the dropped services; their requests are forwarded");
         Ok(serde_json::json!({
             "services": keep,
+            "started": added,
             "stopped": dropped,
             "next": format!("start this node with {} from now on", path.display()),
         }))

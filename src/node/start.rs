@@ -9,8 +9,10 @@ use futures_util::FutureExt;
 use super::{Node, NodeError, Running, Serving, Signals, grow::Grow, policy, refresh_registry};
 use crate::{
     auth::{Auth, AuthError},
+    catalogue::Services,
     catalogue::{Capability, Grants, ServiceContext},
     cluster::{Cluster, ClusterSlot},
+    config::Config,
     edge::server::ServeOptions,
     edge::{
         admin::{self, NodeInfo, Readiness, ServiceState},
@@ -18,8 +20,38 @@ use crate::{
         server,
     },
     mesh::registry::{self, NodeRecord, Registry},
+    store::Store,
     store::StoreError,
 };
+
+/// Starts the handlers of service `name` (migrated already) and composes
+/// its router: at start, or when a running node starts it.
+pub(super) fn service_router(
+    catalogue: &Services,
+    name: &'static str,
+    node_id: &Arc<str>,
+    store: &Store,
+    config: &Config,
+    auth: &Arc<Auth>,
+) -> Result<axum::Router, crate::catalogue::StartError> {
+    let service = catalogue
+        .get(name)
+        .expect("selection is validated against the catalogue");
+    let grants = Grants {
+        credentials: catalogue
+            .granted(name)
+            .contains(&Capability::IssueCredentials)
+            .then(|| auth.clone()),
+    };
+    let handlers = service.start_handlers(ServiceContext::new(
+        node_id.clone(),
+        store,
+        name,
+        config.limits.budget(name),
+        grants,
+    ))?;
+    Ok(ingress::compose(name, handlers))
+}
 
 /// How often a start-up step that waits for the cluster says so again.
 const WAITING_NOTICE: Duration = Duration::from_secs(10);
@@ -166,10 +198,14 @@ impl Node {
             background: background.clone(),
             background_stop: background_stop.clone(),
             busy: tokio::sync::Mutex::new(()),
+            started: std::sync::OnceLock::new(),
         });
         let control = admin::Control {
             token: control_token,
-            run: Arc::new(move |op| grow.clone().run(op).boxed()),
+            run: {
+                let grow = grow.clone();
+                Arc::new(move |op| grow.clone().run(op).boxed())
+            },
         };
         let admin = {
             let stop = CancellationToken::new();
@@ -242,20 +278,8 @@ impl Node {
                     });
                 }
             };
-            let grants = Grants {
-                credentials: catalogue
-                    .granted(name)
-                    .contains(&Capability::IssueCredentials)
-                    .then(|| auth.clone()),
-            };
-            let handlers = service.start_handlers(ServiceContext::new(
-                node_id.clone(),
-                &store,
-                name,
-                config.limits.budget(name),
-                grants,
-            ))?;
-            routers.insert(name, ingress::compose(name, handlers));
+            let router = service_router(&catalogue, name, &node_id, &store, &config, &auth)?;
+            routers.insert(name, router);
             readiness.set(name, ServiceState::Running);
             tracing::info!(
                 service = name,
@@ -339,7 +363,7 @@ impl Node {
 
         let ingress = Ingress::new(
             table,
-            auth,
+            auth.clone(),
             registry.clone(),
             readiness.clone(),
             routers,
@@ -355,7 +379,7 @@ impl Node {
                 stop.clone(),
                 server::serve(
                     listeners.public,
-                    ingress,
+                    ingress.clone(),
                     stop,
                     ServeOptions::new("public", limits.public, grace),
                 ),
@@ -363,6 +387,10 @@ impl Node {
         };
         tracing::info!(addr = %config.listeners.public, "public listener serving; node ready");
 
+        let _ = grow.started.set(super::grow::Started {
+            ingress: ingress.clone(),
+            auth: auth.clone(),
+        });
         Ok(Running {
             config,
             store,

@@ -444,14 +444,16 @@ async fn envoy_endpoints(admin: std::net::SocketAddr, cluster: &str) -> Vec<Stri
     hosts
 }
 
-/// HA → scaled, online: store clients join a running three-member group
-/// (added to the topology file, which the members reload), then each member
-/// in turn stops running the services (`flotilla reconfigure`, drained
-/// first), under load through a member and through an Envoy fed by ADS. No
-/// request fails; the Envoy follows with no restart, ending with the store
-/// clients as the only endpoints; and the configs of the new shape start.
+/// HA → scaled and back, online: store clients join a running three-member
+/// group (added to the topology file, which the members reload), then each
+/// member in turn stops running the services (`flotilla reconfigure`,
+/// drained first); then each takes them back and the store clients stop.
+/// All under load through a member and through an Envoy fed by ADS: no
+/// request fails, the Envoy follows with no restart (the store clients as
+/// the only endpoints, then the members again), and gen-envoy's config of
+/// the scaled shape routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_ha_cluster_moves_its_services_onto_store_clients_under_load_without_a_failed_request() {
+async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load_without_a_failed_request() {
     use crate::support::{Envoy, SECRET, free_addr, wait_routed};
     let cluster = TestCluster::start("");
     let token = cluster.admin_token().await;
@@ -603,6 +605,54 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_under_load_without_
         },
     )
     .await;
+    // gen-envoy's static config for the new shape (from the final
+    // topology) validates, starts, and routes every service.
+    let (static_envoy, listen) = crate::support::envoy_in_front("scaled", &cluster.topology).await;
+    let r = client
+        .put(format!("http://{listen}/api/kv/keys/static"))
+        .json(&json!({"value": "through the static Envoy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(static_envoy);
+    // The registry says the same: the members run no service now.
+    let status = cluster.nodes[2].status().await.unwrap();
+    for record in status["registry"].as_array().unwrap() {
+        let id = record["id"].as_str().unwrap();
+        if id.starts_with("ha-") {
+            assert_eq!(record["services"], json!([]), "{record}");
+        }
+    }
+
+    // And back, still under load: each member takes its services again
+    // (started, then advertised), then the store clients stop (a graceful
+    // stop leaves the registry first) and leave the topology.
+    for i in (0..3).rev() {
+        std::fs::write(&cluster.topology, topology_with(i)).unwrap();
+        let config = cluster.nodes[i].config_path.to_str().unwrap().to_owned();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            run_cli(Path::new(BINARY), &["reconfigure", "--config", &config])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "member {}: {out}{err}", i + 1);
+    }
+    for node in &mut store_clients {
+        node.signal("TERM");
+        assert_eq!(node.wait_exit(Duration::from_secs(20)).code(), Some(0));
+        node.child = None;
+    }
+    let members: Vec<String> = cluster.addresses.iter().map(|a| a.0.to_string()).collect();
+    wait_until(
+        "Envoy's kv endpoints are the members again",
+        Duration::from_secs(10),
+        || async {
+            let hosts = envoy_endpoints(envoy.admin, "kv").await;
+            if hosts == members { Ok(()) } else { Err(hosts) }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -622,34 +672,19 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_under_load_without_
     );
     // Envoy was never restarted: one process, one ADS stream all along.
     assert!(envoy.stat("control_plane.connected_state").await == Some(1));
-    // Every acknowledged write is readable through the new shape.
+    // Every acknowledged write is readable, from every member's own copy.
+    cluster.converge().await;
     for key in seen.acked.iter().step_by(37) {
-        let r: Value = client
-            .get(cluster.nodes[1].url(&format!("/api/kv/keys/{key}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r["value"], key.as_str());
-    }
-    // gen-envoy's static config for the new shape (from the final
-    // topology) validates, starts, and routes every service.
-    let (_static_envoy, listen) = crate::support::envoy_in_front("scaled", &cluster.topology).await;
-    let r = client
-        .put(format!("http://{listen}/api/kv/keys/static"))
-        .json(&json!({"value": "through the static Envoy"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    // The registry says the same: the members run no service now.
-    let status = cluster.nodes[2].status().await.unwrap();
-    for record in status["registry"].as_array().unwrap() {
-        let id = record["id"].as_str().unwrap();
-        if id.starts_with("ha-") {
-            assert_eq!(record["services"], json!([]), "{record}");
+        for node in &cluster.nodes {
+            let r: Value = client
+                .get(node.url(&format!("/api/kv/keys/{key}?consistency=local")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["value"], key.as_str());
         }
     }
 }

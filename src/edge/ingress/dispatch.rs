@@ -19,14 +19,22 @@ use crate::catalogue::api_error::ApiError;
 
 #[derive(Clone)]
 pub(super) struct Dispatch {
-    services: Arc<HashMap<&'static str, axum::Router>>,
+    /// Grows when a running node starts a service (`flotilla reconfigure`).
+    services: Arc<std::sync::RwLock<HashMap<&'static str, axum::Router>>>,
 }
 
 impl Dispatch {
     pub(super) fn new(services: HashMap<&'static str, axum::Router>) -> Dispatch {
         Dispatch {
-            services: Arc::new(services),
+            services: Arc::new(std::sync::RwLock::new(services)),
         }
+    }
+
+    pub(super) fn add(&self, service: &'static str, router: axum::Router) {
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service, router);
     }
 }
 
@@ -41,9 +49,13 @@ impl tower::Service<Request<Body>> for Dispatch {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let matched = req.extensions().get::<Matched>().cloned();
-        let router = matched
-            .as_ref()
-            .and_then(|m| self.services.get(m.route.service).cloned());
+        let router = matched.as_ref().and_then(|m| {
+            self.services
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(m.route.service)
+                .cloned()
+        });
         Box::pin(async move {
             let Some(router) = router else {
                 let (service, grpc) = matched

@@ -171,6 +171,14 @@ impl Ingress {
     }
 }
 
+impl Ingress {
+    /// Serves `service` here from now on, with its composed `router` (a
+    /// service started on a running node).
+    pub fn add_service(&self, service: &'static str, router: axum::Router) {
+        self.stack.dispatch.add(service, router);
+    }
+}
+
 impl tower::Service<Request<Body>> for Ingress {
     type Response = Response;
     type Error = Infallible;
