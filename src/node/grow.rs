@@ -356,13 +356,15 @@ impl Grow {
             .heartbeat(&store)
             .await
             .map_err(|e| format!("cannot record the node's new services: {e}"))?;
-        tracing::info!(
-            ?dropped,
-            "draining services: the others stop sending them here"
-        );
-        // The others' registry copies follow within their refresh period,
-        // and the Envoys they feed right after.
-        tokio::time::sleep(super::DEREGISTRATION_DRAIN).await;
+        if !dropped.is_empty() {
+            tracing::info!(
+                ?dropped,
+                "draining services: the others stop sending them here"
+            );
+            // The others' registry copies follow within their refresh
+            // period, and the Envoys they feed right after.
+            tokio::time::sleep(super::DEREGISTRATION_DRAIN).await;
+        }
         self.registry.set_local_services(keep.clone(), Vec::new());
         for service in &dropped {
             self.readiness.remove(service);
