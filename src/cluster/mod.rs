@@ -39,7 +39,6 @@ use replicate::{
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Cursor,
     path::Path,
     sync::{Arc, Weak},
     time::{Duration, Instant},
@@ -207,7 +206,7 @@ openraft::declare_raft_types!(
         R = BatchResponse,
         NodeId = u64,
         Node = BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// The cluster this node takes part in, if any: set at start, or later

@@ -4,17 +4,18 @@
 //! last applied log id and the membership; applies share a commit for up to
 //! 50 ms, and reads and snapshots commit what waits first (see
 //! `Store::apply`). Snapshots are `VACUUM INTO` copies identified by their
-//! log position and the SHA-256 of their bytes; a received snapshot whose
-//! bytes do not match is refused, and one that matches replaces the database
-//! in place.
+//! log position and the SHA-256 of their bytes, kept as files and streamed
+//! from them: a snapshot is never held in memory, and sending one reads
+//! only what each chunk needs. A received snapshot whose bytes do not match
+//! its id is refused, and one that matches replaces the database in place.
 
 // openraft's storage traits return `StorageError` by value; our helpers
 // return the same type so that `?` needs no conversion.
 #![allow(clippy::result_large_err)]
 
 use std::{
-    io::{Cursor, Write},
-    path::PathBuf,
+    io::Write,
+    path::{Path, PathBuf},
 };
 
 use openraft::{
@@ -41,8 +42,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A snapshot's meta and bytes.
-type Current = (SnapshotMeta<NodeId, Node>, Vec<u8>);
+/// The SHA-256 of a file, in hex, read in a blocking thread.
+async fn digest_of(path: PathBuf) -> Result<String, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(hex(&hasher.finalize()))
+    })
+    .await
+    .map_err(snap_err)?
+    .map_err(snap_err)
+}
+
+/// The file name a snapshot's bytes are kept under.
+fn data_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.db")
+}
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -55,62 +81,75 @@ impl StateMachine {
         StateMachine { store, dir }
     }
 
-    /// The current snapshot: one file holding the length of the meta, the
-    /// meta (JSON) and the database bytes, replaced atomically (written to
-    /// a temporary name, fsynced, renamed), so a reader never pairs the
-    /// meta of one snapshot with the bytes of another.
-    fn current_path(&self) -> PathBuf {
-        self.dir.join("snapshot.current")
+    /// The current snapshot's meta (JSON), replaced atomically (written to
+    /// a temporary name, fsynced, renamed) once its bytes are in their own
+    /// file, `<snapshot id>.db`: a reader never pairs the meta of one
+    /// snapshot with the bytes of another.
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join("current.meta")
     }
 
+    fn data_path(&self, meta: &SnapshotMeta<NodeId, Node>) -> PathBuf {
+        self.dir.join(data_name(&meta.snapshot_id))
+    }
+
+    /// Makes `bytes_file` (already fsynced) the current snapshot with
+    /// `meta`, and removes the snapshots it replaces.
     fn keep(
         &self,
         meta: &SnapshotMeta<NodeId, Node>,
-        bytes: &[u8],
+        bytes_file: &Path,
     ) -> Result<(), StorageError<NodeId>> {
-        let meta = serde_json::to_vec(meta).map_err(snap_err)?;
-        let path = self.current_path();
+        let data = self.data_path(meta);
+        let encoded = serde_json::to_vec(meta).map_err(snap_err)?;
+        let path = self.meta_path();
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
+            std::fs::rename(bytes_file, &data)?;
             let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&(meta.len() as u64).to_le_bytes())?;
-            file.write_all(&meta)?;
-            file.write_all(bytes)?;
+            file.write_all(&encoded)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(snap_err)
+        write().map_err(snap_err)?;
+        // Older snapshots' bytes (none is read once the meta moved on).
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p != data && p.extension().is_some_and(|e| e == "db") {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    if !name.starts_with("snapshot-") {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn read_current(&self) -> Result<Option<Current>, StorageError<NodeId>> {
-        let mut data = match std::fs::read(self.current_path()) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(e)),
-        };
-        if data.len() < 8 {
-            return Err(snap_err("the current snapshot file is truncated"));
+    fn read_meta(&self) -> Result<Option<SnapshotMeta<NodeId, Node>>, StorageError<NodeId>> {
+        match std::fs::read(self.meta_path()) {
+            Ok(d) => serde_json::from_slice(&d).map(Some).map_err(snap_err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(snap_err(e)),
         }
-        let meta_len = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
-        if data.len() < 8 + meta_len {
-            return Err(snap_err("the current snapshot file is truncated"));
-        }
-        let meta: SnapshotMeta<NodeId, Node> =
-            serde_json::from_slice(&data[8..8 + meta_len]).map_err(snap_err)?;
-        let bytes = data.split_off(8 + meta_len);
-        verify(&meta, &bytes)?;
-        Ok(Some((meta, bytes)))
     }
 }
 
-/// Checks that `bytes` hash to the SHA-256 named in the snapshot id.
-fn verify(meta: &SnapshotMeta<NodeId, Node>, bytes: &[u8]) -> Result<(), StorageError<NodeId>> {
+/// Checks that the file at `path` hashes to the SHA-256 named in the
+/// snapshot id.
+async fn verify(
+    meta: &SnapshotMeta<NodeId, Node>,
+    path: &Path,
+) -> Result<(), StorageError<NodeId>> {
     let expected = meta
         .snapshot_id
         .rsplit("sha256:")
         .next()
-        .unwrap_or_default();
-    let actual = hex(&Sha256::digest(bytes));
+        .unwrap_or_default()
+        .to_owned();
+    let actual = digest_of(path.to_owned()).await?;
     if expected == actual {
         Ok(())
     } else {
@@ -128,8 +167,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .snapshot(self.dir.join("snapshot-building.db"))
             .await
             .map_err(snap_err)?;
-        let bytes = std::fs::read(&file.path).map_err(snap_err)?;
-        let _ = std::fs::remove_file(&file.path);
         let last_log_id: Option<LogId<NodeId>> = match &file.log_id {
             Some(b) => Some(serde_json::from_slice(b).map_err(snap_err)?),
             None => None,
@@ -138,7 +175,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(b) => serde_json::from_slice(b).map_err(snap_err)?,
             None => StoredMembership::default(),
         };
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = digest_of(file.path.clone()).await?;
+        let bytes = std::fs::metadata(&file.path).map_err(snap_err)?.len();
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
@@ -148,11 +186,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id.map_or(0, |l| l.index)
             ),
         };
-        self.keep(&meta, &bytes)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built a snapshot");
+        self.keep(&meta, &file.path)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "built a snapshot");
+        let data = tokio::fs::File::open(self.data_path(&meta))
+            .await
+            .map_err(snap_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(data),
         })
     }
 }
@@ -210,38 +251,65 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let file = tokio::fs::File::create(self.dir.join("snapshot-received.db"))
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = snapshot.into_inner();
-        verify(meta, &bytes)?;
+        use std::os::unix::fs::MetadataExt;
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let mut snapshot = snapshot;
+        snapshot.flush().await.map_err(snap_err)?;
         let received = self.dir.join("snapshot-received.db");
-        std::fs::write(&received, &bytes).map_err(snap_err)?;
-        std::fs::File::open(&received)
-            .and_then(|f| f.sync_all())
-            .map_err(snap_err)?;
+        // The file `begin_receiving_snapshot` gave openraft, normally; any
+        // other snapshot data is copied into it first.
+        let handle = snapshot.metadata().await.map_err(snap_err)?;
+        let same = std::fs::metadata(&received)
+            .is_ok_and(|m| m.ino() == handle.ino() && m.dev() == handle.dev());
+        if !same {
+            snapshot
+                .seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(snap_err)?;
+            let mut copy = tokio::fs::File::create(&received).await.map_err(snap_err)?;
+            tokio::io::copy(&mut *snapshot, &mut copy)
+                .await
+                .map_err(snap_err)?;
+            copy.sync_all().await.map_err(snap_err)?;
+        } else {
+            snapshot.sync_all().await.map_err(snap_err)?;
+        }
+        drop(snapshot);
+        verify(meta, &received).await?;
         self.store
             .restore(received.clone())
             .await
             .map_err(snap_err)?;
-        let _ = std::fs::remove_file(&received);
-        self.keep(meta, &bytes)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "installed a snapshot");
+        let bytes = std::fs::metadata(&received).map_err(snap_err)?.len();
+        self.keep(meta, &received)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "installed a snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.read_current()?.map(|(meta, bytes)| Snapshot {
+        let Some(meta) = self.read_meta()? else {
+            return Ok(None);
+        };
+        let data = tokio::fs::File::open(self.data_path(&meta))
+            .await
+            .map_err(snap_err)?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(data),
         }))
     }
 }

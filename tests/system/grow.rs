@@ -453,7 +453,8 @@ async fn envoy_endpoints(admin: std::net::SocketAddr, cluster: &str) -> Vec<Stri
 /// the only endpoints, then the members again), and gen-envoy's config of
 /// the scaled shape routes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load_without_a_failed_request() {
+async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load_without_a_failed_request()
+ {
     use crate::support::{Envoy, SECRET, free_addr, wait_routed};
     let cluster = TestCluster::start("");
     let token = cluster.admin_token().await;
