@@ -545,9 +545,18 @@ impl Cluster {
     /// membership for a member added later.
     /// Clients are kept per member and address, so forwarded calls share
     /// one HTTP/2 connection instead of opening one each.
-    fn leader_client(&self, id: u64) -> Result<network::Client, StoreError> {
-        let addr = match self.members.get(&id) {
-            Some(member) => member.peer.to_string(),
+    /// A client for forwarding a `flotilla cluster` operation to member
+    /// `id` (see `network::admin_client`).
+    fn admin_client(&self, id: u64) -> Result<network::Client, StoreError> {
+        let addr = self.peer_addr(id)?;
+        network::admin_client(&addr, &self.credential, Some(&self.group)).map_err(unavailable)
+    }
+
+    /// Member `id`'s peer address: from the topology, or from the
+    /// membership for a member added later.
+    fn peer_addr(&self, id: u64) -> Result<String, StoreError> {
+        match self.members.get(&id) {
+            Some(member) => Ok(member.peer.to_string()),
             None => self
                 .raft
                 .metrics()
@@ -556,8 +565,12 @@ impl Cluster {
                 .membership()
                 .get_node(&id)
                 .map(|n| n.addr.clone())
-                .ok_or_else(|| unavailable(format!("member {id} is not known")))?,
-        };
+                .ok_or_else(|| unavailable(format!("member {id} is not known"))),
+        }
+    }
+
+    fn leader_client(&self, id: u64) -> Result<network::Client, StoreError> {
+        let addr = self.peer_addr(id)?;
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, client)) = clients.get(&id)
             && *known == addr

@@ -211,14 +211,32 @@ pub fn client(
     credential: &str,
     group: &super::origin::GroupCell,
 ) -> Result<Client, String> {
-    client_with(addr, credential, None, Some(group.clone()))
+    client_with(addr, credential, None, Some(group.clone()), CALL_DEADLINE)
+}
+
+/// The client-side deadline of a call (see `client_with`).
+const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long a membership change may take: adding a learner returns once it
+/// has caught up, which includes sending it the whole database.
+pub const ADMIN_PATIENCE: Duration = Duration::from_secs(900);
+
+/// A client for `flotilla cluster` operations on the peer at `addr`, whose
+/// calls may last `ADMIN_PATIENCE`; with this member's `group` when a
+/// member forwards the operation.
+pub fn admin_client(
+    addr: &str,
+    credential: &str,
+    group: Option<&super::origin::GroupCell>,
+) -> Result<Client, String> {
+    client_with(addr, credential, None, group.cloned(), ADMIN_PATIENCE)
 }
 
 /// A client for the peer at `addr` that calls as store client `node` when
 /// one is given (with that node's key as `credential`), or as a tool
 /// holding the cluster secret.
 pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Client, String> {
-    client_with(addr, credential, node, None)
+    client_with(addr, credential, node, None, CALL_DEADLINE)
 }
 
 fn client_with(
@@ -226,6 +244,7 @@ fn client_with(
     credential: &str,
     node: Option<&str>,
     group: Option<super::origin::GroupCell>,
+    deadline: Duration,
 ) -> Result<Client, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr}: {e}"))?
@@ -233,7 +252,7 @@ fn client_with(
         // A deadline on the client side too: `grpc-timeout` alone is only a
         // request to the server, and a stalled connection must not hang a
         // caller forever.
-        .timeout(Duration::from_secs(15))
+        .timeout(deadline)
         .tcp_nodelay(true)
         // A connection whose packets are dropped (a partition) is closed
         // once a ping (every 500 ms) goes unanswered for 1 s, and the next

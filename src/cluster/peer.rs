@@ -205,10 +205,10 @@ impl peer_server::Peer for PeerService {
                 // Not the leader: pass it on (the caller may not know the
                 // leader's address, e.g. a member added after its topology).
                 Err(Some(leader)) if leader != self.cluster.id => {
-                    if let Ok(mut client) = self.cluster.leader_client(leader) {
+                    if let Ok(mut client) = self.cluster.admin_client(leader) {
                         let call = client.admin(tonic::Request::new(network::blob(&op)));
                         if let Ok(Ok(answer)) =
-                            tokio::time::timeout(Duration::from_secs(60), call).await
+                            tokio::time::timeout(network::ADMIN_PATIENCE, call).await
                         {
                             return Ok(answer);
                         }

@@ -59,8 +59,8 @@ impl RemoteInner {
 
     /// Calls `method` on the members, the last known leader first,
     /// following leader hints, until one answers with a result or
-    /// `LEADER_WAIT` passes (a minute for membership changes, which wait
-    /// for a learner to catch up).
+    /// `LEADER_WAIT` passes (`ADMIN_PATIENCE` for membership changes, which
+    /// wait for a learner to catch up).
     /// `namespace`: the one the call acts on, for a refusal's error.
     pub(super) async fn call<T: serde::de::DeserializeOwned>(
         &self,
@@ -70,7 +70,7 @@ impl RemoteInner {
     ) -> Result<T, StoreError> {
         use std::sync::atomic::Ordering;
         let wait = if method == "admin" {
-            Duration::from_secs(60)
+            network::ADMIN_PATIENCE
         } else {
             PROPOSAL_WAIT + Duration::from_secs(1)
         };
@@ -91,7 +91,12 @@ impl RemoteInner {
             let mut unreachable = Vec::new();
             let asked = order.len();
             for member in order {
-                let mut client = match self.client(member) {
+                let client = if method == "admin" {
+                    network::admin_client(&member.peer.to_string(), &self.credential, None)
+                } else {
+                    self.client(member)
+                };
+                let mut client = match client {
                     Ok(c) => c,
                     Err(e) => {
                         last_error = e;

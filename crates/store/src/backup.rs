@@ -106,6 +106,46 @@ pub enum RestoreAs {
     NewGroupMember,
 }
 
+/// Replaces the whole database of the writer connection `conn` (its file
+/// `file`) with the one at `path` (a received snapshot), page by page
+/// through SQLite's backup API, in place, so open readers see the new
+/// content.
+pub(crate) fn restore_in_place(
+    conn: &mut Connection,
+    file: &str,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let snapshot = path.display().to_string();
+    let source =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            crate::connection::storage(&snapshot, "cannot open the received snapshot"),
+        )?;
+    let ok: String = source
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(crate::connection::storage(
+            &snapshot,
+            "cannot check the received snapshot",
+        ))?;
+    if ok != "ok" {
+        return Err(StoreError::Storage(format!(
+            "the received snapshot is corrupt: {ok}"
+        )));
+    }
+    {
+        let backup = rusqlite::backup::Backup::new(&source, conn).map_err(
+            crate::connection::storage(file, "cannot start restoring the snapshot"),
+        )?;
+        backup
+            .run_to_completion(1024, std::time::Duration::ZERO, None)
+            .map_err(crate::connection::storage(
+                file,
+                "cannot restore the snapshot",
+            ))?;
+    }
+    conn.flush_prepared_statement_cache();
+    Ok(())
+}
+
 /// The SHA-256 of a backup file, in hex: the seed of the groups restored
 /// from it.
 fn seed_of(from: &Path) -> Result<String, StoreError> {

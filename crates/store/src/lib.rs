@@ -37,6 +37,7 @@ pub mod backup;
 mod budget;
 mod connection;
 pub mod fault;
+mod marks;
 mod metrics;
 mod schema;
 mod share;

@@ -59,14 +59,6 @@ pub(super) const SYSTEM_TABLES: &str = "CREATE TABLE IF NOT EXISTS sys__migratio
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS raft__requests_time ON raft__requests (time_ms);";
 
-/// Whether the database holds anything of a service or of flotilla's own
-/// namespaces: a migration applied, or a table outside the bookkeeping.
-pub(super) const HAS_DATA: &str = "SELECT EXISTS (SELECT 1 FROM sys__migrations)
-    OR EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'
-        AND name NOT LIKE 'sys\\_\\_%' ESCAPE '\\'
-        AND name NOT LIKE 'raft\\_\\_%' ESCAPE '\\'
-        AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\')";
-
 /// Applies the migrations of `namespace` not applied yet, each in a
 /// savepoint of the open transaction, with its bookkeeping row, then checks
 /// the namespace's views and triggers. Returns how many were applied.

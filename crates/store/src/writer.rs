@@ -17,7 +17,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -26,17 +25,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    AppliedState, ApplyEntry, EntryResults, GROUP_MARK, GroupMarks, SEED_MARK, StoreError,
+    AppliedState, ApplyEntry, EntryResults, GroupMarks, StoreError,
     authorizer::{Guard, Mode},
     budget::MAX_VALUE_BYTES,
     budget::{Meter, WriteBudget},
     connection::{Determinism, ExecCached, fresh_stamp, run_statement, set_value_limit, storage},
     fault::{describe, file_of},
-    schema,
+    marks, schema,
     share::Shares,
     value::{Applied, Command, MigrationSpec, Outcome, Proposal, Statement},
 };
@@ -286,13 +285,24 @@ impl Writer {
             }
             Job::Apply { .. } | Job::Flush { .. } => unreachable!("run by the loop"),
             Job::Restore { path, reply } => {
-                let _ = reply.send(self.restore(&path));
+                let _ = reply.send(crate::backup::restore_in_place(
+                    &mut self.conn,
+                    &self.file,
+                    &path,
+                ));
             }
             Job::AppliedState { reply } => {
                 let _ = reply.send(self.applied_state());
             }
             Job::GroupMarks { reply } => {
-                let _ = reply.send(self.group_marks());
+                let result = self
+                    .applied_state()
+                    .and_then(|(applied, _)| marks::read(&self.conn, &self.file, applied));
+                let _ = reply.send(result);
+            }
+            Job::SetGroupMark { key, value, reply } => {
+                let result = self.in_transaction(|w| marks::set(&w.conn, &w.file, key, value));
+                let _ = reply.send(result);
             }
             Job::Durability { durability, reply } => {
                 let synchronous = match durability {
@@ -303,24 +313,6 @@ impl Writer {
                     .conn
                     .pragma_update(None, "synchronous", synchronous)
                     .map_err(storage(&self.file, "cannot change the durability"));
-                let _ = reply.send(result);
-            }
-            Job::SetGroupMark { key, value, reply } => {
-                let result = self.in_transaction(|w| {
-                    let file = w.file.clone();
-                    let done = match &value {
-                        Some(v) => w.conn.execute(
-                            "INSERT INTO raft__state (key, value) VALUES (?1, ?2)
-                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                            rusqlite::params![key, v.as_bytes()],
-                        ),
-                        None => w
-                            .conn
-                            .execute("DELETE FROM raft__state WHERE key = ?1", [key]),
-                    };
-                    done.map(|_| ())
-                        .map_err(storage(&file, "cannot record the Raft group"))
-                });
                 let _ = reply.send(result);
             }
         }
@@ -798,56 +790,5 @@ impl Writer {
                 .map_err(storage(&self.file, "cannot read the applied state"))
         };
         Ok((get("applied")?, get("membership")?))
-    }
-
-    fn group_marks(&mut self) -> Result<GroupMarks, StoreError> {
-        let (applied, _) = self.applied_state()?;
-        let fail = storage(&self.file, "cannot read the Raft group marks");
-        let text = |key: &str| -> Result<Option<String>, StoreError> {
-            let value: Option<Vec<u8>> = self
-                .conn
-                .query_row("SELECT value FROM raft__state WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(&fail)?;
-            Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
-        };
-        let has_data: bool = self
-            .conn
-            .query_row(schema::HAS_DATA, [], |r| r.get(0))
-            .map_err(&fail)?;
-        Ok(GroupMarks {
-            applied,
-            group: text(GROUP_MARK)?,
-            seed: text(SEED_MARK)?,
-            has_data,
-        })
-    }
-
-    /// Replaces the whole database with the one at `path` (a received
-    /// snapshot), page by page through SQLite's backup API, in place, so
-    /// open readers see the new content.
-    fn restore(&mut self, path: &Path) -> Result<(), StoreError> {
-        let snapshot = path.display().to_string();
-        let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(storage(&snapshot, "cannot open the received snapshot"))?;
-        let ok: String = source
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(storage(&snapshot, "cannot check the received snapshot"))?;
-        if ok != "ok" {
-            return Err(StoreError::Storage(format!(
-                "the received snapshot is corrupt: {ok}"
-            )));
-        }
-        {
-            let backup = rusqlite::backup::Backup::new(&source, &mut self.conn)
-                .map_err(storage(&self.file, "cannot start restoring the snapshot"))?;
-            backup
-                .run_to_completion(1024, std::time::Duration::ZERO, None)
-                .map_err(storage(&self.file, "cannot restore the snapshot"))?;
-        }
-        self.conn.flush_prepared_statement_cache();
-        Ok(())
     }
 }
