@@ -305,16 +305,23 @@ impl Grow {
             .copied()
             .collect();
         let keep: Vec<String> = new.services.iter().map(|s| s.to_string()).collect();
+        // Each dropped service must run elsewhere (a node started a moment
+        // ago shows up in this node's registry copy within its refresh).
         for service in &dropped {
-            if !self
-                .registry
-                .instances(service)
-                .iter()
-                .any(|i| i.healthy && i.node_id != self.registry.local_id())
-            {
-                return Err(format!(
-                    "no other healthy node runs `{service}`: start one first (its requests would have nowhere to go)"
-                ));
+            let elsewhere = || {
+                self.registry
+                    .instances(service)
+                    .iter()
+                    .any(|i| i.healthy && i.node_id != self.registry.local_id())
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !elsewhere() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "no other healthy node runs `{service}`: start one first (its requests would have nowhere to go)"
+                    ));
+                }
+                tokio::time::sleep(registry::REFRESH).await;
             }
         }
         let Some(started) = self.started.get() else {
@@ -421,7 +428,8 @@ impl Grow {
     }
 }
 
-/// Reloads the topology file at `path` when it changes, so that a member
+/// Reloads the topology file at `path` when it changes (looked at four
+/// times a second), so that a member
 /// lets in the store clients added to it (with their services'
 /// namespaces), and no longer the ones removed, without a restart. A file
 /// that does not load is reported and the previous topology kept.
@@ -437,7 +445,7 @@ pub(super) async fn follow_topology(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
         }
         let now = modified(&path);
         if now == last {

@@ -301,9 +301,13 @@ impl Node {
             service: "registry",
             source,
         })?;
+        // The members seed the topology's nodes; a store client records
+        // only itself, so a topology file that changes while nodes start
+        // cannot make its seeds differ from what the members allow.
         let topology: Vec<NodeRecord> = config
             .topology
             .iter()
+            .filter(|_| config.db_role)
             .flat_map(|t| t.all())
             .map(|n| NodeRecord::from_topology(n, false))
             .collect();

@@ -549,7 +549,32 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load
         },
     )
     .await;
-    let member1 = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
+    let member3 = cluster.nodes[2].config_path.to_str().unwrap().to_owned();
+    let db_only = |i: usize| {
+        let member = &cluster.nodes[i];
+        let text = std::fs::read_to_string(&member.config_path).unwrap();
+        let db = member.config_path.with_file_name("db.yaml");
+        std::fs::write(&db, text.replace("services: [all]", "services: [db, xds]")).unwrap();
+        db.to_str().unwrap().to_owned()
+    };
+    let reconfigure = |config: String| {
+        tokio::task::spawn_blocking(move || {
+            run_cli(Path::new(BINARY), &["reconfigure", "--config", &config])
+        })
+    };
+    // Members 1 and 2 drop their services (member 3 serves them all), and
+    // member 3 may not: nobody else would serve them.
+    for i in 0..2 {
+        std::fs::write(&cluster.topology, topology_with(i + 1)).unwrap();
+        let (code, out, err) = reconfigure(db_only(i)).await.unwrap();
+        assert_eq!(code, 0, "member {}: {out}{err}", i + 1);
+        assert!(out.contains("stopped after draining"), "{out}");
+    }
+    std::fs::write(&cluster.topology, topology_with(3)).unwrap();
+    let (code, _, err) = reconfigure(db_only(2)).await.unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("no other healthy node runs"), "{err}");
+    std::fs::write(&cluster.topology, topology_with(2)).unwrap();
     let mut store_clients = Vec::new();
     for (service, (public, admin)) in services.iter().zip(addresses.clone()) {
         let name = format!("{service}-1");
@@ -557,7 +582,7 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load
             "cluster",
             "client-key",
             "--config",
-            &member1,
+            &member3,
             "--node",
             &name,
         ]);
@@ -576,22 +601,11 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load
         store_clients.push(node);
     }
 
-    // Each member in turn stops running the services.
-    for i in 0..3 {
-        std::fs::write(&cluster.topology, topology_with(i + 1)).unwrap();
-        let member = &cluster.nodes[i];
-        let text = std::fs::read_to_string(&member.config_path).unwrap();
-        let db = member.config_path.with_file_name("db.yaml");
-        std::fs::write(&db, text.replace("services: [all]", "services: [db, xds]")).unwrap();
-        let db = db.to_str().unwrap().to_owned();
-        let (code, out, err) = tokio::task::spawn_blocking(move || {
-            run_cli(Path::new(BINARY), &["reconfigure", "--config", &db])
-        })
-        .await
-        .unwrap();
-        assert_eq!(code, 0, "member {}: {out}{err}", i + 1);
-        assert!(out.contains("stopped after draining"), "{out}");
-    }
+    // With the store clients running, member 3 drops its services too.
+    std::fs::write(&cluster.topology, topology_with(3)).unwrap();
+    let (code, out, err) = reconfigure(db_only(2)).await.unwrap();
+    assert_eq!(code, 0, "member 3: {out}{err}");
+    assert!(out.contains("stopped after draining"), "{out}");
     let kv_1 = store_clients[0].public.to_string();
     wait_until(
         "Envoy's kv endpoints are the store client's",
