@@ -610,16 +610,22 @@ impl Cluster {
                 if voters.contains(&id) {
                     return Ok(Err(format!("{id} is already a voter")));
                 }
-                self.raft
-                    .add_learner(id, BasicNode::new(peer), true)
-                    .await
-                    .map(|_| ())
-                    .map_err(membership_error)
+                match self.raft.add_learner(id, BasicNode::new(peer), true).await {
+                    Ok(_) => self.caught_up(&BTreeSet::from([id])).await,
+                    Err(e) => Err(membership_error(e)),
+                }
             }
             AdminOp::Promote { ids } => {
                 let ids: BTreeSet<u64> = ids.into_iter().collect();
                 if let Some(refusal) = two_voters(voters.union(&ids).count()) {
                     return Ok(Err(refusal));
+                }
+                // A voter that is far behind would hold every write until
+                // it caught up (the new majority needs it): promote only
+                // learners that have.
+                let learners: BTreeSet<u64> = ids.difference(&voters).copied().collect();
+                if let Err(e) = self.caught_up(&learners).await {
+                    return Ok(Err(e));
                 }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(ids), false)
@@ -673,6 +679,41 @@ impl Cluster {
             },
         };
         Ok(result.map(|()| self.status()))
+    }
+
+    /// Waits until every member in `ids` holds the log up to the commit
+    /// index this leader had when it was called (a learner receives the
+    /// database by snapshot first), or `network::ADMIN_PATIENCE` passes.
+    async fn caught_up(&self, ids: &BTreeSet<u64>) -> Result<(), String> {
+        let target = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + network::ADMIN_PATIENCE;
+        loop {
+            let behind: Vec<(u64, Option<u64>)> = {
+                let m = self.raft.metrics().borrow().clone();
+                let Some(replication) = m.replication else {
+                    return Err("this member no longer leads: run the command again".into());
+                };
+                if let Some(unknown) = ids.iter().find(|id| !replication.contains_key(*id)) {
+                    return Err(format!(
+                        "{unknown} is not a learner of this group: add it first (`flotilla cluster add-learner --id {unknown}`)"
+                    ));
+                }
+                ids.iter()
+                    .map(|id| (*id, replication.get(id).cloned().flatten().map(|l| l.index)))
+                    .filter(|(_, matched)| matched.is_none_or(|i| i < target))
+                    .collect()
+            };
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not caught up after {} s (member, log index it holds; the group's is {target}): {behind:?}; is it running and reachable?",
+                    network::ADMIN_PATIENCE.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Cuts this node off from its peers (or reconnects it), when the config
