@@ -74,11 +74,19 @@ fn data_name(id: &str) -> String {
 pub struct StateMachine {
     store: Store,
     dir: PathBuf,
+    /// One `keep` at a time: a snapshot built here and one received from
+    /// the leader may finish together, and each removes the bytes of the
+    /// snapshots it replaces.
+    keeping: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachine {
     pub fn new(store: Store, dir: PathBuf) -> StateMachine {
-        StateMachine { store, dir }
+        StateMachine {
+            store,
+            dir,
+            keeping: std::sync::Arc::default(),
+        }
     }
 
     /// The current snapshot's meta (JSON), replaced atomically (written to
@@ -100,6 +108,7 @@ impl StateMachine {
         meta: &SnapshotMeta<NodeId, Node>,
         bytes_file: &Path,
     ) -> Result<(), StorageError<NodeId>> {
+        let _one = self.keeping.lock().unwrap_or_else(|p| p.into_inner());
         let data = self.data_path(meta);
         let encoded = serde_json::to_vec(meta).map_err(snap_err)?;
         let path = self.meta_path();
@@ -186,11 +195,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_log_id.map_or(0, |l| l.index)
             ),
         };
+        // Opened before it is kept: the handle stays valid even if a newer
+        // snapshot replaces this one at once.
+        let data = tokio::fs::File::open(&file.path).await.map_err(snap_err)?;
         self.keep(&meta, &file.path)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes, "built a snapshot");
-        let data = tokio::fs::File::open(self.data_path(&meta))
-            .await
-            .map_err(snap_err)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(data),
@@ -301,15 +310,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(meta) = self.read_meta()? else {
-            return Ok(None);
+        // The meta and its bytes, read together (see `keeping`).
+        let (meta, data) = {
+            let _one = self.keeping.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(meta) = self.read_meta()? else {
+                return Ok(None);
+            };
+            let data = std::fs::File::open(self.data_path(&meta)).map_err(snap_err)?;
+            (meta, data)
         };
-        let data = tokio::fs::File::open(self.data_path(&meta))
-            .await
-            .map_err(snap_err)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(data),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
     }
 }
