@@ -18,10 +18,15 @@ use crate::{
 /// database snapshots all of it).
 const PATIENCE: Duration = Duration::from_secs(900);
 
-/// `flotilla cluster init --config F`: the single node running on this host
-/// with F's data dir forms a one-member Raft group, and runs with F from
-/// then on.
-pub(super) fn cluster_init(path: &Path, catalogue: &Services) -> ExitCode {
+/// Loads the config at `path` (a usage error if it does not load), sends
+/// the operation `op` makes of its absolute path to the node the config
+/// names, and prints what `summary` makes of the answer, then its `next`.
+fn control_command(
+    path: &Path,
+    catalogue: &Services,
+    op: impl FnOnce(std::path::PathBuf) -> ControlOp,
+    summary: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
     let config = match Config::load(path, catalogue) {
         Ok(c) => c,
         Err(e) => {
@@ -33,21 +38,34 @@ pub(super) fn cluster_init(path: &Path, catalogue: &Services) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot resolve {}: {e}", path.display())),
     };
-    let op = ControlOp::ClusterInit { config: absolute };
-    match run(&config, &op) {
+    match run(&config, &op(absolute)) {
         Ok(answer) => {
+            println!("{}", summary(&answer));
             if let Some(next) = answer["next"].as_str() {
-                println!(
-                    "formed Raft group {} with this node as member {}",
-                    answer["group"].as_str().unwrap_or_default(),
-                    answer["member"]
-                );
                 println!("{next}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     }
+}
+
+/// `flotilla cluster init --config F`: the single node running on this host
+/// with F's data dir forms a one-member Raft group, and runs with F from
+/// then on.
+pub(super) fn cluster_init(path: &Path, catalogue: &Services) -> ExitCode {
+    control_command(
+        path,
+        catalogue,
+        |config| ControlOp::ClusterInit { config },
+        |answer| {
+            format!(
+                "formed Raft group {} with this node as member {}",
+                answer["group"].as_str().unwrap_or_default(),
+                answer["member"]
+            )
+        },
+    )
 }
 
 /// `flotilla cluster leave --config F --confirm`: the last member of a
@@ -59,59 +77,33 @@ pub(super) fn cluster_leave(path: &Path, catalogue: &Services, confirm: bool) ->
         );
         return ExitCode::from(EX_USAGE);
     }
-    let config = match Config::load(path, catalogue) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let absolute = match std::path::absolute(path) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("cannot resolve {}: {e}", path.display())),
-    };
-    match run(&config, &ControlOp::ClusterLeave { config: absolute }) {
-        Ok(answer) => {
-            println!(
+    control_command(
+        path,
+        catalogue,
+        |config| ControlOp::ClusterLeave { config },
+        |answer| {
+            format!(
                 "left Raft group {}",
                 answer["left"].as_str().unwrap_or_default()
-            );
-            if let Some(next) = answer["next"].as_str() {
-                println!("{next}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+            )
+        },
+    )
 }
 
 /// `flotilla reconfigure --config F`: the node running on this host with
-/// F's data dir drops the services F does not list, draining each first.
+/// F's data dir runs F's services from then on, draining each it drops.
 pub(super) fn reconfigure(path: &Path, catalogue: &Services) -> ExitCode {
-    let config = match Config::load(path, catalogue) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let absolute = match std::path::absolute(path) {
-        Ok(p) => p,
-        Err(e) => return fail(format!("cannot resolve {}: {e}", path.display())),
-    };
-    match run(&config, &ControlOp::Reconfigure { config: absolute }) {
-        Ok(answer) => {
-            println!(
-                "services: {}; stopped after draining: {}",
-                answer["services"], answer["stopped"]
-            );
-            if let Some(next) = answer["next"].as_str() {
-                println!("{next}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    control_command(
+        path,
+        catalogue,
+        |config| ControlOp::Reconfigure { config },
+        |answer| {
+            format!(
+                "services: {}; started: {}; stopped after draining: {}",
+                answer["services"], answer["started"], answer["stopped"]
+            )
+        },
+    )
 }
 
 fn fail(message: String) -> ExitCode {

@@ -7,7 +7,7 @@
 //! The node keeps its listeners, services, accounts and registry; what
 //! changes is under the store: from the moment Raft starts, every write and
 //! read goes through the group (writes made meanwhile wait for its first
-//! leader, a few milliseconds). The group's first snapshot is the database
+//! leader). The group's first snapshot is the database
 //! as it was, so a member added later receives it whole.
 
 use std::{

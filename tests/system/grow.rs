@@ -267,6 +267,29 @@ struct Seen {
     reads: usize,
 }
 
+type Sent = Result<reqwest::Response, reqwest::Error>;
+
+impl Seen {
+    /// A write of `key` (`what` names it in a failure): acknowledged on 200.
+    fn write(&mut self, key: &str, what: &str, sent: Sent) {
+        match sent {
+            Ok(r) if r.status() == 200 => self.acked.push(key.to_owned()),
+            Ok(r) => self.failures.push(format!("{what}: {}", r.status())),
+            Err(e) => self.failures.push(format!("{what}: {e}")),
+        }
+    }
+
+    /// A read (`what` names it in a failure): answered with a status of
+    /// `ok`.
+    fn read(&mut self, what: &str, sent: Sent, ok: &[u16]) {
+        match sent {
+            Ok(r) if ok.contains(&r.status().as_u16()) => self.reads += 1,
+            Ok(r) => self.failures.push(format!("{what}: {}", r.status())),
+            Err(e) => self.failures.push(format!("{what}: {e}")),
+        }
+    }
+}
+
 /// The path: a running single node with steady reads and writes
 /// becomes a one-member group (`cluster init`), then three voters
 /// (`add-learner`, `promote`). No request fails, and every acknowledged
@@ -301,11 +324,7 @@ async fn a_single_node_grows_into_three_voters_under_load_without_a_failed_reque
                     .send()
                     .await;
                 let mut seen = seen.lock().unwrap();
-                match r {
-                    Ok(r) if r.status() == 200 => seen.acked.push(key),
-                    Ok(r) => seen.failures.push(format!("PUT {key}: {}", r.status())),
-                    Err(e) => seen.failures.push(format!("PUT {key}: {e}")),
-                }
+                seen.write(&key, &format!("PUT {key}"), r);
             }
         }));
     }
@@ -317,11 +336,7 @@ async fn a_single_node_grows_into_three_voters_under_load_without_a_failed_reque
                 i += 1;
                 let r = client.get(format!("{url}/api/kv/keys/w0-0")).send().await;
                 let mut seen = seen.lock().unwrap();
-                match r {
-                    Ok(r) if r.status() == 200 || r.status() == 404 => seen.reads += 1,
-                    Ok(r) => seen.failures.push(format!("GET: {}", r.status())),
-                    Err(e) => seen.failures.push(format!("GET: {e}")),
-                }
+                seen.read("GET", r, &[200, 404]);
             }
         }));
     }
@@ -488,20 +503,8 @@ async fn an_ha_cluster_moves_its_services_onto_store_clients_and_back_under_load
                         .send()
                         .await;
                     let mut seen = seen.lock().unwrap();
-                    match put {
-                        Ok(r) if r.status() == 200 => seen.acked.push(key.clone()),
-                        Ok(r) => seen
-                            .failures
-                            .push(format!("PUT {key} via {base}: {}", r.status())),
-                        Err(e) => seen.failures.push(format!("PUT {key} via {base}: {e}")),
-                    }
-                    match echo {
-                        Ok(r) if r.status() == 200 => seen.reads += 1,
-                        Ok(r) => seen
-                            .failures
-                            .push(format!("echo via {base}: {}", r.status())),
-                        Err(e) => seen.failures.push(format!("echo via {base}: {e}")),
-                    }
+                    seen.write(&key, &format!("PUT {key} via {base}"), put);
+                    seen.read(&format!("echo via {base}"), echo, &[200]);
                 }
             }));
         }
@@ -735,16 +738,8 @@ async fn a_group_shrinks_back_to_a_single_node_under_load_keeping_its_data() {
                     .await;
                 let read = client.get(format!("{url}/api/kv/keys/{key}")).send().await;
                 let mut seen = seen.lock().unwrap();
-                match r {
-                    Ok(r) if r.status() == 200 => seen.acked.push(key.clone()),
-                    Ok(r) => seen.failures.push(format!("PUT {key}: {}", r.status())),
-                    Err(e) => seen.failures.push(format!("PUT {key}: {e}")),
-                }
-                match read {
-                    Ok(r) if r.status() == 200 || r.status() == 404 => seen.reads += 1,
-                    Ok(r) => seen.failures.push(format!("GET {key}: {}", r.status())),
-                    Err(e) => seen.failures.push(format!("GET {key}: {e}")),
-                }
+                seen.write(&key, &format!("PUT {key}"), r);
+                seen.read(&format!("GET {key}"), read, &[200, 404]);
             }
         }));
     }
