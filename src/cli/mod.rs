@@ -174,6 +174,26 @@ enum ClusterCommand {
         #[arg(long)]
         node: String,
     },
+    /// Print a join token: it lets a node that is not in the topology (a pod
+    /// of a Deployment) join as a store client running some of `--services`,
+    /// under a name of its own choosing that no live node holds.
+    JoinToken {
+        /// A db member's config (it holds the cluster secret).
+        #[arg(
+            long,
+            env = "FLOTILLA_CONFIG",
+            conflicts_with = "secret_file",
+            required_unless_present = "secret_file"
+        )]
+        config: Option<PathBuf>,
+        /// Or the cluster secret's file itself (e.g. while creating the
+        /// secrets of a deployment).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// The services it allows, comma-separated: e.g. `echo` or `kv,echo`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        services: Vec<String>,
+    },
     /// Hand leadership to another voter (the most caught-up one by default).
     TransferLeader {
         #[arg(long, env = "FLOTILLA_CONFIG")]
@@ -305,6 +325,18 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let (config, op) = match command {
                 ClusterCommand::ClientKey { config, node } => {
                     return client_key(&config, &catalogue, &node);
+                }
+                ClusterCommand::JoinToken {
+                    config,
+                    secret_file,
+                    services,
+                } => {
+                    return join_token(
+                        config.as_deref(),
+                        secret_file.as_deref(),
+                        &catalogue,
+                        &services,
+                    );
                 }
                 ClusterCommand::Status { config } => (config, AdminOp::Status),
                 ClusterCommand::Init { config } => {
@@ -488,6 +520,68 @@ fn client_key(config: &std::path::Path, catalogue: &Catalogue, node: &str) -> Ex
     ExitCode::SUCCESS
 }
 
+fn join_token(
+    config: Option<&std::path::Path>,
+    secret_file: Option<&std::path::Path>,
+    catalogue: &Catalogue,
+    services: &[String],
+) -> ExitCode {
+    let unknown: Vec<&String> = services
+        .iter()
+        .filter(|s| !catalogue.names().any(|n| n == s.as_str()))
+        .collect();
+    if !unknown.is_empty() || services.is_empty() {
+        eprintln!(
+            "flotilla: a join token names services of this binary ({}); not {}",
+            catalogue.names().collect::<Vec<_>>().join(", "),
+            unknown
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    let secret = match (config, secret_file) {
+        (Some(config), _) => {
+            let settings = match cluster_settings(config, catalogue) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let crate::cluster::Role::Voter { secret, .. } = settings.role else {
+                eprintln!(
+                    "flotilla: this is a store client's config: run this with a db member's config, which holds the cluster secret"
+                );
+                return ExitCode::from(EX_USAGE);
+            };
+            secret
+        }
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(s) if s.trim_end().len() >= 32 => s.trim_end_matches(['\n', '\r']).to_owned(),
+            Ok(_) => {
+                eprintln!(
+                    "flotilla: {} holds less than 32 characters: a cluster secret is longer (e.g. `openssl rand -base64 48`)",
+                    file.display()
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+            Err(e) => {
+                eprintln!("flotilla: cannot read {}: {e}", file.display());
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        (None, None) => unreachable!("clap requires --config or --secret-file"),
+    };
+    let mut scope: Vec<String> = catalogue
+        .names()
+        .filter(|n| services.iter().any(|s| s == n))
+        .map(str::to_owned)
+        .collect();
+    scope.dedup();
+    println!("{}", crate::cluster::join_token(&secret, &scope));
+    ExitCode::SUCCESS
+}
+
 fn cluster_command(
     config: &std::path::Path,
     catalogue: &Catalogue,
@@ -525,6 +619,16 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
     let mut out = String::new();
     let table = catalogue.table();
     let _ = writeln!(out, "node: {}", config.node_id);
+    if !config.substitutions.is_empty() {
+        let _ = writeln!(out, "from the environment:");
+        for s in &config.substitutions {
+            let value = s
+                .value
+                .as_deref()
+                .unwrap_or("******** (a secret, not shown)");
+            let _ = writeln!(out, "  {}: {value}  <- {}", s.field, s.written);
+        }
+    }
     let _ = writeln!(
         out,
         "services (selected as [{}]):",
@@ -538,8 +642,13 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
     let _ = writeln!(out, "listeners:");
     let _ = writeln!(
         out,
-        "  public: {} (HTTP/1.1 and h2c: /api/<service>/… and gRPC)",
-        config.listeners.public
+        "  public: {} (HTTP/1.1 and h2c: /api/<service>/… and gRPC){}",
+        config.listeners.public,
+        if config.advertise == config.listeners.public {
+            String::new()
+        } else {
+            format!("; others reach it at {}", config.advertise)
+        }
     );
     let _ = writeln!(
         out,
@@ -571,6 +680,12 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
                 members.join(", "),
                 absolute.join(crate::store::DB_FILE).display()
             );
+            if config.joined {
+                let _ = writeln!(
+                    out,
+                    "joins with a join token (not in the topology): its registry record is its own by a claim, deleted when it stops"
+                );
+            }
         }
         _ => {
             let _ = writeln!(

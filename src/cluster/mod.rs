@@ -221,8 +221,9 @@ pub struct Member {
     /// Stable Raft id; never derived from an address.
     pub id: u64,
     pub name: String,
-    /// Its peer listener.
-    pub peer: std::net::SocketAddr,
+    /// Its peer listener, `host:port`: an IP address or a DNS name,
+    /// resolved again at every connection.
+    pub peer: String,
 }
 
 /// What each store client may do with the members' database. The layers
@@ -232,10 +233,12 @@ pub struct Member {
 /// services, the registry or accounts.
 pub trait ClientPolicy: Send + Sync + 'static {
     /// Why store client `client` may not read `namespace`, if it may not.
-    fn read(&self, client: &str, namespace: &str) -> Result<(), String>;
+    fn read(&self, client: &StoreClient, namespace: &str) -> Result<(), String>;
     /// Why store client `client` may not send `command`, if it may not.
-    fn command(&self, client: &str, command: &Command) -> Result<(), String>;
+    fn command(&self, client: &StoreClient, command: &Command) -> Result<(), String>;
 }
+
+pub use network::{StoreClient, join_token, join_token_scope};
 
 /// What this node is in the cluster.
 #[derive(Clone, Debug)]
@@ -517,6 +520,7 @@ impl Cluster {
             },
             network::check_credential(
                 self.credential.clone(),
+                Arc::from(self.secret.as_str()),
                 self.client_keys.clone(),
                 self.faults.clone(),
                 self.group.clone(),
@@ -742,6 +746,13 @@ impl Cluster {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.running_state.is_ok() && m.current_leader.is_some()
+    }
+
+    /// Whether this member leads the cluster now.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.running_state.is_ok() && m.current_leader == Some(self.id)
     }
 
     /// Why this member stopped taking part in Raft, if it did: a read or

@@ -105,15 +105,53 @@ pub fn client_key(secret: &str, node: &str) -> String {
     )
 }
 
+/// What starts a join token.
+const JOIN_PREFIX: &str = "fjt1.";
+
+/// A join token for nodes that run (some of) `scope`, services named by
+/// the layers above: derived from the cluster secret and the scope, so the
+/// members check it without storing it, and a holder cannot widen it.
+pub fn join_token(secret: &str, scope: &[String]) -> String {
+    let scope = scope.join(",");
+    format!(
+        "{JOIN_PREFIX}{scope}.{}",
+        mac_hex(secret, format!("flotilla/v1/join/{scope}").as_bytes())
+    )
+}
+
+/// The scope a join token names, without checking it (a node checks that
+/// its own services fit before it starts).
+pub fn join_token_scope(token: &str) -> Option<Vec<String>> {
+    let (scope, _mac) = token.strip_prefix(JOIN_PREFIX)?.rsplit_once('.')?;
+    Some(scope.split(',').map(str::to_owned).collect())
+}
+
+/// The scope of `token` if the cluster secret made it.
+fn verify_join_token(secret: &str, token: &[u8]) -> Option<Vec<String>> {
+    let token = std::str::from_utf8(token).ok()?;
+    let scope = join_token_scope(token)?;
+    let expected = join_token(secret, &scope);
+    bool::from(token.as_bytes().ct_eq(expected.as_bytes())).then_some(scope)
+}
+
+/// A node that is not a member, calling with its own key or a join token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreClient {
+    pub node: String,
+    /// For a node that joined with a token: the services the token names
+    /// (it is not in the topology). None for a node of the topology.
+    pub scope: Option<Vec<String>>,
+}
+
 /// Who is calling, as the credential check established it; handlers find
 /// it in the request's extensions.
 #[derive(Clone, Debug)]
 pub enum Caller {
     /// A member (or a tool holding the cluster secret): every call.
     Peer,
-    /// Store client `node`: reads, writes and migrations, each as the
-    /// cluster's `ClientPolicy` allows it.
-    Client { node: String },
+    /// A store client: reads, writes and migrations, each as the cluster's
+    /// `ClientPolicy` allows it.
+    Client(StoreClient),
 }
 
 /// What the db members know of each store client: its expected key.
@@ -123,6 +161,7 @@ pub type ClientKeys = Arc<std::sync::RwLock<HashMap<String, String>>>;
 /// the caller.
 pub fn check_credential(
     expected: Arc<str>,
+    secret: Arc<str>,
     clients: ClientKeys,
     faults: Faults,
     group: super::origin::GroupCell,
@@ -143,11 +182,23 @@ pub fn check_credential(
             Some(node) => {
                 let node = node.to_str().unwrap_or_default();
                 let clients = clients.read().unwrap_or_else(|p| p.into_inner());
-                clients.get(node).and_then(|key| {
-                    bool::from(presented.ct_eq(key.as_bytes())).then(|| Caller::Client {
-                        node: node.to_owned(),
-                    })
-                })
+                match clients.get(node) {
+                    Some(key) => bool::from(presented.ct_eq(key.as_bytes())).then(|| {
+                        Caller::Client(StoreClient {
+                            node: node.to_owned(),
+                            scope: None,
+                        })
+                    }),
+                    // Not in the topology: a node that joined with a token
+                    // (its registry record is its own by its claim, see
+                    // the policy).
+                    None => verify_join_token(&secret, presented).map(|scope| {
+                        Caller::Client(StoreClient {
+                            node: node.to_owned(),
+                            scope: Some(scope),
+                        })
+                    }),
+                }
             }
         };
         let offered = req
@@ -173,7 +224,7 @@ pub fn check_credential(
                 Ok(req)
             }
             None => Err(tonic::Status::unauthenticated(
-                "peer credential missing or wrong: the caller belongs to another cluster, or is not in this member's topology (check cluster.secret, cluster.client_key and the topology)",
+                "peer credential missing or wrong: the caller belongs to another cluster, or is not in this member's topology and has no valid join token (check cluster.secret, cluster.client_key or cluster.join_token, and the topology)",
             )),
         }
     }

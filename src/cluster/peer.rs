@@ -25,9 +25,11 @@ pub(super) fn caller<T>(r: &tonic::Request<T>) -> Result<&network::Caller, tonic
 pub(super) fn members_only<T>(r: &tonic::Request<T>) -> Result<(), tonic::Status> {
     match caller(r)? {
         network::Caller::Peer => Ok(()),
-        network::Caller::Client { node, .. } => Err(tonic::Status::permission_denied(format!(
-            "`{node}` is a store client: it may read and write, not take part in Raft"
-        ))),
+        network::Caller::Client(network::StoreClient { node, .. }) => {
+            Err(tonic::Status::permission_denied(format!(
+                "`{node}` is a store client: it may read and write, not take part in Raft"
+            )))
+        }
     }
 }
 
@@ -38,9 +40,9 @@ pub(super) fn check_read<T>(
     policy: &dyn ClientPolicy,
 ) -> Result<(), tonic::Status> {
     match caller(r)? {
-        network::Caller::Client { node } => policy
-            .read(node, namespace)
-            .map_err(|why| refuse(node, why)),
+        network::Caller::Client(client) => policy
+            .read(client, namespace)
+            .map_err(|why| refuse(&client.node, why)),
         network::Caller::Peer => Ok(()),
     }
 }
@@ -52,9 +54,9 @@ pub(super) fn check_command<T>(
     policy: &dyn ClientPolicy,
 ) -> Result<(), tonic::Status> {
     match caller(r)? {
-        network::Caller::Client { node } => policy
-            .command(node, command)
-            .map_err(|why| refuse(node, why)),
+        network::Caller::Client(client) => policy
+            .command(client, command)
+            .map_err(|why| refuse(&client.node, why)),
         network::Caller::Peer => Ok(()),
     }
 }

@@ -12,35 +12,17 @@ pub(super) fn parse_cluster(
     public: Option<SocketAddr>,
     peer: Option<SocketAddr>,
 ) -> Option<(ClusterSettings, Topology)> {
-    let credential = if roles.db {
-        if raw.client_key.is_some() || raw.client_key_file.is_some() {
-            problems.add(
-                "cluster.client_key",
-                "is for nodes without the db role; a voter proves itself with cluster.secret",
-            );
-        }
-        read_secret(problems, "cluster.secret", raw.secret, raw.secret_file)
-    } else {
-        if raw.secret.is_some() || raw.secret_file.is_some() {
-            problems.add(
-                "cluster.secret",
-                "must stay on the db nodes: a node without the db role proves itself with its own cluster.client_key (`flotilla cluster client-key --node NAME` on a db node prints it)",
-            );
-        }
-        if raw.bootstrap {
-            problems.add(
-                "cluster.bootstrap",
-                "only db nodes initialize the cluster: remove it here",
-            );
-        }
-        read_secret(
-            problems,
-            "cluster.client_key",
-            raw.client_key,
-            raw.client_key_file,
-        )
+    if raw.join_token.is_some() && raw.join_token_file.is_some() {
+        problems.add(
+            "cluster.join_token",
+            "set either cluster.join_token or cluster.join_token_file, not both",
+        );
+    }
+    let join_token = match (raw.join_token.clone(), raw.join_token_file.clone()) {
+        (None, None) => None,
+        (token, file) => read_secret(problems, "cluster.join_token", token, file),
     };
-    let Some(path) = raw.topology else {
+    let Some(path) = raw.topology.clone() else {
         problems.add(
             "cluster.topology",
             "missing: name the topology file that lists the members",
@@ -63,52 +45,65 @@ pub(super) fn parse_cluster(
         }
     };
     let field = format!("{path}: members");
-    let Some(me) = topology.find(node_id) else {
-        problems.add(
-            &field,
-            format!("this node (`{node_id}`) is not in the topology: add it under `members` (db role) or `nodes`"),
-        );
-        return None;
+    let me = topology.find(node_id);
+    let credential = match (me, join_token) {
+        (None, Some(token)) => {
+            check_joiner(problems, &raw, roles, &token);
+            Some(token)
+        }
+        (None, None) => {
+            problems.add(
+                &field,
+                format!("this node (`{node_id}`) is not in the topology: add it under `members` (db role) or `nodes`, or give it a join token (`cluster.join_token_file`; `flotilla cluster join-token --services ...` on a db node prints one)"),
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            problems.add(
+                "cluster.join_token",
+                format!("is for nodes not in the topology, and `{node_id}` is in it: remove one"),
+            );
+            None
+        }
+        (Some(_), None) => credential_of(problems, &raw, roles),
     };
-    if me.selection() != roles {
-        problems.add(
-            "services",
-            format!("differ from this node's in the topology {path}: give both the same services"),
-        );
-    }
     let role = match me {
-        crate::mesh::topology::NodeRef::Member(m) => {
-            if peer.is_some_and(|p| p != m.peer) {
+        Some(me) => {
+            if me.selection() != roles {
                 problems.add(
-                    "listeners.peer",
+                    "services",
+                    format!("differ from this node's in the topology {path}: give both the same services"),
+                );
+            }
+            if let (Some(mine), Some(fixed)) = (public, me.public())
+                && mine != fixed
+            {
+                problems.add(
+                    "listeners.public",
                     format!(
-                        "{} differs from this node's peer address in the topology ({})",
-                        peer.unwrap_or(m.peer),
-                        m.peer
+                        "this node is reached at {mine} (advertise.public, or the listener), but the topology gives {fixed}: make them the same"
                     ),
                 );
             }
-            Role::Voter {
-                id: m.id,
-                secret: credential.clone().unwrap_or_default(),
+            match me {
+                crate::mesh::topology::NodeRef::Member(m) => {
+                    check_peer(problems, peer, &m.peer);
+                    Role::Voter {
+                        id: m.id,
+                        secret: credential.clone().unwrap_or_default(),
+                    }
+                }
+                crate::mesh::topology::NodeRef::Client(c) => Role::Client {
+                    node: c.name.clone(),
+                    key: credential.clone().unwrap_or_default(),
+                },
             }
         }
-        crate::mesh::topology::NodeRef::Client(c) => Role::Client {
-            node: c.name.clone(),
+        None => Role::Client {
+            node: node_id.to_owned(),
             key: credential.clone().unwrap_or_default(),
         },
     };
-    let my_public = me.public();
-    if public.is_some_and(|p| p != my_public) {
-        problems.add(
-            "listeners.public",
-            format!(
-                "{} differs from this node's public address in the topology ({})",
-                public.unwrap_or(my_public),
-                my_public
-            ),
-        );
-    }
     let heartbeat = raw.heartbeat_ms.unwrap_or(50);
     let [min, max] = raw.election_timeout_ms.unwrap_or([200, 400]);
     if !(10..=10_000).contains(&heartbeat) {
@@ -156,7 +151,7 @@ pub(super) fn parse_cluster(
             .map(|m| crate::cluster::Member {
                 id: m.id,
                 name: m.name.clone(),
-                peer: m.peer,
+                peer: m.peer.clone(),
             })
             .collect(),
         clients: topology.nodes.iter().map(|n| n.name.clone()).collect(),
@@ -166,4 +161,119 @@ pub(super) fn parse_cluster(
         snapshot_every,
     };
     Some((settings, topology))
+}
+
+/// The credential of a node of the topology: the secret on a member, its
+/// own key on a store client.
+fn credential_of(problems: &mut Problems, raw: &RawCluster, roles: &Selection) -> Option<String> {
+    if roles.db {
+        if raw.client_key.is_some() || raw.client_key_file.is_some() {
+            problems.add(
+                "cluster.client_key",
+                "is for nodes without the db role; a voter proves itself with cluster.secret",
+            );
+        }
+        read_secret(
+            problems,
+            "cluster.secret",
+            raw.secret.clone(),
+            raw.secret_file.clone(),
+        )
+    } else {
+        store_client_checks(problems, raw);
+        read_secret(
+            problems,
+            "cluster.client_key",
+            raw.client_key.clone(),
+            raw.client_key_file.clone(),
+        )
+    }
+}
+
+/// What no store client may carry: the members' secret, the bootstrap.
+fn store_client_checks(problems: &mut Problems, raw: &RawCluster) {
+    if raw.secret.is_some() || raw.secret_file.is_some() {
+        problems.add(
+            "cluster.secret",
+            "must stay on the db nodes: a node without the db role proves itself with its own cluster.client_key (`flotilla cluster client-key --node NAME` on a db node prints it) or a join token",
+        );
+    }
+    if raw.bootstrap {
+        problems.add(
+            "cluster.bootstrap",
+            "only db nodes initialize the cluster: remove it here",
+        );
+    }
+}
+
+/// A node that joins with a token: a store client, running no service the
+/// token does not name.
+fn check_joiner(problems: &mut Problems, raw: &RawCluster, roles: &Selection, token: &str) {
+    store_client_checks(problems, raw);
+    if raw.client_key.is_some() || raw.client_key_file.is_some() {
+        problems.add(
+            "cluster.client_key",
+            "is for nodes listed in the topology; a node that joins proves itself with its join token: remove one",
+        );
+    }
+    if roles.db {
+        problems.add(
+            "services",
+            "a db member must be listed in the topology under `members` with its Raft id; a join token is for store clients",
+        );
+    }
+    match crate::cluster::join_token_scope(token) {
+        None => problems.add(
+            "cluster.join_token",
+            "is not a join token (`fjt1.<services>.<mac>`): print one with `flotilla cluster join-token --services ...` on a db node",
+        ),
+        Some(scope) => {
+            let outside: Vec<&str> = roles
+                .services
+                .iter()
+                .filter(|s| !scope.iter().any(|t| t == *s))
+                .copied()
+                .collect();
+            if !outside.is_empty() {
+                problems.add(
+                    "services",
+                    format!(
+                        "{} not named by the join token, which allows {}: get a token for these services",
+                        outside.join(", "),
+                        scope.join(", ")
+                    ),
+                );
+            }
+            if roles.xds {
+                problems.add(
+                    "services",
+                    "the xds role reads the whole registry and runs on db members; a joined node runs services only",
+                );
+            }
+        }
+    }
+}
+
+/// A member's peer listener against its topology address: the same, or a
+/// wildcard bind on the same port (the address others dial may be a DNS
+/// name, or a pod's IP).
+fn check_peer(problems: &mut Problems, bind: Option<SocketAddr>, advertised: &str) {
+    let Some(bind) = bind else { return };
+    let same = match advertised.parse::<SocketAddr>() {
+        Ok(a) => a == bind || (bind.ip().is_unspecified() && a.port() == bind.port()),
+        Err(_) => {
+            advertised
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                == Some(bind.port())
+        }
+    };
+    if !same {
+        problems.add(
+            "listeners.peer",
+            format!(
+                "{bind} does not serve this node's peer address in the topology ({advertised}): bind that address, or a wildcard on its port"
+            ),
+        );
+    }
 }

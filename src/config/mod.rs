@@ -15,8 +15,11 @@ use std::{
 
 mod auth;
 mod cluster;
+mod interpolate;
 mod limits;
 mod raw;
+
+pub use interpolate::Substitution;
 
 use auth::{parse_auth, read_secret};
 use cluster::parse_cluster;
@@ -86,6 +89,14 @@ pub struct Config {
     /// a cluster, a Raft voter; without the role, a client of the voters.
     pub db_role: bool,
     pub listeners: Listeners,
+    /// Where others reach the public listener: `advertise.public`, or the
+    /// listener's own address.
+    pub advertise: SocketAddr,
+    /// The values the environment gave (`${VAR}`), for `check-config`.
+    pub substitutions: Vec<Substitution>,
+    /// A store client that is not in the topology: it joined with a join
+    /// token and holds its registry record by a claim.
+    pub joined: bool,
     pub data_dir: PathBuf,
     pub limits: Limits,
     pub log: LogConfig,
@@ -157,26 +168,50 @@ impl Config {
         Config::parse(&text, &name, catalogue)
     }
 
-    /// Validates config text; `source_name` names it in errors.
+    /// Validates config text, its `${VAR}`s taken from the process's
+    /// environment; `source_name` names it in errors.
     pub fn parse(
         text: &str,
         source_name: &str,
         catalogue: &Catalogue,
     ) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, source_name, catalogue, &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Validates config text, its `${VAR}`s taken from `env`.
+    pub fn parse_with_env(
+        text: &str,
+        source_name: &str,
+        catalogue: &Catalogue,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let fail = |problems| ConfigError {
             source_name: source_name.to_owned(),
             problems,
         };
-        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+        let yaml_problem = |e: serde_yaml_ng::Error| {
             let field = e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
                 .unwrap_or_else(|| "(document)".into());
-            fail(vec![Problem {
+            vec![Problem {
                 field,
                 message: e.to_string(),
-            }])
-        })?;
+            }]
+        };
+        let mut doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| fail(yaml_problem(e)))?;
+        let substitutions = interpolate::interpolate(&mut doc, env).map_err(fail)?;
+        // Without substitutions the text is read as written, so that a
+        // problem of shape names its line.
+        let raw: RawConfig = if substitutions.is_empty() {
+            serde_yaml_ng::from_str(text)
+        } else {
+            serde_yaml_ng::from_value(doc)
+        }
+        .map_err(|e| fail(yaml_problem(e)))?;
         let mut problems = Problems(Vec::new());
 
         let node_id = match raw.node.and_then(|n| n.id) {
@@ -379,12 +414,52 @@ impl Config {
             .as_ref()
             .and_then(|c| c.topology.as_ref())
             .map(PathBuf::from);
+        let advertise = match (raw.advertise.public, public) {
+            (Some(a), _) => match a.parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => Some(a),
+                _ => {
+                    problems.add(
+                        "advertise.public",
+                        format!("`{a}` is not an IP:port address others can reach, e.g. `${{POD_IP}}:8080`"),
+                    );
+                    None
+                }
+            },
+            (None, Some(p)) if p.ip().is_unspecified() && raw.cluster.is_some() => {
+                problems.add(
+                    "advertise.public",
+                    format!("missing: listeners.public binds {p}, which other nodes cannot reach; give the address they reach this node at, e.g. `advertise: {{public: \"${{POD_IP}}:{}\"}}`", p.port()),
+                );
+                None
+            }
+            // Alone, a node reaches itself on loopback.
+            (None, Some(p)) if p.ip().is_unspecified() => Some(SocketAddr::new(
+                match p {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                },
+                p.port(),
+            )),
+            (None, p) => p,
+        };
         let (cluster, topology) = raw
             .cluster
             .and_then(|c| {
-                parse_cluster(&mut problems, c, catalogue, &node_id, &roles, public, peer)
+                parse_cluster(
+                    &mut problems,
+                    c,
+                    catalogue,
+                    &node_id,
+                    &roles,
+                    advertise,
+                    peer,
+                )
             })
             .unzip();
+        let joined = cluster
+            .as_ref()
+            .zip(topology.as_ref())
+            .is_some_and(|(_, t): (&ClusterSettings, &Topology)| t.find(&node_id).is_none());
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -401,6 +476,9 @@ impl Config {
                 peer,
                 xds,
             },
+            advertise: advertise.expect("validated above"),
+            substitutions,
+            joined,
             data_dir,
             limits: Limits {
                 max_request_body_bytes: usize::try_from(body).expect("bounded by MAX_BODY_LIMIT"),
@@ -664,7 +742,61 @@ mod tests {
                     &format!("topology: '{t}', client_key: '{key}'"),
                 ),
                 "listeners.public",
-                "differs from this node's public address",
+                "but the topology gives 127.0.0.1:8011",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '0.0.0.0:8011'",
+                    &format!("topology: '{t}', client_key: '{key}'"),
+                ),
+                "advertise.public",
+                "missing: listeners.public binds 0.0.0.0:8011",
+            ),
+            (
+                node(
+                    "db-1",
+                    "[db]",
+                    "public: '127.0.0.1:8001', peer: '0.0.0.0:7002'",
+                    &format!("topology: '{t}', secret: '{key}'"),
+                ),
+                "listeners.peer",
+                "does not serve this node's peer address",
+            ),
+            (
+                node(
+                    "echo-5d8f",
+                    "[echo, kv]",
+                    "public: '127.0.0.1:8099'",
+                    &format!(
+                        "topology: '{t}', join_token: 'fjt1.echo.0123456789abcdef0123456789abcdef'"
+                    ),
+                ),
+                "services",
+                "kv not named by the join token, which allows echo",
+            ),
+            (
+                node(
+                    "kv-1",
+                    "[kv]",
+                    "public: '127.0.0.1:8011'",
+                    &format!(
+                        "topology: '{t}', join_token: 'fjt1.kv.0123456789abcdef0123456789abcdef'"
+                    ),
+                ),
+                "cluster.join_token",
+                "is for nodes not in the topology",
+            ),
+            (
+                node(
+                    "echo-5d8f",
+                    "[echo]",
+                    "public: '127.0.0.1:8099'",
+                    &format!("topology: '{t}', join_token: 'not-a-token-0123456789abcdefghijkl'"),
+                ),
+                "cluster.join_token",
+                "is not a join token",
             ),
         ];
         for (text, field, needle) in cases {
@@ -675,6 +807,74 @@ mod tests {
                 "expected {field}: {needle} in {p:?}"
             );
         }
+    }
+
+    /// A pod's config: one file for every pod, the rest from the
+    /// environment; a DNS-named member binds a wildcard.
+    #[test]
+    fn a_pod_takes_its_name_and_address_from_the_environment_and_joins() {
+        let dir = tempfile::tempdir().unwrap();
+        let topology = dir.path().join("topology.yaml");
+        std::fs::write(
+            &topology,
+            "members:\n  - {id: 1, node: flotilla-db-0, peer: 'flotilla-db-0.flotilla-db:7070', services: [db, xds]}\n",
+        )
+        .unwrap();
+        let token = crate::cluster::join_token(
+            "cluster-secret-0123456789abcdefghijklmnop",
+            &["echo".into()],
+        );
+        let env = |name: &str| match name {
+            "POD_NAME" => Some("flotilla-echo-5d8f-x2x9z".to_owned()),
+            "POD_IP" => Some("10.42.0.7".to_owned()),
+            "JOIN_TOKEN" => Some(token.clone()),
+            _ => None,
+        };
+        let text = format!(
+            "node: {{id: '${{POD_NAME}}'}}\nservices: [echo]\nlisteners: {{public: '0.0.0.0:8080', admin: '0.0.0.0:8081'}}\nadvertise: {{public: '${{POD_IP}}:8080'}}\ndata_dir: target/test-data\nauth: {{secret: 'test-secret-0123456789abcdefghijklmnop'}}\ncluster: {{topology: '{}', join_token: '${{JOIN_TOKEN}}'}}\n",
+            topology.display()
+        );
+        let c = Config::parse_with_env(&text, "pod.yaml", &Catalogue::builtin(), &env).unwrap();
+        assert_eq!(c.node_id, "flotilla-echo-5d8f-x2x9z");
+        assert_eq!(c.advertise, "10.42.0.7:8080".parse().unwrap());
+        assert!(c.joined);
+        assert!(
+            c.substitutions
+                .iter()
+                .any(|s| s.field == "cluster.join_token" && s.value.is_none())
+        );
+        let Some(ClusterSettings {
+            role: crate::cluster::Role::Client { node, key },
+            ..
+        }) = &c.cluster
+        else {
+            panic!("a joined node is a store client");
+        };
+        assert_eq!(
+            (node.as_str(), key.as_str()),
+            ("flotilla-echo-5d8f-x2x9z", token.as_str())
+        );
+
+        let member = format!(
+            "node: {{id: '${{POD_NAME}}'}}\nservices: [db, xds]\nlisteners: {{public: '0.0.0.0:8080', admin: '0.0.0.0:8081', peer: '0.0.0.0:7070', xds: '0.0.0.0:18000'}}\nadvertise: {{public: '${{POD_IP}}:8080'}}\ndata_dir: target/test-data\nauth: {{secret: 'test-secret-0123456789abcdefghijklmnop'}}\ncluster: {{topology: '{}', secret: 'cluster-secret-0123456789abcdefghijklmnop'}}\n",
+            topology.display()
+        );
+        let env = |name: &str| match name {
+            "POD_NAME" => Some("flotilla-db-0".to_owned()),
+            "POD_IP" => Some("10.42.0.9".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse_with_env(&member, "db.yaml", &Catalogue::builtin(), &env).unwrap();
+        assert!(!c.joined && c.db_role);
+        let missing = Config::parse_with_env(&member, "db.yaml", &Catalogue::builtin(), &|_| None)
+            .unwrap_err();
+        assert!(
+            missing
+                .problems
+                .iter()
+                .any(|p| p.field == "node.id" && p.message.contains("POD_NAME is not set")),
+            "{missing}"
+        );
     }
 
     #[test]

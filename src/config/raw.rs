@@ -10,6 +10,8 @@ pub(super) struct RawConfig {
     pub(super) services: Option<Vec<String>>,
     #[serde(default)]
     pub(super) listeners: RawListeners,
+    #[serde(default)]
+    pub(super) advertise: RawAdvertise,
     pub(super) data_dir: Option<String>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -19,6 +21,14 @@ pub(super) struct RawConfig {
     pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) xds: RawXds,
+}
+
+/// Where others reach this node, when it differs from where it binds (a
+/// pod binds 0.0.0.0 and is reached at its pod IP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdvertise {
+    pub(super) public: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +45,8 @@ pub(super) struct RawCluster {
     pub(super) secret_file: Option<String>,
     pub(super) client_key: Option<String>,
     pub(super) client_key_file: Option<String>,
+    pub(super) join_token: Option<String>,
+    pub(super) join_token_file: Option<String>,
     #[serde(default)]
     pub(super) bootstrap: bool,
     pub(super) heartbeat_ms: Option<u64>,

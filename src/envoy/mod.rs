@@ -117,7 +117,7 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
             }
             let records = vec![NodeRecord {
                 id: config.node_id.clone(),
-                public: config.listeners.public,
+                public: config.advertise,
                 services: config.services.iter().map(|s| s.to_string()).collect(),
                 healthy: true,
             }];
@@ -142,8 +142,17 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
             check_layout(request.mode, &topology, catalogue, path)?;
             let records = topology
                 .all()
-                .map(|n| NodeRecord::from_topology(n, true))
-                .collect();
+                .map(|n| {
+                    NodeRecord::from_topology(n, true).ok_or_else(|| {
+                        format!(
+                            "--mode {}: member `{}` has no public address in {}; a static Envoy needs every node's fixed address (give it `public:`, or use --mode k3d, where Envoy learns addresses over xDS)",
+                            mode_name(request.mode),
+                            n.name(),
+                            path.display()
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             fixed(request, table, records)?
         }
     };

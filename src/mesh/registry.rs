@@ -10,6 +10,15 @@
 //! copy in memory, refreshed from its local store every `REFRESH`; the
 //! ingress forwarding, the xDS resources and `gen-envoy` read it and keep
 //! no list of their own.
+//!
+//! A node that joined with a join token (not in the topology, e.g. a pod of
+//! a Deployment) holds its record by a *claim*: a random value only it
+//! knows. Its writes take effect only on a record with its claim, or on
+//! none, or on one left to expire (`CLAIMED`), so another holder of the
+//! same token cannot pass for it. It deletes its record when it stops
+//! gracefully; the members collect the records of claimed nodes gone for
+//! longer than `COLLECT_AFTER` (`collect`), so scaling up and down leaves
+//! no growing table.
 
 use std::{
     net::SocketAddr,
@@ -25,6 +34,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const TTL: Duration = Duration::from_secs(3);
 /// How often the in-memory copy is reloaded from the local store.
 pub const REFRESH: Duration = Duration::from_millis(100);
+/// How long the record of a joined node that stopped renewing it stays
+/// (unhealthy) before the members delete it.
+pub const COLLECT_AFTER: Duration = Duration::from_secs(60);
 
 /// One node as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -36,11 +48,15 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// A node of the topology, as the registry records it.
-    pub fn from_topology(node: crate::mesh::topology::NodeRef, healthy: bool) -> NodeRecord {
-        NodeRecord {
+    /// A node of the topology, as the registry records it: none for a
+    /// member whose address the topology leaves to the member itself.
+    pub fn from_topology(
+        node: crate::mesh::topology::NodeRef,
+        healthy: bool,
+    ) -> Option<NodeRecord> {
+        Some(NodeRecord {
             id: node.name().to_owned(),
-            public: node.public(),
+            public: node.public()?,
             services: node
                 .selection()
                 .services
@@ -48,7 +64,7 @@ impl NodeRecord {
                 .map(|s| s.to_string())
                 .collect(),
             healthy,
-        }
+        })
     }
 }
 
@@ -63,6 +79,8 @@ pub struct Instance {
 #[derive(Clone)]
 pub struct Registry {
     local: Arc<str>,
+    /// The claim this node holds its record by, if it joined with a token.
+    claim: Option<Arc<str>>,
     nodes: Arc<RwLock<Vec<NodeRecord>>>,
     /// Services this node no longer advertises but still serves, while the
     /// others stop sending them here (see `set_local_services`).
@@ -76,6 +94,7 @@ impl Registry {
     pub fn single(local: NodeRecord) -> Registry {
         Registry {
             local: Arc::from(local.id.as_str()),
+            claim: None,
             nodes: Arc::new(RwLock::new(vec![local])),
             draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -86,10 +105,59 @@ impl Registry {
     pub fn fixed(nodes: Vec<NodeRecord>) -> Registry {
         Registry {
             local: Arc::from(""),
+            claim: None,
             nodes: Arc::new(RwLock::new(nodes)),
             draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// This node holds its record by a fresh random claim: it joined with a
+    /// token and is not in the topology.
+    pub fn claimed(self) -> Registry {
+        let claim: String = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        Registry {
+            claim: Some(Arc::from(claim)),
+            ..self
+        }
+    }
+
+    /// The write that records this node as `healthy`.
+    fn own_write(&self, healthy: bool) -> Option<RegistryWrite> {
+        let local = self.read().iter().find(|n| *n.id == *self.local).cloned()?;
+        let record = NodeRecord { healthy, ..local };
+        Some(match &self.claim {
+            Some(claim) => RegistryWrite::Claimed {
+                record,
+                claim: claim.to_string(),
+            },
+            None => RegistryWrite::Own(record),
+        })
+    }
+
+    /// Writes this node's record; a claimed record held by another live
+    /// node is not taken, and says so.
+    async fn write_own(
+        &self,
+        store: &Namespace,
+        mut statements: Vec<Statement>,
+        healthy: bool,
+    ) -> Result<(), StoreError> {
+        let Some(own) = self.own_write(healthy) else {
+            return Ok(());
+        };
+        statements.push(own.statement());
+        let outcomes = store.write(statements).await?;
+        if self.claim.is_some() && outcomes.last().is_some_and(|o| o.changed == 0) {
+            return Err(StoreError::Unavailable(format!(
+                "the node name `{}` is held by another live node of the registry: two nodes run under one name, or this node restarted before its old record expired ({} s); it is tried again",
+                self.local,
+                TTL.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Wakes when the nodes change.
@@ -181,15 +249,9 @@ impl Registry {
         store: &Namespace,
         topology: &[NodeRecord],
     ) -> Result<(), StoreError> {
-        let local = self
-            .read()
+        let statements: Vec<Statement> = topology
             .iter()
-            .find(|n| *n.id == *self.local)
-            .cloned()
-            .expect("the registry always holds the local node");
-        let mut statements: Vec<Statement> = topology
-            .iter()
-            .filter(|n| n.id != local.id)
+            .filter(|n| *n.id != *self.local)
             .map(|n| {
                 RegistryWrite::Seed(NodeRecord {
                     healthy: false,
@@ -198,8 +260,7 @@ impl Registry {
                 .statement()
             })
             .collect();
-        statements.push(upsert(&local, true));
-        store.write(statements).await?;
+        self.write_own(store, statements, true).await?;
         // The copy may still be catching up; the periodic refresh follows.
         if let Err(e) = self.refresh(store).await {
             tracing::debug!(error = %e, "registry not refreshed yet");
@@ -209,27 +270,49 @@ impl Registry {
 
     /// Renews this node's record (healthy, now).
     pub async fn heartbeat(&self, store: &Namespace) -> Result<(), StoreError> {
-        let local = self.read().iter().find(|n| *n.id == *self.local).cloned();
-        if let Some(local) = local {
-            store.write(vec![upsert(&local, true)]).await?;
-        }
-        Ok(())
+        self.write_own(store, Vec::new(), true).await
     }
 
-    /// Marks this node unhealthy (a graceful stop).
+    /// A graceful stop: marks this node unhealthy, or deletes the record of
+    /// a node that joined with a token (it will not come back under its
+    /// name).
     pub async fn deregister(&self, store: &Namespace) -> Result<(), StoreError> {
-        let local = self.read().iter().find(|n| *n.id == *self.local).cloned();
-        if let Some(local) = local {
-            store.write(vec![upsert(&local, false)]).await?;
+        match &self.claim {
+            Some(claim) => store
+                .write(vec![
+                    RegistryWrite::Leave {
+                        node: self.local.to_string(),
+                        claim: claim.to_string(),
+                    }
+                    .statement(),
+                ])
+                .await
+                .map(drop),
+            None => self.write_own(store, Vec::new(), false).await,
         }
-        Ok(())
+    }
+
+    /// Deletes the records of joined nodes not renewed for `COLLECT_AFTER`
+    /// (a member's job); returns how many.
+    pub async fn collect(store: &Namespace) -> Result<u64, StoreError> {
+        let outcomes = store
+            .write(vec![Statement::new(
+                COLLECT,
+                vec![
+                    i64::try_from(COLLECT_AFTER.as_millis())
+                        .unwrap_or(i64::MAX)
+                        .into(),
+                ],
+            )])
+            .await?;
+        Ok(outcomes.first().map_or(0, |o| o.changed))
     }
 
     /// Reloads the nodes from this node's copy of the store.
     pub async fn refresh(&self, store: &Namespace) -> Result<(), StoreError> {
         let rows = store
             .read_stale(Statement::new(
-                "SELECT node, public, services, healthy, updated_ms FROM registry__nodes ORDER BY node",
+                "SELECT node, public, services, healthy, updated_ms FROM registry__records ORDER BY node",
                 vec![],
             ))
             .await?
@@ -278,13 +361,26 @@ impl Registry {
 }
 
 /// Records a topology node not seen yet.
-const SEED: &str = "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+const SEED: &str = "INSERT INTO registry__records (node, public, services, healthy, updated_ms)
      VALUES (?1, ?2, ?3, 0, flotilla_now()) ON CONFLICT (node) DO NOTHING";
 /// A node's own record.
-const UPSERT: &str = "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+const UPSERT: &str = "INSERT INTO registry__records (node, public, services, healthy, updated_ms)
      VALUES (?1, ?2, ?3, ?4, flotilla_now())
      ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
          healthy = excluded.healthy, updated_ms = excluded.updated_ms";
+
+/// The record of a node that joined with a token: taken only if it is new,
+/// holds the same claim, or has expired (TTL, 3000 ms).
+const CLAIMED: &str = "INSERT INTO registry__records (node, public, services, healthy, updated_ms, claim)
+     VALUES (?1, ?2, ?3, ?4, flotilla_now(), ?5)
+     ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
+         healthy = excluded.healthy, updated_ms = excluded.updated_ms, claim = excluded.claim
+     WHERE registry__records.claim = excluded.claim OR registry__records.updated_ms < flotilla_now() - 3000";
+/// A joined node leaving for good.
+const LEAVE: &str = "DELETE FROM registry__records WHERE node = ?1 AND claim = ?2";
+/// The records of joined nodes gone for longer than ?1 ms.
+const COLLECT: &str =
+    "DELETE FROM registry__records WHERE claim != '' AND updated_ms < flotilla_now() - ?1";
 
 /// A write to the registry, as what it means. The registry's statements are
 /// made from it, and a db member reads a store client's registry write back
@@ -297,6 +393,10 @@ pub enum RegistryWrite {
     /// A topology node not seen yet, recorded unhealthy (an existing record
     /// is left as it is).
     Seed(NodeRecord),
+    /// The record of a node that joined with a token, held by its claim.
+    Claimed { record: NodeRecord, claim: String },
+    /// A joined node deleting its record (a graceful stop).
+    Leave { node: String, claim: String },
 }
 
 impl RegistryWrite {
@@ -319,6 +419,19 @@ impl RegistryWrite {
                     node.services.join(",").into(),
                 ],
             ),
+            RegistryWrite::Claimed { record, claim } => Statement::new(
+                CLAIMED,
+                vec![
+                    record.id.clone().into(),
+                    record.public.to_string().into(),
+                    record.services.join(",").into(),
+                    i64::from(record.healthy).into(),
+                    claim.clone().into(),
+                ],
+            ),
+            RegistryWrite::Leave { node, claim } => {
+                Statement::new(LEAVE, vec![node.clone().into(), claim.clone().into()])
+            }
         }
     }
 
@@ -337,43 +450,60 @@ impl RegistryWrite {
                 healthy,
             })
         };
+        let healthy = || match statement.params.get(3)?.as_i64()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        };
         match (statement.sql.as_str(), statement.params.len()) {
-            (UPSERT, 4) => {
-                let healthy = match statement.params[3].as_i64()? {
-                    0 => false,
-                    1 => true,
-                    _ => return None,
-                };
-                record(healthy).map(RegistryWrite::Own)
-            }
+            (UPSERT, 4) => record(healthy()?).map(RegistryWrite::Own),
             (SEED, 3) => record(false).map(RegistryWrite::Seed),
+            (CLAIMED, 5) => Some(RegistryWrite::Claimed {
+                record: record(healthy()?)?,
+                claim: text(4)?.to_owned(),
+            }),
+            (LEAVE, 2) => Some(RegistryWrite::Leave {
+                node: text(0)?.to_owned(),
+                claim: text(1)?.to_owned(),
+            }),
             _ => None,
         }
     }
 }
 
-fn upsert(node: &NodeRecord, healthy: bool) -> Statement {
-    RegistryWrite::Own(NodeRecord {
-        healthy,
-        ..node.clone()
-    })
-    .statement()
-}
-
 /// The reserved namespace of the registry.
 pub const NAMESPACE: &str = "registry";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "nodes",
-    sql: "CREATE TABLE registry__nodes (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "nodes",
+        sql: "CREATE TABLE registry__nodes (
         node TEXT PRIMARY KEY NOT NULL,
         public TEXT NOT NULL,
         services TEXT NOT NULL,
         healthy INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
     ) STRICT;",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "claims",
+        // A new table rather than ADD COLUMN, whose check of a STRICT table
+        // reads outside the namespace.
+        sql: "CREATE TABLE registry__records (
+        node TEXT PRIMARY KEY NOT NULL,
+        public TEXT NOT NULL,
+        services TEXT NOT NULL,
+        healthy INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        claim TEXT NOT NULL DEFAULT ''
+    ) STRICT;
+    INSERT INTO registry__records (node, public, services, healthy, updated_ms)
+        SELECT node, public, services, healthy, updated_ms FROM registry__nodes;
+    DROP TABLE registry__nodes;",
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -388,6 +518,14 @@ mod tests {
             healthy: true,
         };
         for write in [
+            RegistryWrite::Claimed {
+                record: record.clone(),
+                claim: "c1".into(),
+            },
+            RegistryWrite::Leave {
+                node: "kv-1".into(),
+                claim: "c1".into(),
+            },
             RegistryWrite::Own(record.clone()),
             RegistryWrite::Own(NodeRecord {
                 healthy: false,
@@ -403,7 +541,7 @@ mod tests {
         let mut odd = RegistryWrite::Own(record).statement();
         odd.params[3] = 7i64.into();
         assert_eq!(RegistryWrite::parse(&odd), None);
-        let other = Statement::new("DELETE FROM registry__nodes", vec![]);
+        let other = Statement::new("DELETE FROM registry__records", vec![]);
         assert_eq!(RegistryWrite::parse(&other), None);
     }
 
@@ -421,6 +559,90 @@ mod tests {
         assert!(r.instances("echo").is_empty());
         r.set_healthy("n1", true);
         assert!(r.instances("kv")[0].healthy);
+    }
+
+    fn record(id: &str, public: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            public: public.parse().unwrap(),
+            services: vec!["echo".into()],
+            healthy: true,
+        }
+    }
+
+    fn scratch_store(dir: &std::path::Path) -> crate::store::Store {
+        crate::store::Store::open(
+            &crate::store::StoreConfig {
+                data_dir: dir.to_owned(),
+                readers: 1,
+                durability: crate::store::Durability::Full,
+            },
+            crate::telemetry::metrics::Metrics::new().store,
+        )
+        .unwrap()
+    }
+
+    fn names(rows: Vec<Vec<Value>>) -> Vec<String> {
+        rows.into_iter()
+            .map(|r| r.into_iter().next().and_then(Value::into_string).unwrap())
+            .collect()
+    }
+
+    /// Two nodes that joined with the same token and call themselves by the
+    /// same name: the second cannot take the first one's live record, nor
+    /// delete it; it leaves with its owner, and expired ones are collected
+    /// while the topology's stay.
+    #[tokio::test]
+    async fn a_claimed_record_belongs_to_its_claim_and_is_collected_when_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = scratch_store(dir.path()).namespace(NAMESPACE);
+        ns.migrate(MIGRATIONS).await.unwrap();
+        assert!(CLAIMED.contains(&format!("- {}", TTL.as_millis())));
+        let owner = Registry::single(record("echo-abc", "10.0.0.1:8080")).claimed();
+        owner.register(&ns, &[]).await.unwrap();
+        let impostor = Registry::single(record("echo-abc", "10.6.6.6:8080")).claimed();
+        let why = impostor.register(&ns, &[]).await.unwrap_err();
+        assert!(
+            why.to_string().contains("held by another live node"),
+            "{why}"
+        );
+        impostor.deregister(&ns).await.unwrap();
+        let all = || async {
+            ns.read_stale(Statement::new(
+                "SELECT node, public FROM registry__records ORDER BY node",
+                vec![],
+            ))
+            .await
+            .unwrap()
+            .rows
+        };
+        let rows = all().await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0][1], Value::from("10.0.0.1:8080".to_owned()));
+        owner.heartbeat(&ns).await.unwrap();
+        owner.deregister(&ns).await.unwrap();
+        assert!(all().await.is_empty(), "a graceful stop deletes the record");
+
+        // A thousand joined nodes gone long ago, one that just went, and a
+        // topology node gone as long: only the thousand are collected.
+        let mut gone = vec![Statement::new(
+            "INSERT INTO registry__records (node, public, services, healthy, updated_ms, claim)
+             VALUES ('kv-1', '127.0.0.1:1', 'kv', 0, 0, ''), ('echo-new', '127.0.0.1:2', 'echo', 1, flotilla_now() - 5000, 'c')",
+            vec![],
+        )];
+        for i in 0..1000 {
+            gone.push(Statement::new(
+                "INSERT INTO registry__records (node, public, services, healthy, updated_ms, claim)
+                 VALUES (?1, '127.0.0.1:3', 'echo', 1, flotilla_now() - 61000, 'c')",
+                vec![format!("echo-{i}").into()],
+            ));
+        }
+        ns.write(gone).await.unwrap();
+        assert_eq!(Registry::collect(&ns).await.unwrap(), 1000);
+        assert_eq!(names(all().await), vec!["echo-new", "kv-1"]);
+        // An expired claim may be taken over by a new node of that name.
+        let next = Registry::single(record("echo-new", "10.0.0.9:8080")).claimed();
+        next.register(&ns, &[]).await.unwrap();
     }
 
     /// A copy of the store that has not caught up with this node's own
@@ -441,7 +663,7 @@ mod tests {
         let ns = store.namespace(NAMESPACE);
         ns.migrate(MIGRATIONS).await.unwrap();
         ns.write(vec![Statement::new(
-            "INSERT INTO registry__nodes (node, public, services, healthy, updated_ms)
+            "INSERT INTO registry__records (node, public, services, healthy, updated_ms)
              VALUES ('n1', '127.0.0.1:8080', '', 0, 0), ('n2', '127.0.0.1:8081', 'kv', 1, 0)",
             vec![],
         )])

@@ -11,6 +11,13 @@
 //! A member without `services` runs everything (`[all]`, the HA layout).
 //! The nodes' own configs, `gen-envoy` and the registry's seed all read
 //! this one file.
+//!
+//! A member's `peer` may be a DNS name (`flotilla-db-0.flotilla-db:7070`,
+//! a StatefulSet pod), resolved again at every connection, so a member
+//! rescheduled under a new IP is found again. Its `public` may then be
+//! left out: the member records its own advertised address when it starts
+//! (Kubernetes gives the pod's IP only then). Nodes that join with a join
+//! token (`cluster.join_token`) are not listed at all.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -89,8 +96,10 @@ pub struct Member {
     /// Stable Raft id; never derived from an address.
     pub id: u64,
     pub name: String,
-    pub peer: SocketAddr,
-    pub public: SocketAddr,
+    /// `host:port`: an IP address or a DNS name.
+    pub peer: String,
+    /// Where its public listener is reached, when fixed in advance.
+    pub public: Option<SocketAddr>,
     pub selection: Selection,
 }
 
@@ -123,10 +132,11 @@ impl NodeRef<'_> {
             NodeRef::Client(c) => &c.name,
         }
     }
-    pub fn public(&self) -> SocketAddr {
+    /// Its public address, when the topology fixes it.
+    pub fn public(&self) -> Option<SocketAddr> {
         match self {
             NodeRef::Member(m) => m.public,
-            NodeRef::Client(c) => c.public,
+            NodeRef::Client(c) => Some(c.public),
         }
     }
     pub fn selection(&self) -> &Selection {
@@ -151,7 +161,7 @@ struct RawMember {
     id: u64,
     node: String,
     peer: String,
-    public: String,
+    public: Option<String>,
     services: Option<Vec<String>>,
 }
 
@@ -230,8 +240,11 @@ impl Topology {
                 );
             }
             check_name(&here, &m.node, &mut add);
-            let peer = address(&here, "peer", &m.peer, &mut add);
-            let public = address(&here, "public", &m.public, &mut add);
+            let peer = peer_address(&here, &m.peer, &mut add);
+            let public = match &m.public {
+                Some(p) => address(&here, "public", p, &mut add).map(Some),
+                None => Some(None),
+            };
             if let (Some(peer), Some(public)) = (peer, public) {
                 members.push(Member {
                     id: m.id,
@@ -266,7 +279,9 @@ impl Topology {
         let everyone: Vec<NodeRef> = topology.all().collect();
         for (i, n) in everyone.iter().enumerate() {
             for other in &everyone[..i] {
-                if other.name() == n.name() || other.public() == n.public() {
+                if other.name() == n.name()
+                    || (other.public().is_some() && other.public() == n.public())
+                {
                     add(
                         format!("{name}: members"),
                         format!(
@@ -317,6 +332,35 @@ fn check_name(here: &str, node: &str, add: &mut dyn FnMut(String, String)) {
             format!("`{node}` is not a valid node id: use 1-63 characters of a-z, 0-9 and '-'"),
         );
     }
+}
+
+/// A member's peer address: `IP:port`, or `name:port` with a DNS name
+/// (resolved at each connection).
+fn peer_address(here: &str, value: &str, add: &mut dyn FnMut(String, String)) -> Option<String> {
+    if value.parse::<SocketAddr>().is_ok() {
+        return address(here, "peer", value, add).map(|a| a.to_string());
+    }
+    let bad = |why: &str| format!("`{value}` is not an IP:port or DNS-name:port address ({why})");
+    let Some((host, port)) = value.rsplit_once(':') else {
+        add(format!("{here}.peer"), bad("no port"));
+        return None;
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
+        add(format!("{here}.peer"), bad("the port is not 1 to 65535"));
+        return None;
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        add(format!("{here}.peer"), bad("the host is not a DNS name"));
+        return None;
+    }
+    Some(value.to_owned())
 }
 
 fn address(
@@ -378,7 +422,7 @@ nodes:
         assert!(t.members[0].selection.services.contains(&"kv"));
         assert_eq!(t.nodes[0].selection.services, vec!["kv"]);
         assert!(!t.nodes[0].selection.db);
-        assert_eq!(t.find("kv-1").unwrap().public().port(), 8011);
+        assert_eq!(t.find("kv-1").unwrap().public().unwrap().port(), 8011);
     }
 
     #[test]
@@ -417,5 +461,37 @@ nodes:
         );
         assert!(has("share a name"), "{text:?}");
         assert!(has("two voters cannot tolerate"), "{text:?}");
+    }
+
+    #[test]
+    fn members_may_be_named_by_dns_and_register_their_own_address() {
+        let t = parse(
+            "members:
+  - {id: 1, node: flotilla-db-0, peer: 'flotilla-db-0.flotilla-db.flotilla.svc.cluster.local:7070', services: [db, xds]}
+",
+        )
+        .unwrap();
+        assert_eq!(
+            t.members[0].peer,
+            "flotilla-db-0.flotilla-db.flotilla.svc.cluster.local:7070"
+        );
+        assert_eq!(t.members[0].public, None);
+        for (peer, why) in [
+            ("db_0.example:7070", "not a DNS name"),
+            ("db-0.example", "no port"),
+            ("db-0.example:0", "not 1 to 65535"),
+            ("-db.example:7070", "not a DNS name"),
+        ] {
+            let problems = parse(&format!(
+                "members:\n  - {{id: 1, node: a, peer: '{peer}'}}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field.ends_with("members[0].peer") && p.message.contains(why)),
+                "{peer}: {problems:?}"
+            );
+        }
     }
 }

@@ -327,6 +327,32 @@ async fn refresh_registry(registry: Registry, store: Namespace, stop: Cancellati
     }
 }
 
+/// The leader's collection of the records of joined nodes gone for good
+/// (see `registry::COLLECT_AFTER`), every ten seconds.
+async fn collect_registry(
+    cluster: crate::cluster::ClusterSlot,
+    store: Namespace,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        if !cluster.get().is_some_and(|c| c.is_leader()) {
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = Registry::collect(&store) => match r {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "collected the registry records of joined nodes gone for good"),
+                Err(e) => tracing::debug!(error = %e, "registry collection skipped"),
+            },
+        }
+    }
+}
+
 /// SIGTERM and SIGINT, the two ways to stop a node.
 pub struct Signals {
     term: tokio::signal::unix::Signal,

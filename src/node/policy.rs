@@ -9,10 +9,15 @@
 //! registry it may write only its own record, and seeds of topology nodes,
 //! each exactly as the topology gives it: anything else could send other
 //! nodes' traffic elsewhere.
+//!
+//! A node that joined with a join token is not in the topology: its
+//! services are the token's scope, and its record is one it holds by its
+//! claim (see `registry`), under a name no topology node has, with no
+//! service outside the scope.
 
 use crate::{
     auth,
-    cluster::ClientPolicy,
+    cluster::{ClientPolicy, StoreClient},
     mesh::{
         registry::{self, NodeRecord, RegistryWrite},
         topology::Topology,
@@ -43,9 +48,14 @@ impl Access {
     }
 }
 
-fn refusal(node: &str, verb: &str, namespace: &str) -> String {
+fn refusal(client: &StoreClient, verb: &str, namespace: &str) -> String {
+    let node = &client.node;
+    let whose = match &client.scope {
+        Some(scope) => format!("its join token names {}", scope.join(", ")),
+        None => "see its services in the topology".to_owned(),
+    };
     format!(
-        "node `{node}` may not {verb} namespace `{namespace}`: a store client uses its own services' namespaces only (see its services in the topology)"
+        "node `{node}` may not {verb} namespace `{namespace}`: a store client uses its own services' namespaces only ({whose})"
     )
 }
 
@@ -79,19 +89,22 @@ impl StoreClients {
         self.topology.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn access(&self, client: &str) -> Access {
-        let services: Vec<&str> = self
-            .topology()
-            .nodes
-            .iter()
-            .find(|n| n.name == client)
-            .map(|n| n.selection.services.clone())
-            .unwrap_or_default();
+    fn access(&self, client: &StoreClient) -> Access {
+        let services: Vec<String> = match &client.scope {
+            Some(scope) => scope.clone(),
+            None => self
+                .topology()
+                .nodes
+                .iter()
+                .find(|n| n.name == client.node)
+                .map(|n| n.selection.services.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default(),
+        };
         let accounts = auth::accounts::NAMESPACE;
-        let mut write: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        let mut write = services.clone();
         write.push(registry::NAMESPACE.to_owned());
         write.push(auth::keys::NAMESPACE.to_owned());
-        let read = if services.contains(&accounts) {
+        let read = if services.iter().any(|s| s == accounts) {
             Vec::new()
         } else {
             vec![accounts.to_owned()]
@@ -99,24 +112,36 @@ impl StoreClients {
         Access { write, read }
     }
 
-    /// Whether `client` may make `write` to the registry: its own record or
-    /// a seed, each as the topology gives the node.
-    fn allows(&self, client: &str, write: &RegistryWrite) -> bool {
-        let (record, own) = match write {
-            RegistryWrite::Own(r) => (r, true),
-            RegistryWrite::Seed(r) => (r, false),
-        };
+    /// Whether `client` may make `write` to the registry: a topology node
+    /// its own record or a seed, each as the topology gives the node; a
+    /// joined node its own claimed record, within its scope.
+    fn allows(&self, client: &StoreClient, write: &RegistryWrite) -> bool {
         let topology = self.topology();
-        let Some(node) = topology.find(&record.id) else {
-            return false;
-        };
-        let expected = NodeRecord::from_topology(node, record.healthy);
-        *record == expected && (!own || record.id == client)
+        match (&client.scope, write) {
+            (None, RegistryWrite::Own(record) | RegistryWrite::Seed(record)) => {
+                let own = matches!(write, RegistryWrite::Own(_));
+                let Some(node) = topology.find(&record.id) else {
+                    return false;
+                };
+                NodeRecord::from_topology(node, record.healthy).as_ref() == Some(record)
+                    && (!own || record.id == client.node)
+            }
+            (Some(scope), RegistryWrite::Claimed { record, claim }) => {
+                record.id == client.node
+                    && claim.len() >= 32
+                    && topology.find(&record.id).is_none()
+                    && record.services.iter().all(|s| scope.contains(s))
+            }
+            (Some(_), RegistryWrite::Leave { node, claim }) => {
+                *node == client.node && !claim.is_empty()
+            }
+            _ => false,
+        }
     }
 }
 
 impl ClientPolicy for StoreClients {
-    fn read(&self, client: &str, namespace: &str) -> Result<(), String> {
+    fn read(&self, client: &StoreClient, namespace: &str) -> Result<(), String> {
         if self.access(client).may_read(namespace) {
             Ok(())
         } else {
@@ -124,7 +149,7 @@ impl ClientPolicy for StoreClients {
         }
     }
 
-    fn command(&self, client: &str, command: &Command) -> Result<(), String> {
+    fn command(&self, client: &StoreClient, command: &Command) -> Result<(), String> {
         let access = self.access(client);
         match command {
             Command::Write { namespace, .. } if !access.may_write(namespace) => {
@@ -142,7 +167,8 @@ impl ClientPolicy for StoreClients {
                     Ok(())
                 } else {
                     Err(format!(
-                        "node `{client}` may write only its own registry record, as the topology gives it"
+                        "node `{}` may write only its own registry record, as the topology or its join token gives it",
+                        client.node
                     ))
                 }
             }
@@ -179,6 +205,20 @@ mod tests {
         )
     }
 
+    fn named(node: &str) -> StoreClient {
+        StoreClient {
+            node: node.into(),
+            scope: None,
+        }
+    }
+
+    fn joined(node: &str, scope: &[&str]) -> StoreClient {
+        StoreClient {
+            node: node.into(),
+            scope: Some(scope.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
     fn write(namespace: &str, statements: Vec<Statement>) -> Command {
         Command::Write {
             namespace: namespace.into(),
@@ -200,7 +240,7 @@ mod tests {
     fn a_store_client_writes_only_its_own_record_as_the_topology_gives_it() {
         let p = policy();
         let registry = |w: RegistryWrite| write(registry::NAMESPACE, vec![w.statement()]);
-        let allowed = |w| p.command("kv-1", &registry(w)).is_ok();
+        let allowed = |w| p.command(&named("kv-1"), &registry(w)).is_ok();
         assert!(allowed(RegistryWrite::Own(record(
             "kv-1",
             "127.0.0.1:8011",
@@ -230,24 +270,26 @@ mod tests {
         ))));
         let other_sql = write(
             registry::NAMESPACE,
-            vec![Statement::new("DELETE FROM registry__nodes", vec![])],
+            vec![Statement::new("DELETE FROM registry__records", vec![])],
         );
-        let why = p.command("kv-1", &other_sql).unwrap_err();
+        let why = p.command(&named("kv-1"), &other_sql).unwrap_err();
         assert!(why.contains("only its own registry record"), "{why}");
     }
 
     #[test]
     fn a_store_client_uses_its_own_namespaces_and_reads_the_accounts() {
         let p = policy();
-        assert!(p.command("kv-1", &write("kv", vec![])).is_ok());
-        let why = p.command("kv-1", &write("echo", vec![])).unwrap_err();
+        assert!(p.command(&named("kv-1"), &write("kv", vec![])).is_ok());
+        let why = p
+            .command(&named("kv-1"), &write("echo", vec![]))
+            .unwrap_err();
         assert!(
             why.contains("`kv-1` may not write namespace `echo`"),
             "{why}"
         );
-        assert!(p.read("kv-1", auth::accounts::NAMESPACE).is_ok());
+        assert!(p.read(&named("kv-1"), auth::accounts::NAMESPACE).is_ok());
         assert!(
-            p.command("kv-1", &write(auth::accounts::NAMESPACE, vec![]))
+            p.command(&named("kv-1"), &write(auth::accounts::NAMESPACE, vec![]))
                 .is_err()
         );
         let own_schema = Command::Migrate {
@@ -257,12 +299,64 @@ mod tests {
                 .map(MigrationSpec::from)
                 .collect(),
         };
-        assert!(p.command("kv-1", &own_schema).is_ok());
+        assert!(p.command(&named("kv-1"), &own_schema).is_ok());
         let other_schema = Command::Migrate {
             namespace: auth::accounts::NAMESPACE.into(),
             migrations: vec![],
         };
-        assert!(p.command("kv-1", &other_schema).is_err());
-        assert!(p.read("stranger", "kv").is_err());
+        assert!(p.command(&named("kv-1"), &other_schema).is_err());
+        assert!(p.read(&named("stranger"), "kv").is_err());
+    }
+
+    /// A node that joined with an `echo` token: its own claimed record and
+    /// the echo namespace, nothing of another node, service or the topology.
+    #[test]
+    fn a_joined_node_keeps_to_its_token_and_its_claim() {
+        let p = policy();
+        let me = joined("echo-7f9c", &["echo"]);
+        let claim = "0123456789abcdef0123456789abcdef".to_owned();
+        let registry = |w: RegistryWrite| write(registry::NAMESPACE, vec![w.statement()]);
+        let allowed = |w| p.command(&me, &registry(w)).is_ok();
+        let claimed = |id: &str, services: &[&str], claim: &str| RegistryWrite::Claimed {
+            record: record(id, "10.42.0.7:8080", services, true),
+            claim: claim.into(),
+        };
+        assert!(allowed(claimed("echo-7f9c", &["echo"], &claim)));
+        assert!(allowed(RegistryWrite::Leave {
+            node: "echo-7f9c".into(),
+            claim: claim.clone()
+        }));
+        for refused in [
+            claimed("echo-other", &["echo"], &claim),
+            claimed("echo-7f9c", &["echo", "kv"], &claim),
+            claimed("echo-7f9c", &["echo"], "short"),
+            RegistryWrite::Own(record("echo-7f9c", "10.42.0.7:8080", &["echo"], true)),
+            RegistryWrite::Leave {
+                node: "echo-other".into(),
+                claim: claim.clone(),
+            },
+        ] {
+            assert!(!allowed(refused.clone()), "{refused:?} was allowed");
+        }
+        // A topology node's name is not for a joined node to take.
+        let posing = joined("echo-1", &["echo"]);
+        assert!(
+            p.command(
+                &posing,
+                &registry(RegistryWrite::Claimed {
+                    record: record("echo-1", "127.0.0.1:8021", &["echo"], true),
+                    claim: claim.clone()
+                })
+            )
+            .is_err()
+        );
+        assert!(p.command(&me, &write("echo", vec![])).is_ok());
+        let why = p.command(&me, &write("kv", vec![])).unwrap_err();
+        assert!(why.contains("its join token names echo"), "{why}");
+        assert!(p.read(&me, auth::accounts::NAMESPACE).is_ok());
+        assert!(
+            p.command(&me, &write(auth::accounts::NAMESPACE, vec![]))
+                .is_err()
+        );
     }
 }

@@ -168,10 +168,15 @@ impl Node {
 
         let registry = Registry::single(NodeRecord {
             id: config.node_id.clone(),
-            public: config.listeners.public,
+            public: config.advertise,
             services: config.services.iter().map(|s| s.to_string()).collect(),
             healthy: true,
         });
+        let registry = if config.joined {
+            registry.claimed()
+        } else {
+            registry
+        };
         let xds_clients = crate::xds::clients::Clients::default();
         let readiness = Arc::new(Readiness::new(&config.services));
         let background = TaskTracker::new();
@@ -215,7 +220,7 @@ impl Node {
                 NodeInfo {
                     node_id: config.node_id.clone(),
                     version: env!("CARGO_PKG_VERSION"),
-                    public: config.listeners.public.to_string(),
+                    public: config.advertise.to_string(),
                     admin: config.listeners.admin.to_string(),
                     database: store.path().display().to_string(),
                 },
@@ -309,7 +314,7 @@ impl Node {
             .iter()
             .filter(|_| config.db_role)
             .flat_map(|t| t.all())
-            .map(|n| NodeRecord::from_topology(n, false))
+            .filter_map(|n| NodeRecord::from_topology(n, false))
             .collect();
         when_available(
             "registry",
@@ -327,6 +332,13 @@ impl Node {
         if config.cluster.is_some() {
             background.spawn(refresh_registry(
                 registry.clone(),
+                registry_store.clone(),
+                background_stop.clone(),
+            ));
+        }
+        if config.cluster.is_some() && config.db_role {
+            background.spawn(super::collect_registry(
+                cluster.clone(),
                 registry_store.clone(),
                 background_stop.clone(),
             ));

@@ -156,7 +156,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         command: Command::Write {
             namespace: "registry".into(),
             statements: vec![Statement::new(
-                "UPDATE registry__nodes SET public = '127.0.0.1:1' WHERE node = 'accounts-1'",
+                "UPDATE registry__records SET public = '127.0.0.1:1' WHERE node = 'accounts-1'",
                 vec![],
             )],
             budget: WriteBudget::UNLIMITED,
