@@ -12,6 +12,7 @@ mod grow;
 mod ha;
 mod hostile;
 mod ingress;
+mod k8s;
 mod kv;
 mod lifecycle;
 mod partition;

@@ -16,6 +16,7 @@ mod envoy;
 pub mod linearizability;
 mod netns;
 mod node;
+pub mod pods;
 mod scaled;
 mod wait;
 

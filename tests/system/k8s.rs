@@ -1,0 +1,418 @@
+//! The Kubernetes manifests (`manifests/`), without a Kubernetes cluster:
+//! rendered by kustomize, validated against Kubernetes' schema, and played
+//! on this machine from what they render (see `support::pods`).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::pods::{Play, Rendered, kubernetes_validate};
+
+/// Every container of every workload.
+fn containers(r: &Rendered) -> Vec<(String, Value)> {
+    r.workloads()
+        .flat_map(|w| {
+            let name = w["metadata"]["name"].as_str().unwrap().to_owned();
+            let spec = &w["spec"]["template"]["spec"];
+            spec["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(spec["initContainers"].as_array().into_iter().flatten())
+                .map(move |c| (name.clone(), c.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_manifests_render_validate_strictly_and_keep_to_the_rules() {
+    let r = Rendered::of("manifests");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &r.yaml).unwrap();
+    let out = std::process::Command::new(kubernetes_validate())
+        .args(["--strict", "--quiet", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict refused the rendered manifests:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for o in &r.objects {
+        let kind = o["kind"].as_str().unwrap();
+        if kind != "Namespace" {
+            assert_eq!(
+                o["metadata"]["namespace"], "flotilla",
+                "{kind} outside the namespace"
+            );
+        }
+        assert_ne!(
+            kind, "Secret",
+            "no Secret is committed: scripts/k8s-secrets makes it"
+        );
+    }
+    let db = r.object("StatefulSet", "flotilla-db");
+    assert_eq!(db["spec"]["replicas"], 3);
+    assert_eq!(db["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(db["spec"]["serviceName"], "flotilla-db");
+    assert!(db["spec"]["volumeClaimTemplates"][0]["spec"]["resources"].is_object());
+    assert_eq!(
+        r.object("Service", "flotilla-db")["spec"]["clusterIP"],
+        "None"
+    );
+    assert_eq!(
+        r.object("PodDisruptionBudget", "flotilla-db")["spec"]["maxUnavailable"],
+        1
+    );
+    assert_eq!(
+        r.object("Service", "flotilla-xds")["spec"]["ports"][0]["port"],
+        18000
+    );
+    assert_eq!(
+        r.object("Service", "flotilla-envoy")["spec"]["type"],
+        "LoadBalancer"
+    );
+    for service in ["accounts", "kv", "echo", "envoy", "echo-client"] {
+        r.object("Deployment", service);
+    }
+
+    let pod_security = |w: &Value| w["spec"]["template"]["spec"]["securityContext"].clone();
+    for w in r.workloads() {
+        let name = &w["metadata"]["name"];
+        let sc = pod_security(w);
+        assert_eq!(sc["runAsNonRoot"], true, "{name}");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        let flotilla = w["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("flotilla");
+        assert!(
+            !flotilla
+                || w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                    .as_u64()
+                    .is_some_and(|g| g >= 15),
+            "{name}: the grace period covers deregistration, the drain and requests in flight"
+        );
+    }
+    for (workload, c) in containers(&r) {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{workload}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{workload}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{workload}"
+        );
+        assert!(c["resources"]["requests"].is_object(), "{workload}");
+        assert!(c["resources"]["limits"].is_object(), "{workload}");
+        if c["image"].as_str().unwrap().starts_with("flotilla") {
+            assert_eq!(
+                c["readinessProbe"]["httpGet"]["path"], "/readyz",
+                "{workload}"
+            );
+            assert_eq!(
+                c["livenessProbe"]["httpGet"]["path"], "/healthz",
+                "{workload}"
+            );
+            assert!(c["startupProbe"].is_object(), "{workload}");
+        }
+    }
+    // The front Envoy's bootstrap is what gen-envoy writes (CI checks it
+    // byte for byte with scripts/gen-envoy-examples --check).
+    let envoy = r
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("flotilla-envoy-")
+        })
+        .unwrap();
+    assert!(
+        envoy["data"]["envoy.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("flotilla-xds.flotilla.svc.cluster.local")
+    );
+}
+
+/// Every flotilla pod's config passes `flotilla check-config` in the pod's
+/// sandbox: its env (POD_NAME, POD_IP), its ConfigMap, its Secret items.
+#[tokio::test]
+async fn every_pods_config_passes_check_config_with_the_pods_environment() {
+    let mut play = Play::new();
+    let workloads: Vec<String> = play
+        .rendered
+        .workloads()
+        .filter(|w| {
+            w["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+                .starts_with("flotilla")
+        })
+        .map(|w| w["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(workloads.len(), 4, "{workloads:?}");
+    for workload in workloads {
+        let pod = format!("{workload}-0");
+        let ip = play
+            .start_with(&workload, &pod, |args| {
+                assert_eq!(args[0], "serve");
+                std::iter::once("check-config".to_owned())
+                    .chain(args[1..].iter().cloned())
+                    .collect()
+            })
+            .ip;
+        let (status, log) = play.exited(&pod, Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "check-config of {workload} failed:\n{log}"
+        );
+        assert!(log.contains(&format!("node.id: {pod}")), "{log}");
+        assert!(
+            log.contains(&format!("others reach it at {ip}:8080")),
+            "{log}"
+        );
+    }
+}
+
+/// What one request through Envoy saw.
+struct Seen {
+    at: Instant,
+    node: Option<String>,
+}
+
+/// The whole deployment played from the manifests: three db members
+/// started in reverse order, the services joining with their tokens, a
+/// real Envoy on the ConfigMap's bootstrap fed over ADS, and the proxyless
+/// client; then echo scales 2 → 5 → 1 under steady load, and a db member
+/// is lost and comes back on its volume under a new IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
+    let mut play = Play::new();
+    play.route_xds_to("flotilla-db-0");
+    for i in (0..3).rev() {
+        play.start("flotilla-db", &format!("flotilla-db-{i}"));
+    }
+    for i in 0..3 {
+        play.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
+            .await;
+    }
+    play.route_xds_to("flotilla-db-0");
+    let mut echo_pods = Vec::new();
+    for (workload, replicas) in [("accounts", 1), ("kv", 1), ("echo", 2)] {
+        for i in 0..replicas {
+            let name = format!("{workload}-5d8f-{i}");
+            play.start(workload, &name);
+            if workload == "echo" {
+                echo_pods.push(name);
+            }
+        }
+    }
+    for name in play.pods.keys().cloned().collect::<Vec<_>>() {
+        play.wait_ready(&name, Duration::from_secs(60)).await;
+    }
+    let envoy_ip = play.start("envoy", "envoy-7c9d-0").ip;
+    play.wait_ready("envoy-7c9d-0", Duration::from_secs(60))
+        .await;
+    let url = format!("http://{envoy_ip}:10000/api/echo");
+    crate::support::wait_until("echo through Envoy", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let r = crate::support::http()
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(r.status().to_string())
+            }
+        }
+    })
+    .await;
+    play.start("echo-client", "echo-client-6b7f-0");
+
+    // Steady load through Envoy: four callers, each call recorded.
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let (seen, failures, stop, url) =
+            (seen.clone(), failures.clone(), stop.clone(), url.clone());
+        callers.push(tokio::spawn(async move {
+            let http = crate::support::http();
+            while !stop.is_cancelled() {
+                match http.get(&url).timeout(Duration::from_secs(10)).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        let at = Instant::now();
+                        seen.lock().unwrap().push(Seen {
+                            at,
+                            node: body["node"].as_str().map(str::to_owned),
+                        });
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        failures.lock().unwrap().push(format!("{status}: {body}"));
+                    }
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Scale up 2 → 5.
+    let mut ready_at: BTreeMap<String, Instant> = BTreeMap::new();
+    for i in 2..5 {
+        let name = format!("echo-5d8f-{i}");
+        play.start("echo", &name);
+        echo_pods.push(name);
+    }
+    for name in &echo_pods[2..] {
+        let at = play.wait_ready(name, Duration::from_secs(60)).await;
+        ready_at.insert(name.clone(), at);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Scale down 5 → 1: the kubelet terminates four pods at once.
+    let exited_at = play.terminate_all(&echo_pods[..4]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A db member lost with its node, back on its volume under a new IP.
+    play.kill("flotilla-db-2");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    play.start("flotilla-db", "flotilla-db-2");
+    play.wait_ready("flotilla-db-2", Duration::from_secs(60))
+        .await;
+    let db2 = play.pods["flotilla-db-2"].ip;
+    crate::support::wait_until(
+        "flotilla-db-2 follows the leader again",
+        Duration::from_secs(30),
+        || async move {
+            let s: Value = crate::support::http()
+                .get(format!("http://{db2}:8081/status"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let leader = &s["cluster"]["leader"];
+            if leader.is_u64() {
+                Ok(())
+            } else {
+                Err(format!("no leader yet: {s}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    for c in callers {
+        c.await.unwrap();
+    }
+
+    let client_log = std::fs::read_to_string(&play.pods["echo-client-6b7f-0"].log).unwrap();
+    play.kill("echo-client-6b7f-0");
+
+    let failures = failures.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    let mut by_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in seen.iter() {
+        *by_node.entry(s.node.as_deref().unwrap_or("?")).or_default() += 1;
+    }
+    eprintln!(
+        "requests through Envoy by pod: {by_node:?}; failed: {}",
+        failures.len()
+    );
+    for (name, ready) in &ready_at {
+        let first = seen
+            .iter()
+            .filter(|s| s.node.as_deref() == Some(name))
+            .map(|s| s.at)
+            .min();
+        eprintln!(
+            "{name}: first answer {:?} after ready",
+            first.map(|f| f.saturating_duration_since(*ready))
+        );
+    }
+    for (name, exited) in &exited_at {
+        let last = seen
+            .iter()
+            .filter(|s| s.node.as_deref() == Some(name))
+            .map(|s| s.at)
+            .max();
+        eprintln!(
+            "{name}: last answer {:?} before it exited",
+            last.map(|l| exited.saturating_duration_since(l))
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests through Envoy failed during the scaling: {:?}",
+        failures.len(),
+        failures.len() + seen.len(),
+        &failures[..failures.len().min(5)]
+    );
+    for (name, ready) in &ready_at {
+        let first = seen
+            .iter()
+            .filter(|s| s.node.as_deref() == Some(name))
+            .map(|s| s.at)
+            .min()
+            .unwrap_or_else(|| panic!("{name} never answered through Envoy"));
+        let after = first.saturating_duration_since(*ready);
+        assert!(
+            after < Duration::from_secs(1),
+            "{name} answered through Envoy {after:?} after it was ready"
+        );
+    }
+    for (name, exited) in &exited_at {
+        let last = seen
+            .iter()
+            .filter(|s| s.node.as_deref() == Some(name))
+            .map(|s| s.at)
+            .max();
+        assert!(
+            last.is_none_or(|l| l < *exited),
+            "a request reached {name} after it exited"
+        );
+    }
+    // The proxyless client followed the same scaling, without a failure.
+    let lines: Vec<Value> = client_log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v.get("nodes").is_some())
+        .collect();
+    let answered: std::collections::BTreeSet<String> = lines
+        .iter()
+        .flat_map(|l| l["nodes"].as_object().unwrap().keys().cloned())
+        .collect();
+    for name in &echo_pods {
+        assert!(
+            answered.contains(name),
+            "the proxyless client never reached {name}: {answered:?}\n{client_log}"
+        );
+    }
+    assert_eq!(
+        lines.last().map(|l| l["failed"].clone()),
+        Some(Value::from(0)),
+        "{client_log}"
+    );
+}
