@@ -405,18 +405,49 @@ impl Play {
                 .collect(),
         ));
 
-        let mut script = String::from("set -e\n");
+        // The program is opened before the volumes are mounted, and the
+        // volumes over a directory that holds other sources (an emptyDir on
+        // /tmp, where this checkout may be) are mounted last, so that no
+        // mount hides what the pod runs or another mount's source.
+        let hides = |target: &str| {
+            let prefix = format!("{}/", target.trim_end_matches('/'));
+            command[0].starts_with(&prefix)
+                || mounts
+                    .iter()
+                    .any(|(s, _)| s.display().to_string().starts_with(&prefix))
+        };
+        let mut order: Vec<(bool, usize)> = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (hides(t), i))
+            .collect();
+        order.sort();
+        let hidden = mounts
+            .iter()
+            .any(|(_, t)| command[0].starts_with(&format!("{}/", t.trim_end_matches('/'))));
+        // A program a mount would hide runs from the descriptor opened
+        // before (a venv's Python must keep its path, and is never hidden).
+        let mut script = String::from(if hidden {
+            "set -e\nexec 3<\"$1\"\nshift\n"
+        } else {
+            "set -e\n"
+        });
         script.push_str(&format!(
             "mount --bind {} /etc/hosts\n",
             self.hosts.display()
         ));
-        for (source, target) in &mounts {
+        for (_, i) in order {
+            let (source, target) = &mounts[i];
             script.push_str(&format!(
                 "mkdir -p {target} && mount --bind {} {target}\n",
                 source.display()
             ));
         }
-        script.push_str("exec \"$@\"\n");
+        script.push_str(if hidden {
+            "exec /proc/self/fd/3 \"$@\"\n"
+        } else {
+            "exec \"$@\"\n"
+        });
         std::fs::create_dir_all(&pod_dir).unwrap();
         let log = pod_dir.join(format!("{}.log", ip.octets()[3]));
         let out = std::fs::File::create(&log).unwrap();
