@@ -5,7 +5,9 @@ no Envoy in the path, spreading the calls over the echo pods.
 Usage: echo_client.py [SECONDS] [INTERVAL]. Calls every INTERVAL seconds
 (default 0.05) for SECONDS (default: until stopped) and prints, once a
 second, one JSON line: the calls each echo pod answered in that second and
-the calls that failed. The messages are encoded by hand (field 1 = message;
+the calls that failed.
+Or: echo_client.py --calls N. Makes N calls in a row and prints one JSON
+object: how many each node answered (the system tests use it). The messages are encoded by hand (field 1 = message;
 reply field 2 = node), so no generated stubs are needed.
 """
 import json
@@ -38,16 +40,33 @@ def fields(data: bytes) -> dict:
     return out
 
 
+def echo_method(channel):
+    return channel.unary_unary(
+        "/flotilla.echo.v1.Echo/Echo",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+
+
+def count(calls: int) -> None:
+    with grpc.insecure_channel("xds:///echo") as channel:
+        echo = echo_method(channel)
+        nodes = {}
+        for i in range(calls):
+            reply = fields(echo(encode(f"call-{i}"), timeout=20, wait_for_ready=True))
+            nodes[reply.get(2, "")] = nodes.get(reply.get(2, ""), 0) + 1
+    print(json.dumps(nodes))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--calls":
+        count(int(sys.argv[2]))
+        return
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
     start = time.monotonic()
     with grpc.insecure_channel("xds:///echo") as channel:
-        echo = channel.unary_unary(
-            "/flotilla.echo.v1.Echo/Echo",
-            request_serializer=lambda b: b,
-            response_deserializer=lambda b: b,
-        )
+        echo = echo_method(channel)
         window, second, failed, i = {}, int(start), 0, 0
         while time.monotonic() - start < seconds:
             i += 1

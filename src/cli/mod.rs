@@ -572,12 +572,12 @@ fn join_token(
         },
         (None, None) => unreachable!("clap requires --config or --secret-file"),
     };
-    let mut scope: Vec<String> = catalogue
+    // In catalogue order, each once: one set of services, one token.
+    let scope: Vec<String> = catalogue
         .names()
         .filter(|n| services.iter().any(|s| s == n))
         .map(str::to_owned)
         .collect();
-    scope.dedup();
     println!("{}", crate::cluster::join_token(&secret, &scope));
     ExitCode::SUCCESS
 }

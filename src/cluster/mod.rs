@@ -192,6 +192,14 @@ openraft::declare_raft_types!(
         SnapshotData = tokio::fs::File,
 );
 
+/// `bytes` random bytes in hex: group ids, claims, tokens.
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The cluster this node takes part in, if any: set at start, or later
 /// when a running single node forms a group (`flotilla cluster init`).
 #[derive(Clone, Default)]

@@ -54,9 +54,7 @@ pub fn no_log() -> LogFacts {
 
 /// A new group id: 128 random bits in hex.
 pub fn new_group_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    super::random_hex(16)
 }
 
 fn log_id(bytes: &[u8]) -> Option<LogId<u64>> {

@@ -12,12 +12,6 @@ pub(super) fn parse_cluster(
     public: Option<SocketAddr>,
     peer: Option<SocketAddr>,
 ) -> Option<(ClusterSettings, Topology)> {
-    if raw.join_token.is_some() && raw.join_token_file.is_some() {
-        problems.add(
-            "cluster.join_token",
-            "set either cluster.join_token or cluster.join_token_file, not both",
-        );
-    }
     let join_token = match (raw.join_token.clone(), raw.join_token_file.clone()) {
         (None, None) => None,
         (token, file) => read_secret(problems, "cluster.join_token", token, file),

@@ -32,15 +32,26 @@ const SECRET_FIELDS: &[&str] = &[
     "auth.secret",
 ];
 
-/// Interpolates every string value of `doc` from `env`; returns what was
-/// substituted, or every unset variable and malformed reference.
+/// Interpolates every string value under the top-level keys `sections` of
+/// `doc` from `env` (any other key is left for the reader to refuse as
+/// unknown); returns what was substituted, or every unset variable and
+/// malformed reference.
 pub fn interpolate(
     doc: &mut Value,
     env: &dyn Fn(&str) -> Option<String>,
+    sections: &[&str],
 ) -> Result<Vec<Substitution>, Vec<Problem>> {
     let mut done = Vec::new();
     let mut problems = Vec::new();
-    walk(doc, String::new(), env, &mut done, &mut problems);
+    if let Value::Mapping(top) = doc {
+        for (key, value) in top.iter_mut() {
+            if let Value::String(name) = key
+                && sections.contains(&name.as_str())
+            {
+                walk(value, name.clone(), env, &mut done, &mut problems);
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(done)
     } else {
@@ -178,7 +189,8 @@ mod tests {
 
     fn run(yaml: &str) -> Result<(Value, Vec<Substitution>), Vec<Problem>> {
         let mut doc: Value = serde_yaml_ng::from_str(yaml).unwrap();
-        interpolate(&mut doc, &env).map(|s| (doc, s))
+        let sections = ["node", "services", "advertise", "limits", "cluster", "note"];
+        interpolate(&mut doc, &env, &sections).map(|s| (doc, s))
     }
 
     #[test]
@@ -202,6 +214,13 @@ mod tests {
                 .any(|s| s.field == "advertise.public"
                     && s.value.as_deref() == Some("10.42.0.7:8080"))
         );
+    }
+
+    #[test]
+    fn keys_outside_the_sections_are_left_for_the_reader_to_refuse() {
+        let (doc, subs) = run("nosuch: '${NOPE'\n").unwrap();
+        assert_eq!(doc["nosuch"], Value::from("${NOPE"));
+        assert!(subs.is_empty());
     }
 
     #[test]

@@ -203,7 +203,7 @@ impl Config {
         };
         let mut doc: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| fail(yaml_problem(e)))?;
-        let substitutions = interpolate::interpolate(&mut doc, env).map_err(fail)?;
+        let substitutions = interpolate::interpolate(&mut doc, env, SECTIONS).map_err(fail)?;
         // Without substitutions the text is read as written, so that a
         // problem of shape names its line.
         let raw: RawConfig = if substitutions.is_empty() {
@@ -456,10 +456,9 @@ impl Config {
                 )
             })
             .unzip();
-        let joined = cluster
+        let joined = topology
             .as_ref()
-            .zip(topology.as_ref())
-            .is_some_and(|(_, t): (&ClusterSettings, &Topology)| t.find(&node_id).is_none());
+            .is_some_and(|t: &Topology| t.find(&node_id).is_none());
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -1047,18 +1046,6 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-
-        const SECTIONS: &[&str] = &[
-            "node",
-            "services",
-            "listeners",
-            "data_dir",
-            "limits",
-            "log",
-            "auth",
-            "cluster",
-            "xds",
-        ];
 
         /// Whether a problem names where it is: a config field under a
         /// known section, the line and column of a YAML shape error, or a

@@ -3,6 +3,20 @@
 
 use serde::Deserialize;
 
+/// The top-level keys of a config, as `RawConfig` names them.
+pub(super) const SECTIONS: &[&str] = &[
+    "node",
+    "services",
+    "listeners",
+    "advertise",
+    "data_dir",
+    "limits",
+    "log",
+    "auth",
+    "cluster",
+    "xds",
+];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {

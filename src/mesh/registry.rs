@@ -115,9 +115,7 @@ impl Registry {
     /// This node holds its record by a fresh random claim: it joined with a
     /// token and is not in the topology.
     pub fn claimed(self) -> Registry {
-        let claim: String = (0..16)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let claim = crate::cluster::random_hex(16);
         Registry {
             claim: Some(Arc::from(claim)),
             ..self

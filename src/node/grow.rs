@@ -36,11 +36,8 @@ pub const CONTROL_TOKEN_FILE: &str = "control.token";
 /// Writes a new control token into `data_dir`, readable by the node's user
 /// only, and returns it.
 pub fn write_control_token(data_dir: &Path) -> Result<Arc<str>, std::io::Error> {
-    use rand::RngCore;
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = crate::cluster::random_hex(32);
     let path = data_dir.join(CONTROL_TOKEN_FILE);
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()

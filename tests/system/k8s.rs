@@ -333,36 +333,19 @@ async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
 
     let failures = failures.lock().unwrap();
     let seen = seen.lock().unwrap();
-    let mut by_node: BTreeMap<&str, usize> = BTreeMap::new();
+    // Each pod's first and last answer through Envoy, and how many.
+    let mut answers: BTreeMap<&str, (Instant, Instant, usize)> = BTreeMap::new();
     for s in seen.iter() {
-        *by_node.entry(s.node.as_deref().unwrap_or("?")).or_default() += 1;
+        let a = answers
+            .entry(s.node.as_deref().unwrap_or("?"))
+            .or_insert((s.at, s.at, 0));
+        *a = (a.0.min(s.at), a.1.max(s.at), a.2 + 1);
     }
     eprintln!(
-        "requests through Envoy by pod: {by_node:?}; failed: {}",
+        "requests through Envoy by pod: {:?}; failed: {}",
+        answers.iter().map(|(n, a)| (n, a.2)).collect::<Vec<_>>(),
         failures.len()
     );
-    for (name, ready) in &ready_at {
-        let first = seen
-            .iter()
-            .filter(|s| s.node.as_deref() == Some(name))
-            .map(|s| s.at)
-            .min();
-        eprintln!(
-            "{name}: first answer {:?} after ready",
-            first.map(|f| f.saturating_duration_since(*ready))
-        );
-    }
-    for (name, exited) in &exited_at {
-        let last = seen
-            .iter()
-            .filter(|s| s.node.as_deref() == Some(name))
-            .map(|s| s.at)
-            .max();
-        eprintln!(
-            "{name}: last answer {:?} before it exited",
-            last.map(|l| exited.saturating_duration_since(l))
-        );
-    }
     assert!(
         failures.is_empty(),
         "{} of {} requests through Envoy failed during the scaling: {:?}",
@@ -371,24 +354,22 @@ async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
         &failures[..failures.len().min(5)]
     );
     for (name, ready) in &ready_at {
-        let first = seen
-            .iter()
-            .filter(|s| s.node.as_deref() == Some(name))
-            .map(|s| s.at)
-            .min()
+        let (first, _, _) = answers
+            .get(name.as_str())
             .unwrap_or_else(|| panic!("{name} never answered through Envoy"));
         let after = first.saturating_duration_since(*ready);
+        eprintln!("{name}: first answer {after:?} after it was ready");
         assert!(
             after < Duration::from_secs(1),
             "{name} answered through Envoy {after:?} after it was ready"
         );
     }
     for (name, exited) in &exited_at {
-        let last = seen
-            .iter()
-            .filter(|s| s.node.as_deref() == Some(name))
-            .map(|s| s.at)
-            .max();
+        let last = answers.get(name.as_str()).map(|a| a.1);
+        eprintln!(
+            "{name}: last answer {:?} before it exited",
+            last.map(|l| exited.saturating_duration_since(l))
+        );
         assert!(
             last.is_none_or(|l| l < *exited),
             "a request reached {name} after it exited"

@@ -200,12 +200,12 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
     )
     .unwrap();
     let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/system/proxyless_echo.py");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/client/echo_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(grpc_python())
             .arg(script)
-            .arg("30")
+            .args(["--calls", "30"])
             .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
             .kill_on_drop(true)
             .output(),

@@ -409,22 +409,12 @@ impl Play {
         // volumes over a directory that holds other sources (an emptyDir on
         // /tmp, where this checkout may be) are mounted last, so that no
         // mount hides what the pod runs or another mount's source.
-        let hides = |target: &str| {
-            let prefix = format!("{}/", target.trim_end_matches('/'));
-            command[0].starts_with(&prefix)
-                || mounts
-                    .iter()
-                    .any(|(s, _)| s.display().to_string().starts_with(&prefix))
-        };
-        let mut order: Vec<(bool, usize)> = mounts
-            .iter()
-            .enumerate()
-            .map(|(i, (_, t))| (hides(t), i))
-            .collect();
-        order.sort();
-        let hidden = mounts
-            .iter()
-            .any(|(_, t)| command[0].starts_with(&format!("{}/", t.trim_end_matches('/'))));
+        let program = PathBuf::from(&command[0]);
+        let sources: Vec<PathBuf> = mounts.iter().map(|(s, _)| s.clone()).collect();
+        mounts.sort_by_key(|(_, target)| {
+            program.starts_with(target) || sources.iter().any(|s| s.starts_with(target))
+        });
+        let hidden = mounts.iter().any(|(_, t)| program.starts_with(t));
         // A program a mount would hide runs from the descriptor opened
         // before (a venv's Python must keep its path, and is never hidden).
         let mut script = String::from(if hidden {
@@ -436,8 +426,7 @@ impl Play {
             "mount --bind {} /etc/hosts\n",
             self.hosts.display()
         ));
-        for (_, i) in order {
-            let (source, target) = &mounts[i];
+        for (source, target) in &mounts {
             script.push_str(&format!(
                 "mkdir -p {target} && mount --bind {} {target}\n",
                 source.display()
