@@ -33,7 +33,7 @@ up() {
   fi
   k3d image import --cluster "$cluster" flotilla:dev
   echo "== the secrets (generated here, never committed)"
-  kubectl apply -f manifests/namespace.yaml
+  kubectl apply -f manifests/base/namespace.yaml
   if ! kubectl -n "$ns" get secret flotilla-secrets >/dev/null 2>&1; then
     secrets=$(mktemp -d)
     trap 'rm -rf "$secrets"' EXIT

@@ -4,7 +4,8 @@
 //! - `ha` and `scaled`: the topology's nodes; each service's cluster holds
 //!   the nodes that run it (all members in ha).
 //! - `k3d`: no fixed resources, an ADS bootstrap pointing at the xDS
-//!   service; the xDS server sends the same resources, kept current.
+//!   service; the xDS server sends the same resources, kept current. With
+//!   `--sidecar`, an Envoy beside one pod's flotilla (`xds::sidecar`).
 //!
 //! The resources come from `xds::resources`, like the xDS server's, read
 //! from the routing table and a registry seeded from the topology.
@@ -17,7 +18,7 @@ use crate::{
     config::Config,
     mesh::registry::{NodeRecord, Registry},
     mesh::topology::Topology,
-    xds::{bootstrap, resources},
+    xds::{bootstrap, resources, sidecar},
 };
 
 /// Where a static Envoy listens for the public ingress unless told.
@@ -61,6 +62,23 @@ pub struct Request {
     /// Envoy's node id.
     #[arg(long, default_value = "flotilla-envoy")]
     pub node_id: String,
+    /// A sidecar's bootstrap (--mode k3d): an Envoy beside one pod's
+    /// flotilla, given an inbound listener on the pod's address and an
+    /// outbound one on loopback. Run it with `--service-node $(POD_NAME)`
+    /// and the pod's address in its node metadata (see the file's header).
+    #[arg(long)]
+    pub sidecar: bool,
+    /// Where the pod is reached, the port its flotilla advertises (--sidecar;
+    /// default 8080).
+    #[arg(long)]
+    pub inbound_port: Option<u16>,
+    /// Where the pod's flotilla listens on loopback (--sidecar; default 8090).
+    #[arg(long)]
+    pub local_port: Option<u16>,
+    /// Where the pod's own calls to any service go, on loopback (--sidecar;
+    /// default 15001).
+    #[arg(long)]
+    pub outbound_port: Option<u16>,
 }
 
 /// The bootstrap YAML, or what is wrong with the request or its inputs.
@@ -88,6 +106,11 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
             unused("topology", request.topology.is_some())?;
             // The ingress listener comes over ADS (`xds.ingress_listener`).
             unused("listen", request.listen.is_some())?;
+            if !request.sidecar {
+                unused("inbound-port", request.inbound_port.is_some())?;
+                unused("local-port", request.local_port.is_some())?;
+                unused("outbound-port", request.outbound_port.is_some())?;
+            }
             let (host, port) = request
                 .xds
                 .rsplit_once(':')
@@ -99,7 +122,35 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
                         request.xds
                     )
                 })?;
-            bootstrap::ads(&request.node_id, request.admin, host, port, request.delta)
+            let mut bootstrap =
+                bootstrap::ads(&request.node_id, request.admin, host, port, request.delta);
+            if request.sidecar {
+                let ports = [
+                    request
+                        .inbound_port
+                        .unwrap_or(sidecar::DEFAULT_INBOUND_PORT),
+                    request.local_port.unwrap_or(sidecar::DEFAULT_LOCAL_PORT),
+                    request
+                        .outbound_port
+                        .unwrap_or(sidecar::DEFAULT_OUTBOUND_PORT),
+                ];
+                if ports.contains(&0) || ports[1] == ports[2] || ports[1] == ports[0] {
+                    return Err(format!(
+                        "--inbound-port {}, --local-port {}, --outbound-port {}: a sidecar needs three ports other than 0, and its flotilla's local port apart from the other two",
+                        ports[0], ports[1], ports[2]
+                    ));
+                }
+                if let Some(node) = bootstrap.node.as_mut() {
+                    node.metadata = Some(sidecar::metadata(ports[0], ports[1], ports[2]));
+                }
+            }
+            bootstrap
+        }
+        _ if !matches!(request.mode, Mode::K3d) && request.sidecar => {
+            return Err(format!(
+                "--sidecar is for --mode k3d: in --mode {} Envoy has fixed resources and no xDS server to give a sidecar its listeners",
+                mode_name(request.mode)
+            ));
         }
         Mode::Single => {
             unused("topology", request.topology.is_some())?;
@@ -156,10 +207,16 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
             fixed(request, table, records)?
         }
     };
-    let header = format!(
+    let mut header = format!(
         "# Envoy bootstrap for flotilla's {} mode, written by `flotilla gen-envoy`.\n# Regenerate it rather than editing it.\n",
         mode_name(request.mode)
     );
+    if request.sidecar {
+        header.push_str(&format!(
+            "# An Envoy sidecar: run it with --service-node $(POD_NAME) and the pod's\n# address in its metadata, --config-yaml '{{\"node\": {{\"metadata\": {{\"{}\": \"$(POD_IP)\"}}}}}}'.\n",
+            sidecar::POD_IP
+        ));
+    }
     Ok(header + &bootstrap::to_yaml(&bootstrap))
 }
 

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::sotw::TypeStatus;
+use super::{sidecar::Sidecar, sotw::TypeStatus};
 
 /// One connected stream.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -34,6 +34,8 @@ pub struct ClientView {
     /// `sotw` or `delta`.
     pub variant: &'static str,
     pub node_id: String,
+    /// An Envoy sidecar: its pod, inbound and outbound listeners.
+    pub sidecar: Option<Sidecar>,
     pub types: Vec<TypeView>,
     pub nacks: u64,
 }
@@ -79,6 +81,7 @@ impl Clients {
             stream: id,
             variant,
             node_id: String::new(),
+            sidecar: None,
             types: Vec::new(),
             nacks: 0,
         };
@@ -151,6 +154,7 @@ impl Entry {
         if stored.is_none() {
             *stored = node.cloned();
             view.node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+            view.sidecar = node.and_then(|n| Sidecar::of(n).ok().flatten());
         }
         let before: BTreeMap<String, Option<String>> = view
             .types

@@ -14,6 +14,7 @@ pub mod clients;
 pub mod delta;
 pub mod resources;
 pub mod server;
+pub mod sidecar;
 pub mod sotw;
 
 #[cfg(test)]
@@ -113,6 +114,9 @@ pub fn version<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) -> St
 #[derive(Debug, Default, PartialEq)]
 pub struct Snapshot {
     types: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+    /// The ingress's route configuration, built even when this server has
+    /// no ingress listener: sidecars' outbound listeners use it.
+    routes: Option<Arc<Resource>>,
 }
 
 impl Snapshot {
@@ -120,6 +124,13 @@ impl Snapshot {
     /// `ingress` if given.
     pub fn build(services: &[ServiceView], ingress: Option<SocketAddr>) -> Snapshot {
         let mut s = Snapshot::default();
+        let mut routes = Resource::new(
+            resources::INGRESS_ROUTES.into(),
+            resources::ingress_routes(services),
+            true,
+        );
+        Arc::get_mut(&mut routes).expect("just built").clusters =
+            services.iter().map(|s| s.name.clone()).collect();
         if let Some(addr) = ingress {
             s.insert(
                 LISTENER,
@@ -129,15 +140,9 @@ impl Snapshot {
                     true,
                 ),
             );
-            let mut routes = Resource::new(
-                resources::INGRESS_ROUTES.into(),
-                resources::ingress_routes(services),
-                true,
-            );
-            Arc::get_mut(&mut routes).expect("just built").clusters =
-                services.iter().map(|s| s.name.clone()).collect();
-            s.insert(ROUTE, routes);
+            s.insert(ROUTE, routes.clone());
         }
+        s.routes = Some(routes);
         for service in services {
             let name = &service.name;
             s.insert(

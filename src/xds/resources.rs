@@ -12,6 +12,9 @@
 //!   active health checks of the public `/healthz` and outlier detection;
 //!   endpoints from the registry (EDS over ADS, or inline for static
 //!   configs).
+//! - For an Envoy sidecar (`xds::sidecar`): an outbound listener on loopback
+//!   with the ingress's routes, an inbound listener on the pod's address,
+//!   and a cluster of the pod's own flotilla on loopback.
 //! - For proxyless gRPC clients dialing `xds:///<service>`: a listener named
 //!   `<service>` holding an API listener whose routes send everything to the
 //!   service's cluster.
@@ -74,8 +77,15 @@ use crate::{
 
 /// The ingress listener's name.
 pub const INGRESS_LISTENER: &str = "flotilla-ingress";
-/// The ingress listener's route configuration.
+/// The ingress listener's route configuration (a sidecar's outbound
+/// listener's too).
 pub const INGRESS_ROUTES: &str = "flotilla-ingress-routes";
+/// A sidecar's listener for calls out of its pod, on loopback.
+pub const OUTBOUND_LISTENER: &str = "flotilla-outbound";
+/// A sidecar's listener for calls into its pod, on the pod's address.
+pub const INBOUND_LISTENER: &str = "flotilla-inbound";
+/// A sidecar's cluster of its pod's own flotilla, on loopback.
+pub const LOCAL_CLUSTER: &str = "flotilla-local";
 
 /// One service as the resources see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,27 +196,82 @@ fn connection_manager(
 
 /// The public ingress listener on `addr`, its routes over ADS.
 pub fn ingress_listener(addr: SocketAddr) -> Listener {
-    listener_with(addr, rds(INGRESS_ROUTES))
+    listener_with(INGRESS_LISTENER, "ingress", addr, rds(INGRESS_ROUTES))
+}
+
+/// A sidecar's outbound listener on `addr` (loopback): the ingress's
+/// routes over ADS, so a call from the pod to any service takes the same
+/// routes, retries and outlier policy as one through the front Envoy.
+pub fn outbound_listener(addr: SocketAddr) -> Listener {
+    listener_with(OUTBOUND_LISTENER, "outbound", addr, rds(INGRESS_ROUTES))
+}
+
+/// A sidecar's inbound listener on the pod's address: everything to the
+/// pod's own flotilla (`LOCAL_CLUSTER`), once, with no timeout of its own
+/// (the caller's route holds the retry and timeout policy, and streams
+/// last as long as they need).
+pub fn inbound_listener(addr: SocketAddr) -> Listener {
+    let route = Route {
+        name: "local".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(LOCAL_CLUSTER.into())),
+            timeout: Some(duration(Duration::ZERO)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: "flotilla-inbound-routes".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "local".into(),
+            domains: vec!["*".into()],
+            routes: vec![route],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    listener_with(
+        INBOUND_LISTENER,
+        "inbound",
+        addr,
+        http_connection_manager::RouteSpecifier::RouteConfig(routes),
+    )
+}
+
+/// A sidecar's cluster of its own pod's flotilla, on loopback `port`.
+pub fn local_cluster(port: u16) -> Cluster {
+    http2_cluster(LOCAL_CLUSTER, &[("127.0.0.1".to_owned(), port)])
 }
 
 /// The public ingress listener on `addr` with `routes` inline (static
 /// configurations).
 pub fn static_ingress_listener(addr: SocketAddr, routes: RouteConfiguration) -> Listener {
     listener_with(
+        INGRESS_LISTENER,
+        "ingress",
         addr,
         http_connection_manager::RouteSpecifier::RouteConfig(routes),
     )
 }
 
-fn listener_with(addr: SocketAddr, routes: http_connection_manager::RouteSpecifier) -> Listener {
+fn listener_with(
+    name: &str,
+    stat_prefix: &str,
+    addr: SocketAddr,
+    routes: http_connection_manager::RouteSpecifier,
+) -> Listener {
     Listener {
-        name: INGRESS_LISTENER.into(),
+        name: name.into(),
         address: Some(socket_address(addr)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(
-                    connection_manager("ingress", routes),
+                    connection_manager(stat_prefix, routes),
                 ))),
             }],
             ..Default::default()

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::{Outgoing, Snapshot, clients, delta, resources, sotw};
+use super::{Outgoing, Snapshot, clients, delta, resources, sidecar, sotw};
 use crate::{catalogue::routing::RoutingTable, mesh::registry::Registry};
 
 /// Responses queued for one stream before its task waits for the client.
@@ -120,6 +120,7 @@ trait Protocol: Default + Send + 'static {
     type Response: super::Wire + Send + 'static;
     const VARIANT: &'static str;
     fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    fn request_node(r: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn status(&self) -> Vec<sotw::TypeStatus>;
     fn on_request(&mut self, r: Self::Request, snap: &Snapshot) -> Vec<Outgoing<Self::Response>>;
     fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Outgoing<Self::Response>>;
@@ -134,6 +135,11 @@ impl Protocol for sotw::Stream {
     const VARIANT: &'static str = "sotw";
     fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         sotw::Stream::node(self)
+    }
+    fn request_node(
+        r: &DiscoveryRequest,
+    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        r.node.as_ref()
     }
     fn status(&self) -> Vec<sotw::TypeStatus> {
         sotw::Stream::status(self)
@@ -162,6 +168,11 @@ impl Protocol for delta::Stream {
     const VARIANT: &'static str = "delta";
     fn node(&self) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         delta::Stream::node(self)
+    }
+    fn request_node(
+        r: &DeltaDiscoveryRequest,
+    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        r.node.as_ref()
     }
     fn status(&self) -> Vec<sotw::TypeStatus> {
         delta::Stream::status(self)
@@ -197,6 +208,9 @@ async fn run_stream<P: Protocol>(
     P::Request: prost::Message + Default,
 {
     let mut stream = P::default();
+    // What the stream serves: the shared snapshot, or a sidecar's view of
+    // it, decided by the node of the first request that names one.
+    let mut view: Option<sidecar::View> = None;
     snapshots.mark_unchanged();
     loop {
         let responses = tokio::select! {
@@ -204,7 +218,22 @@ async fn run_stream<P: Protocol>(
                 Ok(Some(request)) => {
                     let (type_url, nonce, nack) = P::describe(&request);
                     tracing::debug!(%type_url, %nonce, nack, "ads request");
-                    let snap = snapshots.borrow().clone();
+                    if view.is_none() && let Some(node) = P::request_node(&request) {
+                        match sidecar::Sidecar::of(node) {
+                            Ok(Some(s)) => {
+                                tracing::info!(pod = %s.pod, inbound = %s.inbound, "an Envoy sidecar connected");
+                                view = Some(sidecar::View::sidecar(s));
+                            }
+                            Ok(None) => view = Some(sidecar::View::default()),
+                            Err(e) => {
+                                tracing::warn!(node = %node.id, error = %e, "ads stream refused");
+                                let _ = out.send(Err(Status::invalid_argument(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                    let shared = snapshots.borrow().clone();
+                    let snap = view.get_or_insert_default().of(&shared);
                     let responses = stream.on_request(request, &snap);
                     client.update(stream.node(), stream.status());
                     responses
@@ -222,7 +251,8 @@ async fn run_stream<P: Protocol>(
                 if changed.is_err() {
                     return;
                 }
-                let snap = snapshots.borrow_and_update().clone();
+                let shared = snapshots.borrow_and_update().clone();
+                let snap = view.get_or_insert_default().of(&shared);
                 stream.on_snapshot(&snap)
             }
         };

@@ -29,11 +29,12 @@ fn containers(r: &Rendered) -> Vec<(String, Value)> {
         .collect()
 }
 
-#[test]
-fn the_manifests_render_validate_strictly_and_keep_to_the_rules() {
-    let r = Rendered::of("manifests");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("rendered.yaml");
+/// The kustomization in `dir`, rendered and validated strictly against
+/// Kubernetes' schema.
+fn rendered_and_valid(dir: &str) -> Rendered {
+    let r = Rendered::of(dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("rendered.yaml");
     std::fs::write(&file, &r.yaml).unwrap();
     let out = std::process::Command::new(kubernetes_validate())
         .args(["--strict", "--quiet", file.to_str().unwrap()])
@@ -41,10 +42,67 @@ fn the_manifests_render_validate_strictly_and_keep_to_the_rules() {
         .unwrap();
     assert!(
         out.status.success(),
-        "kubernetes-validate --strict refused the rendered manifests:\n{}{}",
+        "kubernetes-validate --strict refused {dir} rendered:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    r
+}
+
+/// The sidecar overlay: every service pod has an Envoy native sidecar on
+/// gen-envoy's sidecar bootstrap, and its flotilla listens on loopback.
+#[test]
+fn the_sidecar_overlay_renders_validates_and_puts_envoy_beside_each_service() {
+    let r = rendered_and_valid(SIDECARS);
+    for service in ["accounts", "kv", "echo"] {
+        let spec = &r.object("Deployment", service)["spec"]["template"]["spec"];
+        let sidecar = &spec["initContainers"][0];
+        assert_eq!(sidecar["restartPolicy"], "Always", "{service}");
+        assert!(
+            sidecar["image"]
+                .as_str()
+                .unwrap()
+                .starts_with("envoyproxy/envoy:"),
+            "{service}"
+        );
+        assert!(sidecar["startupProbe"].is_object(), "{service}");
+        assert!(
+            !spec["containers"][0]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["containerPort"] == 8080),
+            "{service}: the pod's port 8080 is the sidecar's"
+        );
+    }
+    let config = r
+        .objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("flotilla-config-")
+        })
+        .unwrap();
+    for service in ["accounts", "kv", "echo"] {
+        let text = config["data"][format!("{service}.yaml")].as_str().unwrap();
+        assert!(text.contains("public: \"127.0.0.1:8090\""), "{text}");
+    }
+    // The front Envoy is the base's, unchanged.
+    let base = Rendered::of("manifests");
+    assert_eq!(
+        r.object("Deployment", "envoy")["spec"],
+        base.object("Deployment", "envoy")["spec"]
+    );
+}
+
+const SIDECARS: &str = "manifests/overlays/sidecars";
+
+#[test]
+fn the_manifests_render_validate_strictly_and_keep_to_the_rules() {
+    let r = rendered_and_valid("manifests");
 
     for o in &r.objects {
         let kind = o["kind"].as_str().unwrap();
@@ -150,7 +208,18 @@ fn the_manifests_render_validate_strictly_and_keep_to_the_rules() {
 /// sandbox: its env (POD_NAME, POD_IP), its ConfigMap, its Secret items.
 #[tokio::test]
 async fn every_pods_config_passes_check_config_with_the_pods_environment() {
-    let mut play = Play::new();
+    check_configs("manifests").await;
+}
+
+/// The same with the sidecar overlay's configs (flotilla on loopback,
+/// advertising the sidecar's inbound listener).
+#[tokio::test]
+async fn every_pods_config_passes_check_config_with_sidecars_too() {
+    check_configs(SIDECARS).await;
+}
+
+async fn check_configs(dir: &str) {
+    let mut play = Play::of(dir);
     let workloads: Vec<String> = play
         .rendered
         .workloads()
@@ -396,4 +465,195 @@ async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
         Some(Value::from(0)),
         "{client_log}"
     );
+}
+
+/// The sidecar overlay played: every service pod runs its Envoy sidecar
+/// beside flotilla (on loopback). A client in the kv pod calls echo through
+/// its sidecar's outbound listener while echo scales 2 → 5 → 1: no call
+/// fails, every echo pod's inbound sidecar carries calls, and the xDS
+/// server shows each sidecar with its pod in /status and CSDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sidecars_a_kv_pod_calls_echo_sidecar_to_sidecar_while_echo_scales() {
+    use envoy_types::pb::envoy::service::status::v3::{
+        ClientStatusRequest,
+        client_status_discovery_service_client::ClientStatusDiscoveryServiceClient,
+    };
+
+    let mut play = Play::of(SIDECARS);
+    play.route_xds_to("flotilla-db-0");
+    for i in (0..3).rev() {
+        play.start("flotilla-db", &format!("flotilla-db-{i}"));
+    }
+    for i in 0..3 {
+        play.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
+            .await;
+    }
+    play.route_xds_to("flotilla-db-0");
+    let mut echo_pods: Vec<String> = (0..2).map(|i| format!("echo-5d8f-{i}")).collect();
+    let kv = "kv-4b2c-0".to_owned();
+    for (workload, name) in [("accounts", "accounts-7d1e-0"), ("kv", kv.as_str())]
+        .into_iter()
+        .chain(echo_pods.iter().map(|n| ("echo", n.as_str())))
+    {
+        play.start(workload, name);
+    }
+    for name in play.pods.keys().cloned().collect::<Vec<_>>() {
+        play.wait_ready(&name, Duration::from_secs(60)).await;
+    }
+
+    // The client in the kv pod, through its sidecar's outbound listener.
+    let client_log = play.dir.path().join("kv-client.log");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests/base/client/echo_client.py");
+    let mut client = play.exec(
+        &kv,
+        &[
+            crate::support::pods::grpc_python().display().to_string(),
+            script.display().to_string(),
+            "--target".into(),
+            "127.0.0.1:15001".into(),
+            "inf".into(),
+            "0.01".into(),
+        ],
+        &client_log,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Scale up 2 → 5.
+    for i in 2..5 {
+        let name = format!("echo-5d8f-{i}");
+        play.start("echo", &name);
+        echo_pods.push(name);
+    }
+    for name in &echo_pods[2..] {
+        play.wait_ready(name, Duration::from_secs(60)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The xDS server knows every sidecar by its pod: /status and CSDS.
+    let db0 = play.pods["flotilla-db-0"].ip;
+    let status: Value = crate::support::http()
+        .get(format!("http://{db0}:8081/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown: std::collections::BTreeMap<String, Value> = status["xds"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["sidecar"].is_object())
+        .map(|c| {
+            (
+                c["node_id"].as_str().unwrap().to_owned(),
+                c["sidecar"].clone(),
+            )
+        })
+        .collect();
+    let service_pods: Vec<String> = play
+        .pods
+        .keys()
+        .filter(|p| !p.starts_with("flotilla-db"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        shown.keys().cloned().collect::<Vec<_>>(),
+        service_pods,
+        "{status}"
+    );
+    for (pod, sidecar) in &shown {
+        assert_eq!(sidecar["pod"], pod.as_str());
+        assert_eq!(
+            sidecar["inbound"],
+            format!("{}:8080", play.pods[pod].ip),
+            "{sidecar}"
+        );
+    }
+    let csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{db0}:18000"))
+        .await
+        .unwrap()
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut in_csds: Vec<(String, String)> = csds
+        .config
+        .iter()
+        .filter_map(|c| c.node.as_ref())
+        .filter_map(|n| {
+            let m = &n.metadata.as_ref()?.fields;
+            let text = |k: &str| match m.get(k)?.kind.as_ref()? {
+                envoy_types::pb::google::protobuf::value::Kind::StringValue(s) => Some(s.clone()),
+                _ => None,
+            };
+            (text("flotilla.role")? == "sidecar")
+                .then(|| (n.id.clone(), text("flotilla.pod_ip")))?
+                .into()
+        })
+        .map(|(id, ip): (String, Option<String>)| (id, ip.unwrap_or_default()))
+        .collect();
+    in_csds.sort();
+    let expected: Vec<(String, String)> = service_pods
+        .iter()
+        .map(|p| (p.clone(), play.pods[p].ip.to_string()))
+        .collect();
+    assert_eq!(in_csds, expected);
+
+    // Every echo pod's inbound sidecar carried calls (its flotilla listens
+    // on loopback only: nothing else reaches it).
+    for name in &echo_pods {
+        let stats = play.sidecar_admin(name, "/stats?filter=^http.inbound.downstream_rq_total$");
+        let count: u64 = stats
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}'s sidecar stats: {stats}"));
+        eprintln!("{name}: {count} requests through its inbound sidecar");
+        assert!(count > 0, "{name}'s inbound sidecar carried nothing");
+    }
+
+    // Scale down 5 → 1.
+    play.terminate_all(&echo_pods[..4]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outbound = play.sidecar_admin(&kv, "/stats?filter=^http.outbound.downstream_rq_total$");
+    let _ = client.kill();
+    let _ = client.wait();
+
+    let log = std::fs::read_to_string(&client_log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let errors: Vec<&Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
+    let answered: BTreeMap<String, u64> = lines
+        .iter()
+        .filter_map(|l| l["nodes"].as_object())
+        .flatten()
+        .fold(BTreeMap::new(), |mut m, (node, n)| {
+            *m.entry(node.clone()).or_default() += n.as_u64().unwrap();
+            m
+        });
+    eprintln!(
+        "calls from {kv} through its sidecar, by echo pod: {answered:?}; failed: {}; kv sidecar: {}",
+        errors.len(),
+        outbound.trim()
+    );
+    assert!(
+        errors.is_empty(),
+        "calls failed through the sidecars:\n{log}"
+    );
+    assert_eq!(
+        lines.last().map(|l| l["failed"].clone()),
+        Some(Value::from(0)),
+        "{log}"
+    );
+    for name in &echo_pods {
+        assert!(
+            answered.contains_key(name),
+            "{name} never answered the kv pod's calls: {answered:?}"
+        );
+    }
 }

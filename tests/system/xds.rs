@@ -166,17 +166,6 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
     );
 }
 
-/// Python grpcio, installed by scripts/install-test-tools; missing fails.
-fn grpc_python() -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/grpc/bin/python");
-    assert!(
-        path.exists(),
-        "Python grpcio is not installed at {}: run scripts/install-test-tools (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test]
 async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
     let cluster = TestCluster::start("");
@@ -199,11 +188,11 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
         .to_string(),
     )
     .unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/client/echo_client.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests/base/client/echo_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(grpc_python())
+        tokio::process::Command::new(crate::support::pods::grpc_python())
             .arg(script)
             .args(["--calls", "30"])
             .env("GRPC_XDS_BOOTSTRAP", &bootstrap)

@@ -53,6 +53,11 @@ pub fn kubectl() -> PathBuf {
     tool(".venv/k8s/bin/kubectl")
 }
 
+/// Python with grpcio, from the test tools.
+pub fn grpc_python() -> PathBuf {
+    tool(".venv/grpc/bin/python")
+}
+
 /// `kubernetes-validate`, from the test tools.
 pub fn kubernetes_validate() -> PathBuf {
     tool(".venv/k8s/bin/kubernetes-validate")
@@ -125,8 +130,34 @@ pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
     ns: String,
+    /// Its main container (the first), and that container's log.
     child: Child,
     pub log: PathBuf,
+    /// Its native sidecars (init containers with `restartPolicy: Always`):
+    /// started before the main container, stopped after it.
+    sidecars: Vec<Container>,
+}
+
+/// A sidecar container's process.
+struct Container {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Pod {
+    /// Kills every process of the pod and removes its network.
+    fn kill_all(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for c in &mut self.sidecars {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
+    }
 }
 
 /// The manifests played on this machine.
@@ -146,7 +177,12 @@ pub struct Play {
 impl Play {
     /// Renders `manifests/`, makes the Secret's values and the network.
     pub fn new() -> Play {
-        let rendered = Rendered::of("manifests");
+        Play::of("manifests")
+    }
+
+    /// `new`, for the kustomization in `dir` (an overlay).
+    pub fn of(dir: &str) -> Play {
+        let rendered = Rendered::of(dir);
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("secrets");
         let out = Command::new(repo().join("scripts/k8s-secrets"))
@@ -237,25 +273,82 @@ impl Play {
         self.write_hosts();
     }
 
-    /// Starts pod `name` of `workload` (a Deployment or StatefulSet) on a
-    /// new IP: its namespace, link, volumes and process.
-    pub fn start(&mut self, workload: &str, name: &str) -> &Pod {
-        self.start_with(workload, name, |args| args)
+    fn workload(&self, workload: &str) -> Value {
+        self.rendered
+            .workloads()
+            .find(|w| w["metadata"]["name"] == workload)
+            .unwrap_or_else(|| panic!("no workload {workload}"))
+            .clone()
     }
 
-    /// `start`, with the container's args rewritten by `args`.
+    /// Starts pod `name` of `workload` (a Deployment or StatefulSet) on a
+    /// new IP: its namespace, link, volumes and processes. Its native
+    /// sidecars start first, each waited for until its startup probe
+    /// passes, as the kubelet does before it starts the main container.
+    pub fn start(&mut self, workload: &str, name: &str) -> &Pod {
+        let spec = self.workload(workload);
+        let (ip, ns) = self.pod_network(&spec, name);
+        let pod_spec = &spec["spec"]["template"]["spec"];
+        let mut sidecars = Vec::new();
+        for c in pod_spec["initContainers"].as_array().into_iter().flatten() {
+            if c["restartPolicy"] != "Always" {
+                // A run-to-completion init container (the echo client's pip
+                // install) is what the test tools' venvs already hold.
+                continue;
+            }
+            let (child, log) = self.spawn(&spec, c, name, ip, &ns, |a| a);
+            let mut sidecar = Container {
+                name: c["name"].as_str().unwrap().to_owned(),
+                child,
+                log,
+            };
+            wait_started(&mut sidecar, c, ip);
+            sidecars.push(sidecar);
+        }
+        let (child, log) = self.spawn(&spec, &pod_spec["containers"][0], name, ip, &ns, |a| a);
+        self.pods.insert(
+            name.to_owned(),
+            Pod {
+                name: name.to_owned(),
+                ip,
+                ns,
+                child,
+                log,
+                sidecars,
+            },
+        );
+        &self.pods[name]
+    }
+
+    /// Only the main container of pod `name`, its args rewritten by `args`
+    /// (`check-config` in the pod's sandbox).
     pub fn start_with(
         &mut self,
         workload: &str,
         name: &str,
         args: impl Fn(Vec<String>) -> Vec<String>,
     ) -> &Pod {
-        let spec = self
-            .rendered
-            .workloads()
-            .find(|w| w["metadata"]["name"] == workload)
-            .unwrap_or_else(|| panic!("no workload {workload}"))
-            .clone();
+        let spec = self.workload(workload);
+        let (ip, ns) = self.pod_network(&spec, name);
+        let main = spec["spec"]["template"]["spec"]["containers"][0].clone();
+        let (child, log) = self.spawn(&spec, &main, name, ip, &ns, args);
+        self.pods.insert(
+            name.to_owned(),
+            Pod {
+                name: name.to_owned(),
+                ip,
+                ns,
+                child,
+                log,
+                sidecars: Vec::new(),
+            },
+        );
+        &self.pods[name]
+    }
+
+    /// A pod's network namespace on the bridge, and its DNS name if a
+    /// StatefulSet's.
+    fn pod_network(&mut self, spec: &Value, name: &str) -> (Ipv4Addr, String) {
         let ip = Ipv4Addr::new(10, 214, self.net, self.next_ip);
         self.next_ip += 1;
         let ns = format!("k8s{}p{}", self.net, ip.octets()[3]);
@@ -300,9 +393,21 @@ impl Play {
             );
             self.write_hosts();
         }
+        (ip, ns)
+    }
 
+    /// One container of pod `name`, as a process in the pod's namespace.
+    /// Its log is `<pod dir>/<container>.<ip's last octet>.log`.
+    fn spawn(
+        &self,
+        spec: &Value,
+        container: &Value,
+        name: &str,
+        ip: Ipv4Addr,
+        ns: &str,
+        args: impl Fn(Vec<String>) -> Vec<String>,
+    ) -> (Child, PathBuf) {
         let pod_spec = &spec["spec"]["template"]["spec"];
-        let container = &pod_spec["containers"][0];
         let pod_dir = self.dir.path().join("pods").join(name);
         let mut mounts: Vec<(PathBuf, String)> = Vec::new();
         for m in container["volumeMounts"].as_array().into_iter().flatten() {
@@ -367,6 +472,13 @@ impl Play {
                 (Value::String(v), _) => v.clone(),
                 (_, Some("metadata.name")) => name.to_owned(),
                 (_, Some("status.podIP")) => ip.to_string(),
+                (_, Some(label)) if label.starts_with("metadata.labels['") => {
+                    let key = &label["metadata.labels['".len()..label.len() - 2];
+                    spec["spec"]["template"]["metadata"]["labels"][key]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("env {e}: no label {key}"))
+                        .to_owned()
+                }
                 other => panic!("env {e} is not played: {other:?}"),
             };
             env.push((e["name"].as_str().unwrap().to_owned(), value));
@@ -390,7 +502,7 @@ impl Play {
         } else if image.starts_with("python") {
             let cmd = container["command"].as_array().unwrap();
             assert_eq!(cmd[0], "python");
-            let mut c = vec![tool(".venv/grpc/bin/python").display().to_string()];
+            let mut c = vec![grpc_python().display().to_string()];
             c.extend(cmd[1..].iter().map(|a| expand(a.as_str().unwrap())));
             c
         } else {
@@ -438,10 +550,14 @@ impl Play {
             "exec \"$@\"\n"
         });
         std::fs::create_dir_all(&pod_dir).unwrap();
-        let log = pod_dir.join(format!("{}.log", ip.octets()[3]));
+        let log = pod_dir.join(format!(
+            "{}.{}.log",
+            container["name"].as_str().unwrap(),
+            ip.octets()[3]
+        ));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "sh", "-c", &script, "sh"])
+            .args(["netns", "exec", ns, "sh", "-c", &script, "sh"])
             .args(&command)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -451,20 +567,41 @@ impl Play {
             .stderr(out)
             .spawn()
             .unwrap();
-        self.pods.insert(
-            name.to_owned(),
-            Pod {
-                name: name.to_owned(),
-                ip,
-                ns,
-                child,
-                log,
-            },
-        );
-        &self.pods[name]
+        (child, log)
     }
 
-    /// The kubelet's readiness probe of `pod`'s container: passes now?
+    /// Runs `command` in pod `name`'s network (as `kubectl exec` would, in
+    /// a container that has it), its output to `log`.
+    pub fn exec(&self, name: &str, command: &[String], log: &std::path::Path) -> Child {
+        let out = std::fs::File::create(log).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.pods[name].ns])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap()
+    }
+
+    /// GET `path` from the admin interface of pod `name`'s Envoy sidecar
+    /// (on the pod's loopback, 127.0.0.1:9901).
+    pub fn sidecar_admin(&self, name: &str, path: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.pods[name].ns, "curl", "-sf"])
+            .arg(format!("http://127.0.0.1:9901{path}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}'s sidecar admin {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The kubelet's readiness probes of `pod`'s containers (the main one
+    /// and its sidecars): all pass now?
     pub async fn ready(&self, name: &str) -> bool {
         let pod = &self.pods[name];
         let workload = self
@@ -472,41 +609,44 @@ impl Play {
             .workloads()
             .find(|w| name.starts_with(w["metadata"]["name"].as_str().unwrap()))
             .unwrap();
-        let container = &workload["spec"]["template"]["spec"]["containers"][0];
-        let probe = &container["readinessProbe"];
-        let port = |p: &Value| -> u16 {
-            match p {
-                Value::Number(n) => n.as_u64().unwrap() as u16,
-                Value::String(named) => container["ports"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["name"] == *named)
-                    .map(|c| c["containerPort"].as_u64().unwrap() as u16)
-                    .unwrap(),
-                other => panic!("probe port {other}"),
+        let spec = &workload["spec"]["template"]["spec"];
+        let sidecars = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["restartPolicy"] == "Always");
+        for container in std::iter::once(&spec["containers"][0]).chain(sidecars) {
+            let probe = &container["readinessProbe"];
+            if !probe.is_object() {
+                continue;
             }
-        };
-        if let Some(get) = probe.get("httpGet") {
-            let url = format!(
-                "http://{}:{}{}",
-                pod.ip,
-                port(&get["port"]),
-                get["path"].as_str().unwrap()
-            );
-            matches!(
-                super::http().get(url).timeout(Duration::from_millis(500)).send().await,
-                Ok(r) if r.status().is_success()
-            )
-        } else {
-            let port = port(&probe["tcpSocket"]["port"]);
-            tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect((pod.ip, port)),
-            )
-            .await
-            .is_ok_and(|c| c.is_ok())
+            if let Some(get) = probe.get("httpGet") {
+                let url = format!(
+                    "http://{}:{}{}",
+                    pod.ip,
+                    port(container, &get["port"]),
+                    get["path"].as_str().unwrap()
+                );
+                if !matches!(
+                    super::http().get(url).timeout(Duration::from_millis(500)).send().await,
+                    Ok(r) if r.status().is_success()
+                ) {
+                    return false;
+                }
+            } else {
+                let port = port(container, &probe["tcpSocket"]["port"]);
+                if !tokio::time::timeout(
+                    Duration::from_millis(500),
+                    tokio::net::TcpStream::connect((pod.ip, port)),
+                )
+                .await
+                .is_ok_and(|c| c.is_ok())
+                {
+                    return false;
+                }
+            }
         }
+        true
     }
 
     /// Waits until `name` is ready (probed every 20 ms); when it became so.
@@ -563,29 +703,40 @@ impl Play {
             run("kill", &["-TERM", &pod.child.id().to_string()]);
         }
         let deadline = Instant::now() + Duration::from_secs(grace);
+        // When each main container exited; the pod is gone once its
+        // sidecars, signalled then, have exited too.
         let mut exited = BTreeMap::new();
-        while exited.len() < going.len() {
+        let mut gone = 0;
+        while gone < going.len() {
+            gone = 0;
             for pod in &mut going {
                 if !exited.contains_key(&pod.name) && pod.child.try_wait().unwrap().is_some() {
                     exited.insert(pod.name.clone(), Instant::now());
-                    let _ = Command::new("ip")
-                        .args(["netns", "delete", &pod.ns])
-                        .status();
+                    for c in &pod.sidecars {
+                        run("kill", &["-TERM", &c.child.id().to_string()]);
+                    }
+                }
+                if exited.contains_key(&pod.name)
+                    && pod
+                        .sidecars
+                        .iter_mut()
+                        .all(|c| c.child.try_wait().unwrap().is_some())
+                {
+                    gone += 1;
                 }
             }
             if Instant::now() >= deadline {
-                for pod in &mut going {
-                    let _ = pod.child.kill();
-                    let _ = pod.child.wait();
-                    let _ = Command::new("ip")
-                        .args(["netns", "delete", &pod.ns])
-                        .status();
+                for pod in going {
+                    pod.kill_all();
                 }
                 panic!(
                     "pods did not stop within their grace period of {grace} s: {exited:?} of {names:?}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for pod in going {
+            pod.kill_all();
         }
         exited
     }
@@ -600,10 +751,7 @@ impl Play {
         loop {
             if let Some(status) = self.pods.get_mut(name).unwrap().child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&self.pods[name].log).unwrap_or_default();
-                let pod = self.pods.remove(name).unwrap();
-                let _ = Command::new("ip")
-                    .args(["netns", "delete", &pod.ns])
-                    .status();
+                self.pods.remove(name).unwrap().kill_all();
                 return (status, log);
             }
             assert!(
@@ -616,12 +764,52 @@ impl Play {
 
     /// A pod lost at once (its node died): SIGKILL.
     pub fn kill(&mut self, name: &str) {
-        let mut pod = self.pods.remove(name).unwrap();
-        let _ = pod.child.kill();
-        let _ = pod.child.wait();
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &pod.ns])
-            .status();
+        self.pods.remove(name).unwrap().kill_all();
+    }
+}
+
+/// The container port a probe names (by number or by name).
+fn port(container: &Value, p: &Value) -> u16 {
+    match p {
+        Value::Number(n) => n.as_u64().unwrap() as u16,
+        Value::String(named) => container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == *named)
+            .map(|c| c["containerPort"].as_u64().unwrap() as u16)
+            .unwrap_or_else(|| panic!("no port {named} in {container}")),
+        other => panic!("probe port {other}"),
+    }
+}
+
+/// Waits for a sidecar's startup probe (a TCP connect) to pass, within
+/// its `failureThreshold` × `periodSeconds`, probing every 20 ms.
+fn wait_started(sidecar: &mut Container, spec: &Value, ip: Ipv4Addr) {
+    let probe = &spec["startupProbe"];
+    let port = port(spec, &probe["tcpSocket"]["port"]);
+    let within = Duration::from_secs(
+        probe["failureThreshold"].as_u64().unwrap_or(3)
+            * probe["periodSeconds"].as_u64().unwrap_or(10),
+    );
+    let deadline = Instant::now() + within;
+    let addr = std::net::SocketAddr::from((ip, port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        let log = || std::fs::read_to_string(&sidecar.log).unwrap_or_default();
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            panic!(
+                "sidecar {} exited ({status}) before it started:\n{}",
+                sidecar.name,
+                log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar {} did not listen on {addr} within {within:?}:\n{}",
+            sidecar.name,
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -648,12 +836,8 @@ fn items(listed: Option<&Vec<Value>>, data: &Value) -> Vec<(String, String)> {
 
 impl Drop for Play {
     fn drop(&mut self) {
-        for (_, mut pod) in std::mem::take(&mut self.pods) {
-            let _ = pod.child.kill();
-            let _ = pod.child.wait();
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &pod.ns])
-                .status();
+        for (_, pod) in std::mem::take(&mut self.pods) {
+            pod.kill_all();
         }
         let _ = Command::new("ip")
             .args(["netns", "delete", &format!("k8s{}sw", self.net)])

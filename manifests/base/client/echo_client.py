@@ -1,15 +1,19 @@
-"""A proxyless gRPC client: grpcio resolves xds:///echo through flotilla's
-xDS server (GRPC_XDS_BOOTSTRAP) and calls flotilla.echo.v1.Echo/Echo with
-no Envoy in the path, spreading the calls over the echo pods.
+"""A gRPC client of flotilla.echo.v1.Echo/Echo. By default proxyless:
+grpcio resolves xds:///echo through flotilla's xDS server
+(GRPC_XDS_BOOTSTRAP) and spreads the calls over the echo pods with no Envoy
+in the path. With --target 127.0.0.1:15001 it calls through the pod's Envoy
+sidecar instead (manifests/overlays/sidecars).
 
-Usage: echo_client.py [SECONDS] [INTERVAL]. Calls every INTERVAL seconds
-(default 0.05) for SECONDS (default: until stopped) and prints, once a
-second, one JSON line: the calls each echo pod answered in that second and
-the calls that failed.
-Or: echo_client.py --calls N. Makes N calls in a row and prints one JSON
-object: how many each node answered (the system tests use it). The messages are encoded by hand (field 1 = message;
-reply field 2 = node), so no generated stubs are needed.
+Usage: echo_client.py [--target T] [SECONDS] [INTERVAL]. Calls every
+INTERVAL seconds (default 0.05) for SECONDS (default: until stopped) and
+prints, once a second, one JSON line: the calls each echo pod answered in
+that second and the calls that failed.
+Or: echo_client.py [--target T] --calls N. Makes N calls in a row and prints
+one JSON object: how many each node answered (the system tests use it).
+The messages are encoded by hand (field 1 = message; reply field 2 = node),
+so no generated stubs are needed.
 """
+import argparse
 import json
 import sys
 import time
@@ -48,8 +52,8 @@ def echo_method(channel):
     )
 
 
-def count(calls: int) -> None:
-    with grpc.insecure_channel("xds:///echo") as channel:
+def count(target: str, calls: int) -> None:
+    with grpc.insecure_channel(target) as channel:
         echo = echo_method(channel)
         nodes = {}
         for i in range(calls):
@@ -59,13 +63,18 @@ def count(calls: int) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--calls":
-        count(int(sys.argv[2]))
+    parser = argparse.ArgumentParser(description="Calls flotilla's echo service.")
+    parser.add_argument("--target", default="xds:///echo")
+    parser.add_argument("--calls", type=int)
+    parser.add_argument("seconds", nargs="?", type=float, default=float("inf"))
+    parser.add_argument("interval", nargs="?", type=float, default=0.05)
+    args = parser.parse_args()
+    if args.calls is not None:
+        count(args.target, args.calls)
         return
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else float("inf")
-    interval = float(sys.argv[2]) if len(sys.argv) > 2 else 0.05
+    seconds, interval = args.seconds, args.interval
     start = time.monotonic()
-    with grpc.insecure_channel("xds:///echo") as channel:
+    with grpc.insecure_channel(args.target) as channel:
         echo = echo_method(channel)
         window, second, failed, i = {}, int(start), 0, 0
         while time.monotonic() - start < seconds:
