@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # flotilla on a local Kubernetes cluster (k3d), from the committed manifests.
-#   examples/k3d.sh up        create the cluster (examples/k3d.yaml), build and
+#   examples/k3d.sh up [--sidecars]
+#                             create the cluster (examples/k3d.yaml), build and
 #                             import the image, create the secrets, apply
-#                             manifests/, wait until ready, curl through Envoy
+#                             manifests/ (with an Envoy sidecar in every
+#                             service pod: manifests/overlays/sidecars), wait
+#                             until ready, curl through Envoy
 #   examples/k3d.sh scale N   scale the echo Deployment to N pods and show the
 #                             endpoints Envoy gets from flotilla's xDS server
 #   examples/k3d.sh demo      calls through Envoy, showing which pod answered,
@@ -20,6 +23,12 @@ need() {
 }
 
 up() {
+  local kustomization=manifests
+  case "${1:-}" in
+    "") ;;
+    --sidecars) kustomization=manifests/overlays/sidecars ;;
+    *) echo "up: unknown option $1 (--sidecars or nothing)" >&2; exit 64 ;;
+  esac
   need docker "https://docs.docker.com/engine/install/"
   need k3d "https://k3d.io/#installation"
   need kubectl "https://kubernetes.io/docs/tasks/tools/"
@@ -43,7 +52,7 @@ up() {
     kubectl -n "$ns" create secret generic flotilla-secrets --from-file="$secrets"
   fi
   echo "== apply"
-  kubectl apply -k manifests
+  kubectl apply -k "$kustomization"
   kubectl -n "$ns" rollout status statefulset/flotilla-db --timeout=180s
   for d in accounts kv echo envoy; do
     kubectl -n "$ns" rollout status "deployment/$d" --timeout=180s
@@ -90,9 +99,9 @@ down() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) up "${2:-}" ;;
   scale) scale "${2:-}" ;;
   demo) demo ;;
   down) down ;;
-  *) sed -n '2,11p' "$0"; exit 64 ;;
+  *) sed -n '2,14p' "$0"; exit 64 ;;
 esac
