@@ -227,7 +227,10 @@ async fn main() {
             f.failed.len()
         );
         if !f.failed.is_empty() {
-            eprintln!("{name}: failed requests: {:?}", &f.failed[..f.failed.len().min(5)]);
+            eprintln!(
+                "{name}: failed requests: {:?}",
+                &f.failed[..f.failed.len().min(5)]
+            );
         }
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
