@@ -17,7 +17,6 @@ mod k8s;
 mod kv;
 mod lifecycle;
 mod partition;
-mod public_tls;
 mod scaled;
 mod support;
 mod xds;
