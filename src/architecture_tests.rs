@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["service"],
     &["catalogue"],
     &["auth", "cluster"],
-    &["protocol", "telemetry", "proto", "tls"],
+    &["protocol", "telemetry", "proto"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

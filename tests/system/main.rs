@@ -3,7 +3,6 @@
 
 mod auth;
 mod backup;
-mod ca;
 mod config;
 mod disk;
 mod envoy;
