@@ -86,15 +86,7 @@ fn ms(d: Duration) -> String {
 
 async fn scenario(dir: &str, rounds: usize) -> Figures {
     let mut play = Play::of(dir);
-    play.route_xds_to("flotilla-db-0");
-    for i in (0..3).rev() {
-        play.start("flotilla-db", &format!("flotilla-db-{i}"));
-    }
-    for i in 0..3 {
-        play.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
-            .await;
-    }
-    play.route_xds_to("flotilla-db-0");
+    play.start_db_members().await;
     for (workload, name) in [
         ("accounts", "accounts-a-0"),
         ("kv", "kv-a-0"),

@@ -269,15 +269,7 @@ struct Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
     let mut play = Play::new();
-    play.route_xds_to("flotilla-db-0");
-    for i in (0..3).rev() {
-        play.start("flotilla-db", &format!("flotilla-db-{i}"));
-    }
-    for i in 0..3 {
-        play.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
-            .await;
-    }
-    play.route_xds_to("flotilla-db-0");
+    play.start_db_members().await;
     let mut echo_pods = Vec::new();
     for (workload, replicas) in [("accounts", 1), ("kv", 1), ("echo", 2)] {
         for i in 0..replicas {
@@ -480,15 +472,7 @@ async fn with_sidecars_a_kv_pod_calls_echo_sidecar_to_sidecar_while_echo_scales(
     };
 
     let mut play = Play::of(SIDECARS);
-    play.route_xds_to("flotilla-db-0");
-    for i in (0..3).rev() {
-        play.start("flotilla-db", &format!("flotilla-db-{i}"));
-    }
-    for i in 0..3 {
-        play.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
-            .await;
-    }
-    play.route_xds_to("flotilla-db-0");
+    play.start_db_members().await;
     let mut echo_pods: Vec<String> = (0..2).map(|i| format!("echo-5d8f-{i}")).collect();
     let kv = "kv-4b2c-0".to_owned();
     for (workload, name) in [("accounts", "accounts-7d1e-0"), ("kv", kv.as_str())]

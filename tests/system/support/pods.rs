@@ -320,6 +320,21 @@ impl Play {
         &self.pods[name]
     }
 
+    /// The StatefulSet's three db members, started in reverse order (the
+    /// bootstrap must not depend on it) and waited for; flotilla-xds then
+    /// points at flotilla-db-0.
+    pub async fn start_db_members(&mut self) {
+        self.route_xds_to("flotilla-db-0");
+        for i in (0..3).rev() {
+            self.start("flotilla-db", &format!("flotilla-db-{i}"));
+        }
+        for i in 0..3 {
+            self.wait_ready(&format!("flotilla-db-{i}"), Duration::from_secs(90))
+                .await;
+        }
+        self.route_xds_to("flotilla-db-0");
+    }
+
     /// Only the main container of pod `name`, its args rewritten by `args`
     /// (`check-config` in the pod's sandbox).
     pub fn start_with(
