@@ -449,7 +449,7 @@ impl Cluster {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(credential.clone(), faults.clone(), group.clone()),
+            network::Network::new(id, credential.clone(), faults.clone(), group.clone()),
             log.clone(),
             sm,
         )

@@ -14,8 +14,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use hmac::{Hmac, Mac};
 use openraft::{
     BasicNode, RaftNetwork, RaftNetworkFactory,
-    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
-    network::RPCOption,
+    error::{
+        InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    },
+    network::{RPCOption, RPCTypes},
     raft::{
         AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
         InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -361,14 +363,22 @@ impl Faults {
 }
 
 pub struct Network {
+    /// This member's Raft id, named in the errors of its calls.
+    me: NodeId,
     credential: Arc<str>,
     faults: Faults,
     group: super::origin::GroupCell,
 }
 
 impl Network {
-    pub fn new(credential: Arc<str>, faults: Faults, group: super::origin::GroupCell) -> Network {
+    pub fn new(
+        me: NodeId,
+        credential: Arc<str>,
+        faults: Faults,
+        group: super::origin::GroupCell,
+    ) -> Network {
         Network {
+            me,
             credential,
             faults,
             group,
@@ -377,6 +387,7 @@ impl Network {
 }
 
 pub struct Connection {
+    me: NodeId,
     target: NodeId,
     faults: Faults,
     client: Result<Client, String>,
@@ -387,6 +398,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
+            me: self.me,
             target,
             faults: self.faults.clone(),
             client: client(&node.addr, &self.credential, &self.group),
@@ -401,7 +413,7 @@ struct TransportError(String);
 impl Connection {
     async fn call<Resp, E>(
         &mut self,
-        method: &'static str,
+        method: RPCTypes,
         request: Blob,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
@@ -427,9 +439,9 @@ impl Connection {
         req.set_timeout(option.hard_ttl());
         let call = async {
             match method {
-                "append_entries" => client.append_entries(req).await,
-                "vote" => client.vote(req).await,
-                _ => client.install_snapshot(req).await,
+                RPCTypes::AppendEntries => client.append_entries(req).await,
+                RPCTypes::Vote => client.vote(req).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(req).await,
             }
         };
         let result = tokio::time::timeout(option.hard_ttl(), call)
@@ -443,13 +455,7 @@ impl Connection {
             if status.code() == tonic::Code::FailedPrecondition && REFUSED_GROUP.ready() {
                 tracing::warn!(peer = self.target, "{}", status.message());
             }
-            let e = TransportError(format!("peer {}: {status}", self.target));
-            match status.code() {
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
-                _ => RPCError::Network(NetworkError::new(&e)),
-            }
+            failed(method, self.me, self.target, option.hard_ttl(), &status)
         })?;
         let decoded: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
@@ -461,13 +467,43 @@ impl Connection {
     }
 }
 
+/// What openraft is told when a call to `target` ends in `status`.
+///
+/// No answer in time (our deadline, or the peer's server enforcing the one
+/// we sent) is a `Timeout`: the peer may just be slow, and openraft retries
+/// at once. Only a peer that cannot be reached is `Unreachable`, which makes
+/// openraft back off (500 ms) until a call succeeds: given to slow answers,
+/// that kept a learner catching up on a loaded machine from ever
+/// succeeding, every try timing out and the next coming half a second
+/// later.
+fn failed<E: std::error::Error>(
+    method: RPCTypes,
+    me: NodeId,
+    target: NodeId,
+    ttl: Duration,
+    status: &tonic::Status,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let e = TransportError(format!("peer {target}: {status}"));
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+            action: method,
+            id: me,
+            target,
+            timeout: ttl,
+        }),
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("append_entries", blob(&rpc), &option).await
+        self.call(RPCTypes::AppendEntries, blob(&rpc), &option)
+            .await
     }
 
     async fn install_snapshot(
@@ -484,7 +520,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             payload,
             ..blob(&rpc)
         };
-        self.call("install_snapshot", request, &option).await
+        self.call(RPCTypes::InstallSnapshot, request, &option).await
     }
 
     async fn vote(
@@ -492,7 +528,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", blob(&rpc), &option).await
+        self.call(RPCTypes::Vote, blob(&rpc), &option).await
     }
 }
 
@@ -502,4 +538,50 @@ impl RaftNetwork<TypeConfig> for Connection {
 pub(super) fn is_unreachable(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && status.message().to_ascii_lowercase().contains("connect")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: tonic::Status) -> RPCError<NodeId, BasicNode, RaftError<NodeId>> {
+        failed(
+            RPCTypes::AppendEntries,
+            1,
+            2,
+            Duration::from_millis(50),
+            &status,
+        )
+    }
+
+    #[test]
+    fn a_slow_answer_is_a_timeout_retried_at_once_not_an_unreachable_peer() {
+        for status in [
+            tonic::Status::deadline_exceeded("no answer within the RPC deadline"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            match outcome(status) {
+                RPCError::Timeout(t) => {
+                    assert_eq!((t.id, t.target), (1, 2));
+                    assert_eq!(t.action, RPCTypes::AppendEntries);
+                    assert_eq!(t.timeout, Duration::from_millis(50));
+                }
+                other => panic!("expected a timeout, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreachable_peer_backs_off_and_other_failures_are_network_errors() {
+        let unreachable = outcome(tonic::Status::unavailable("tcp connect error"));
+        assert!(
+            matches!(unreachable, RPCError::Unreachable(_)),
+            "{unreachable:?}"
+        );
+        let refused = outcome(tonic::Status::failed_precondition("another group"));
+        match refused {
+            RPCError::Network(e) => assert!(e.to_string().contains("peer 2"), "{e}"),
+            other => panic!("expected a network error, got {other:?}"),
+        }
+    }
 }
