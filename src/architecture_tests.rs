@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["service"],
     &["catalogue"],
     &["auth", "cluster"],
-    &["protocol", "telemetry", "proto"],
+    &["protocol", "telemetry", "proto", "tls"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod service;
 pub mod services;
 pub mod telemetry;
+pub mod tls;
 pub mod xds;
 pub(crate) use flotilla_store as store;
 

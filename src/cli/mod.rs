@@ -5,6 +5,7 @@
 //! always before any port is bound; 1 when the node fails to start or run.
 
 mod backup;
+mod ca;
 mod control;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -56,6 +57,11 @@ enum Command {
     Auth {
         #[command(subcommand)]
         command: AuthCommand,
+    },
+    /// The cluster's certificate authority (TLS between nodes, under way).
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
     },
     /// Inspect and change the Raft group, through the running members.
     Cluster {
@@ -291,6 +297,7 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
+        Command::Ca { command } => ca::run(command),
         Command::Backup { config, out } => backup::backup(&config, &catalogue, &out),
         Command::Restore {
             config,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod backup;
+mod ca;
 mod config;
 mod disk;
 mod envoy;

@@ -1,0 +1,22 @@
+//! TLS between nodes (issue 17, under way): the cluster's certificate
+//! authority, the identities its certificates name, and the rustls
+//! configurations built from a node's certificate that are replaced, not
+//! restarted, when it is renewed or the CA rotates.
+//!
+//! - `identity`: `spiffe://<domain>/member/<node>`, `.../client/<services>/<node>`,
+//!   `.../envoy/<name>`, read from a certificate;
+//! - `ca`: `Ca` (made, or an operator's imported) signs a node's request
+//!   with the identity the node authenticated as; `NodeKey` is made where
+//!   it is used;
+//! - `credentials`: a node's chain, key and trusted roots as rustls server
+//!   and client configurations that check the peer's identity at the
+//!   handshake.
+//!
+//! The plan it serves is ADR 0010.
+
+pub mod ca;
+pub mod credentials;
+pub mod identity;
+
+#[cfg(test)]
+mod tests;
