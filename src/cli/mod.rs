@@ -649,14 +649,35 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
     let _ = writeln!(out, "listeners:");
     let _ = writeln!(
         out,
-        "  public: {} (HTTP/1.1 and h2c: /api/<service>/… and gRPC){}",
+        "  public: {} ({}: /api/<service>/… and gRPC){}",
         config.listeners.public,
+        if config.public_tls.is_some() {
+            "TLS, HTTP/1.1 and HTTP/2 by ALPN"
+        } else {
+            "HTTP/1.1 and h2c"
+        },
         if config.advertise == config.listeners.public {
             String::new()
         } else {
             format!("; others reach it at {}", config.advertise)
         }
     );
+    if let Some(files) = &config.public_tls {
+        let names = crate::tls::public::check(files).unwrap_or_default();
+        for (i, (f, names)) in files.iter().zip(names).enumerate() {
+            let _ = writeln!(
+                out,
+                "    certificate {} for {}{} (reloaded when it changes)",
+                f.cert_file.display(),
+                names.join(", "),
+                if i == 0 {
+                    ", and for clients naming no certificate's name"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  admin: {} (/healthz, /readyz, /metrics, /status)",

@@ -18,6 +18,7 @@ mod cluster;
 mod interpolate;
 mod limits;
 mod raw;
+mod tls;
 
 pub use interpolate::Substitution;
 
@@ -110,6 +111,8 @@ pub struct Config {
     /// Where the Envoys fed by this node's xDS server listen for the
     /// public ingress (`xds.ingress_listener`).
     pub xds_ingress: SocketAddr,
+    /// TLS on the public listener (`tls.public`): the certificate files.
+    pub public_tls: Option<Vec<crate::tls::public::CertFiles>>,
 }
 
 pub const DEFAULT_PUBLIC: &str = "127.0.0.1:8080";
@@ -372,6 +375,8 @@ impl Config {
         }
 
         let auth = parse_auth(&mut problems, raw.auth);
+        let public_tls =
+            tls::parse_public_tls(&mut problems, raw.tls.public, raw.cluster.is_some());
         let peer = match (&raw.cluster, raw.listeners.peer) {
             (Some(_), p) if roles.db => {
                 parse_listener(&mut problems, "listeners.peer", p, DEFAULT_PEER)
@@ -493,6 +498,7 @@ impl Config {
             topology,
             topology_path,
             xds_ingress: xds_ingress.expect("validated above"),
+            public_tls,
         })
     }
 

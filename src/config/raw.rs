@@ -15,6 +15,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "auth",
     "cluster",
     "xds",
+    "tls",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,29 @@ pub(super) struct RawConfig {
     pub(super) cluster: Option<RawCluster>,
     #[serde(default)]
     pub(super) xds: RawXds,
+    #[serde(default)]
+    pub(super) tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) public: Option<RawPublicTls>,
+}
+
+/// The public listener's certificates: the first also for clients that
+/// name none of them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPublicTls {
+    pub(super) certificates: Vec<RawCertFiles>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertFiles {
+    pub(super) cert_file: String,
+    pub(super) key_file: String,
 }
 
 /// Where others reach this node, when it differs from where it binds (a

@@ -1,5 +1,5 @@
-//! Serving HTTP/1.1 and h2c on a bound listener, with connection-level
-//! limits and a graceful drain.
+//! Serving HTTP/1.1 and h2c on a bound listener (or both over TLS, with
+//! ALPN), with connection-level limits and a graceful drain.
 //!
 //! Every listener has its own [`ListenerLimits`] (`limits.listeners` in the
 //! config): connections at once, HTTP/2 streams per connection, and the
@@ -135,7 +135,7 @@ impl ListenerLimits {
 }
 
 /// How a listener serves: its name (for logs), limits and drain time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub name: &'static str,
     pub limits: ListenerLimits,
@@ -145,6 +145,9 @@ pub struct ServeOptions {
     /// streams (xDS), whose responses then wait in their own queues,
     /// shared, rather than copied into each buffer.
     pub h2_send_buffer: usize,
+    /// TLS: every connection's handshake first, with this configuration
+    /// (its certificates may change while the listener serves).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServeOptions {
@@ -154,9 +157,13 @@ impl ServeOptions {
             limits,
             grace,
             h2_send_buffer: H2_SEND_BUFFER,
+            tls: None,
         }
     }
 }
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `addr`, naming the listener in the error.
 pub async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -263,16 +270,50 @@ where
                     }
                 }
             }));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), hyper_service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _slot = slot;
-            if let Err(e) = conn.await {
+        let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        };
+        match &options.tls {
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), hyper_service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    ended(conn.await);
+                });
+            }
+            Some(config) => {
+                // The handshake in the connection's own task: a slow client
+                // holds its slot, never the accept loop.
+                let (builder, watcher, acceptor, name) = (
+                    builder.clone(),
+                    graceful.watcher(),
+                    tokio_rustls::TlsAcceptor::from(config.clone()),
+                    options.name,
+                );
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls), hyper_service)
+                                .into_owned();
+                            ended(watcher.watch(conn).await);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::time::timeout(options.grace, graceful.shutdown())

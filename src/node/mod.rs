@@ -68,6 +68,8 @@ pub enum NodeError {
     Registry(StoreError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("the public listener's TLS certificates do not load: {0}")]
+    PublicTls(String),
     /// Told to stop (SIGTERM or SIGINT) before it was ready: not a failure.
     #[error("stopped by {0} before the node was ready")]
     Stopped(&'static str),

@@ -391,17 +391,24 @@ impl Node {
         );
         let public = {
             let stop = CancellationToken::new();
+            let mut options = ServeOptions::new("public", limits.public, grace);
+            if let Some(files) = &config.public_tls {
+                let tls = Arc::new(
+                    crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
+                );
+                options.tls = Some(tls.config());
+                tokio::spawn(tls.watch(stop.clone()));
+            }
             Serving::spawn(
                 stop.clone(),
-                server::serve(
-                    listeners.public,
-                    ingress.clone(),
-                    stop,
-                    ServeOptions::new("public", limits.public, grace),
-                ),
+                server::serve(listeners.public, ingress.clone(), stop, options),
             )
         };
-        tracing::info!(addr = %config.listeners.public, "public listener serving; node ready");
+        tracing::info!(
+            addr = %config.listeners.public,
+            tls = config.public_tls.is_some(),
+            "public listener serving; node ready"
+        );
 
         let _ = grow.started.set(super::grow::Started {
             ingress: ingress.clone(),

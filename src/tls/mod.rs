@@ -10,13 +10,16 @@
 //!   it is used;
 //! - `credentials`: a node's chain, key and trusted roots as rustls server
 //!   and client configurations that check the peer's identity at the
-//!   handshake.
+//!   handshake;
+//! - `public`: the public listener's TLS from the operator's certificate
+//!   files, chosen by SNI, reloaded when the files change.
 //!
 //! The plan it serves is ADR 0010.
 
 pub mod ca;
 pub mod credentials;
 pub mod identity;
+pub mod public;
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ mod k8s;
 mod kv;
 mod lifecycle;
 mod partition;
+mod public_tls;
 mod scaled;
 mod support;
 mod xds;

@@ -2,9 +2,11 @@
 grpcio resolves xds:///echo through flotilla's xDS server
 (GRPC_XDS_BOOTSTRAP) and spreads the calls over the echo pods with no Envoy
 in the path. With --target 127.0.0.1:15001 it calls through the pod's Envoy
-sidecar instead (manifests/overlays/sidecars).
+sidecar instead (manifests/overlays/sidecars). With --tls-ca CA_FILE it
+calls over TLS, checking the server's certificate against CA_FILE (and the
+name --tls-name, when the target's host is not the certificate's name).
 
-Usage: echo_client.py [--target T] [SECONDS] [INTERVAL]. Calls every
+Usage: echo_client.py [--target T] [--tls-ca F [--tls-name N]] [SECONDS] [INTERVAL]. Calls every
 INTERVAL seconds (default 0.05) for SECONDS (default: until stopped) and
 prints, once a second, one JSON line: the calls each echo pod answered in
 that second and the calls that failed.
@@ -52,8 +54,17 @@ def echo_method(channel):
     )
 
 
-def count(target: str, calls: int) -> None:
-    with grpc.insecure_channel(target) as channel:
+def channel_to(args) -> grpc.Channel:
+    if args.tls_ca is None:
+        return grpc.insecure_channel(args.target)
+    with open(args.tls_ca, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    options = [("grpc.ssl_target_name_override", args.tls_name)] if args.tls_name else []
+    return grpc.secure_channel(args.target, credentials, options=options)
+
+
+def count(args, calls: int) -> None:
+    with channel_to(args) as channel:
         echo = echo_method(channel)
         nodes = {}
         for i in range(calls):
@@ -66,15 +77,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Calls flotilla's echo service.")
     parser.add_argument("--target", default="xds:///echo")
     parser.add_argument("--calls", type=int)
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-name")
     parser.add_argument("seconds", nargs="?", type=float, default=float("inf"))
     parser.add_argument("interval", nargs="?", type=float, default=0.05)
     args = parser.parse_args()
     if args.calls is not None:
-        count(args.target, args.calls)
+        count(args, args.calls)
         return
     seconds, interval = args.seconds, args.interval
     start = time.monotonic()
-    with grpc.insecure_channel(args.target) as channel:
+    with channel_to(args) as channel:
         echo = echo_method(channel)
         window, second, failed, i = {}, int(start), 0, 0
         while time.monotonic() - start < seconds:

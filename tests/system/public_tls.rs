@@ -1,0 +1,326 @@
+//! TLS on the public listener (`tls.public`, single mode), checked from the
+//! outside with an operator's CA and certificates made by openssl: curl
+//! over HTTP/1.1 and HTTP/2, the certificate chosen by SNI (a wildcard
+//! included), gRPC over TLS from grpcio, plaintext refused, a renewed
+//! certificate served without a restart, a broken file keeping the one
+//! served, and files that do not load refused before anything is bound.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use crate::support::{BINARY, Node, NodeConfig, run_cli, wait_until_blocking};
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (scripts/install-test-tools installs it): {e}"))
+}
+
+fn openssl(args: &[&str]) {
+    let out = run("openssl", args);
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An operator's CA, and certificates it signs.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let pki = Pki {
+            dir: dir.to_owned(),
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            s(&pki.ca_key()),
+            "-out",
+            s(&pki.ca()),
+            "-subj",
+            "/CN=operator root",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        pki
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    /// A certificate for `names` (DNS), written to `<file>.crt` and
+    /// `<file>.key` by renaming over them (as an operator's renewal does).
+    fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (crt, key, csr) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+            self.dir.join(format!("{file}.csr")),
+        );
+        let (new_crt, new_key) = (
+            self.dir.join(format!("{file}.crt.new")),
+            self.dir.join(format!("{file}.key.new")),
+        );
+        let san = names
+            .iter()
+            .map(|n| format!("DNS:{n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            s(&new_key),
+            "-out",
+            s(&csr),
+            "-subj",
+            &format!("/CN={}", names[0]),
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&self.ca()),
+            "-CAkey",
+            s(&self.ca_key()),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            s(&new_crt),
+        ]);
+        std::fs::rename(&new_key, &key).unwrap();
+        std::fs::rename(&new_crt, &crt).unwrap();
+        (crt, key)
+    }
+}
+
+/// `curl` to `https://<name>:<port><path>` on 127.0.0.1: the exit code,
+/// the body and the HTTP version.
+fn curl(pki: &Pki, name: &str, port: u16, http: &str) -> (i32, String) {
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            http,
+            "--cacert",
+            s(&pki.ca()),
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            "-w",
+            "\n%{http_version}",
+            &format!("https://{name}:{port}/api/echo"),
+        ],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The serial of the certificate served for `name`.
+fn served_serial(port: u16, name: &str) -> String {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+            ),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn tls_extra(certs: &[(PathBuf, PathBuf)]) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "{{cert_file: '{}', key_file: '{}'}}",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    format!("tls: {{public: {{certificates: [{}]}}}}\n", list.join(", "))
+}
+
+#[test]
+fn the_public_listener_serves_tls_by_sni_over_http1_http2_and_grpc_and_reloads_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let a = pki.issue("a", &["a.test"]);
+    let b = pki.issue("b", &["b.test", "*.b.test"]);
+    let mut node = Node::start(NodeConfig {
+        extra: tls_extra(&[a.clone(), b.clone()]),
+        ..Default::default()
+    });
+    node.wait_ready();
+    let port = node.public.port();
+
+    for (http, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let (code, out) = curl(&pki, "a.test", port, http);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("\"node\":\"test-node\""), "{out}");
+        assert!(out.trim_end().ends_with(version), "{http}: {out}");
+    }
+    // SNI: each name gets its own certificate (curl checks the name).
+    let (code, out) = curl(&pki, "api.b.test", port, "--http2");
+    assert_eq!(code, 0, "the wildcard certificate for api.b.test: {out}");
+    // A name no certificate carries gets the first, which curl refuses.
+    let (code, out) = curl(&pki, "c.test", port, "--http2");
+    assert_eq!(code, 60, "{out}");
+    // Plaintext is not spoken there.
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/api/echo"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "plaintext answered over the TLS port"
+    );
+
+    // gRPC over TLS (h2 by ALPN), grpcio checking the chain and the name.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
+    let out = run(
+        s(&crate::support::pods::grpc_python()),
+        &[
+            s(&script),
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--tls-ca",
+            s(&pki.ca()),
+            "--tls-name",
+            "a.test",
+            "--calls",
+            "3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"test-node": 3}"#
+    );
+
+    // Renewal: new files, the same listener serves them.
+    let before = served_serial(port, "a.test");
+    assert!(before.starts_with("serial="), "{before}");
+    pki.issue("a", &["a.test"]);
+    wait_until_blocking(
+        "the renewed certificate is served",
+        Duration::from_secs(15),
+        || {
+            let now = served_serial(port, "a.test");
+            if now != before && now.starts_with("serial=") {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        },
+    );
+    let renewed = served_serial(port, "a.test");
+    assert_eq!(curl(&pki, "a.test", port, "--http2").0, 0);
+
+    // A broken file: the renewed certificate stays, and the log says why.
+    std::fs::write(&a.0, "not a certificate").unwrap();
+    wait_until_blocking(
+        "the broken file is reported",
+        Duration::from_secs(15),
+        || {
+            if node.log().contains("do not load") {
+                Ok(())
+            } else {
+                Err("no warning yet".to_owned())
+            }
+        },
+    );
+    assert_eq!(served_serial(port, "a.test"), renewed);
+    assert_eq!(curl(&pki, "a.test", port, "--http1.1").0, 0);
+}
+
+#[test]
+fn certificate_files_that_do_not_load_are_refused_before_anything_is_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (crt, _) = pki.issue("a", &["a.test"]);
+    let (_, other_key) = pki.issue("b", &["b.test"]);
+    for (certs, expected) in [
+        (vec![(crt.clone(), other_key.clone())], "do not go together"),
+        (
+            vec![(crt.clone(), dir.path().join("missing.key"))],
+            "cannot read",
+        ),
+        (
+            vec![(pki.ca_key(), other_key.clone())],
+            "holds no certificate",
+        ),
+    ] {
+        let config = dir.path().join("node.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "node: {{id: n1}}\nservices: [echo]\ndata_dir: '{}'\nauth: {{secret: '{}'}}\n{}",
+                dir.path().join("data").display(),
+                crate::support::SECRET,
+                tls_extra(&certs)
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run_cli(BINARY.as_ref(), &["check-config", "--config", s(&config)]);
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains("tls.public.certificates"), "{err}");
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}
