@@ -23,8 +23,7 @@ use crate::tls::{
     identity::Identity,
 };
 
-/// The trust domain unless told: every identity is `spiffe://<it>/...`.
-pub const DEFAULT_DOMAIN: &str = "flotilla.local";
+use crate::tls::peer::DEFAULT_DOMAIN;
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {

@@ -23,6 +23,7 @@
 //! writes and reads to the leader. Reads are linearizable (read index
 //! through the leader).
 
+mod certify;
 mod elect;
 mod handover;
 pub mod log_store;
@@ -246,6 +247,7 @@ pub trait ClientPolicy: Send + Sync + 'static {
     fn command(&self, client: &StoreClient, command: &Command) -> Result<(), String>;
 }
 
+pub use certify::store_client_auth;
 pub use network::{StoreClient, join_token, join_token_scope};
 
 /// What this node is in the cluster.
@@ -262,7 +264,14 @@ pub enum Role {
 /// The cluster part of a validated config.
 #[derive(Clone, Debug)]
 pub struct ClusterSettings {
+    /// This node's name (its certificate's identity).
+    pub node: String,
+    /// What this node runs: its services, and `xds` (a store client's
+    /// certificate names them).
+    pub runs: Vec<String>,
     pub role: Role,
+    /// TLS between nodes (`cluster.tls`): on unless written off.
+    pub tls: crate::tls::peer::PeerTlsMode,
     /// The topology's `db` members (the Raft voters).
     pub members: Vec<Member>,
     /// The names of the store clients (nodes without the `db` role) the
@@ -294,6 +303,15 @@ pub enum ClusterError {
     /// The data dir holds state this member's group does not account for.
     #[error("{0}")]
     Foreign(String),
+    /// This member's certificate cannot be made (the CA files, say).
+    #[error("TLS between nodes: {0}")]
+    Tls(String),
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.renewal.cancel();
+    }
 }
 
 pub struct Cluster {
@@ -326,6 +344,13 @@ pub struct Cluster {
     /// Peer clients by member id, with the address they dial.
     clients: std::sync::Mutex<BTreeMap<u64, (String, network::Client)>>,
     credential: Arc<str>,
+    /// How this member calls the others: the credential, or its
+    /// certificate.
+    auth: network::Auth,
+    /// This member's TLS between nodes, unless `tls: off`.
+    tls: Option<crate::tls::peer::PeerTls>,
+    /// Ends the certificate's renewal with the cluster.
+    renewal: tokio_util::sync::CancellationToken,
     /// The store clients, with their keys.
     client_keys: network::ClientKeys,
     /// The cluster secret, from which the store clients' keys derive.
@@ -442,6 +467,27 @@ impl Cluster {
             secret,
             &settings.clients,
         )));
+        let tls = match &settings.tls {
+            crate::tls::peer::PeerTlsMode::Off => None,
+            crate::tls::peer::PeerTlsMode::On { ca, domain } => {
+                let ca = crate::tls::peer::load_ca(ca, secret, domain).map_err(ClusterError::Tls)?;
+                Some(
+                    crate::tls::peer::PeerTls::member(ca, domain, &settings.node)
+                        .map_err(ClusterError::Tls)?,
+                )
+            }
+        };
+        let auth = match &tls {
+            Some(tls) => network::Auth::Tls(tls.clone()),
+            None => network::Auth::Plain {
+                credential: credential.clone(),
+                node: None,
+            },
+        };
+        let renewal = tokio_util::sync::CancellationToken::new();
+        if let Some(tls) = &tls {
+            tokio::spawn(crate::tls::peer::renew_member(tls.clone(), renewal.clone()));
+        }
         let faults = network::Faults::default();
         let group: origin::GroupCell = Arc::new(std::sync::RwLock::new(
             facts.group.as_deref().map(Arc::from),
@@ -449,7 +495,7 @@ impl Cluster {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(id, credential.clone(), faults.clone(), group.clone()),
+            network::Network::new(id, auth.clone(), faults.clone(), group.clone()),
             log.clone(),
             sm,
         )
@@ -499,6 +545,9 @@ impl Cluster {
             members: settings.members.iter().map(|m| (m.id, m.clone())).collect(),
             clients: std::sync::Mutex::default(),
             credential,
+            auth,
+            tls,
+            renewal,
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
         tokio::spawn(elect::elector(Arc::downgrade(&cluster)));
@@ -532,8 +581,16 @@ impl Cluster {
                 self.client_keys.clone(),
                 self.faults.clone(),
                 self.group.clone(),
+                self.tls.as_ref().map(|t| Arc::from(t.domain())),
             ),
         ))
+    }
+
+    /// The peer listener's TLS, unless `tls: off`: each connection takes
+    /// the configuration of the certificate current at its handshake.
+    pub fn peer_tls(&self) -> Option<crate::edge::server::TlsSource> {
+        let tls = self.tls.clone()?;
+        Some(Arc::new(move || tls.server_config()))
     }
 
     /// A client for member `id`: its address from the topology, or from the
@@ -544,7 +601,7 @@ impl Cluster {
     /// `id` (see `network::admin_client`).
     fn admin_client(&self, id: u64) -> Result<network::Client, StoreError> {
         let addr = self.peer_addr(id)?;
-        network::admin_client(&addr, &self.credential, Some(&self.group)).map_err(unavailable)
+        network::admin_client(&addr, &self.auth, Some(&self.group)).map_err(unavailable)
     }
 
     /// Member `id`'s peer address: from the topology, or from the
@@ -572,7 +629,7 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let client = network::client(&addr, &self.credential, &self.group).map_err(unavailable)?;
+        let client = network::client(&addr, &self.auth, &self.group).map_err(unavailable)?;
         clients.insert(id, (addr, client.clone()));
         Ok(client)
     }

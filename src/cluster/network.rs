@@ -159,20 +159,74 @@ pub enum Caller {
 /// What the db members know of each store client: its expected key.
 pub type ClientKeys = Arc<std::sync::RwLock<HashMap<String, String>>>;
 
-/// Server side: refuses a call without the right credential, and records
-/// the caller.
+/// How this process proves who it is to the members' peer listeners.
+#[derive(Clone)]
+pub enum Auth {
+    /// `tls: off`: the credential header (a member's, derived from the
+    /// cluster secret, or a store client's key or join token, with its
+    /// node name).
+    Plain {
+        credential: Arc<str>,
+        node: Option<Arc<str>>,
+    },
+    /// Mutual TLS: the certificate is the proof.
+    Tls(crate::tls::peer::PeerTls),
+}
+
+/// Who called, from the certificate its connection presented (checked by
+/// the listener's verifier at the handshake): a member is `Peer`, a store
+/// client is `Client`, with the scope its certificate names unless the
+/// topology knows it.
+fn caller_of_certificate(
+    certificate: &crate::edge::server::PeerCertificate,
+    domain: &str,
+    clients: &ClientKeys,
+) -> Option<Caller> {
+    use crate::tls::identity::{Identity, read};
+    match read(&certificate.0, domain).ok()?.identity {
+        Identity::Member { .. } => Some(Caller::Peer),
+        Identity::Client { node, services } => {
+            let known = clients
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&node);
+            Some(Caller::Client(StoreClient {
+                node,
+                scope: (!known).then_some(services),
+            }))
+        }
+        Identity::Envoy { .. } => None,
+    }
+}
+
+/// Server side: records the caller, as its certificate (`tls`, the trust
+/// domain) or its credential header proves it. With TLS, a call without a
+/// certificate goes on without a caller: only `Certify` answers it. Without,
+/// a wrong credential is refused here.
 pub fn check_credential(
     expected: Arc<str>,
     secret: Arc<str>,
     clients: ClientKeys,
     faults: Faults,
     group: super::origin::GroupCell,
+    tls: Option<Arc<str>>,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |mut req: tonic::Request<()>| {
         if faults.isolated() {
             return Err(tonic::Status::unavailable(
                 "this node is isolated (fault injection)",
             ));
+        }
+        if let Some(domain) = &tls {
+            let caller = req
+                .extensions()
+                .get::<crate::edge::server::PeerCertificate>()
+                .and_then(|c| caller_of_certificate(c, domain, &clients));
+            if let Some(caller) = caller {
+                offer_group(&mut req, &caller, &group)?;
+                req.extensions_mut().insert(caller);
+            }
+            return Ok(req);
         }
         let presented = req
             .metadata()
@@ -203,25 +257,9 @@ pub fn check_credential(
                 }
             }
         };
-        let offered = req
-            .metadata()
-            .get(GROUP_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match (&caller, offered, super::origin::group_of(&group)) {
-            (Some(Caller::Peer), Some(theirs), Some(mine)) if theirs != *mine => {
-                if REFUSED_GROUP.ready() {
-                    tracing::warn!(group = %mine, caller_group = %theirs, "refused a Raft message from a member of another group");
-                }
-                return Err(group_mismatch(&mine, &theirs));
-            }
-            (Some(Caller::Peer), Some(theirs), None) => {
-                req.extensions_mut().insert(OfferedGroup(theirs));
-            }
-            _ => {}
-        }
         match caller {
             Some(caller) => {
+                offer_group(&mut req, &caller, &group)?;
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }
@@ -232,17 +270,46 @@ pub fn check_credential(
     }
 }
 
+/// A member's call names its group: refused if it is another group than
+/// this member's, offered to a member that has none yet (see `origin`).
+fn offer_group(
+    req: &mut tonic::Request<()>,
+    caller: &Caller,
+    group: &super::origin::GroupCell,
+) -> Result<(), tonic::Status> {
+    let offered = req
+        .metadata()
+        .get(GROUP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match (caller, offered, super::origin::group_of(group)) {
+        (Caller::Peer, Some(theirs), Some(mine)) if theirs != *mine => {
+            if REFUSED_GROUP.ready() {
+                tracing::warn!(group = %mine, caller_group = %theirs, "refused a Raft message from a member of another group");
+            }
+            Err(group_mismatch(&mine, &theirs))
+        }
+        (Caller::Peer, Some(theirs), None) => {
+            req.extensions_mut().insert(OfferedGroup(theirs));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone)]
 pub struct AddCredential {
-    credential: MetadataValue<tonic::metadata::Ascii>,
+    credential: Option<MetadataValue<tonic::metadata::Ascii>>,
     client: Option<MetadataValue<tonic::metadata::Ascii>>,
     group: Option<super::origin::GroupCell>,
 }
 
 impl tonic::service::Interceptor for AddCredential {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert(CREDENTIAL_HEADER, self.credential.clone());
+        if let Some(credential) = &self.credential {
+            req.metadata_mut()
+                .insert(CREDENTIAL_HEADER, credential.clone());
+        }
         if let Some(node) = &self.client {
             req.metadata_mut().insert(CLIENT_HEADER, node.clone());
         }
@@ -259,12 +326,8 @@ pub type Client = PeerClient<InterceptedService<Channel, AddCredential>>;
 
 /// A member's client for the peer at `addr`, connecting lazily (and
 /// reconnecting); its calls carry this member's group once it has one.
-pub fn client(
-    addr: &str,
-    credential: &str,
-    group: &super::origin::GroupCell,
-) -> Result<Client, String> {
-    client_with(addr, credential, None, Some(group.clone()), CALL_DEADLINE)
+pub fn client(addr: &str, auth: &Auth, group: &super::origin::GroupCell) -> Result<Client, String> {
+    client_with(addr, auth, Some(group.clone()), CALL_DEADLINE)
 }
 
 /// The client-side deadline of a call (see `client_with`).
@@ -279,58 +342,101 @@ pub const ADMIN_PATIENCE: Duration = Duration::from_secs(900);
 /// member forwards the operation.
 pub fn admin_client(
     addr: &str,
-    credential: &str,
+    auth: &Auth,
     group: Option<&super::origin::GroupCell>,
 ) -> Result<Client, String> {
-    client_with(addr, credential, None, group.cloned(), ADMIN_PATIENCE)
+    client_with(addr, auth, group.cloned(), ADMIN_PATIENCE)
 }
 
-/// A client for the peer at `addr` that calls as store client `node` when
-/// one is given (with that node's key as `credential`), or as a tool
-/// holding the cluster secret.
-pub fn client_as(addr: &str, credential: &str, node: Option<&str>) -> Result<Client, String> {
-    client_with(addr, credential, node, None, CALL_DEADLINE)
+/// A client for the peer at `addr`, as a store client or a tool holding
+/// the cluster secret, as `auth` says.
+pub fn client_as(addr: &str, auth: &Auth) -> Result<Client, String> {
+    client_with(addr, auth, None, CALL_DEADLINE)
+}
+
+fn endpoint(addr: &str, deadline: Duration) -> Result<tonic::transport::Endpoint, String> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            // A deadline on the client side too: `grpc-timeout` alone is only
+            // a request to the server, and a stalled connection must not hang
+            // a caller forever.
+            .timeout(deadline)
+            .tcp_nodelay(true)
+            // A connection whose packets are dropped (a partition) is closed
+            // once a ping (every 500 ms) goes unanswered for 1 s, and the
+            // next call opens a new one: otherwise, after the heal, calls
+            // waited on the old connection's TCP retransmission backoff (over
+            // 2 s seen).
+            .http2_keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true),
+    )
 }
 
 fn client_with(
     addr: &str,
-    credential: &str,
-    node: Option<&str>,
+    auth: &Auth,
     group: Option<super::origin::GroupCell>,
     deadline: Duration,
 ) -> Result<Client, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?
-        .connect_timeout(Duration::from_millis(500))
-        // A deadline on the client side too: `grpc-timeout` alone is only a
-        // request to the server, and a stalled connection must not hang a
-        // caller forever.
-        .timeout(deadline)
-        .tcp_nodelay(true)
-        // A connection whose packets are dropped (a partition) is closed
-        // once a ping (every 500 ms) goes unanswered for 1 s, and the next
-        // call opens a new one: otherwise, after the heal, calls waited on
-        // the old connection's TCP retransmission backoff (over 2 s seen).
-        .http2_keep_alive_interval(Duration::from_millis(500))
-        .keep_alive_timeout(Duration::from_secs(1))
-        .keep_alive_while_idle(true);
-    let credential = credential
-        .parse()
-        .map_err(|e| format!("the peer credential is not valid metadata: {e}"))?;
-    let client = node
-        .map(|n| n.parse())
-        .transpose()
-        .map_err(|e| format!("the node name is not valid metadata: {e}"))?;
-    Ok(PeerClient::with_interceptor(
-        endpoint.connect_lazy(),
+    let endpoint = endpoint(addr, deadline)?;
+    let (channel, credential, client) = match auth {
+        Auth::Plain { credential, node } => (
+            endpoint.connect_lazy(),
+            Some(
+                credential
+                    .parse()
+                    .map_err(|e| format!("the peer credential is not valid metadata: {e}"))?,
+            ),
+            node.as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| format!("the node name is not valid metadata: {e}"))?,
+        ),
+        Auth::Tls(tls) => {
+            let tls = tls.clone();
+            let connector = crate::tls::peer::connector(move || tls.client_config(), None);
+            (endpoint.connect_with_connector_lazy(connector), None, None)
+        }
+    };
+    Ok(wrap(
+        channel,
         AddCredential {
             credential,
             client,
             group,
         },
-    )
-    .max_decoding_message_size(256 * 1024 * 1024)
-    .max_encoding_message_size(256 * 1024 * 1024))
+    ))
+}
+
+fn wrap(channel: Channel, credential: AddCredential) -> Client {
+    PeerClient::with_interceptor(channel, credential)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024)
+}
+
+/// A client for a node's first certificate: TLS that takes any server
+/// certificate, recorded in `seen` once connected (see `certify`).
+pub async fn first_contact_client(
+    addr: &str,
+    seen: crate::tls::peer::SeenServer,
+) -> Result<Client, String> {
+    let connector =
+        crate::tls::peer::connector(crate::tls::peer::first_contact_config, Some(seen));
+    let channel = endpoint(addr, CALL_DEADLINE)?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    Ok(wrap(
+        channel,
+        AddCredential {
+            credential: None,
+            client: None,
+            group: None,
+        },
+    ))
 }
 
 /// Encodes a message for the wire.
@@ -365,7 +471,7 @@ impl Faults {
 pub struct Network {
     /// This member's Raft id, named in the errors of its calls.
     me: NodeId,
-    credential: Arc<str>,
+    auth: Auth,
     faults: Faults,
     group: super::origin::GroupCell,
 }
@@ -373,13 +479,13 @@ pub struct Network {
 impl Network {
     pub fn new(
         me: NodeId,
-        credential: Arc<str>,
+        auth: Auth,
         faults: Faults,
         group: super::origin::GroupCell,
     ) -> Network {
         Network {
             me,
-            credential,
+            auth,
             faults,
             group,
         }
@@ -401,7 +507,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             me: self.me,
             target,
             faults: self.faults.clone(),
-            client: client(&node.addr, &self.credential, &self.group),
+            client: client(&node.addr, &self.auth, &self.group),
         }
     }
 }

@@ -17,7 +17,11 @@ pub(super) fn reply<T: Serialize>(value: &T) -> PeerResult {
 pub(super) fn caller<T>(r: &tonic::Request<T>) -> Result<&network::Caller, tonic::Status> {
     r.extensions()
         .get::<network::Caller>()
-        .ok_or_else(|| tonic::Status::unauthenticated("the call was not authenticated"))
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "the call was not authenticated: present a certificate from the cluster's CA (a member issues its own, a store client asks a member with Certify)",
+            )
+        })
 }
 
 /// Refuses a store client: Raft, membership and batch forwarding are for
@@ -232,6 +236,11 @@ impl peer_server::Peer for PeerService {
                 "raft has stopped on this member",
             )),
         }
+    }
+
+    async fn certify(&self, r: tonic::Request<Blob>) -> PeerResult {
+        let req: super::certify::CertifyRequest = network::unblob(r.get_ref())?;
+        reply(&self.cluster.certify(&req)?)
     }
 
     async fn timeout_now(&self, r: tonic::Request<Blob>) -> PeerResult {

@@ -19,41 +19,94 @@ pub(super) struct Remote(Arc<RemoteInner>);
 
 pub(super) struct RemoteInner {
     members: Vec<Member>,
-    credential: String,
-    /// The store client's node name, when calling as one.
-    node: Option<String>,
+    auth: Proof,
     /// One client (one HTTP/2 connection) per member, shared by calls.
     clients: std::sync::Mutex<BTreeMap<u64, network::Client>>,
     /// The member that answered last (0: none yet): tried first.
     leader: std::sync::atomic::AtomicU64,
 }
 
+/// How a remote caller proves who it is.
+enum Proof {
+    /// Known at once: the credential (`tls: off`), or a certificate a tool
+    /// with a member's config issued itself.
+    Ready(Result<network::Auth, String>),
+    /// A store client's certificate, asked of a member at the first call
+    /// and renewed from then on.
+    Certified {
+        asking: super::certify::Asking,
+        tls: tokio::sync::OnceCell<crate::tls::peer::PeerTls>,
+    },
+}
+
 impl RemoteInner {
     pub(super) fn new(settings: &ClusterSettings) -> RemoteInner {
-        let (credential, node) = match &settings.role {
-            Role::Voter { secret, .. } => (network::credential(secret), None),
-            Role::Client { node, key } => (key.clone(), Some(node.clone())),
+        use crate::tls::peer::{PeerTls, PeerTlsMode, load_ca};
+        let auth = match (&settings.tls, &settings.role) {
+            (PeerTlsMode::Off, Role::Voter { secret, .. }) => Proof::Ready(Ok(network::Auth::Plain {
+                credential: network::credential(secret).into(),
+                node: None,
+            })),
+            (PeerTlsMode::Off, Role::Client { node, key }) => Proof::Ready(Ok(network::Auth::Plain {
+                credential: key.as_str().into(),
+                node: Some(node.as_str().into()),
+            })),
+            (PeerTlsMode::On { ca, domain }, Role::Voter { secret, .. }) => Proof::Ready(
+                load_ca(ca, secret, domain)
+                    .and_then(|ca| PeerTls::member(ca, domain, &settings.node))
+                    .map(network::Auth::Tls),
+            ),
+            (PeerTlsMode::On { domain, .. }, Role::Client { node, key }) => Proof::Certified {
+                asking: super::certify::Asking {
+                    members: settings.members.clone(),
+                    node: node.clone(),
+                    runs: settings.runs.clone(),
+                    key: key.clone(),
+                    domain: domain.clone(),
+                },
+                tls: tokio::sync::OnceCell::new(),
+            },
         };
         RemoteInner {
             members: settings.members.clone(),
-            credential,
-            node,
+            auth,
             clients: std::sync::Mutex::default(),
             leader: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    pub(super) fn client(&self, member: &Member) -> Result<network::Client, String> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&member.id) {
+    /// How this node calls the members: for a store client with TLS, once
+    /// a member has issued its certificate (which is kept renewed).
+    async fn auth(&self) -> Result<network::Auth, String> {
+        match &self.auth {
+            Proof::Ready(auth) => auth.clone(),
+            Proof::Certified { asking, tls } => {
+                let tls = tls
+                    .get_or_try_init(|| async {
+                        let tls = asking.first().await?;
+                        tokio::spawn(asking.clone().renew(tls.clone()));
+                        Ok::<_, String>(tls)
+                    })
+                    .await?;
+                Ok(network::Auth::Tls(tls.clone()))
+            }
+        }
+    }
+
+    pub(super) async fn client(&self, member: &Member) -> Result<network::Client, String> {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&member.id)
+        {
             return Ok(c.clone());
         }
-        let client = network::client_as(
-            &member.peer.to_string(),
-            &self.credential,
-            self.node.as_deref(),
-        )?;
-        clients.insert(member.id, client.clone());
+        let client = network::client_as(&member.peer.to_string(), &self.auth().await?)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(member.id, client.clone());
         Ok(client)
     }
 
@@ -92,9 +145,12 @@ impl RemoteInner {
             let asked = order.len();
             for member in order {
                 let client = if method == "admin" {
-                    network::admin_client(&member.peer.to_string(), &self.credential, None)
+                    match self.auth().await {
+                        Ok(auth) => network::admin_client(&member.peer.to_string(), &auth, None),
+                        Err(e) => Err(e),
+                    }
                 } else {
-                    self.client(member)
+                    self.client(member).await
                 };
                 let mut client = match client {
                     Ok(c) => c,
@@ -205,17 +261,18 @@ pub async fn remote_admin(
     settings: &ClusterSettings,
     op: AdminOp,
 ) -> Result<serde_json::Value, String> {
-    let Role::Voter { secret, .. } = &settings.role else {
+    let Role::Voter { .. } = &settings.role else {
         return Err(
             "this config is a store client's: run `flotilla cluster` with a db member's config"
                 .into(),
         );
     };
-    let credential = network::credential(secret);
+    let remote = RemoteInner::new(settings);
     if matches!(op, AdminOp::Status) {
+        let auth = remote.auth().await?;
         let mut members = Vec::new();
         for m in &settings.members {
-            let status = match network::client_as(&m.peer.to_string(), &credential, None) {
+            let status = match network::client_as(&m.peer.to_string(), &auth) {
                 Ok(mut client) => {
                     let call = client.admin(tonic::Request::new(network::blob(&op)));
                     match tokio::time::timeout(Duration::from_secs(3), call).await {
@@ -236,7 +293,7 @@ pub async fn remote_admin(
         }
         return Ok(serde_json::Value::Array(members));
     }
-    let result: Result<serde_json::Value, String> = RemoteInner::new(settings)
+    let result: Result<serde_json::Value, String> = remote
         .call("admin", "", network::blob(&op))
         .await
         .map_err(|e| e.to_string())?;

@@ -133,8 +133,17 @@ pub(super) fn parse_cluster(
             format!("{stale} is out of range: use 10 to 60000"),
         );
     }
+    let tls = parse_peer_tls(problems, raw.tls.clone(), matches!(role, Role::Voter { .. }));
     credential?;
     let settings = ClusterSettings {
+        node: node_id.to_owned(),
+        runs: roles
+            .services
+            .iter()
+            .map(|s| s.to_string())
+            .chain(roles.xds.then(|| "xds".to_owned()))
+            .collect(),
+        tls,
         stale_read_max_lag: Duration::from_millis(stale),
         fault_injection: raw.fault_injection,
         role,
@@ -269,5 +278,70 @@ fn check_peer(problems: &mut Problems, bind: Option<SocketAddr>, advertised: &st
                 "{bind} does not serve this node's peer address in the topology ({advertised}): bind that address, or a wildcard on its port"
             ),
         );
+    }
+}
+
+/// `cluster.tls`: absent, TLS between nodes with the CA derived from the
+/// cluster secret; `off`, plaintext (warned about at start); or a table
+/// naming the CA's directory (db members) and the trust domain.
+pub(super) fn parse_peer_tls(
+    problems: &mut Problems,
+    raw: Option<serde_yaml_ng::Value>,
+    member: bool,
+) -> crate::tls::peer::PeerTlsMode {
+    use crate::tls::peer::{CaSource, DEFAULT_DOMAIN, PeerTlsMode};
+    use serde_yaml_ng::Value;
+    let on = |ca, domain| PeerTlsMode::On { ca, domain };
+    let usage = "use `off`, or `{ca_dir: DIR, domain: NAME}` (both optional), or leave it out for mutual TLS with the CA derived from cluster.secret";
+    let Some(raw) = raw else {
+        return on(CaSource::Secret, DEFAULT_DOMAIN.to_owned());
+    };
+    match raw {
+        Value::String(word) if word == "off" => PeerTlsMode::Off,
+        Value::Bool(false) => PeerTlsMode::Off,
+        Value::Mapping(table) => {
+            let mut ca = CaSource::Secret;
+            let mut domain = DEFAULT_DOMAIN.to_owned();
+            for (key, value) in table {
+                match (key.as_str(), value) {
+                    (Some("ca_dir"), Value::String(dir)) if member => {
+                        ca = CaSource::Dir(PathBuf::from(dir));
+                    }
+                    (Some("ca_dir"), Value::String(_)) => problems.add(
+                        "cluster.tls.ca_dir",
+                        "is for db members, which hold the CA: a store client gets its certificate from them; remove it",
+                    ),
+                    (Some("domain"), Value::String(d)) => match crate::tls::identity::Identity::member(&d) {
+                        Ok(_) => domain = d,
+                        Err(_) => problems.add(
+                            "cluster.tls.domain",
+                            format!("`{d}` is not a trust domain: use letters, digits, '-' and '.'"),
+                        ),
+                    },
+                    (Some(k @ ("ca_dir" | "domain")), _) => {
+                        problems.add(&format!("cluster.tls.{k}"), "must be a string")
+                    }
+                    (k, _) => problems.add(
+                        "cluster.tls",
+                        format!("unknown key {}: {usage}", k.map_or("(not a string)".to_owned(), |k| format!("`{k}`"))),
+                    ),
+                }
+            }
+            if let CaSource::Dir(dir) = &ca {
+                for file in ["ca.crt", "ca.key"] {
+                    if !dir.join(file).is_file() {
+                        problems.add(
+                            "cluster.tls.ca_dir",
+                            format!("{} has no {file}: `flotilla ca init --out {}` makes the CA there (or imports yours)", dir.display(), dir.display()),
+                        );
+                    }
+                }
+            }
+            on(ca, domain)
+        }
+        other => {
+            problems.add("cluster.tls", format!("`{}` is not a setting: {usage}", serde_yaml_ng::to_string(&other).unwrap_or_default().trim()));
+            PeerTlsMode::Off
+        }
     }
 }

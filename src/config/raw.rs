@@ -94,6 +94,9 @@ pub(super) struct RawCluster {
     #[serde(default)]
     pub(super) fault_injection: bool,
     pub(super) stale_read_max_lag_ms: Option<u64>,
+    /// `off`, or `{ca_dir, domain}`; absent: on, with the CA derived from
+    /// the secret (read by `cluster::parse_peer_tls`).
+    pub(super) tls: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]

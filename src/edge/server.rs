@@ -135,7 +135,7 @@ impl ListenerLimits {
 }
 
 /// How a listener serves: its name (for logs), limits and drain time.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeOptions {
     pub name: &'static str,
     pub limits: ListenerLimits,
@@ -145,9 +145,10 @@ pub struct ServeOptions {
     /// streams (xDS), whose responses then wait in their own queues,
     /// shared, rather than copied into each buffer.
     pub h2_send_buffer: usize,
-    /// TLS: every connection's handshake first, with this configuration
-    /// (its certificates may change while the listener serves).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS: every connection's handshake first, with the configuration
+    /// this gives at that moment (certificates change while a listener
+    /// serves).
+    pub tls: Option<TlsSource>,
 }
 
 impl ServeOptions {
@@ -161,6 +162,17 @@ impl ServeOptions {
         }
     }
 }
+
+/// A listener's current TLS configuration.
+pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// The certificate a client presented in the TLS handshake (checked by the
+/// listener's verifier), in every request of its connection.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
+
+/// At most one line per listener this often about refused handshakes.
+const HANDSHAKE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,6 +195,42 @@ pub struct BindError {
 /// What an HTTP/2 stream's response may hold in the connection's send
 /// buffer while the client has not taken it (hyper's default).
 pub const H2_SEND_BUFFER: usize = 400 * 1024;
+
+/// A connection's service: every request gets the client's address (and
+/// certificate), and one over the listener's limits is answered here.
+fn per_request<S>(
+    service: S,
+    limits: ListenerLimits,
+    peer: SocketAddr,
+    certificate: Option<PeerCertificate>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone
+where
+    S: tower::Service<http::Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    TowerToHyperService::new(tower::service_fn(move |r: http::Request<Incoming>| {
+        let mut r = r.map(Body::new);
+        r.extensions_mut().insert(ClientAddr(peer));
+        if let Some(certificate) = &certificate {
+            r.extensions_mut().insert(certificate.clone());
+        }
+        let service = service.clone();
+        async move {
+            match limits.refuse(&r) {
+                Some(refusal) => Ok::<_, Infallible>(refusal),
+                None => service.oneshot(r).await,
+            }
+        }
+    }))
+}
 
 /// Accepts connections until `stop` is cancelled, then lets in-flight
 /// requests finish for at most `options.grace`. Returns whether every
@@ -224,6 +272,7 @@ where
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_full_log: Option<Instant> = None;
+    let refused: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -258,18 +307,6 @@ where
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let hyper_service =
-            TowerToHyperService::new(tower::service_fn(move |r: http::Request<Incoming>| {
-                let mut r = r.map(Body::new);
-                r.extensions_mut().insert(ClientAddr(peer));
-                let service = service.clone();
-                async move {
-                    match limits.refuse(&r) {
-                        Some(refusal) => Ok::<_, Infallible>(refusal),
-                        None => service.oneshot(r).await,
-                    }
-                }
-            }));
         let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -278,7 +315,7 @@ where
         match &options.tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), hyper_service)
+                    .serve_connection(TokioIo::new(stream), per_request(service, limits, peer, None))
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -286,26 +323,42 @@ where
                     ended(conn.await);
                 });
             }
-            Some(config) => {
+            Some(tls) => {
                 // The handshake in the connection's own task: a slow client
                 // holds its slot, never the accept loop.
-                let (builder, watcher, acceptor, name) = (
+                let (builder, watcher, acceptor, name, refused) = (
                     builder.clone(),
                     graceful.watcher(),
-                    tokio_rustls::TlsAcceptor::from(config.clone()),
+                    tokio_rustls::TlsAcceptor::from(tls()),
                     options.name,
+                    refused.clone(),
                 );
                 tokio::spawn(async move {
                     let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            let certificate = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
                             let conn = builder
-                                .serve_connection(TokioIo::new(tls), hyper_service)
+                                .serve_connection(
+                                    TokioIo::new(tls),
+                                    per_request(service, limits, peer, certificate),
+                                )
                                 .into_owned();
                             ended(watcher.watch(conn).await);
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            let mut last = refused.lock().unwrap_or_else(|p| p.into_inner());
+                            if last.is_none_or(|t| t.elapsed() >= HANDSHAKE_LOG_EVERY) {
+                                *last = Some(Instant::now());
+                                tracing::warn!(listener = name, %peer, error = %e, "refused a connection at the TLS handshake (one line per 10 s at most)");
+                            } else {
+                                tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");
+                            }
                         }
                         Err(_) => {
                             tracing::debug!(listener = name, %peer, "TLS handshake timed out");

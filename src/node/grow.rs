@@ -230,7 +230,10 @@ impl Grow {
                 listener,
                 cluster.peer_router(),
                 stop,
-                server::ServeOptions::new("peer", limits.peer, old.limits.shutdown_grace),
+                server::ServeOptions {
+                    tls: cluster.peer_tls(),
+                    ..server::ServeOptions::new("peer", limits.peer, old.limits.shutdown_grace)
+                },
             ),
         ));
         cluster

@@ -132,6 +132,16 @@ impl Node {
             services = ?config.services,
             "starting flotilla"
         );
+        if let Some(c) = &config.cluster {
+            match &c.tls {
+                crate::tls::peer::PeerTlsMode::Off => tracing::warn!(
+                    "cluster.tls is off: Raft, store calls and forwarded requests between nodes travel in plaintext, and nodes prove who they are with keys derived from the cluster secret; remove `tls: off` for mutual TLS"
+                ),
+                crate::tls::peer::PeerTlsMode::On { domain, .. } => {
+                    tracing::info!(%domain, "mutual TLS between nodes")
+                }
+            }
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
             path: config.data_dir.display().to_string(),
             source,

@@ -159,7 +159,10 @@ impl Node {
                         listener,
                         c.peer_router(),
                         stop,
-                        ServeOptions::new("peer", limits.peer, grace),
+                        ServeOptions {
+                            tls: c.peer_tls(),
+                            ..ServeOptions::new("peer", limits.peer, grace)
+                        },
                     ),
                 ))
             }
@@ -396,7 +399,8 @@ impl Node {
                 let tls = Arc::new(
                     crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
                 );
-                options.tls = Some(tls.config());
+                let config = tls.config();
+                options.tls = Some(Arc::new(move || config.clone()));
                 tokio::spawn(tls.watch(stop.clone()));
             }
             Serving::spawn(

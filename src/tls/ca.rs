@@ -17,6 +17,10 @@ use super::identity::{self, Identity};
 pub const NODE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long a CA `flotilla ca init` makes is valid.
 pub const CA_LIFETIME: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+/// A derived CA's fixed validity: 2025-01-01 to 2125-01-01 (its key is
+/// the secret's; a new secret makes a new CA).
+const DERIVED_FROM: Duration = Duration::from_secs(1_735_689_600);
+const DERIVED_UNTIL: Duration = Duration::from_secs(4_891_363_200);
 /// Certificates start this much before they are issued, for clocks that
 /// run a little behind the CA's.
 const BACKDATE: Duration = Duration::from_secs(300);
@@ -66,6 +70,52 @@ impl Ca {
         Ok(Ca {
             cert_pem: cert.pem(),
             not_after: now + CA_LIFETIME,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA of a cluster whose config chose none: derived from the
+    /// cluster secret, so every member (and every tool holding the secret)
+    /// has the same one without storing a key or asking another node, and
+    /// a cluster is mutual TLS from its first connection. An Ed25519 key
+    /// from a keyed hash of the secret, and a certificate with fixed fields
+    /// (Ed25519 signatures are deterministic): the same bytes everywhere.
+    /// Whoever holds the secret can issue, as whoever holds it can already
+    /// join; a new secret is a new CA.
+    pub fn derive(secret: &str, domain: &str) -> Result<Ca, String> {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(format!("flotilla/v1/ca key/{domain}").as_bytes());
+        let seed = mac.finalize().into_bytes();
+        // PKCS#8 v1 of an Ed25519 private key: the fixed prefix (RFC 8410),
+        // then the 32-byte seed.
+        let mut pkcs8 = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        pkcs8.extend_from_slice(&seed);
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.into(), &rcgen::PKCS_ED25519)
+            .map_err(|e| format!("cannot make the CA key from the cluster secret: {e}"))?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("flotilla CA {domain}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let (start, end) = (
+            SystemTime::UNIX_EPOCH + DERIVED_FROM,
+            SystemTime::UNIX_EPOCH + DERIVED_UNTIL,
+        );
+        params.not_before = offset(start);
+        params.not_after = offset(end);
+        params.serial_number = Some(SerialNumber::from_slice(&[0x01, seed[0] | 0x01]));
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| format!("cannot sign the CA certificate: {e}"))?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            not_after: end,
             issuer: Issuer::new(params, key),
         })
     }

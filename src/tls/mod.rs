@@ -11,6 +11,8 @@
 //! - `credentials`: a node's chain, key and trusted roots as rustls server
 //!   and client configurations that check the peer's identity at the
 //!   handshake;
+//! - `peer`: mutual TLS between nodes: a member's certificate issued from
+//!   the CA it holds, a store client's from a member, renewed in place;
 //! - `public`: the public listener's TLS from the operator's certificate
 //!   files, chosen by SNI, reloaded when the files change.
 //!
@@ -19,6 +21,7 @@
 pub mod ca;
 pub mod credentials;
 pub mod identity;
+pub mod peer;
 pub mod public;
 
 #[cfg(test)]

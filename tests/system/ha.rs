@@ -335,9 +335,11 @@ async fn a_member_started_before_a_majority_waits_for_it() {
     cluster.nodes[0].wait_ready();
 }
 
+/// With `tls: off` (written out), the cluster credential is the proof:
+/// none, or one from another secret, is refused.
 #[tokio::test]
-async fn a_peer_without_the_cluster_secret_is_refused() {
-    let cluster = TestCluster::start("");
+async fn with_tls_off_a_peer_without_the_cluster_secret_is_refused() {
+    let cluster = TestCluster::start(", tls: off");
     let peer = {
         let text = std::fs::read_to_string(&cluster.nodes[0].config_path).unwrap();
         let start = text.find("peer: '").unwrap() + 7;
@@ -357,8 +359,11 @@ async fn a_peer_without_the_cluster_secret_is_refused() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let wrong = flotilla::cluster::network::client_as(
         &peer,
-        &flotilla::cluster::network::credential("not-the-secret-at-all-0123456789"),
-        None,
+        &flotilla::cluster::network::Auth::Plain {
+            credential: flotilla::cluster::network::credential("not-the-secret-at-all-0123456789")
+                .into(),
+            node: None,
+        },
     )
     .unwrap()
     .write(flotilla::proto::peer::Blob {

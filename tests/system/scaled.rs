@@ -92,7 +92,21 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             "kv-1",
         ],
     );
-    let mut as_kv = network::client_as(&db1, kv_key.trim(), Some("kv-1")).unwrap();
+    // As the store client kv-1: with the certificate a member issues it
+    // for its key (TLS between nodes is on by default).
+    let kv_1 = flotilla::cluster::store_client_auth(
+        std::slice::from_ref(&db1),
+        "kv-1",
+        &["kv".to_owned()],
+        kv_key.trim(),
+        &flotilla::tls::peer::PeerTlsMode::On {
+            ca: flotilla::tls::peer::CaSource::Secret,
+            domain: flotilla::tls::peer::DEFAULT_DOMAIN.into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut as_kv = network::client_as(&db1, &kv_1).unwrap();
     let write = |namespace: &str| {
         network::blob(&ClientWrite {
             request_id: format!("test-{namespace}"),
@@ -134,7 +148,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         })
     };
     let leader_peer = cluster.peers[cluster.leader().await].to_string();
-    let mut to_leader = network::client_as(&leader_peer, kv_key.trim(), Some("kv-1")).unwrap();
+    let mut to_leader = network::client_as(&leader_peer, &kv_1).unwrap();
     let late = to_leader
         .write(insert(1, "test-late"))
         .await
@@ -186,9 +200,21 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let refused = as_kv.vote(network::blob(&())).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    let mut impostor = network::client_as(&db1, kv_key.trim(), Some("echo-1")).unwrap();
-    let refused = impostor.write(write("echo")).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // kv-1's key does not get a certificate naming echo-1.
+    let impostor = flotilla::cluster::store_client_auth(
+        std::slice::from_ref(&db1),
+        "echo-1",
+        &["echo".to_owned()],
+        kv_key.trim(),
+        &flotilla::tls::peer::PeerTlsMode::On {
+            ca: flotilla::tls::peer::CaSource::Secret,
+            domain: flotilla::tls::peer::DEFAULT_DOMAIN.into(),
+        },
+    )
+    .await
+    .err()
+    .expect("kv-1's key proves kv-1 only");
+    assert!(impostor.contains("is not proven with its key"), "{impostor}");
 
     // Envoy with the generated scaled config in front of the nine nodes.
     let (envoy, listen) = envoy_in_front("scaled", &cluster.topology).await;

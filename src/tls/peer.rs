@@ -1,0 +1,433 @@
+//! Mutual TLS between nodes (the peer listener and its clients).
+//!
+//! A member issues its own certificate from the cluster's CA (derived from
+//! the cluster secret, or the operator's files); a store client asks a
+//! member for one (`cluster::certify`). `PeerTls` holds a node's
+//! credentials and the rustls configurations made from them: rebuilt when
+//! the certificate is renewed, taken by every connection opened or accepted
+//! afterwards, so a renewal needs no restart and cuts no connection.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+use sha2::Digest;
+
+use super::{
+    ca::{Ca, NODE_LIFETIME, NodeKey},
+    credentials::{Accept, Credentials, Material},
+    identity::{CertInfo, Identity},
+};
+
+/// The trust domain unless the config names one.
+pub const DEFAULT_DOMAIN: &str = "flotilla.local";
+
+/// Where a cluster's CA comes from (`cluster.tls` in the config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// Derived from the cluster secret (`Ca::derive`): the default.
+    Secret,
+    /// `ca.crt` and `ca.key` in this directory (`flotilla ca init`, or the
+    /// operator's own CA), on every member.
+    Dir(PathBuf),
+}
+
+/// TLS between nodes, as the config says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerTlsMode {
+    /// `tls: off`, written out: plaintext, the HMAC credentials as proof.
+    Off,
+    On { ca: CaSource, domain: String },
+}
+
+/// The cluster's CA as a member (or a tool with a member's config) has it.
+pub fn load_ca(source: &CaSource, secret: &str, domain: &str) -> Result<Ca, String> {
+    match source {
+        CaSource::Secret => Ca::derive(secret, domain),
+        CaSource::Dir(dir) => {
+            let read = |name: &str| {
+                let path = dir.join(name);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read the CA's {}: {e}", path.display()))
+            };
+            Ca::import(&read("ca.crt")?, &read("ca.key")?)
+        }
+    }
+}
+
+/// The SHA-256 of a certificate (what the certify exchange binds to).
+pub fn fingerprint(der: &[u8]) -> String {
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Members take members and store clients; an Envoy's certificate is for
+/// the xDS listener only.
+fn accept_nodes() -> Accept {
+    Arc::new(|identity: &Identity| match identity {
+        Identity::Member { .. } | Identity::Client { .. } => Ok(()),
+        Identity::Envoy { name } => Err(format!(
+            "`{name}` holds an Envoy's certificate, which the peer listener does not take"
+        )),
+    })
+}
+
+/// Nodes call members only.
+fn accept_members() -> Accept {
+    Arc::new(|identity: &Identity| match identity {
+        Identity::Member { .. } => Ok(()),
+        other => Err(format!(
+            "the peer at this address is `{}`, not a db member",
+            other.name()
+        )),
+    })
+}
+
+struct Configs {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    /// The fingerprints of the certificate served now and of the one before
+    /// it (a store client may have seen either while asking).
+    served: [String; 2],
+}
+
+/// A node's TLS between nodes; cheap to clone.
+#[derive(Clone)]
+pub struct PeerTls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    domain: String,
+    identity: Identity,
+    credentials: Credentials,
+    /// A member's CA: it issues its own renewals and store clients'
+    /// certificates.
+    ca: Option<Ca>,
+    configs: RwLock<Arc<Configs>>,
+}
+
+fn leaf_fingerprint(chain_pem: &str) -> Result<String, String> {
+    let leaf = CertificateDer::from_pem_slice(chain_pem.as_bytes())
+        .map_err(|e| format!("the certificate is not PEM: {e}"))?;
+    Ok(fingerprint(&leaf))
+}
+
+fn configs(
+    credentials: &Credentials,
+    chain_pem: &str,
+    before: &str,
+) -> Result<Arc<Configs>, String> {
+    Ok(Arc::new(Configs {
+        server: Arc::new(credentials.server_config(accept_nodes(), true)?),
+        client: Arc::new(credentials.client_config(accept_members())?),
+        served: [leaf_fingerprint(chain_pem)?, before.to_owned()],
+    }))
+}
+
+impl PeerTls {
+    /// A member's: its certificate issued here from `ca`.
+    pub fn member(ca: Ca, domain: &str, node: &str) -> Result<PeerTls, String> {
+        let identity = Identity::member(node)?;
+        let material = issue(&ca, &identity, domain)?;
+        PeerTls::new(domain, identity, material, Some(ca))
+    }
+
+    /// A store client's: the certificate a member issued to it.
+    pub fn client(domain: &str, identity: Identity, material: Material) -> Result<PeerTls, String> {
+        PeerTls::new(domain, identity, material, None)
+    }
+
+    fn new(
+        domain: &str,
+        identity: Identity,
+        material: Material,
+        ca: Option<Ca>,
+    ) -> Result<PeerTls, String> {
+        let credentials = Credentials::new(domain, &material)?;
+        let configs = configs(&credentials, &material.chain_pem, "")?;
+        Ok(PeerTls {
+            inner: Arc::new(Inner {
+                domain: domain.to_owned(),
+                identity,
+                credentials,
+                ca,
+                configs: RwLock::new(configs),
+            }),
+        })
+    }
+
+    fn configs(&self) -> Arc<Configs> {
+        self.inner
+            .configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// For the peer listener: every connection's handshake takes the
+    /// current one.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.configs().server.clone()
+    }
+
+    /// For connections to members.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.configs().client.clone()
+    }
+
+    /// Whether `fingerprint` is of a certificate this node serves (or
+    /// served until its last renewal).
+    pub fn serves(&self, fingerprint: &str) -> bool {
+        self.configs()
+            .served
+            .iter()
+            .any(|f| !f.is_empty() && f == fingerprint)
+    }
+
+    /// This node's certificate: identity, serial, validity.
+    pub fn info(&self) -> CertInfo {
+        self.inner.credentials.info()
+    }
+
+    /// When the certificate is due for renewal: two thirds into its life.
+    pub fn renew_at(&self) -> SystemTime {
+        let info = self.info();
+        let life = info
+            .not_after
+            .duration_since(info.not_before)
+            .unwrap_or_default();
+        info.not_before + life * 2 / 3
+    }
+
+    /// Takes `material` (a renewed certificate, or new roots): connections
+    /// opened or accepted from now on present and trust it.
+    pub fn replace(&self, material: &Material) -> Result<(), String> {
+        let before = self.configs().served[0].clone();
+        self.inner.credentials.replace(material)?;
+        let next = configs(&self.inner.credentials, &material.chain_pem, &before)?;
+        *self
+            .inner
+            .configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// A member renews its own certificate from its CA.
+    pub fn renew_own(&self) -> Result<(), String> {
+        let ca = self
+            .inner
+            .ca
+            .as_ref()
+            .ok_or("only a member issues its own certificate")?;
+        self.replace(&issue(ca, &self.inner.identity, &self.inner.domain)?)
+    }
+
+    /// A member issues `identity` a certificate for `csr_pem`: the chain
+    /// and the CA bundle, in PEM.
+    pub fn issue_for(&self, csr_pem: &str, identity: &Identity) -> Result<(String, String), String> {
+        let ca = self
+            .inner
+            .ca
+            .as_ref()
+            .ok_or("this node holds no CA: ask a db member")?;
+        let chain = ca.issue(
+            csr_pem,
+            identity,
+            &self.inner.domain,
+            SystemTime::now(),
+            NODE_LIFETIME,
+        )?;
+        Ok((chain, ca.cert_pem().to_owned()))
+    }
+}
+
+/// A fresh key and a certificate for it from `ca`, as `identity`.
+fn issue(ca: &Ca, identity: &Identity, domain: &str) -> Result<Material, String> {
+    let key = NodeKey::generate()?;
+    let chain_pem = ca.issue(
+        &key.request()?,
+        identity,
+        domain,
+        SystemTime::now(),
+        NODE_LIFETIME,
+    )?;
+    Ok(Material {
+        chain_pem,
+        key_pem: key.pem(),
+        roots_pem: ca.cert_pem().to_owned(),
+    })
+}
+
+/// Keeps a member's certificate renewed (at two thirds of its life; a
+/// failure is retried after a minute) until `stop`.
+pub async fn renew_member(tls: PeerTls, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let wait = tls
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match tls.renew_own() {
+            Ok(()) => {
+                let info = tls.info();
+                tracing::info!(serial = %info.serial, identity = %info.identity.uri(tls.domain()), "renewed this node's certificate");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew this node's certificate; retrying in a minute");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// What a connection opened by `connector` presented: the server's
+/// certificate, for the certify exchange to bind to.
+pub type SeenServer = Arc<Mutex<Option<CertificateDer<'static>>>>;
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                    Box<dyn std::error::Error + Send + Sync>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A connector for tonic: TCP to the URI's host and port, then the TLS
+/// handshake with the configuration `config` gives at that moment.
+pub fn connector(
+    config: impl Fn() -> Arc<ClientConfig> + Send + Sync + 'static,
+    seen: Option<SeenServer>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = Box<dyn std::error::Error + Send + Sync>,
+    Future = Connecting,
+> + Clone
++ Send
++ 'static {
+    let config = Arc::new(config);
+    tower::service_fn(move |uri: http::Uri| -> Connecting {
+        let config = config();
+        let seen = seen.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("no host in {uri}"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            // Node certificates name identities, not hosts: the verifier
+            // ignores the name, which only has to be well formed.
+            let name = ServerName::try_from(host)
+                .unwrap_or_else(|_| ServerName::try_from("flotilla").expect("a valid name"));
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            if let Some(seen) = seen {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned());
+            }
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    })
+}
+
+/// For a node asking for its first certificate: it cannot check the
+/// server's chain (it does not know the CA yet), so it takes any
+/// certificate whose key signs the handshake, and binds its request to
+/// that certificate's fingerprint instead (see `cluster::certify`).
+pub fn first_contact_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(FirstContact(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct FirstContact(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for FirstContact {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
