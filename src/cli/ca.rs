@@ -174,21 +174,6 @@ fn issue(dir: &Path, envoy: &str, out: &Path, domain: &str) -> Result<String, St
         identity.uri(domain),
         cert_path.display(),
         info.serial,
-        humantime(info.not_after)
+        crate::tls::identity::rfc3339(info.not_after)
     ))
-}
-
-/// `t` as UTC, to the second (RFC 3339).
-fn humantime(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    time::OffsetDateTime::from_unix_timestamp(secs as i64)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{secs} s after the epoch"))
 }

@@ -147,8 +147,8 @@ impl Cluster {
                 "the certificate request is bound to a certificate this member does not present: something between the node and this member answered in its place".into(),
             ));
         }
-        let identity = Identity::client(&req.node, &services)
-            .map_err(tonic::Status::invalid_argument)?;
+        let identity =
+            Identity::client(&req.node, &services).map_err(tonic::Status::invalid_argument)?;
         let (chain, roots) = tls
             .issue_for(&req.csr, &identity)
             .map_err(tonic::Status::invalid_argument)?;
@@ -293,7 +293,7 @@ pub async fn store_client_auth(
             credential: key.into(),
             node: Some(node.into()),
         }),
-        crate::tls::peer::PeerTlsMode::On { domain, .. } => {
+        crate::tls::peer::PeerTlsMode::On(on) => {
             let asking = Asking {
                 members: peers
                     .iter()
@@ -307,7 +307,7 @@ pub async fn store_client_auth(
                 node: node.to_owned(),
                 runs: runs.to_vec(),
                 key: key.to_owned(),
-                domain: domain.clone(),
+                domain: on.domain.clone(),
             };
             Ok(network::Auth::Tls(asking.first().await?))
         }

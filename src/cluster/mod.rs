@@ -469,13 +469,10 @@ impl Cluster {
         )));
         let tls = match &settings.tls {
             crate::tls::peer::PeerTlsMode::Off => None,
-            crate::tls::peer::PeerTlsMode::On { ca, domain } => {
-                let ca = crate::tls::peer::load_ca(ca, secret, domain).map_err(ClusterError::Tls)?;
-                Some(
-                    crate::tls::peer::PeerTls::member(ca, domain, &settings.node)
-                        .map_err(ClusterError::Tls)?,
-                )
-            }
+            crate::tls::peer::PeerTlsMode::On(on) => Some(
+                crate::tls::peer::PeerTls::of_member(on, secret, &settings.node)
+                    .map_err(ClusterError::Tls)?,
+            ),
         };
         let auth = match &tls {
             Some(tls) => network::Auth::Tls(tls.clone()),
@@ -588,7 +585,7 @@ impl Cluster {
 
     /// The peer listener's TLS, unless `tls: off`: each connection takes
     /// the configuration of the certificate current at its handshake.
-    pub fn peer_tls(&self) -> Option<crate::edge::server::TlsSource> {
+    pub fn peer_tls(&self) -> Option<crate::tls::TlsSource> {
         let tls = self.tls.clone()?;
         Some(Arc::new(move || tls.server_config()))
     }
@@ -791,6 +788,8 @@ impl Cluster {
             "applied_index": m.last_applied.map(|l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
             "peers": peers,
+            // This member's certificate (null with `tls: off`).
+            "tls": self.tls.as_ref().map(|t| t.status()),
         })
     }
 

@@ -178,7 +178,7 @@ pub enum Auth {
 /// client is `Client`, with the scope its certificate names unless the
 /// topology knows it.
 fn caller_of_certificate(
-    certificate: &crate::edge::server::PeerCertificate,
+    certificate: &crate::tls::PeerCertificate,
     domain: &str,
     clients: &ClientKeys,
 ) -> Option<Caller> {
@@ -220,7 +220,7 @@ pub fn check_credential(
         if let Some(domain) = &tls {
             let caller = req
                 .extensions()
-                .get::<crate::edge::server::PeerCertificate>()
+                .get::<crate::tls::PeerCertificate>()
                 .and_then(|c| caller_of_certificate(c, domain, &clients));
             if let Some(caller) = caller {
                 offer_group(&mut req, &caller, &group)?;
@@ -423,8 +423,7 @@ pub async fn first_contact_client(
     addr: &str,
     seen: crate::tls::peer::SeenServer,
 ) -> Result<Client, String> {
-    let connector =
-        crate::tls::peer::connector(crate::tls::peer::first_contact_config, Some(seen));
+    let connector = crate::tls::peer::connector(crate::tls::peer::first_contact_config, Some(seen));
     let channel = endpoint(addr, CALL_DEADLINE)?
         .connect_with_connector(connector)
         .await
@@ -477,12 +476,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(
-        me: NodeId,
-        auth: Auth,
-        faults: Faults,
-        group: super::origin::GroupCell,
-    ) -> Network {
+    pub fn new(me: NodeId, auth: Auth, faults: Faults, group: super::origin::GroupCell) -> Network {
         Network {
             me,
             auth,

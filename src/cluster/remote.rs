@@ -41,28 +41,30 @@ enum Proof {
 
 impl RemoteInner {
     pub(super) fn new(settings: &ClusterSettings) -> RemoteInner {
-        use crate::tls::peer::{PeerTls, PeerTlsMode, load_ca};
+        use crate::tls::peer::{PeerTls, PeerTlsMode};
         let auth = match (&settings.tls, &settings.role) {
-            (PeerTlsMode::Off, Role::Voter { secret, .. }) => Proof::Ready(Ok(network::Auth::Plain {
-                credential: network::credential(secret).into(),
-                node: None,
-            })),
-            (PeerTlsMode::Off, Role::Client { node, key }) => Proof::Ready(Ok(network::Auth::Plain {
-                credential: key.as_str().into(),
-                node: Some(node.as_str().into()),
-            })),
-            (PeerTlsMode::On { ca, domain }, Role::Voter { secret, .. }) => Proof::Ready(
-                load_ca(ca, secret, domain)
-                    .and_then(|ca| PeerTls::member(ca, domain, &settings.node))
-                    .map(network::Auth::Tls),
-            ),
-            (PeerTlsMode::On { domain, .. }, Role::Client { node, key }) => Proof::Certified {
+            (PeerTlsMode::Off, Role::Voter { secret, .. }) => {
+                Proof::Ready(Ok(network::Auth::Plain {
+                    credential: network::credential(secret).into(),
+                    node: None,
+                }))
+            }
+            (PeerTlsMode::Off, Role::Client { node, key }) => {
+                Proof::Ready(Ok(network::Auth::Plain {
+                    credential: key.as_str().into(),
+                    node: Some(node.as_str().into()),
+                }))
+            }
+            (PeerTlsMode::On(on), Role::Voter { secret, .. }) => {
+                Proof::Ready(PeerTls::of_member(on, secret, &settings.node).map(network::Auth::Tls))
+            }
+            (PeerTlsMode::On(on), Role::Client { node, key }) => Proof::Certified {
                 asking: super::certify::Asking {
                     members: settings.members.clone(),
                     node: node.clone(),
                     runs: settings.runs.clone(),
                     key: key.clone(),
-                    domain: domain.clone(),
+                    domain: on.domain.clone(),
                 },
                 tls: tokio::sync::OnceCell::new(),
             },

@@ -133,7 +133,11 @@ pub(super) fn parse_cluster(
             format!("{stale} is out of range: use 10 to 60000"),
         );
     }
-    let tls = parse_peer_tls(problems, raw.tls.clone(), matches!(role, Role::Voter { .. }));
+    let tls = parse_peer_tls(
+        problems,
+        raw.tls.clone(),
+        matches!(role, Role::Voter { .. }),
+    );
     credential?;
     let settings = ClusterSettings {
         node: node_id.to_owned(),
@@ -282,44 +286,53 @@ fn check_peer(problems: &mut Problems, bind: Option<SocketAddr>, advertised: &st
 }
 
 /// `cluster.tls`: absent, TLS between nodes with the CA derived from the
-/// cluster secret; `off`, plaintext (warned about at start); or a table
-/// naming the CA's directory (db members) and the trust domain.
+/// cluster secret; `off`, plaintext (warned about at start); or a table:
+/// the CA's directory (db members), the trust domain, the certificates'
+/// lifetime.
 pub(super) fn parse_peer_tls(
     problems: &mut Problems,
     raw: Option<serde_yaml_ng::Value>,
     member: bool,
 ) -> crate::tls::peer::PeerTlsMode {
-    use crate::tls::peer::{CaSource, DEFAULT_DOMAIN, PeerTlsMode};
+    use crate::tls::peer::{CaSource, PeerTlsMode, PeerTlsSettings};
     use serde_yaml_ng::Value;
-    let on = |ca, domain| PeerTlsMode::On { ca, domain };
-    let usage = "use `off`, or `{ca_dir: DIR, domain: NAME}` (both optional), or leave it out for mutual TLS with the CA derived from cluster.secret";
+    let usage = "use `off`, or `{ca_dir: DIR, domain: NAME, certificate_lifetime_seconds: N}` (each optional), or leave it out for mutual TLS with the CA derived from cluster.secret";
+    let mut on = PeerTlsSettings::default();
     let Some(raw) = raw else {
-        return on(CaSource::Secret, DEFAULT_DOMAIN.to_owned());
+        return PeerTlsMode::On(on);
     };
     match raw {
         Value::String(word) if word == "off" => PeerTlsMode::Off,
         Value::Bool(false) => PeerTlsMode::Off,
         Value::Mapping(table) => {
-            let mut ca = CaSource::Secret;
-            let mut domain = DEFAULT_DOMAIN.to_owned();
             for (key, value) in table {
                 match (key.as_str(), value) {
                     (Some("ca_dir"), Value::String(dir)) if member => {
-                        ca = CaSource::Dir(PathBuf::from(dir));
+                        on.ca = CaSource::Dir(PathBuf::from(dir));
                     }
                     (Some("ca_dir"), Value::String(_)) => problems.add(
                         "cluster.tls.ca_dir",
                         "is for db members, which hold the CA: a store client gets its certificate from them; remove it",
                     ),
                     (Some("domain"), Value::String(d)) => match crate::tls::identity::Identity::member(&d) {
-                        Ok(_) => domain = d,
+                        Ok(_) => on.domain = d,
                         Err(_) => problems.add(
                             "cluster.tls.domain",
                             format!("`{d}` is not a trust domain: use letters, digits, '-' and '.'"),
                         ),
                     },
+                    (Some("certificate_lifetime_seconds"), Value::Number(n)) => match n.as_u64() {
+                        Some(secs @ 5..=2_592_000) => on.lifetime = Duration::from_secs(secs),
+                        _ => problems.add(
+                            "cluster.tls.certificate_lifetime_seconds",
+                            format!("{n} is out of range: use 5 to 2592000 (30 days); the default is 86400"),
+                        ),
+                    },
                     (Some(k @ ("ca_dir" | "domain")), _) => {
                         problems.add(&format!("cluster.tls.{k}"), "must be a string")
+                    }
+                    (Some(k @ "certificate_lifetime_seconds"), _) => {
+                        problems.add(&format!("cluster.tls.{k}"), "must be a number of seconds")
                     }
                     (k, _) => problems.add(
                         "cluster.tls",
@@ -327,7 +340,7 @@ pub(super) fn parse_peer_tls(
                     ),
                 }
             }
-            if let CaSource::Dir(dir) = &ca {
+            if let CaSource::Dir(dir) = &on.ca {
                 for file in ["ca.crt", "ca.key"] {
                     if !dir.join(file).is_file() {
                         problems.add(
@@ -337,10 +350,16 @@ pub(super) fn parse_peer_tls(
                     }
                 }
             }
-            on(ca, domain)
+            PeerTlsMode::On(on)
         }
         other => {
-            problems.add("cluster.tls", format!("`{}` is not a setting: {usage}", serde_yaml_ng::to_string(&other).unwrap_or_default().trim()));
+            problems.add(
+                "cluster.tls",
+                format!(
+                    "`{}` is not a setting: {usage}",
+                    serde_yaml_ng::to_string(&other).unwrap_or_default().trim()
+                ),
+            );
             PeerTlsMode::Off
         }
     }

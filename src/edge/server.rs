@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::catalogue::api_error::{ApiError, error_response, is_grpc};
+pub use crate::tls::{PeerCertificate, TlsSource};
 
 /// Time a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,14 +163,6 @@ impl ServeOptions {
         }
     }
 }
-
-/// A listener's current TLS configuration.
-pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
-
-/// The certificate a client presented in the TLS handshake (checked by the
-/// listener's verifier), in every request of its connection.
-#[derive(Clone, Debug)]
-pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
 
 /// At most one line per listener this often about refused handshakes.
 const HANDSHAKE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -315,7 +308,10 @@ where
         match &options.tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), per_request(service, limits, peer, None))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        per_request(service, limits, peer, None),
+                    )
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -137,8 +137,8 @@ impl Node {
                 crate::tls::peer::PeerTlsMode::Off => tracing::warn!(
                     "cluster.tls is off: Raft, store calls and forwarded requests between nodes travel in plaintext, and nodes prove who they are with keys derived from the cluster secret; remove `tls: off` for mutual TLS"
                 ),
-                crate::tls::peer::PeerTlsMode::On { domain, .. } => {
-                    tracing::info!(%domain, "mutual TLS between nodes")
+                crate::tls::peer::PeerTlsMode::On(on) => {
+                    tracing::info!(domain = %on.domain, lifetime_s = on.lifetime.as_secs(), "mutual TLS between nodes")
                 }
             }
         }

@@ -23,7 +23,7 @@ const DERIVED_FROM: Duration = Duration::from_secs(1_735_689_600);
 const DERIVED_UNTIL: Duration = Duration::from_secs(4_891_363_200);
 /// Certificates start this much before they are issued, for clocks that
 /// run a little behind the CA's.
-const BACKDATE: Duration = Duration::from_secs(300);
+pub const BACKDATE: Duration = Duration::from_secs(300);
 
 /// A CA: its certificate and signing key.
 pub struct Ca {

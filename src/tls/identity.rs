@@ -162,6 +162,21 @@ pub fn read(der: &[u8], domain: &str) -> Result<CertInfo, String> {
     })
 }
 
+/// `t` as UTC, to the second (RFC 3339).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} s after the epoch"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,11 +18,23 @@
 //!
 //! The plan it serves is ADR 0010.
 
+use std::sync::Arc;
+
 pub mod ca;
 pub mod credentials;
 pub mod identity;
 pub mod peer;
 pub mod public;
+
+/// A listener's current TLS configuration: each connection's handshake
+/// takes what this gives at that moment (certificates change while a
+/// listener serves).
+pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// The certificate a client presented in the TLS handshake (checked by the
+/// listener's verifier), in every request of its connection.
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use sha2::Digest;
 
 use super::{
-    ca::{Ca, NODE_LIFETIME, NodeKey},
+    ca::{BACKDATE, Ca, NODE_LIFETIME, NodeKey},
     credentials::{Accept, Credentials, Material},
     identity::{CertInfo, Identity},
 };
@@ -45,7 +45,28 @@ pub enum CaSource {
 pub enum PeerTlsMode {
     /// `tls: off`, written out: plaintext, the HMAC credentials as proof.
     Off,
-    On { ca: CaSource, domain: String },
+    On(PeerTlsSettings),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTlsSettings {
+    pub ca: CaSource,
+    /// The trust domain every identity names.
+    pub domain: String,
+    /// How long a certificate a member issues is valid (renewed at two
+    /// thirds).
+    pub lifetime: Duration,
+}
+
+impl Default for PeerTlsSettings {
+    /// What a config without `cluster.tls` gets.
+    fn default() -> PeerTlsSettings {
+        PeerTlsSettings {
+            ca: CaSource::Secret,
+            domain: DEFAULT_DOMAIN.to_owned(),
+            lifetime: NODE_LIFETIME,
+        }
+    }
 }
 
 /// The cluster's CA as a member (or a tool with a member's config) has it.
@@ -112,8 +133,9 @@ struct Inner {
     identity: Identity,
     credentials: Credentials,
     /// A member's CA: it issues its own renewals and store clients'
-    /// certificates.
+    /// certificates, valid for `lifetime`.
     ca: Option<Ca>,
+    lifetime: Duration,
     configs: RwLock<Arc<Configs>>,
 }
 
@@ -136,16 +158,27 @@ fn configs(
 }
 
 impl PeerTls {
-    /// A member's: its certificate issued here from `ca`.
-    pub fn member(ca: Ca, domain: &str, node: &str) -> Result<PeerTls, String> {
+    /// A member's: its certificate issued here from `ca`, valid for
+    /// `lifetime`.
+    pub fn member(ca: Ca, domain: &str, node: &str, lifetime: Duration) -> Result<PeerTls, String> {
         let identity = Identity::member(node)?;
-        let material = issue(&ca, &identity, domain)?;
-        PeerTls::new(domain, identity, material, Some(ca))
+        let material = issue(&ca, &identity, domain, lifetime)?;
+        PeerTls::new(domain, identity, material, Some(ca), lifetime)
+    }
+
+    /// A member's, from the cluster's settings and secret.
+    pub fn of_member(
+        settings: &PeerTlsSettings,
+        secret: &str,
+        node: &str,
+    ) -> Result<PeerTls, String> {
+        let ca = load_ca(&settings.ca, secret, &settings.domain)?;
+        PeerTls::member(ca, &settings.domain, node, settings.lifetime)
     }
 
     /// A store client's: the certificate a member issued to it.
     pub fn client(domain: &str, identity: Identity, material: Material) -> Result<PeerTls, String> {
-        PeerTls::new(domain, identity, material, None)
+        PeerTls::new(domain, identity, material, None, NODE_LIFETIME)
     }
 
     fn new(
@@ -153,6 +186,7 @@ impl PeerTls {
         identity: Identity,
         material: Material,
         ca: Option<Ca>,
+        lifetime: Duration,
     ) -> Result<PeerTls, String> {
         let credentials = Credentials::new(domain, &material)?;
         let configs = configs(&credentials, &material.chain_pem, "")?;
@@ -162,6 +196,7 @@ impl PeerTls {
                 identity,
                 credentials,
                 ca,
+                lifetime,
                 configs: RwLock::new(configs),
             }),
         })
@@ -208,14 +243,34 @@ impl PeerTls {
         self.inner.credentials.info()
     }
 
-    /// When the certificate is due for renewal: two thirds into its life.
+    /// This node's certificate for `/status`: identity, serial, validity,
+    /// when it is renewed.
+    pub fn status(&self) -> serde_json::Value {
+        let info = self.info();
+        serde_json::json!({
+            "identity": info.identity.uri(self.domain()),
+            "serial": info.serial,
+            "not_before": super::identity::rfc3339(info.not_before),
+            "not_after": super::identity::rfc3339(info.not_after),
+            "renew_at": super::identity::rfc3339(self.renew_at()),
+        })
+    }
+
+    /// When the certificate is due for renewal: two thirds into its life
+    /// (counted from its issue, not from its backdated start).
     pub fn renew_at(&self) -> SystemTime {
         let info = self.info();
         let life = info
             .not_after
             .duration_since(info.not_before)
             .unwrap_or_default();
-        info.not_before + life * 2 / 3
+        let issued = if life > BACKDATE * 2 {
+            info.not_before + BACKDATE
+        } else {
+            info.not_before
+        };
+        let life = info.not_after.duration_since(issued).unwrap_or_default();
+        issued + life * 2 / 3
     }
 
     /// Takes `material` (a renewed certificate, or new roots): connections
@@ -239,12 +294,21 @@ impl PeerTls {
             .ca
             .as_ref()
             .ok_or("only a member issues its own certificate")?;
-        self.replace(&issue(ca, &self.inner.identity, &self.inner.domain)?)
+        self.replace(&issue(
+            ca,
+            &self.inner.identity,
+            &self.inner.domain,
+            self.inner.lifetime,
+        )?)
     }
 
     /// A member issues `identity` a certificate for `csr_pem`: the chain
     /// and the CA bundle, in PEM.
-    pub fn issue_for(&self, csr_pem: &str, identity: &Identity) -> Result<(String, String), String> {
+    pub fn issue_for(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+    ) -> Result<(String, String), String> {
         let ca = self
             .inner
             .ca
@@ -255,21 +319,26 @@ impl PeerTls {
             identity,
             &self.inner.domain,
             SystemTime::now(),
-            NODE_LIFETIME,
+            self.inner.lifetime,
         )?;
         Ok((chain, ca.cert_pem().to_owned()))
     }
 }
 
 /// A fresh key and a certificate for it from `ca`, as `identity`.
-fn issue(ca: &Ca, identity: &Identity, domain: &str) -> Result<Material, String> {
+fn issue(
+    ca: &Ca,
+    identity: &Identity,
+    domain: &str,
+    lifetime: Duration,
+) -> Result<Material, String> {
     let key = NodeKey::generate()?;
     let chain_pem = ca.issue(
         &key.request()?,
         identity,
         domain,
         SystemTime::now(),
-        NODE_LIFETIME,
+        lifetime,
     )?;
     Ok(Material {
         chain_pem,

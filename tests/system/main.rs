@@ -17,6 +17,7 @@ mod k8s;
 mod kv;
 mod lifecycle;
 mod partition;
+mod peer_tls;
 mod public_tls;
 mod scaled;
 mod support;

@@ -99,10 +99,7 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         "kv-1",
         &["kv".to_owned()],
         kv_key.trim(),
-        &flotilla::tls::peer::PeerTlsMode::On {
-            ca: flotilla::tls::peer::CaSource::Secret,
-            domain: flotilla::tls::peer::DEFAULT_DOMAIN.into(),
-        },
+        &flotilla::tls::peer::PeerTlsMode::On(Default::default()),
     )
     .await
     .unwrap();
@@ -206,15 +203,15 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         "echo-1",
         &["echo".to_owned()],
         kv_key.trim(),
-        &flotilla::tls::peer::PeerTlsMode::On {
-            ca: flotilla::tls::peer::CaSource::Secret,
-            domain: flotilla::tls::peer::DEFAULT_DOMAIN.into(),
-        },
+        &flotilla::tls::peer::PeerTlsMode::On(Default::default()),
     )
     .await
     .err()
     .expect("kv-1's key proves kv-1 only");
-    assert!(impostor.contains("is not proven with its key"), "{impostor}");
+    assert!(
+        impostor.contains("is not proven with its key"),
+        "{impostor}"
+    );
 
     // Envoy with the generated scaled config in front of the nine nodes.
     let (envoy, listen) = envoy_in_front("scaled", &cluster.topology).await;

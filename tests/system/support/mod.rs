@@ -10,7 +10,7 @@
 mod accounts;
 mod ads;
 mod clients;
-mod cluster;
+pub mod cluster;
 mod disk;
 mod envoy;
 pub mod linearizability;

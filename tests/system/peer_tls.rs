@@ -1,0 +1,243 @@
+//! Mutual TLS between nodes, on with no TLS configuration at all: the peer
+//! listener speaks only TLS, takes only certificates of the cluster's CA
+//! that are in date and name a member or a store client, and lets a store
+//! client's certificate read and write, never vote. Certificates are
+//! renewed under write load without a failed write.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use flotilla::{
+    cluster::network::{self, Auth},
+    proto::peer::Blob,
+    tls::{
+        ca::{Ca, NodeKey},
+        credentials::Material,
+        identity::Identity,
+        peer::{DEFAULT_DOMAIN, PeerTls},
+    },
+};
+use serde_json::{Value, json};
+
+use crate::support::{TestCluster, authed, cluster::CLUSTER_SECRET};
+
+fn blob() -> Blob {
+    Blob {
+        data: b"{}".to_vec(),
+        payload: Vec::new(),
+    }
+}
+
+/// A node's TLS with a certificate `ca` issues to `identity` from `now`
+/// for `lifetime`, trusting the cluster's real CA (so that it accepts the
+/// members and the refusal, if any, is theirs).
+fn holding(ca: &Ca, identity: Identity, now: SystemTime, lifetime: Duration) -> Auth {
+    let real = Ca::derive(CLUSTER_SECRET, DEFAULT_DOMAIN).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let chain_pem = ca
+        .issue(
+            &key.request().unwrap(),
+            &identity,
+            DEFAULT_DOMAIN,
+            now,
+            lifetime,
+        )
+        .unwrap();
+    let material = Material {
+        chain_pem,
+        key_pem: key.pem(),
+        roots_pem: real.cert_pem().to_owned(),
+    };
+    Auth::Tls(PeerTls::client(DEFAULT_DOMAIN, identity, material).unwrap())
+}
+
+#[tokio::test]
+async fn with_no_tls_configuration_the_peer_listener_takes_only_in_date_certificates_of_the_cluster_ca()
+ {
+    let cluster = TestCluster::start("");
+    let peer = cluster.addresses[0].2.to_string();
+
+    // Plaintext HTTP/2 gets no HTTP/2 answer: the connection ends, or a TLS
+    // alert comes back.
+    let mut plain = TcpStream::connect(&peer).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "plaintext HTTP/2 was answered: {answer:?}"
+    );
+
+    // A member's certificate from the cluster's CA: Raft and admin calls.
+    let real = Ca::derive(CLUSTER_SECRET, DEFAULT_DOMAIN).unwrap();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let member = holding(&real, Identity::member("tool").unwrap(), now, hour);
+    let status = network::client_as(&peer, &member)
+        .unwrap()
+        .admin(network::blob(&json!("Status")))
+        .await
+        .expect("a member's certificate is taken");
+    let status: Value = serde_json::from_slice(&status.into_inner().data).unwrap();
+    assert!(
+        status["Done"]["Ok"]["tls"]["identity"] == "spiffe://flotilla.local/member/ha-1",
+        "{status}"
+    );
+
+    // A certificate from another cluster's CA, naming a member: refused at
+    // the handshake, and the member says why.
+    let foreign = Ca::derive("another-cluster-secret-9f8e7d6c5b4a", DEFAULT_DOMAIN).unwrap();
+    let impostor = holding(&foreign, Identity::member("ha-9").unwrap(), now, hour);
+    let refused = network::client_as(&peer, &impostor)
+        .unwrap()
+        .vote(blob())
+        .await
+        .unwrap_err();
+    assert_ne!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // An expired one from the right CA: refused too.
+    let expired = holding(
+        &real,
+        Identity::member("ha-9").unwrap(),
+        now - 3 * hour,
+        hour,
+    );
+    let refused = network::client_as(&peer, &expired)
+        .unwrap()
+        .vote(blob())
+        .await
+        .unwrap_err();
+    assert_ne!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // An Envoy's certificate is for the xDS listener only.
+    let envoy = holding(&real, Identity::envoy("front").unwrap(), now, hour);
+    assert!(
+        network::client_as(&peer, &envoy)
+            .unwrap()
+            .vote(blob())
+            .await
+            .is_err()
+    );
+    let log = cluster.nodes[0].log();
+    for why in [
+        "BadSignature",
+        "certificate expired",
+        "an Envoy's certificate",
+    ] {
+        assert!(
+            log.contains(why),
+            "the member's log does not say {why:?} about a refused handshake"
+        );
+    }
+
+    // A store client's certificate: the handshake succeeds, Raft does not.
+    let client = holding(
+        &real,
+        Identity::client("kv-9", &["kv".into()]).unwrap(),
+        now,
+        hour,
+    );
+    let refused = network::client_as(&peer, &client)
+        .unwrap()
+        .vote(blob())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("not take part in Raft"),
+        "{refused:?}"
+    );
+
+    // No certificate: only a certificate request is answered.
+    let seen = Arc::default();
+    let refused = network::first_contact_client(&peer, seen)
+        .await
+        .unwrap()
+        .append_entries(blob())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}
+
+/// Certificates that live 6 s are renewed every 4 s on every member while
+/// clients write through all three: no write fails, and each member serves
+/// several certificates one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_renew_their_certificates_under_write_load_without_a_failed_write() {
+    let cluster = TestCluster::start(", tls: {certificate_lifetime_seconds: 6}");
+    let token = cluster.admin_token().await;
+    let client = authed(&token);
+    let serials: Vec<Arc<Mutex<Vec<String>>>> = (0..3).map(|_| Arc::default()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for t in 0..6 {
+        let (client, stop) = (client.clone(), stop.clone());
+        let url = cluster.nodes[t % 3].url("");
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                i += 1;
+                let r = client
+                    .put(format!("{url}/api/kv/keys/r{t}-{i}"))
+                    .json(&json!({"value": "x"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("r{t}-{i}: {}", r.status())),
+                    Err(e) => failed.push(format!("r{t}-{i}: {e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(14) {
+        for (i, seen) in serials.iter().enumerate() {
+            if let Some(s) = cluster.status(i).await
+                && let Some(serial) = s["tls"]["serial"].as_str()
+            {
+                let mut seen = seen.lock().unwrap();
+                if seen.last().map(String::as_str) != Some(serial) {
+                    seen.push(serial.to_owned());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in writers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "failed writes: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok > 100, "too little load: {ok} writes");
+    for (i, seen) in serials.iter().enumerate() {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.len() >= 3,
+            "member {} served {} certificates in 14 s: {seen:?}",
+            i + 1,
+            seen.len()
+        );
+    }
+    // Every member still applies every write.
+    cluster.converge().await;
+}
