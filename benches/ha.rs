@@ -6,6 +6,9 @@
 //!     BENCH_FAILOVER=0 scripts/bench-ha    # throughput only
 //!     BENCH_ROUNDS=5 scripts/bench-ha      # alternate 5 rounds, report medians
 //!     BENCH_CLIENTS=64 scripts/bench-ha    # only these concurrency levels
+//!     BENCH_TLS=compare scripts/bench-ha   # flotilla with mutual TLS between
+//!                                          # nodes (the default) beside
+//!                                          # flotilla with `tls: off`, no etcd
 //!
 //! Same workload for both: distinct keys, ~32-byte values, each write
 //! acknowledged only once committed on a quorum (flotilla: Raft log fsynced
@@ -46,6 +49,7 @@ trait Cluster {
 }
 
 struct Flotilla {
+    name: &'static str,
     binary: String,
     dir: tempfile::TempDir,
     configs: Vec<PathBuf>,
@@ -56,7 +60,8 @@ struct Flotilla {
 }
 
 impl Flotilla {
-    fn start(binary: &str) -> Flotilla {
+    /// Three members; `extra` goes into each one's `cluster:` section.
+    fn start(binary: &str, name: &'static str, extra: &str) -> Flotilla {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<(SocketAddr, SocketAddr, SocketAddr)> = (0..3)
             .map(|_| (free_addr(), free_addr(), free_addr()))
@@ -77,7 +82,7 @@ impl Flotilla {
             std::fs::write(
                 &path,
                 format!(
-                    "node: {{id: b-{n}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true}}\n",
+                    "node: {{id: b-{n}}}\nservices: [all]\nlisteners: {{public: '{public}', admin: '{admin}', peer: '{peer}', xds: '{}'}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true{extra}}}\n",
                     free_addr(),
                     dir.path().join(format!("data{i}")).display(),
                     topology.display(),
@@ -88,6 +93,7 @@ impl Flotilla {
             configs.push(path);
         }
         let mut c = Flotilla {
+            name,
             binary: binary.to_owned(),
             dir,
             configs,
@@ -159,7 +165,7 @@ fn blocking_json(url: &str, body: Option<&str>) -> Option<serde_json::Value> {
 
 impl Cluster for Flotilla {
     fn name(&self) -> &'static str {
-        "flotilla"
+        self.name
     }
 
     fn target(&self) -> Target {
@@ -440,8 +446,21 @@ fn main() {
         "Each throughput run: {seconds} s, distinct keys, writes spread over the 3 members, loopback.\n"
     );
 
-    let mut flotilla = Flotilla::start(binary);
-    let mut etcd = Etcd::start();
+    // The two systems side by side: flotilla and etcd, or flotilla with and
+    // without TLS between its nodes.
+    let tls = std::env::var("BENCH_TLS").is_ok_and(|v| v == "compare");
+    let (mut flotilla, mut etcd): (Box<dyn Cluster>, Box<dyn Cluster>) = if tls {
+        (
+            Box::new(Flotilla::start(binary, "flotilla (mTLS)", "")),
+            Box::new(Flotilla::start(binary, "flotilla (tls: off)", ", tls: off")),
+        )
+    } else {
+        (
+            Box::new(Flotilla::start(binary, "flotilla", "")),
+            Box::new(Etcd::start()),
+        )
+    };
+    let names = [flotilla.name(), etcd.name()];
     println!(
         "| system | clients | writes/s | p50 ms | p99 ms | errors | members' CPU µs/write | load generator's | other cluster's (idle) |"
     );
@@ -471,7 +490,7 @@ fn main() {
         // members, by the load generator, and by the other (idle) cluster.
         let mut runs: [Vec<(common::Figures, [f64; 3])>; 2] = [Vec::new(), Vec::new()];
         for round in 0..rounds {
-            let systems = [&flotilla as &dyn Cluster, &etcd as &dyn Cluster];
+            let systems = [&*flotilla, &*etcd];
             for i in 0..2 {
                 let tag = format!("t{clients}r{round}");
                 let pids = [
@@ -492,7 +511,7 @@ fn main() {
                 cpu_ratios.push(runs[0][round].1[0] / runs[1][round].1[0]);
             }
         }
-        for (i, name) in [flotilla.name(), etcd.name()].into_iter().enumerate() {
+        for (i, name) in names.into_iter().enumerate() {
             runs[i].sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
             let (f, [members, generator, other]) = &runs[i][runs[i].len() / 2];
             println!(
@@ -515,19 +534,23 @@ fn main() {
                 .join(", ")
         };
         println!(
-            "\nflotilla / etcd at 64 clients, round by round: writes/s {}; members' CPU per write {}\n",
+            "\n{} / {} at 64 clients, round by round: writes/s {}; members' CPU per write {}\n",
+            names[0],
+            names[1],
             list(&ratios),
             list(&cpu_ratios)
         );
     }
     println!();
-    if let [flotilla_rate, etcd_rate] = at64[..] {
+    if let [a, b] = at64[..] {
         println!(
-            "Ratio (flotilla / etcd): writes/s at 64 clients {:.2}",
-            flotilla_rate / etcd_rate
+            "Ratio ({} / {}): writes/s at 64 clients {:.2}",
+            names[0],
+            names[1],
+            a / b
         );
     }
-    if std::env::var("BENCH_FAILOVER").is_ok_and(|v| v == "0") {
+    if tls || std::env::var("BENCH_FAILOVER").is_ok_and(|v| v == "0") {
         flotilla.stop();
         etcd.stop();
         return;
@@ -535,10 +558,7 @@ fn main() {
     println!("| system | failover median | min | max | trials |");
     println!("|---|---:|---:|---:|---:|");
     let mut medians = Vec::new();
-    for c in [
-        &mut flotilla as &mut dyn Cluster,
-        &mut etcd as &mut dyn Cluster,
-    ] {
+    for c in [&mut *flotilla, &mut *etcd] {
         let mut times: Vec<Duration> = (0..10).map(|t| failover(&rt, c, t)).collect();
         times.sort_unstable();
         let median = times[times.len() / 2];

@@ -42,6 +42,13 @@ pub enum CaCommand {
         #[arg(long, requires = "cert")]
         key: Option<PathBuf>,
     },
+    /// Every node's certificate, as the running members know them: each
+    /// member's own, and the store clients' each issued. Run with a db
+    /// member's config.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Issue an Envoy's client certificate from the CA in DIR: NAME.crt,
     /// NAME.key (0600) and ca.crt into OUT.
     Issue {
@@ -58,8 +65,9 @@ pub enum CaCommand {
     },
 }
 
-pub fn run(command: CaCommand) -> ExitCode {
+pub fn run(command: CaCommand, catalogue: &crate::catalogue::Catalogue) -> ExitCode {
     let result = match command {
+        CaCommand::Status { config } => status(&config, catalogue),
         CaCommand::Init {
             out,
             domain,
@@ -176,4 +184,81 @@ fn issue(dir: &Path, envoy: &str, out: &Path, domain: &str) -> Result<String, St
         info.serial,
         crate::tls::identity::rfc3339(info.not_after)
     ))
+}
+
+/// `ca status`: a table of every node's certificate.
+fn status(config: &Path, catalogue: &crate::catalogue::Catalogue) -> Result<String, String> {
+    let settings = super::cluster_settings(config, catalogue)
+        .map_err(|_| format!("{} is not a usable cluster config", config.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let members = runtime.block_on(crate::cluster::remote_admin(
+        &settings,
+        crate::cluster::AdminOp::Status,
+    ))?;
+    Ok(status_table(&members))
+}
+
+/// The members' statuses (`remote_admin`'s) as one row per certificate.
+fn status_table(members: &serde_json::Value) -> String {
+    let mut rows = vec![[
+        "IDENTITY".to_owned(),
+        "SERIAL".to_owned(),
+        "NOT AFTER".to_owned(),
+        "REPORTED BY".to_owned(),
+    ]];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    for m in members.as_array().into_iter().flatten() {
+        let name = text(&m["member"]);
+        let status = &m["status"];
+        if let Some(e) = status["error"].as_str() {
+            rows.push([
+                format!("({name}: {e})"),
+                "-".into(),
+                "-".into(),
+                name.clone(),
+            ]);
+            continue;
+        }
+        if status["tls"].is_null() {
+            rows.push([
+                format!("({name}: tls: off)"),
+                "-".into(),
+                "-".into(),
+                name.clone(),
+            ]);
+            continue;
+        }
+        for (cert, by) in std::iter::once((&status["tls"], format!("{name} (its own)"))).chain(
+            status["tls_issued"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| (c, format!("{name} (issued)"))),
+        ) {
+            rows.push([
+                text(&cert["identity"]),
+                text(&cert["serial"]),
+                text(&cert["not_after"]),
+                by,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

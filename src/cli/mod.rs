@@ -297,7 +297,7 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
             let kid = auth.rotate_keys().await.map_err(|e| e.to_string())?;
             Ok(format!("rotated: new signing key {kid}"))
         }),
-        Command::Ca { command } => ca::run(command),
+        Command::Ca { command } => ca::run(command, &catalogue),
         Command::Backup { config, out } => backup::backup(&config, &catalogue, &out),
         Command::Restore {
             config,

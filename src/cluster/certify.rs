@@ -160,6 +160,10 @@ impl Cluster {
         reply.proof = reply.expected_proof(&key, req);
         if let Ok(info) = describe(&reply.chain, tls.domain()) {
             tracing::info!(node = %req.node, serial = %info.serial, identity = %identity.uri(tls.domain()), "issued a store client's certificate");
+            self.issued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(req.node.clone(), info);
         }
         Ok(reply)
     }

@@ -351,6 +351,9 @@ pub struct Cluster {
     tls: Option<crate::tls::peer::PeerTls>,
     /// Ends the certificate's renewal with the cluster.
     renewal: tokio_util::sync::CancellationToken,
+    /// The store clients' certificates this member issued, by node (for
+    /// `flotilla ca status`; since this member started).
+    issued: std::sync::Mutex<BTreeMap<String, crate::tls::identity::CertInfo>>,
     /// The store clients, with their keys.
     client_keys: network::ClientKeys,
     /// The cluster secret, from which the store clients' keys derive.
@@ -484,6 +487,16 @@ impl Cluster {
         let renewal = tokio_util::sync::CancellationToken::new();
         if let Some(tls) = &tls {
             tokio::spawn(crate::tls::peer::renew_member(tls.clone(), renewal.clone()));
+            if let crate::tls::peer::PeerTlsMode::On(on) = &settings.tls
+                && let crate::tls::peer::CaSource::Dir(dir) = &on.ca
+            {
+                tokio::spawn(crate::tls::peer::follow_ca_dir(
+                    tls.clone(),
+                    dir.clone(),
+                    on.domain.clone(),
+                    renewal.clone(),
+                ));
+            }
         }
         let faults = network::Faults::default();
         let group: origin::GroupCell = Arc::new(std::sync::RwLock::new(
@@ -545,6 +558,7 @@ impl Cluster {
             auth,
             tls,
             renewal,
+            issued: std::sync::Mutex::default(),
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
         tokio::spawn(elect::elector(Arc::downgrade(&cluster)));
@@ -788,8 +802,17 @@ impl Cluster {
             "applied_index": m.last_applied.map(|l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
             "peers": peers,
-            // This member's certificate (null with `tls: off`).
+            // This member's certificate (null with `tls: off`), and the
+            // store clients' it issued.
             "tls": self.tls.as_ref().map(|t| t.status()),
+            "tls_issued": self.tls.as_ref().map(|t| {
+                self.issued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(|info| crate::tls::peer::describe(info, t.domain()))
+                    .collect::<Vec<_>>()
+            }),
         })
     }
 

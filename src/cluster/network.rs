@@ -182,17 +182,17 @@ fn caller_of_certificate(
     domain: &str,
     clients: &ClientKeys,
 ) -> Option<Caller> {
-    use crate::tls::identity::{Identity, read};
-    match read(&certificate.0, domain).ok()?.identity {
+    use crate::tls::identity::Identity;
+    match &certificate.info(domain)?.identity {
         Identity::Member { .. } => Some(Caller::Peer),
         Identity::Client { node, services } => {
             let known = clients
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&node);
+                .contains_key(node);
             Some(Caller::Client(StoreClient {
-                node,
-                scope: (!known).then_some(services),
+                node: node.clone(),
+                scope: (!known).then(|| services.clone()),
             }))
         }
         Identity::Envoy { .. } => None,

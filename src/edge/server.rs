@@ -338,7 +338,7 @@ where
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                                .map(|c| PeerCertificate::new(c.clone().into_owned()));
                             let conn = builder
                                 .serve_connection(
                                     TokioIo::new(tls),

@@ -32,9 +32,38 @@ pub mod public;
 pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
 
 /// The certificate a client presented in the TLS handshake (checked by the
-/// listener's verifier), in every request of its connection.
+/// listener's verifier), in every request of its connection; what it says
+/// is read once per connection.
 #[derive(Clone, Debug)]
-pub struct PeerCertificate(pub Arc<rustls_pki_types::CertificateDer<'static>>);
+pub struct PeerCertificate(Arc<Presented>);
+
+#[derive(Debug)]
+struct Presented {
+    der: rustls_pki_types::CertificateDer<'static>,
+    info: std::sync::OnceLock<Option<identity::CertInfo>>,
+}
+
+impl PeerCertificate {
+    pub fn new(der: rustls_pki_types::CertificateDer<'static>) -> PeerCertificate {
+        PeerCertificate(Arc::new(Presented {
+            der,
+            info: std::sync::OnceLock::new(),
+        }))
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.0.der
+    }
+
+    /// Its identity and validity in trust domain `domain` (the first
+    /// caller's domain: a listener has one), or None if it names none.
+    pub fn info(&self, domain: &str) -> Option<&identity::CertInfo> {
+        self.0
+            .info
+            .get_or_init(|| identity::read(&self.0.der, domain).ok())
+            .as_ref()
+    }
+}
 
 #[cfg(test)]
 mod tests;

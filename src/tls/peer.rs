@@ -69,19 +69,123 @@ impl Default for PeerTlsSettings {
     }
 }
 
+/// The CA a member signs with, and the roots it trusts: the CA's own
+/// certificate, and during a rotation's overlap the other CA's
+/// (`trusted.crt` in the CA's directory).
+pub struct HeldCa {
+    ca: Ca,
+    bundle: String,
+}
+
+impl HeldCa {
+    /// The roots nodes trust, in PEM.
+    pub fn bundle(&self) -> &str {
+        &self.bundle
+    }
+}
+
+/// The files of a CA directory, in the order `stamp` reads them.
+const CA_FILES: [&str; 3] = ["ca.crt", "ca.key", "trusted.crt"];
+
 /// The cluster's CA as a member (or a tool with a member's config) has it.
-pub fn load_ca(source: &CaSource, secret: &str, domain: &str) -> Result<Ca, String> {
+pub fn load_ca(source: &CaSource, secret: &str, domain: &str) -> Result<HeldCa, String> {
     match source {
-        CaSource::Secret => Ca::derive(secret, domain),
+        CaSource::Secret => {
+            let ca = Ca::derive(secret, domain)?;
+            let bundle = ca.cert_pem().to_owned();
+            Ok(HeldCa { ca, bundle })
+        }
         CaSource::Dir(dir) => {
             let read = |name: &str| {
                 let path = dir.join(name);
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read the CA's {}: {e}", path.display()))
             };
-            Ca::import(&read("ca.crt")?, &read("ca.key")?)
+            let ca = Ca::import(&read("ca.crt")?, &read("ca.key")?)?;
+            let mut bundle = ca.cert_pem().trim_end().to_owned();
+            bundle.push('\n');
+            if dir.join("trusted.crt").exists() {
+                let trusted = read("trusted.crt")?;
+                let count = CertificateDer::pem_slice_iter(trusted.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!(
+                            "{}: not PEM certificates: {e}",
+                            dir.join("trusted.crt").display()
+                        )
+                    })?
+                    .len();
+                if count == 0 {
+                    return Err(format!(
+                        "{} holds no certificate: put the other CA's certificate there, or remove the file",
+                        dir.join("trusted.crt").display()
+                    ));
+                }
+                bundle.push_str(trusted.trim_end());
+                bundle.push('\n');
+            }
+            Ok(HeldCa { ca, bundle })
         }
     }
+}
+
+/// When each file of the CA directory `dir` last changed (and its size).
+fn stamp(dir: &std::path::Path) -> Vec<Option<(SystemTime, u64)>> {
+    CA_FILES
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(dir.join(f)).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// How often a member looks at its CA directory.
+const CA_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows a member's CA directory until `stop`: when its files change
+/// (a CA rotation's steps), the member takes the CA and roots they hold and
+/// issues itself a certificate from it at once. Files that do not load
+/// leave everything as it was, and the log says why.
+pub async fn follow_ca_dir(
+    tls: PeerTls,
+    dir: PathBuf,
+    domain: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = stamp(&dir);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CA_CHECK_EVERY) => {}
+        }
+        let now = stamp(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let taken =
+            load_ca(&CaSource::Dir(dir.clone()), "", &domain).and_then(|held| tls.take_ca(held));
+        match taken {
+            Ok(()) => {
+                let info = tls.info();
+                tracing::info!(dir = %dir.display(), serial = %info.serial, "took the CA directory's new files: this member's certificate and trusted roots are theirs now");
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "the CA directory's changed files do not load; keeping the CA and roots in use")
+            }
+        }
+    }
+}
+
+/// A certificate for `/status`: identity, serial, validity.
+pub fn describe(info: &CertInfo, domain: &str) -> serde_json::Value {
+    serde_json::json!({
+        "identity": info.identity.uri(domain),
+        "serial": info.serial,
+        "not_before": super::identity::rfc3339(info.not_before),
+        "not_after": super::identity::rfc3339(info.not_after),
+    })
 }
 
 /// The SHA-256 of a certificate (what the certify exchange binds to).
@@ -134,7 +238,7 @@ struct Inner {
     credentials: Credentials,
     /// A member's CA: it issues its own renewals and store clients'
     /// certificates, valid for `lifetime`.
-    ca: Option<Ca>,
+    ca: Option<RwLock<Arc<HeldCa>>>,
     lifetime: Duration,
     configs: RwLock<Arc<Configs>>,
 }
@@ -160,7 +264,12 @@ fn configs(
 impl PeerTls {
     /// A member's: its certificate issued here from `ca`, valid for
     /// `lifetime`.
-    pub fn member(ca: Ca, domain: &str, node: &str, lifetime: Duration) -> Result<PeerTls, String> {
+    pub fn member(
+        ca: HeldCa,
+        domain: &str,
+        node: &str,
+        lifetime: Duration,
+    ) -> Result<PeerTls, String> {
         let identity = Identity::member(node)?;
         let material = issue(&ca, &identity, domain, lifetime)?;
         PeerTls::new(domain, identity, material, Some(ca), lifetime)
@@ -185,7 +294,7 @@ impl PeerTls {
         domain: &str,
         identity: Identity,
         material: Material,
-        ca: Option<Ca>,
+        ca: Option<HeldCa>,
         lifetime: Duration,
     ) -> Result<PeerTls, String> {
         let credentials = Credentials::new(domain, &material)?;
@@ -195,7 +304,7 @@ impl PeerTls {
                 domain: domain.to_owned(),
                 identity,
                 credentials,
-                ca,
+                ca: ca.map(|ca| RwLock::new(Arc::new(ca))),
                 lifetime,
                 configs: RwLock::new(configs),
             }),
@@ -246,14 +355,9 @@ impl PeerTls {
     /// This node's certificate for `/status`: identity, serial, validity,
     /// when it is renewed.
     pub fn status(&self) -> serde_json::Value {
-        let info = self.info();
-        serde_json::json!({
-            "identity": info.identity.uri(self.domain()),
-            "serial": info.serial,
-            "not_before": super::identity::rfc3339(info.not_before),
-            "not_after": super::identity::rfc3339(info.not_after),
-            "renew_at": super::identity::rfc3339(self.renew_at()),
-        })
+        let mut status = describe(&self.info(), self.domain());
+        status["renew_at"] = super::identity::rfc3339(self.renew_at()).into();
+        status
     }
 
     /// When the certificate is due for renewal: two thirds into its life
@@ -287,19 +391,41 @@ impl PeerTls {
         Ok(())
     }
 
-    /// A member renews its own certificate from its CA.
-    pub fn renew_own(&self) -> Result<(), String> {
-        let ca = self
+    fn held(&self) -> Result<Arc<HeldCa>, String> {
+        Ok(self
             .inner
             .ca
             .as_ref()
-            .ok_or("only a member issues its own certificate")?;
+            .ok_or("this node holds no CA: ask a db member")?
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    /// A member renews its own certificate from its CA.
+    pub fn renew_own(&self) -> Result<(), String> {
+        let held = self.held()?;
         self.replace(&issue(
-            ca,
+            &held,
             &self.inner.identity,
             &self.inner.domain,
             self.inner.lifetime,
         )?)
+    }
+
+    /// A member takes a CA (a rotation's step): it signs with it and trusts
+    /// its bundle from now on, starting with a certificate of its own.
+    pub fn take_ca(&self, held: HeldCa) -> Result<(), String> {
+        let lock = self.inner.ca.as_ref().ok_or("only a member holds a CA")?;
+        let material = issue(
+            &held,
+            &self.inner.identity,
+            &self.inner.domain,
+            self.inner.lifetime,
+        )?;
+        self.replace(&material)?;
+        *lock.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(held);
+        Ok(())
     }
 
     /// A member issues `identity` a certificate for `csr_pem`: the chain
@@ -309,31 +435,27 @@ impl PeerTls {
         csr_pem: &str,
         identity: &Identity,
     ) -> Result<(String, String), String> {
-        let ca = self
-            .inner
-            .ca
-            .as_ref()
-            .ok_or("this node holds no CA: ask a db member")?;
-        let chain = ca.issue(
+        let held = self.held()?;
+        let chain = held.ca.issue(
             csr_pem,
             identity,
             &self.inner.domain,
             SystemTime::now(),
             self.inner.lifetime,
         )?;
-        Ok((chain, ca.cert_pem().to_owned()))
+        Ok((chain, held.bundle.clone()))
     }
 }
 
-/// A fresh key and a certificate for it from `ca`, as `identity`.
+/// A fresh key and a certificate for it from `held`, as `identity`.
 fn issue(
-    ca: &Ca,
+    held: &HeldCa,
     identity: &Identity,
     domain: &str,
     lifetime: Duration,
 ) -> Result<Material, String> {
     let key = NodeKey::generate()?;
-    let chain_pem = ca.issue(
+    let chain_pem = held.ca.issue(
         &key.request()?,
         identity,
         domain,
@@ -343,7 +465,7 @@ fn issue(
     Ok(Material {
         chain_pem,
         key_pem: key.pem(),
-        roots_pem: ca.cert_pem().to_owned(),
+        roots_pem: held.bundle.clone(),
     })
 }
 

@@ -158,6 +158,20 @@ async fn with_no_tls_configuration_the_peer_listener_takes_only_in_date_certific
         "{refused:?}"
     );
 
+    // `flotilla ca status` lists every member's certificate.
+    let config = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
+    let (code, table, err) = crate::support::run_cli(
+        std::path::Path::new(crate::support::BINARY),
+        &["ca", "status", "--config", &config],
+    );
+    assert_eq!(code, 0, "{err}");
+    for n in 1..=3 {
+        assert!(
+            table.contains(&format!("spiffe://flotilla.local/member/ha-{n}")),
+            "{table}"
+        );
+    }
+
     // No certificate: only a certificate request is answered.
     let seen = Arc::default();
     let refused = network::first_contact_client(&peer, seen)
@@ -239,5 +253,148 @@ async fn members_renew_their_certificates_under_write_load_without_a_failed_writ
         );
     }
     // Every member still applies every write.
+    cluster.converge().await;
+}
+
+/// Writes `text` to `path` by way of a file beside it and a rename, as an
+/// operator's tooling would.
+fn put(path: &std::path::Path, text: &str) {
+    let beside = path.with_extension("new");
+    std::fs::write(&beside, text).unwrap();
+    std::fs::rename(&beside, path).unwrap();
+}
+
+/// A call to the member at `peer` as a tool holding a member's certificate
+/// from `ca`, trusting only `roots`.
+async fn admin_with(peer: &str, ca: &Ca, roots: &str) -> Result<(), String> {
+    let key = NodeKey::generate().unwrap();
+    let identity = Identity::member("tool").unwrap();
+    let chain_pem = ca
+        .issue(
+            &key.request().unwrap(),
+            &identity,
+            DEFAULT_DOMAIN,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let material = Material {
+        chain_pem,
+        key_pem: key.pem(),
+        roots_pem: roots.to_owned(),
+    };
+    let auth = Auth::Tls(PeerTls::client(DEFAULT_DOMAIN, identity, material).unwrap());
+    network::client_as(peer, &auth)
+        .unwrap()
+        .admin(network::blob(&json!("Status")))
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
+/// The documented rotation of an operator's CA (`cluster.tls.ca_dir`):
+/// trust the next CA beside the current one, sign with the next one while
+/// still trusting the old, then drop the old. Writes flow through all three
+/// members throughout and none fails; at the end the members present
+/// certificates of the new CA only and refuse the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_rotation_with_an_overlap_fails_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let old = Ca::generate(DEFAULT_DOMAIN, now).unwrap();
+    let next = Ca::generate(DEFAULT_DOMAIN, now).unwrap();
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    put(&ca_dir.join("ca.crt"), old.cert_pem());
+    put(&ca_dir.join("ca.key"), &old.key_pem());
+    let cluster = TestCluster::start(&format!(
+        ", tls: {{ca_dir: '{}', certificate_lifetime_seconds: 6}}",
+        ca_dir.display()
+    ));
+    let peers: Vec<String> = cluster.addresses.iter().map(|a| a.2.to_string()).collect();
+    let token = cluster.admin_token().await;
+    let client = authed(&token);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for t in 0..3 {
+        let (client, stop) = (client.clone(), stop.clone());
+        let url = cluster.nodes[t].url("");
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                i += 1;
+                let r = client
+                    .put(format!("{url}/api/kv/keys/c{t}-{i}"))
+                    .json(&json!({"value": "x"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("c{t}-{i}: {}", r.status())),
+                    Err(e) => failed.push(format!("c{t}-{i}: {e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let both = format!("{}{}", old.cert_pem(), next.cert_pem());
+    // The overlap: the members trust the next CA too.
+    put(&ca_dir.join("trusted.crt"), next.cert_pem());
+    for peer in &peers {
+        crate::support::wait_until(
+            "a member trusts the next CA",
+            Duration::from_secs(10),
+            || admin_with(peer, &next, &both),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The switch: the members sign with the next CA, and still trust the
+    // old one.
+    put(&ca_dir.join("ca.key"), &next.key_pem());
+    put(&ca_dir.join("ca.crt"), next.cert_pem());
+    put(&ca_dir.join("trusted.crt"), old.cert_pem());
+    for peer in &peers {
+        // A client that trusts only the next CA reaches a member once it
+        // presents a certificate of the next CA.
+        crate::support::wait_until(
+            "a member presents the next CA's certificate",
+            Duration::from_secs(10),
+            || admin_with(peer, &next, next.cert_pem()),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The end of the overlap: the old CA is trusted no more.
+    std::fs::remove_file(ca_dir.join("trusted.crt")).unwrap();
+    for peer in &peers {
+        crate::support::wait_until(
+            "a member refuses the old CA",
+            Duration::from_secs(10),
+            || async {
+                match admin_with(peer, &old, &both).await {
+                    Ok(()) => Err("taken".to_owned()),
+                    Err(_) => Ok(()),
+                }
+            },
+        )
+        .await;
+        admin_with(peer, &next, next.cert_pem()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in writers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "failed writes: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok > 100, "too little load: {ok} writes");
     cluster.converge().await;
 }

@@ -197,6 +197,28 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let refused = as_kv.vote(network::blob(&())).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // `flotilla ca status` shows the store clients' certificates too.
+    let (code, table, err) = run_cli(
+        Path::new(BINARY),
+        &[
+            "ca",
+            "status",
+            "--config",
+            cluster.nodes["db-1"].config_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for identity in [
+        "member/db-1",
+        "member/db-3",
+        "client/kv/kv-1",
+        "client/echo/echo-1",
+    ] {
+        assert!(
+            table.contains(&format!("spiffe://flotilla.local/{identity} ")),
+            "{table}"
+        );
+    }
     // kv-1's key does not get a certificate naming echo-1.
     let impostor = flotilla::cluster::store_client_auth(
         std::slice::from_ref(&db1),
