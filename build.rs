@@ -13,6 +13,7 @@ const ENVOY_PROTOS: &[&str] = &[
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+    "envoy/extensions/transport_sockets/tls/v3/tls.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

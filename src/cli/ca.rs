@@ -21,6 +21,7 @@ use super::EX_USAGE;
 use crate::tls::{
     ca::{Ca, NODE_LIFETIME, NodeKey, describe},
     identity::Identity,
+    peer::{CaSource, HeldCa, PeerTlsMode, load_ca},
 };
 
 use crate::tls::peer::DEFAULT_DOMAIN;
@@ -49,19 +50,33 @@ pub enum CaCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Issue an Envoy's client certificate from the CA in DIR: NAME.crt,
-    /// NAME.key (0600) and ca.crt into OUT.
+    /// Issue an Envoy's client certificate (for the xDS listener's TLS)
+    /// from the cluster's CA into OUT: NAME.crt, NAME.key (0600), ca.crt,
+    /// and Envoy's file-based SDS resources sds-cert.yaml and sds-ca.yaml
+    /// (`gen-envoy --xds-tls OUT` points Envoy at them).
+    /// The CA: a db member's config (`--config`, the CA it uses), or the
+    /// directory `ca init` wrote (`--ca`).
     Issue {
         /// The directory `ca init` wrote.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        ca: Option<PathBuf>,
+        /// A db member's config: its cluster's CA (derived from the
+        /// cluster secret unless cluster.tls names a directory) and domain.
         #[arg(long)]
-        ca: PathBuf,
+        config: Option<PathBuf>,
         /// The Envoy's name (its node id).
         #[arg(long)]
         envoy: String,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = DEFAULT_DOMAIN)]
-        domain: String,
+        /// The trust domain (with --ca; a config names its own).
+        #[arg(long, conflicts_with = "config")]
+        domain: Option<String>,
+        /// Replace the files of an earlier issue (each written beside and
+        /// renamed over, so that an Envoy watching the directory takes the
+        /// renewed certificate whole).
+        #[arg(long)]
+        renew: bool,
     },
 }
 
@@ -76,10 +91,13 @@ pub fn run(command: CaCommand, catalogue: &crate::catalogue::Catalogue) -> ExitC
         } => init(&out, &domain, cert.as_deref().zip(key.as_deref())),
         CaCommand::Issue {
             ca,
+            config,
             envoy,
             out,
             domain,
-        } => issue(&ca, &envoy, &out, &domain),
+            renew,
+        } => issuer(ca.as_deref(), config.as_deref(), domain, catalogue)
+            .and_then(|(held, domain)| issue(&held, &envoy, &out, &domain, renew)),
     };
     match result {
         Ok(said) => {
@@ -153,12 +171,83 @@ fn init(out: &Path, domain: &str, import: Option<(&Path, &Path)>) -> Result<Stri
     ))
 }
 
-fn issue(dir: &Path, envoy: &str, out: &Path, domain: &str) -> Result<String, String> {
+/// The CA `ca issue` signs with, and its trust domain.
+fn issuer(
+    dir: Option<&Path>,
+    config: Option<&Path>,
+    domain: Option<String>,
+    catalogue: &crate::catalogue::Catalogue,
+) -> Result<(HeldCa, String), String> {
+    match (dir, config) {
+        (Some(dir), _) => {
+            let domain = domain.unwrap_or_else(|| DEFAULT_DOMAIN.to_owned());
+            let held = load_ca(&CaSource::Dir(dir.to_owned()), "", &domain)?;
+            Ok((held, domain))
+        }
+        (None, Some(config)) => {
+            let settings = super::cluster_settings(config, catalogue)
+                .map_err(|_| format!("{} is not a usable cluster config", config.display()))?;
+            let (crate::cluster::Role::Voter { secret, .. }, PeerTlsMode::On(on)) =
+                (&settings.role, &settings.tls)
+            else {
+                return Err(format!(
+                    "{} is not a db member's config with TLS between nodes: give a member's config (it holds the CA), or --ca",
+                    config.display()
+                ));
+            };
+            Ok((load_ca(&on.ca, secret, &on.domain)?, on.domain.clone()))
+        }
+        (None, None) => Err("name the CA: --config (a db member's) or --ca DIR".into()),
+    }
+}
+
+/// Writes `text` to `path`: a new file, or with `renew` one written beside
+/// it and renamed over it.
+fn put(path: &Path, text: &str, secret: bool, renew: bool) -> Result<(), String> {
+    if !renew {
+        return write_new(path, text, secret);
+    }
+    let beside = path.with_extension("renewing");
+    let _ = std::fs::remove_file(&beside);
+    write_new(&beside, text, secret)?;
+    std::fs::rename(&beside, path).map_err(|e| {
+        format!(
+            "cannot rename {} over {}: {e}",
+            beside.display(),
+            path.display()
+        )
+    })
+}
+
+/// Envoy's file-based SDS resource of a certificate and key.
+fn sds_certificate(envoy: &str, cert: &Path, key: &Path) -> String {
+    format!(
+        "# Envoy SDS resource written by `flotilla ca issue`: {envoy}'s certificate.\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: {}\n  tls_certificate:\n    certificate_chain: {{filename: {}}}\n    private_key: {{filename: {}}}\n",
+        crate::xds::bootstrap::SDS_CERT,
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Envoy's file-based SDS resource of the CA bundle.
+fn sds_ca(bundle: &Path) -> String {
+    format!(
+        "# Envoy SDS resource written by `flotilla ca issue`: the cluster's CA.\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: {}\n  validation_context:\n    trusted_ca: {{filename: {}}}\n",
+        crate::xds::bootstrap::SDS_CA,
+        bundle.display()
+    )
+}
+
+fn issue(
+    held: &HeldCa,
+    envoy: &str,
+    out: &Path,
+    domain: &str,
+    renew: bool,
+) -> Result<String, String> {
     let identity = Identity::envoy(envoy)?;
-    let ca_pem = read(&dir.join("ca.crt"), "the CA certificate")?;
-    let ca = Ca::import(&ca_pem, &read(&dir.join("ca.key"), "the CA key")?)?;
     let key = NodeKey::generate()?;
-    let cert = ca.issue(
+    let cert = held.ca().issue(
         &key.request()?,
         &identity,
         domain,
@@ -166,19 +255,28 @@ fn issue(dir: &Path, envoy: &str, out: &Path, domain: &str) -> Result<String, St
         NODE_LIFETIME,
     )?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let (cert_path, key_path) = (
+    let out = out
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve {}: {e}", out.display()))?;
+    let (cert_path, key_path, bundle) = (
         out.join(format!("{envoy}.crt")),
         out.join(format!("{envoy}.key")),
+        out.join("ca.crt"),
     );
-    write_new(&key_path, &key.pem(), true)?;
-    write_new(&cert_path, &cert, false)?;
-    let bundle = out.join("ca.crt");
-    if !bundle.exists() {
-        write_new(&bundle, &ca_pem, false)?;
-    }
+    put(&key_path, &key.pem(), true, renew)?;
+    put(&cert_path, &cert, false, renew)?;
+    put(&bundle, held.bundle(), false, renew)?;
+    use crate::xds::bootstrap::{SDS_CA_FILE, SDS_CERT_FILE};
+    put(
+        &out.join(SDS_CERT_FILE),
+        &sds_certificate(envoy, &cert_path, &key_path),
+        false,
+        renew,
+    )?;
+    put(&out.join(SDS_CA_FILE), &sds_ca(&bundle), false, renew)?;
     let info = describe(&cert, domain)?;
     Ok(format!(
-        "issued {} to {}: serial {}, valid until {} (renew it before then)",
+        "issued {} to {}: serial {}, valid until {} (renew it before then: --renew)",
         identity.uri(domain),
         cert_path.display(),
         info.serial,

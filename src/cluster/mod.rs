@@ -597,6 +597,13 @@ impl Cluster {
         ))
     }
 
+    /// The xDS listener's TLS (`xds.tls`), unless `tls: off`: this
+    /// member's certificate, Envoys' required.
+    pub fn xds_tls(&self) -> Option<crate::tls::TlsSource> {
+        let tls = self.tls.clone()?;
+        Some(Arc::new(move || tls.xds_server_config()))
+    }
+
     /// The peer listener's TLS, unless `tls: off`: each connection takes
     /// the configuration of the certificate current at its handshake.
     pub fn peer_tls(&self) -> Option<crate::tls::TlsSource> {

@@ -111,6 +111,9 @@ pub struct Config {
     /// Where the Envoys fed by this node's xDS server listen for the
     /// public ingress (`xds.ingress_listener`).
     pub xds_ingress: SocketAddr,
+    /// The xDS listener serves TLS and takes Envoys' certificates only
+    /// (`xds.tls`; a db member with TLS between nodes).
+    pub xds_tls: bool,
     /// TLS on the public listener (`tls.public`): the certificate files.
     pub public_tls: Option<Vec<crate::tls::public::CertFiles>>,
 }
@@ -464,6 +467,24 @@ impl Config {
         let joined = topology
             .as_ref()
             .is_some_and(|t: &Topology| t.find(&node_id).is_none());
+        let xds_tls = raw.xds.tls;
+        if xds_tls {
+            let member_with_tls = roles.db
+                && cluster.as_ref().is_some_and(|c: &ClusterSettings| {
+                    matches!(c.tls, crate::tls::peer::PeerTlsMode::On(_))
+                });
+            if !roles.xds {
+                problems.add(
+                    "xds.tls",
+                    "this node does not run the xds role: add `xds` to services, or remove it",
+                );
+            } else if !member_with_tls {
+                problems.add(
+                    "xds.tls",
+                    "is for a db member of a cluster with TLS between nodes (cluster.tls not off): the xDS listener serves the member's certificate and takes Envoys' from the cluster's CA",
+                );
+            }
+        }
 
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
@@ -498,6 +519,7 @@ impl Config {
             topology,
             topology_path,
             xds_ingress: xds_ingress.expect("validated above"),
+            xds_tls,
             public_tls,
         })
     }

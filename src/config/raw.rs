@@ -73,6 +73,8 @@ pub(super) struct RawAdvertise {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawXds {
     pub(super) ingress_listener: Option<String>,
+    #[serde(default)]
+    pub(super) tls: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,14 @@ pub struct Request {
     /// an address.
     #[arg(long, default_value = "flotilla-xds:18000")]
     pub xds: String,
+    /// Reach the xDS server over mutual TLS (--mode k3d; a member with
+    /// `xds.tls`): the directory `flotilla ca issue --envoy` wrote, read
+    /// through file-based SDS.
+    #[arg(long)]
+    pub xds_tls: Option<PathBuf>,
+    /// The cluster's trust domain (with --xds-tls).
+    #[arg(long, default_value = crate::tls::peer::DEFAULT_DOMAIN)]
+    pub domain: String,
     /// Use incremental xDS (DELTA_GRPC) rather than state of the world
     /// (--mode k3d).
     #[arg(long)]
@@ -124,6 +132,9 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
                 })?;
             let mut bootstrap =
                 bootstrap::ads(&request.node_id, request.admin, host, port, request.delta);
+            if let Some(dir) = &request.xds_tls {
+                bootstrap::ads_over_tls(&mut bootstrap, dir, &request.domain);
+            }
             if request.sidecar {
                 let ports = [
                     request
@@ -145,6 +156,12 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
                 }
             }
             bootstrap
+        }
+        _ if request.xds_tls.is_some() => {
+            return Err(format!(
+                "--xds-tls is for --mode k3d: in --mode {} Envoy has fixed resources and no xDS connection",
+                mode_name(request.mode)
+            ));
         }
         _ if !matches!(request.mode, Mode::K3d) && request.sidecar => {
             return Err(format!(

@@ -350,6 +350,11 @@ impl Node {
         // The xDS server: the same routing table and registry as the
         // ingress.
         let table = catalogue.table().clone();
+        let xds_tls = if config.xds_tls {
+            cluster.get().and_then(|c| c.xds_tls())
+        } else {
+            None
+        };
         let xds = listeners.xds.map(|listener| {
             let stop = CancellationToken::new();
             let snapshots = crate::xds::server::snapshots(
@@ -358,7 +363,7 @@ impl Node {
                 Some(config.xds_ingress),
                 stop.clone(),
             );
-            tracing::info!(addr = ?config.listeners.xds, "xds listener serving");
+            tracing::info!(addr = ?config.listeners.xds, tls = xds_tls.is_some(), "xds listener serving");
             let router = crate::catalogue::grpc_router(crate::xds::server::Ads::service(
                 snapshots,
                 xds_clients.clone(),
@@ -374,6 +379,7 @@ impl Node {
                     stop,
                     ServeOptions {
                         h2_send_buffer: crate::xds::server::SEND_BUFFER,
+                        tls: xds_tls.clone(),
                         ..ServeOptions::new("xds", limits.xds, Duration::from_secs(1))
                     },
                 ),

@@ -78,6 +78,11 @@ pub struct HeldCa {
 }
 
 impl HeldCa {
+    /// The CA itself.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
     /// The roots nodes trust, in PEM.
     pub fn bundle(&self) -> &str {
         &self.bundle
@@ -207,6 +212,18 @@ fn accept_nodes() -> Accept {
     })
 }
 
+/// The xDS listener takes Envoys (and proxyless gRPC clients holding an
+/// Envoy's certificate) only.
+fn accept_envoys() -> Accept {
+    Arc::new(|identity: &Identity| match identity {
+        Identity::Envoy { .. } => Ok(()),
+        other => Err(format!(
+            "`{}` is a node's certificate; the xDS listener takes Envoys' (`flotilla ca issue --envoy`)",
+            other.name()
+        )),
+    })
+}
+
 /// Nodes call members only.
 fn accept_members() -> Accept {
     Arc::new(|identity: &Identity| match identity {
@@ -220,6 +237,8 @@ fn accept_members() -> Accept {
 
 struct Configs {
     server: Arc<ServerConfig>,
+    /// For the xDS listener: an Envoy's certificate required.
+    xds: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// The fingerprints of the certificate served now and of the one before
     /// it (a store client may have seen either while asking).
@@ -256,6 +275,7 @@ fn configs(
 ) -> Result<Arc<Configs>, String> {
     Ok(Arc::new(Configs {
         server: Arc::new(credentials.server_config(accept_nodes(), true)?),
+        xds: Arc::new(credentials.server_config(accept_envoys(), false)?),
         client: Arc::new(credentials.client_config(accept_members())?),
         served: [leaf_fingerprint(chain_pem)?, before.to_owned()],
     }))
@@ -331,6 +351,11 @@ impl PeerTls {
     /// current one.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.configs().server.clone()
+    }
+
+    /// For the xDS listener (`xds.tls`): Envoys' certificates only.
+    pub fn xds_server_config(&self) -> Arc<ServerConfig> {
+        self.configs().xds.clone()
     }
 
     /// For connections to members.

@@ -117,6 +117,90 @@ pub fn ads(
     }
 }
 
+/// The SDS resources `flotilla ca issue` writes: Envoy's certificate, the
+/// cluster's CA bundle (each file holding one resource of that name).
+pub const SDS_CERT: &str = "flotilla-envoy-cert";
+pub const SDS_CA: &str = "flotilla-ca";
+pub const SDS_CERT_FILE: &str = "sds-cert.yaml";
+pub const SDS_CA_FILE: &str = "sds-ca.yaml";
+
+/// Makes `bootstrap`'s connection to the xDS server mutual TLS: Envoy
+/// presents the certificate `flotilla ca issue --envoy NAME --out DIR`
+/// wrote in `dir` and trusts the CA bundle beside it, both through
+/// file-based SDS (taken again when files are renamed into `dir`, as
+/// `ca issue --renew` does), and takes only a member of trust domain
+/// `domain` as the server.
+pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &str) {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{PathConfigSource, TransportSocket, WatchedDirectory, transport_socket},
+        extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
+            UpstreamTlsContext,
+            common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+            subject_alt_name_matcher::SanType,
+        },
+        r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
+    };
+    let sds = |name: &str, file: &str| SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(ConfigSourceSpecifier::PathConfigSource(
+                PathConfigSource {
+                    path: dir.join(file).display().to_string(),
+                    watched_directory: Some(WatchedDirectory {
+                        path: dir.display().to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+    };
+    let tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec!["h2".into()],
+            tls_certificate_sds_secret_configs: vec![sds(SDS_CERT, SDS_CERT_FILE)],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: SanType::Uri as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(MatchPattern::Prefix(format!(
+                                    "spiffe://{domain}/member/"
+                                ))),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(SDS_CA, SDS_CA_FILE)),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let socket = TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(
+            envoy_types::util::pack_any(tls),
+        )),
+    };
+    for cluster in bootstrap
+        .static_resources
+        .iter_mut()
+        .flat_map(|r| r.clusters.iter_mut())
+        .filter(|c| c.name == XDS_CLUSTER)
+    {
+        cluster.transport_socket = Some(socket.clone());
+    }
+}
+
 /// The ADS bootstrap as YAML (the Envoy tests and the convergence bench).
 pub fn ads_bootstrap(node_id: &str, admin: SocketAddr, xds: SocketAddr, delta: bool) -> String {
     to_yaml(&ads(

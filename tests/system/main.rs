@@ -22,3 +22,4 @@ mod public_tls;
 mod scaled;
 mod support;
 mod xds;
+mod xds_tls;

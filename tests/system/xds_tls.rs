@@ -1,0 +1,131 @@
+//! The xDS listener over mutual TLS (`xds.tls`): a real Envoy reaches it
+//! with the certificate `flotilla ca issue --envoy` wrote, through the
+//! bootstrap `gen-envoy --xds-tls` makes, and routes through what it
+//! learns; plaintext and a node's certificate are refused.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    time::Duration,
+};
+
+use crate::support::{BINARY, Envoy, TestCluster, free_addr, generate, run_cli, wait_routed};
+
+#[tokio::test]
+async fn envoy_reaches_the_xds_server_over_mutual_tls_with_a_certificate_from_ca_issue() {
+    let mut cluster = TestCluster::prepare_with(Path::new(BINARY), "", "");
+    for node in &cluster.nodes {
+        let text = std::fs::read_to_string(&node.config_path).unwrap();
+        std::fs::write(
+            &node.config_path,
+            text.replace(
+                "xds: {ingress_listener:",
+                "xds: {tls: true, ingress_listener:",
+            ),
+        )
+        .unwrap();
+    }
+    cluster.spawn_all();
+    let xds = cluster.xds[0];
+
+    // Plaintext HTTP/2 gets no HTTP/2 answer.
+    let mut plain = TcpStream::connect(xds).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "plaintext HTTP/2 was answered: {answer:?}"
+    );
+
+    // The Envoy's certificate, from the member's config (the CA derived
+    // from the cluster secret), with Envoy's SDS files.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("envoy-tls");
+    let config = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
+    let (code, said, err) = run_cli(
+        Path::new(BINARY),
+        &[
+            "ca",
+            "issue",
+            "--config",
+            &config,
+            "--envoy",
+            "front",
+            "--out",
+            tls.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        said.contains("spiffe://flotilla.local/envoy/front"),
+        "{said}"
+    );
+    for file in [
+        "front.crt",
+        "front.key",
+        "ca.crt",
+        "sds-cert.yaml",
+        "sds-ca.yaml",
+    ] {
+        assert!(tls.join(file).is_file(), "ca issue wrote no {file}");
+    }
+
+    let admin = free_addr();
+    let yaml = generate(&[
+        "--mode",
+        "k3d",
+        "--xds",
+        &xds.to_string(),
+        "--xds-tls",
+        tls.to_str().unwrap(),
+        "--admin",
+        &admin.to_string(),
+        "--node-id",
+        "front",
+    ]);
+    assert!(yaml.contains("envoy.transport_sockets.tls"), "{yaml}");
+    let envoy = Envoy::start_bootstrap(&yaml, admin);
+    // Envoy learns the ingress listener and the routes over TLS, and
+    // routes a request to the nodes.
+    wait_routed(&format!(
+        "http://{}/api/echo?message=hi",
+        cluster.envoy_ingress
+    ))
+    .await;
+    let ssl = envoy.stat("cluster.xds.ssl.handshake").await.unwrap_or(0);
+    assert!(ssl >= 1, "Envoy made no TLS handshake to the xDS server");
+
+    // A node's certificate is not an Envoy's: the member refuses it at the
+    // handshake, and says why.
+    let member = flotilla::cluster::network::Auth::Tls(
+        flotilla::tls::peer::PeerTls::of_member(
+            &Default::default(),
+            crate::support::cluster::CLUSTER_SECRET,
+            "ha-9",
+        )
+        .unwrap(),
+    );
+    let refused = flotilla::cluster::network::client_as(&xds.to_string(), &member)
+        .unwrap()
+        .admin(flotilla::cluster::network::blob(&serde_json::json!(
+            "Status"
+        )))
+        .await;
+    assert!(
+        refused.is_err(),
+        "a member's certificate reached the xDS listener"
+    );
+    let log = cluster.nodes[0].log();
+    assert!(
+        log.contains("is a node's certificate; the xDS listener takes Envoys'"),
+        "the member's log does not say why it refused a node's certificate"
+    );
+    drop(envoy);
+}
