@@ -468,6 +468,39 @@ impl Config {
             .as_ref()
             .is_some_and(|t: &Topology| t.find(&node_id).is_none());
         let xds_tls = raw.xds.tls;
+        let mut cluster = cluster;
+        if !raw.xds.tls_names.is_empty() && !xds_tls {
+            problems.add(
+                "xds.tls_names",
+                "names the xDS listener's TLS certificate: set xds.tls too, or remove it",
+            );
+        }
+        if xds_tls
+            && let Some(crate::tls::peer::PeerTlsMode::On(on)) =
+                cluster.as_mut().map(|c: &mut ClusterSettings| &mut c.tls)
+        {
+            // Clients that check the server's name (proxyless gRPC) reach
+            // the listener at its address, or at the names given.
+            if let Some(addr) = xds.filter(|a| !a.ip().is_unspecified()) {
+                on.hosts.push(addr.ip().to_string());
+            }
+            for name in &raw.xds.tls_names {
+                let ok = name.parse::<std::net::IpAddr>().is_ok()
+                    || (!name.is_empty()
+                        && name.len() <= 253
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')));
+                if ok {
+                    on.hosts.push(name.clone());
+                } else {
+                    problems.add(
+                        "xds.tls_names",
+                        format!("`{name}` is neither a DNS name nor an IP address"),
+                    );
+                }
+            }
+        }
         if xds_tls {
             let member_with_tls = roles.db
                 && cluster.as_ref().is_some_and(|c: &ClusterSettings| {

@@ -75,6 +75,8 @@ pub(super) struct RawXds {
     pub(super) ingress_listener: Option<String>,
     #[serde(default)]
     pub(super) tls: bool,
+    #[serde(default)]
+    pub(super) tls_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

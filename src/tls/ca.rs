@@ -170,6 +170,21 @@ impl Ca {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<String, String> {
+        self.issue_named(csr_pem, identity, &[], domain, now, lifetime)
+    }
+
+    /// As `issue`, the certificate also naming `hosts` (DNS names or IP
+    /// addresses), for clients that check the server's name as well as
+    /// its chain (proxyless gRPC over TLS).
+    pub fn issue_named(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        hosts: &[String],
+        domain: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<String, String> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("the certificate request is not valid: {e}"))?;
         let uri = identity.uri(domain);
@@ -182,6 +197,16 @@ impl Ca {
             vec![SanType::URI(uri.clone().try_into().map_err(|e| {
                 format!("identity {uri} is not an IA5 string: {e}")
             })?)];
+        for host in hosts {
+            params.subject_alt_names.push(match host.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    host.clone()
+                        .try_into()
+                        .map_err(|e| format!("`{host}` is not a DNS name: {e}"))?,
+                ),
+            });
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

@@ -56,6 +56,10 @@ pub struct PeerTlsSettings {
     /// How long a certificate a member issues is valid (renewed at two
     /// thirds).
     pub lifetime: Duration,
+    /// The hosts (DNS names, IP addresses) a member's own certificate
+    /// names beside its identity: where clients that check the server's
+    /// name reach it (`xds.tls_names`, and the xDS listener's address).
+    pub hosts: Vec<String>,
 }
 
 impl Default for PeerTlsSettings {
@@ -65,6 +69,7 @@ impl Default for PeerTlsSettings {
             ca: CaSource::Secret,
             domain: DEFAULT_DOMAIN.to_owned(),
             lifetime: NODE_LIFETIME,
+            hosts: Vec::new(),
         }
     }
 }
@@ -259,6 +264,8 @@ struct Inner {
     /// certificates, valid for `lifetime`.
     ca: Option<RwLock<Arc<HeldCa>>>,
     lifetime: Duration,
+    /// The hosts a member's own certificate names.
+    hosts: Vec<String>,
     configs: RwLock<Arc<Configs>>,
 }
 
@@ -289,10 +296,11 @@ impl PeerTls {
         domain: &str,
         node: &str,
         lifetime: Duration,
+        hosts: &[String],
     ) -> Result<PeerTls, String> {
         let identity = Identity::member(node)?;
-        let material = issue(&ca, &identity, domain, lifetime)?;
-        PeerTls::new(domain, identity, material, Some(ca), lifetime)
+        let material = issue(&ca, &identity, hosts, domain, lifetime)?;
+        PeerTls::new(domain, identity, material, Some(ca), lifetime, hosts)
     }
 
     /// A member's, from the cluster's settings and secret.
@@ -302,12 +310,18 @@ impl PeerTls {
         node: &str,
     ) -> Result<PeerTls, String> {
         let ca = load_ca(&settings.ca, secret, &settings.domain)?;
-        PeerTls::member(ca, &settings.domain, node, settings.lifetime)
+        PeerTls::member(
+            ca,
+            &settings.domain,
+            node,
+            settings.lifetime,
+            &settings.hosts,
+        )
     }
 
     /// A store client's: the certificate a member issued to it.
     pub fn client(domain: &str, identity: Identity, material: Material) -> Result<PeerTls, String> {
-        PeerTls::new(domain, identity, material, None, NODE_LIFETIME)
+        PeerTls::new(domain, identity, material, None, NODE_LIFETIME, &[])
     }
 
     fn new(
@@ -316,6 +330,7 @@ impl PeerTls {
         material: Material,
         ca: Option<HeldCa>,
         lifetime: Duration,
+        hosts: &[String],
     ) -> Result<PeerTls, String> {
         let credentials = Credentials::new(domain, &material)?;
         let configs = configs(&credentials, &material.chain_pem, "")?;
@@ -326,6 +341,7 @@ impl PeerTls {
                 credentials,
                 ca: ca.map(|ca| RwLock::new(Arc::new(ca))),
                 lifetime,
+                hosts: hosts.to_vec(),
                 configs: RwLock::new(configs),
             }),
         })
@@ -433,6 +449,7 @@ impl PeerTls {
         self.replace(&issue(
             &held,
             &self.inner.identity,
+            &self.inner.hosts,
             &self.inner.domain,
             self.inner.lifetime,
         )?)
@@ -445,6 +462,7 @@ impl PeerTls {
         let material = issue(
             &held,
             &self.inner.identity,
+            &self.inner.hosts,
             &self.inner.domain,
             self.inner.lifetime,
         )?;
@@ -472,17 +490,20 @@ impl PeerTls {
     }
 }
 
-/// A fresh key and a certificate for it from `held`, as `identity`.
+/// A fresh key and a certificate for it from `held`, as `identity` (and
+/// naming `hosts`).
 fn issue(
     held: &HeldCa,
     identity: &Identity,
+    hosts: &[String],
     domain: &str,
     lifetime: Duration,
 ) -> Result<Material, String> {
     let key = NodeKey::generate()?;
-    let chain_pem = held.ca.issue(
+    let chain_pem = held.ca.issue_named(
         &key.request()?,
         identity,
+        hosts,
         domain,
         SystemTime::now(),
         lifetime,

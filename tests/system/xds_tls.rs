@@ -1,4 +1,5 @@
-//! The xDS listener over mutual TLS (`xds.tls`): a real Envoy reaches it
+//! The xDS listener over mutual TLS (`xds.tls`): a real Envoy and grpcio
+//! (proxyless, TLS channel credentials) reach it
 //! with the certificate `flotilla ca issue --envoy` wrote, through the
 //! bootstrap `gen-envoy --xds-tls` makes, and routes through what it
 //! learns; plaintext and a node's certificate are refused.
@@ -13,7 +14,8 @@ use std::{
 use crate::support::{BINARY, Envoy, TestCluster, free_addr, generate, run_cli, wait_routed};
 
 #[tokio::test]
-async fn envoy_reaches_the_xds_server_over_mutual_tls_with_a_certificate_from_ca_issue() {
+async fn envoy_and_a_proxyless_grpc_client_reach_the_xds_server_over_mutual_tls_with_a_certificate_from_ca_issue()
+ {
     let mut cluster = TestCluster::prepare_with(Path::new(BINARY), "", "");
     for node in &cluster.nodes {
         let text = std::fs::read_to_string(&node.config_path).unwrap();
@@ -101,6 +103,50 @@ async fn envoy_reaches_the_xds_server_over_mutual_tls_with_a_certificate_from_ca
     .await;
     let ssl = envoy.stat("cluster.xds.ssl.handshake").await.unwrap_or(0);
     assert!(ssl >= 1, "Envoy made no TLS handshake to the xDS server");
+
+    // A proxyless gRPC client (grpcio) with the same certificate: TLS
+    // channel credentials in its xDS bootstrap. It checks the server's
+    // name too: the member's certificate names its xDS listener's address.
+    let bootstrap = dir.path().join("bootstrap.json");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_owned();
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({
+            "xds_servers": [{
+                "server_uri": xds.to_string(),
+                "channel_creds": [{"type": "tls", "config": {
+                    "ca_certificate_file": file("ca.crt"),
+                    "certificate_file": file("front.crt"),
+                    "private_key_file": file("front.key"),
+                }}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": "proxyless-tls", "locality": {}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(crate::support::pods::grpc_python())
+            .arg(script)
+            .args(["--calls", "30"])
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the proxyless client finishes within 60 s")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "proxyless client over TLS failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replies.values().sum::<u64>(), 30, "{replies:?}");
 
     // A node's certificate is not an Envoy's: the member refuses it at the
     // handshake, and says why.
