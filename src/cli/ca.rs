@@ -12,14 +12,14 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use clap::Subcommand;
 
 use super::EX_USAGE;
 use crate::tls::{
-    ca::{Ca, NODE_LIFETIME, NodeKey, describe},
+    ca::{Ca, NodeKey, describe},
     identity::Identity,
     peer::{CaSource, HeldCa, PeerTlsMode, load_ca},
 };
@@ -58,12 +58,24 @@ pub enum CaCommand {
     /// directory `ca init` wrote (`--ca`).
     Issue {
         /// The directory `ca init` wrote.
-        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        #[arg(long, conflicts_with_all = ["config", "secret_file"], required_unless_present_any = ["config", "secret_file"])]
         ca: Option<PathBuf>,
         /// A db member's config: its cluster's CA (derived from the
         /// cluster secret unless cluster.tls names a directory) and domain.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "secret_file")]
         config: Option<PathBuf>,
+        /// The cluster secret's file: the CA derived from it (what a
+        /// cluster without `cluster.tls` uses).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// Where the files will be read by Envoy, if not where they are
+        /// written (a Kubernetes Secret's mount path): the SDS resources
+        /// name the files there.
+        #[arg(long)]
+        mounted_at: Option<PathBuf>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=397))]
+        days: u64,
         /// The Envoy's name (its node id).
         #[arg(long)]
         envoy: String,
@@ -92,12 +104,33 @@ pub fn run(command: CaCommand, catalogue: &crate::catalogue::Catalogue) -> ExitC
         CaCommand::Issue {
             ca,
             config,
+            secret_file,
+            mounted_at,
+            days,
             envoy,
             out,
             domain,
             renew,
-        } => issuer(ca.as_deref(), config.as_deref(), domain, catalogue)
-            .and_then(|(held, domain)| issue(&held, &envoy, &out, &domain, renew)),
+        } => issuer(
+            ca.as_deref(),
+            config.as_deref(),
+            secret_file.as_deref(),
+            domain,
+            catalogue,
+        )
+        .and_then(|(held, domain)| {
+            issue(
+                &held,
+                &envoy,
+                &Placement {
+                    out: &out,
+                    mounted_at: mounted_at.as_deref(),
+                },
+                &domain,
+                Duration::from_secs(days * 24 * 3600),
+                renew,
+            )
+        }),
     };
     match result {
         Ok(said) => {
@@ -175,9 +208,16 @@ fn init(out: &Path, domain: &str, import: Option<(&Path, &Path)>) -> Result<Stri
 fn issuer(
     dir: Option<&Path>,
     config: Option<&Path>,
+    secret_file: Option<&Path>,
     domain: Option<String>,
     catalogue: &crate::catalogue::Catalogue,
 ) -> Result<(HeldCa, String), String> {
+    if let Some(file) = secret_file {
+        let secret = read(file, "the cluster secret")?;
+        let domain = domain.unwrap_or_else(|| DEFAULT_DOMAIN.to_owned());
+        let held = load_ca(&CaSource::Secret, secret.trim(), &domain)?;
+        return Ok((held, domain));
+    }
     match (dir, config) {
         (Some(dir), _) => {
             let domain = domain.unwrap_or_else(|| DEFAULT_DOMAIN.to_owned());
@@ -197,7 +237,9 @@ fn issuer(
             };
             Ok((load_ca(&on.ca, secret, &on.domain)?, on.domain.clone()))
         }
-        (None, None) => Err("name the CA: --config (a db member's) or --ca DIR".into()),
+        (None, None) => {
+            Err("name the CA: --config (a db member's), --secret-file or --ca DIR".into())
+        }
     }
 }
 
@@ -238,11 +280,18 @@ fn sds_ca(bundle: &Path) -> String {
     )
 }
 
+/// Where `ca issue` writes, and where Envoy will read the files.
+struct Placement<'a> {
+    out: &'a Path,
+    mounted_at: Option<&'a Path>,
+}
+
 fn issue(
     held: &HeldCa,
     envoy: &str,
-    out: &Path,
+    place: &Placement<'_>,
     domain: &str,
+    lifetime: Duration,
     renew: bool,
 ) -> Result<String, String> {
     let identity = Identity::envoy(envoy)?;
@@ -252,28 +301,32 @@ fn issue(
         &identity,
         domain,
         SystemTime::now(),
-        NODE_LIFETIME,
+        lifetime,
     )?;
+    let out = place.out;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let out = out
         .canonicalize()
         .map_err(|e| format!("cannot resolve {}: {e}", out.display()))?;
-    let (cert_path, key_path, bundle) = (
-        out.join(format!("{envoy}.crt")),
-        out.join(format!("{envoy}.key")),
-        out.join("ca.crt"),
-    );
-    put(&key_path, &key.pem(), true, renew)?;
-    put(&cert_path, &cert, false, renew)?;
-    put(&bundle, held.bundle(), false, renew)?;
+    let read_at = place.mounted_at.map_or(out.clone(), Path::to_path_buf);
+    let (cert_name, key_name) = (format!("{envoy}.crt"), format!("{envoy}.key"));
+    put(&out.join(&key_name), &key.pem(), true, renew)?;
+    put(&out.join(&cert_name), &cert, false, renew)?;
+    put(&out.join("ca.crt"), held.bundle(), false, renew)?;
     use crate::xds::bootstrap::{SDS_CA_FILE, SDS_CERT_FILE};
     put(
         &out.join(SDS_CERT_FILE),
-        &sds_certificate(envoy, &cert_path, &key_path),
+        &sds_certificate(envoy, &read_at.join(&cert_name), &read_at.join(&key_name)),
         false,
         renew,
     )?;
-    put(&out.join(SDS_CA_FILE), &sds_ca(&bundle), false, renew)?;
+    put(
+        &out.join(SDS_CA_FILE),
+        &sds_ca(&read_at.join("ca.crt")),
+        false,
+        renew,
+    )?;
+    let cert_path = out.join(&cert_name);
     let info = describe(&cert, domain)?;
     Ok(format!(
         "issued {} to {}: serial {}, valid until {} (renew it before then: --renew)",
