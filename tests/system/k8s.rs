@@ -555,13 +555,12 @@ async fn with_sidecars_a_kv_pod_calls_echo_sidecar_to_sidecar_while_echo_scales(
             "{sidecar}"
         );
     }
-    let csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{db0}:18000"))
-        .await
-        .unwrap()
-        .fetch_client_status(ClientStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let csds =
+        ClientStatusDiscoveryServiceClient::new(play.xds_channel(&format!("{db0}:18000")).await)
+            .fetch_client_status(ClientStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
     let mut in_csds: Vec<(String, String)> = csds
         .config
         .iter()

@@ -175,6 +175,29 @@ pub struct Play {
 }
 
 impl Play {
+    /// A gRPC channel to the xDS listener at `addr` (a db pod's
+    /// `IP:18000`), over the mutual TLS it requires, with the Envoys'
+    /// certificate from the Secret's values.
+    pub async fn xds_channel(&self, addr: &str) -> tonic::transport::Channel {
+        use flotilla::tls::{credentials::Material, identity::Identity, peer};
+        let read = |key: &str| std::fs::read_to_string(self.secrets.join(key)).unwrap();
+        let tls = peer::PeerTls::client(
+            peer::DEFAULT_DOMAIN,
+            Identity::envoy("envoy").unwrap(),
+            Material {
+                chain_pem: read("envoy.crt"),
+                key_pem: read("envoy.key"),
+                roots_pem: read("ca.crt"),
+            },
+        )
+        .unwrap();
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(peer::connector(move || tls.client_config(), None))
+            .await
+            .unwrap()
+    }
+
     /// Renders `manifests/`, makes the Secret's values and the network.
     pub fn new() -> Play {
         Play::of("manifests")
