@@ -25,7 +25,8 @@ const LAYERS: &[&[&str]] = &[
     &["service"],
     &["catalogue"],
     &["auth", "cluster"],
-    &["protocol", "telemetry", "proto", "tls"],
+    &["protocol", "proto", "tls"],
+    &["telemetry"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

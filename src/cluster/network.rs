@@ -31,6 +31,7 @@ use tonic::{
 
 use super::TypeConfig;
 use crate::proto::peer::{Blob, peer_client::PeerClient};
+use crate::telemetry::Throttle;
 
 type NodeId = u64;
 
@@ -52,32 +53,6 @@ pub fn group_mismatch(mine: &str, theirs: &str) -> tonic::Status {
 /// call.
 #[derive(Clone, Debug)]
 pub struct OfferedGroup(pub String);
-
-/// Logs at most once per `every`, so a refusal repeated by every heartbeat
-/// is said without flooding the log.
-pub struct Throttle {
-    last: std::sync::Mutex<Option<std::time::Instant>>,
-    every: Duration,
-}
-
-impl Throttle {
-    pub const fn new(every: Duration) -> Throttle {
-        Throttle {
-            last: std::sync::Mutex::new(None),
-            every,
-        }
-    }
-
-    /// Whether to say it now.
-    pub fn ready(&self) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < self.every) {
-            return false;
-        }
-        *last = Some(std::time::Instant::now());
-        true
-    }
-}
 
 static REFUSED_GROUP: Throttle = Throttle::new(Duration::from_secs(10));
 

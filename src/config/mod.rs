@@ -730,6 +730,103 @@ mod tests {
     }
 
     #[test]
+    fn tls_between_nodes_is_on_unless_written_off_and_its_settings_are_checked() {
+        use crate::tls::peer::{CaSource, PeerTlsMode, PeerTlsSettings};
+        let (dir, t) = with_topology();
+        std::fs::write(
+            &t,
+            "members:\n  - {id: 1, node: db-1, peer: '127.0.0.1:7001', public: '127.0.0.1:8001', services: [db, xds]}\nnodes:\n  - {node: kv-1, public: '127.0.0.1:8011', services: [kv]}\n",
+        )
+        .unwrap();
+        let key = "0123456789abcdefghijklmnopqrstuvwxyz";
+        let db = |tls: &str| {
+            node(
+                "db-1",
+                "[db, xds]",
+                "public: '127.0.0.1:8001', peer: '127.0.0.1:7001', xds: '127.0.0.1:18001'",
+                &format!("topology: '{t}', secret: '{key}'{tls}"),
+            )
+        };
+        let tls_of = |text: &str| parse(text).unwrap().cluster.unwrap().tls;
+        assert_eq!(tls_of(&db("")), PeerTlsMode::On(PeerTlsSettings::default()));
+        assert_eq!(tls_of(&db(", tls: off")), PeerTlsMode::Off);
+        let ca = dir.path().join("ca");
+        std::fs::create_dir(&ca).unwrap();
+        for f in ["ca.crt", "ca.key"] {
+            std::fs::write(ca.join(f), "").unwrap();
+        }
+        let on = tls_of(&db(&format!(
+            ", tls: {{ca_dir: '{}', domain: example.test, certificate_lifetime_seconds: 3600}}",
+            ca.display()
+        )));
+        assert_eq!(
+            on,
+            PeerTlsMode::On(PeerTlsSettings {
+                ca: CaSource::Dir(ca.clone()),
+                domain: "example.test".into(),
+                lifetime: Duration::from_secs(3600),
+                hosts: Vec::new(),
+            })
+        );
+        // The xDS listener's TLS names its address and the names given.
+        let mut with_xds = db("");
+        with_xds.push_str("xds: {tls: true, tls_names: [xds.example, 10.0.0.9]}\n");
+        let PeerTlsMode::On(on) = tls_of(&with_xds) else {
+            panic!("TLS is on")
+        };
+        assert_eq!(on.hosts, ["127.0.0.1", "xds.example", "10.0.0.9"]);
+        for (tls, field, why) in [
+            (", tls: on", "cluster.tls", "`on` is not a setting"),
+            (
+                ", tls: {lifetime: 5}",
+                "cluster.tls",
+                "unknown key `lifetime`",
+            ),
+            (
+                ", tls: {certificate_lifetime_seconds: 1}",
+                "cluster.tls.certificate_lifetime_seconds",
+                "out of range",
+            ),
+            (
+                ", tls: {ca_dir: /nonexistent}",
+                "cluster.tls.ca_dir",
+                "has no ca.crt",
+            ),
+            (
+                ", tls: {domain: 'a/b'}",
+                "cluster.tls.domain",
+                "not a trust domain",
+            ),
+        ] {
+            let p = problems(&db(tls));
+            assert!(
+                p.iter()
+                    .any(|p| p.field == field && p.message.contains(why)),
+                "{tls}: {p:?}"
+            );
+        }
+        // A store client holds no CA; xds.tls is a member's, with TLS on.
+        let p = problems(&node(
+            "kv-1",
+            "[kv]",
+            "public: '127.0.0.1:8011'",
+            &format!(
+                "topology: '{t}', client_key: '{key}', tls: {{ca_dir: '{}'}}",
+                ca.display()
+            ),
+        ));
+        assert!(p.iter().any(|p| p.field == "cluster.tls.ca_dir"), "{p:?}");
+        let mut off_with_xds = db(", tls: off");
+        off_with_xds.push_str("xds: {tls: true}\n");
+        let p = problems(&off_with_xds);
+        assert!(
+            p.iter()
+                .any(|p| p.field == "xds.tls" && p.message.contains("TLS between nodes")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn cluster_roles_are_checked_against_the_topology() {
         let (_dir, t) = with_topology();
         let key = "0123456789abcdefghijklmnopqrstuvwxyz";

@@ -265,7 +265,7 @@ where
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_full_log: Option<Instant> = None;
-    let refused: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let refused = Arc::new(crate::telemetry::Throttle::new(HANDSHAKE_LOG_EVERY));
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -348,9 +348,7 @@ where
                             ended(watcher.watch(conn).await);
                         }
                         Ok(Err(e)) => {
-                            let mut last = refused.lock().unwrap_or_else(|p| p.into_inner());
-                            if last.is_none_or(|t| t.elapsed() >= HANDSHAKE_LOG_EVERY) {
-                                *last = Some(Instant::now());
+                            if refused.ready() {
                                 tracing::warn!(listener = name, %peer, error = %e, "refused a connection at the TLS handshake (one line per 10 s at most)");
                             } else {
                                 tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed");

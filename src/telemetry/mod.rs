@@ -37,3 +37,30 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Logs at most once per `every`, so that a refusal repeated by every
+/// heartbeat, or by every connection of a flood of bad clients, is said
+/// without flooding the log.
+pub struct Throttle {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    every: std::time::Duration,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            last: std::sync::Mutex::new(None),
+            every,
+        }
+    }
+
+    /// Whether to say it now.
+    pub fn ready(&self) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}

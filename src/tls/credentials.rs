@@ -212,6 +212,20 @@ fn server_verifier(
     }))
 }
 
+/// Refused handshakes: the first in 10 s is a warning, the rest debug lines,
+/// so that a flood of bad clients does not flood the log.
+static REFUSALS: crate::telemetry::Throttle =
+    crate::telemetry::Throttle::new(std::time::Duration::from_secs(10));
+
+/// Logs why a handshake was refused (`side`: whose certificate).
+fn log_refusal(side: &str, why: &dyn std::fmt::Display) {
+    if REFUSALS.ready() {
+        tracing::warn!(%why, "TLS handshake refused: the {side}'s certificate (further refusals within 10 s are logged at debug level)");
+    } else {
+        tracing::debug!(%why, "TLS handshake refused: the {side}'s certificate");
+    }
+}
+
 /// The identity the end-entity certificate names, checked by `accept`.
 fn check_identity(
     end_entity: &CertificateDer<'_>,
@@ -220,7 +234,7 @@ fn check_identity(
     side: &str,
 ) -> Result<Identity, rustls::Error> {
     let refuse = |why: String| {
-        tracing::warn!(%why, "TLS handshake refused: the {side}'s certificate");
+        log_refusal(side, &why);
         rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
     };
     let info = identity::read(end_entity, domain).map_err(refuse)?;
@@ -265,9 +279,7 @@ impl ClientCertVerifier for ClientIdentity {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(
-                |e| tracing::warn!(error = %e, "TLS handshake refused: the client's certificate"),
-            )?;
+            .inspect_err(|e| log_refusal("client", e))?;
         check_identity(end_entity, &self.domain, &self.accept, "client")?;
         Ok(ClientCertVerified::assertion())
     }
@@ -330,9 +342,7 @@ impl ServerCertVerifier for ServerIdentity {
             now,
             self.provider.signature_verification_algorithms.all,
         )
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "TLS handshake refused: the server's certificate"),
-        )?;
+        .inspect_err(|e| log_refusal("server", e))?;
         check_identity(end_entity, &self.domain, &self.accept, "server")?;
         Ok(ServerCertVerified::assertion())
     }

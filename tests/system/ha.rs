@@ -340,6 +340,10 @@ async fn a_member_started_before_a_majority_waits_for_it() {
 #[tokio::test]
 async fn with_tls_off_a_peer_without_the_cluster_secret_is_refused() {
     let cluster = TestCluster::start(", tls: off");
+    assert!(
+        cluster.nodes[0].log().contains("cluster.tls is off"),
+        "a member with `tls: off` does not warn at start"
+    );
     let peer = {
         let text = std::fs::read_to_string(&cluster.nodes[0].config_path).unwrap();
         let start = text.find("peer: '").unwrap() + 7;
