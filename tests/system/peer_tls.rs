@@ -398,3 +398,68 @@ async fn a_ca_rotation_with_an_overlap_fails_no_write() {
     assert!(ok > 100, "too little load: {ok} writes");
     cluster.converge().await;
 }
+
+/// Store clients renew too: with 6-second certificates, each one asks a
+/// member for a new one (`Certify` again) every 4 s, while writes flow
+/// through two of them, kv-1 and kv-2. None fails, and the members issue
+/// kv-1 several certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_clients_renew_their_certificates_from_the_members_under_write_load() {
+    let cluster =
+        crate::support::ScaledCluster::start_with(", tls: {certificate_lifetime_seconds: 6}");
+    cluster.wait_registered().await;
+    cluster.nodes["db-1"].create_admin();
+    let token = cluster.nodes["kv-1"]
+        .login(crate::support::ADMIN, crate::support::ADMIN_PASSWORD)
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = authed(&token);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (t, name) in ["kv-1", "kv-2", "kv-1", "kv-2"].into_iter().enumerate() {
+        let (client, stop) = (client.clone(), stop.clone());
+        let url = cluster.nodes[name].url("");
+        writers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                i += 1;
+                let r = client
+                    .put(format!("{url}/api/kv/keys/s{t}-{i}"))
+                    .json(&json!({"value": "x"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("s{t}-{i}: {}", r.status())),
+                    Err(e) => failed.push(format!("s{t}-{i}: {e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for w in writers {
+        let (o, f) = w.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "failed writes: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok > 100, "too little load: {ok} writes");
+    let renewed = cluster.nodes["kv-1"]
+        .log()
+        .matches("renewed this node's certificate")
+        .count();
+    assert!(
+        renewed >= 2,
+        "kv-1 renewed its certificate {renewed} times in 14 s"
+    );
+}

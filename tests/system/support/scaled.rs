@@ -26,6 +26,11 @@ pub struct ScaledCluster {
 
 impl ScaledCluster {
     pub fn start() -> ScaledCluster {
+        ScaledCluster::start_with("")
+    }
+
+    /// The nine nodes, `db_extra` in each db member's `cluster:` section.
+    pub fn start_with(db_extra: &str) -> ScaledCluster {
         let dir = tempfile::tempdir().unwrap();
         let topology = dir.path().join("topology.yaml");
         let mut members = String::from("members:\n");
@@ -56,7 +61,7 @@ impl ScaledCluster {
             let (public, admin) = addresses[name];
             let cluster = if *db {
                 format!(
-                    "{{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true}}",
+                    "{{topology: '{}', secret: '{CLUSTER_SECRET}', bootstrap: true{db_extra}}}",
                     topology.display()
                 )
             } else {
