@@ -23,6 +23,7 @@
 //! writes and reads to the leader. Reads are linearizable (read index
 //! through the leader).
 
+mod admin;
 mod certify;
 mod elect;
 mod handover;
@@ -652,105 +653,6 @@ impl Cluster {
         Ok(client)
     }
 
-    /// Runs a `flotilla cluster` operation here, if this node can (status,
-    /// or any change when it leads); `Err(leader)` asks the caller to go to
-    /// the leader.
-    pub async fn admin(
-        &self,
-        op: AdminOp,
-    ) -> Result<Result<serde_json::Value, String>, Option<u64>> {
-        use openraft::ChangeMembers;
-        if matches!(op, AdminOp::Status) {
-            return Ok(Ok(self.status()));
-        }
-        let leader = self.raft.current_leader().await;
-        if leader != Some(self.id) {
-            return Err(leader);
-        }
-        let voters = self.voters();
-        let two_voters = |n: usize| {
-            (n == 2).then(|| {
-                "refused: two voters cannot tolerate the loss of either; keep 1 or 3 or more"
-                    .to_owned()
-            })
-        };
-        let result = match op {
-            AdminOp::Status => unreachable!("answered above"),
-            AdminOp::AddLearner { id, peer } => {
-                if voters.contains(&id) {
-                    return Ok(Err(format!("{id} is already a voter")));
-                }
-                match self.raft.add_learner(id, BasicNode::new(peer), true).await {
-                    Ok(_) => self.caught_up(&BTreeSet::from([id])).await,
-                    Err(e) => Err(membership_error(e)),
-                }
-            }
-            AdminOp::Promote { ids } => {
-                let ids: BTreeSet<u64> = ids.into_iter().collect();
-                if let Some(refusal) = two_voters(voters.union(&ids).count()) {
-                    return Ok(Err(refusal));
-                }
-                // A voter that is far behind would hold every write until
-                // it caught up (the new majority needs it): promote only
-                // learners that have.
-                let learners: BTreeSet<u64> = ids.difference(&voters).copied().collect();
-                if let Err(e) = self.caught_up(&learners).await {
-                    return Ok(Err(e));
-                }
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(ids), false)
-                    .await
-                    .map(|_| ())
-                    .map_err(membership_error)
-            }
-            AdminOp::Remove { ids } => {
-                let ids: BTreeSet<u64> = ids.into_iter().collect();
-                if let Some(refusal) = two_voters(voters.difference(&ids).count()) {
-                    return Ok(Err(refusal));
-                }
-                if voters.is_subset(&ids) {
-                    return Ok(Err("refused: that would leave no voter; to end the group on its last member, run `flotilla cluster leave --confirm` there".into()));
-                }
-                let learners: BTreeSet<u64> = ids.difference(&voters).copied().collect();
-                let voters_out: BTreeSet<u64> = ids.intersection(&voters).copied().collect();
-                let mut done = Ok(());
-                if !voters_out.is_empty() {
-                    done = self
-                        .raft
-                        .change_membership(ChangeMembers::RemoveVoters(voters_out), false)
-                        .await
-                        .map(|_| ())
-                        .map_err(membership_error);
-                }
-                if done.is_ok() && !learners.is_empty() {
-                    done = self
-                        .raft
-                        .change_membership(ChangeMembers::RemoveNodes(learners), false)
-                        .await
-                        .map(|_| ())
-                        .map_err(membership_error);
-                }
-                done
-            }
-            AdminOp::TransferLeader { to } => match to {
-                Some(target) if !voters.contains(&target) => {
-                    Err(format!("{target} is not a voter"))
-                }
-                Some(target) => match self.hand_over_to(target).await {
-                    Some(l) if l == target => Ok(()),
-                    other => Err(format!(
-                        "leadership went to {other:?}, not {target}: try again"
-                    )),
-                },
-                None => {
-                    self.transfer_leadership().await;
-                    Ok(())
-                }
-            },
-        };
-        Ok(result.map(|()| self.status()))
-    }
-
     /// Cuts this node off from its peers (or reconnects it), when the config
     /// allows fault injection: the partition tests' switch.
     pub fn set_isolated(&self, isolated: bool) -> Result<(), String> {
@@ -769,69 +671,6 @@ impl Cluster {
     pub fn set_store_clients(&self, names: &[String]) {
         *self.client_keys.write().unwrap_or_else(|p| p.into_inner()) =
             client_keys_of(&self.secret, names);
-    }
-
-    /// Raft's view of this node, for `/status` and `/readyz`.
-    pub fn status(&self) -> serde_json::Value {
-        let m = self.raft.metrics().borrow().clone();
-        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
-        // Everyone in the membership (voters and learners), named from the
-        // topology when it knows them.
-        let peers: Vec<serde_json::Value> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index);
-                serde_json::json!({
-                    "id": id,
-                    "name": self.members.get(id).map(|member| member.name.clone()),
-                    "peer": node.addr,
-                    "voter": voters.contains(id),
-                    "matched_index": matched,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "id": self.id,
-            "group": self.group(),
-            "seed": self.seed,
-            "role": format!("{:?}", m.state),
-            "stopped": stop_reason(&m),
-            "term": m.current_term,
-            "leader": m.current_leader,
-            "last_log_index": m.last_log_index,
-            "commit_index": self.committed.load(std::sync::atomic::Ordering::SeqCst),
-            "applied_index": m.last_applied.map(|l| l.index),
-            "snapshot_index": m.snapshot.map(|l| l.index),
-            "peers": peers,
-            // This member's certificate (null with `tls: off`), and the
-            // store clients' it issued.
-            "tls": self.tls.as_ref().map(|t| t.status()),
-            "tls_issued": self.tls.as_ref().map(|t| {
-                self.issued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .map(|info| crate::tls::peer::describe(info, t.domain()))
-                    .collect::<Vec<_>>()
-            }),
-        })
-    }
-
-    /// The voters of the membership this member knows.
-    pub(super) fn voters(&self) -> BTreeSet<u64> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
     }
 
     /// Whether the cluster has a leader this node knows (and this member
