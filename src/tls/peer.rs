@@ -409,7 +409,9 @@ impl PeerTls {
             .not_after
             .duration_since(info.not_before)
             .unwrap_or_default();
-        let issued = if life > BACKDATE * 2 {
+        // Every certificate a CA here issues starts BACKDATE before its
+        // issue: its nominal life is longer than that.
+        let issued = if life > BACKDATE {
             info.not_before + BACKDATE
         } else {
             info.not_before
@@ -666,5 +668,31 @@ impl ServerCertVerifier for FirstContact {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_life_counted_from_the_issue() {
+        for (lifetime, due) in [(6, 4), (3600, 2400), (86_400, 57_600)] {
+            let settings = PeerTlsSettings {
+                lifetime: Duration::from_secs(lifetime),
+                ..Default::default()
+            };
+            let tls =
+                PeerTls::of_member(&settings, "a-secret-for-this-test-0123456789", "m").unwrap();
+            let after = tls
+                .renew_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs_f64();
+            assert!(
+                (due as f64 - 2.0..=due as f64).contains(&after),
+                "a {lifetime} s certificate is renewed in {after} s, not about {due} s"
+            );
+        }
     }
 }
