@@ -48,6 +48,18 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// What every CA certificate of trust domain `domain` says: its name, and
+/// that it signs node certificates only (no intermediate CAs).
+fn ca_params(domain: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("flotilla CA {domain}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
 impl Ca {
     /// A new CA for trust domain `domain`: an ECDSA P-256 key, valid from
     /// `now` for `CA_LIFETIME`, allowed to sign node certificates only (no
@@ -55,12 +67,7 @@ impl Ca {
     pub fn generate(domain: &str, now: SystemTime) -> Result<Ca, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| format!("cannot make a CA key: {e}"))?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("flotilla CA {domain}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut params = ca_params(domain);
         params.not_before = offset(now - BACKDATE);
         params.not_after = offset(now + CA_LIFETIME);
         params.serial_number = Some(random_serial());
@@ -97,12 +104,7 @@ impl Ca {
         pkcs8.extend_from_slice(&seed);
         let key = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.into(), &rcgen::PKCS_ED25519)
             .map_err(|e| format!("cannot make the CA key from the cluster secret: {e}"))?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("flotilla CA {domain}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let mut params = ca_params(domain);
         let (start, end) = (
             SystemTime::UNIX_EPOCH + DERIVED_FROM,
             SystemTime::UNIX_EPOCH + DERIVED_UNTIL,

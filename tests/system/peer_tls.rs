@@ -5,8 +5,6 @@
 //! renewed under write load without a failed write.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -66,19 +64,7 @@ async fn with_no_tls_configuration_the_peer_listener_takes_only_in_date_certific
 
     // Plaintext HTTP/2 gets no HTTP/2 answer: the connection ends, or a TLS
     // alert comes back.
-    let mut plain = TcpStream::connect(&peer).unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    plain
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty() || answer[0] == 0x15,
-        "plaintext HTTP/2 was answered: {answer:?}"
-    );
+    crate::support::assert_plaintext_refused(&peer);
 
     // A member's certificate from the cluster's CA: Raft and admin calls.
     let real = Ca::derive(CLUSTER_SECRET, DEFAULT_DOMAIN).unwrap();
@@ -183,6 +169,64 @@ async fn with_no_tls_configuration_the_peer_listener_takes_only_in_date_certific
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 }
 
+/// Clients writing distinct keys back to back, each through one of `urls`,
+/// until `finish`.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Writers {
+    fn start(token: &str, urls: Vec<String>, prefix: &str) -> Writers {
+        let client = authed(token);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = urls
+            .into_iter()
+            .enumerate()
+            .map(|(t, url)| {
+                let (client, stop, prefix) = (client.clone(), stop.clone(), prefix.to_owned());
+                tokio::spawn(async move {
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                        i += 1;
+                        let key = format!("{prefix}{t}-{i}");
+                        let r = client
+                            .put(format!("{url}/api/kv/keys/{key}"))
+                            .json(&json!({"value": "x"}))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status() == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("{key}: {}", r.status())),
+                            Err(e) => failed.push(format!("{key}: {e}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Writers { stop, tasks }
+    }
+
+    /// Stops the writers: none may have failed, and they must have written.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for task in self.tasks {
+            let (o, f) = task.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "failed writes: {:?}",
+            &failed[..failed.len().min(10)]
+        );
+        assert!(ok > 100, "too little load: {ok} writes");
+    }
+}
+
 /// Certificates that live 6 s are renewed every 4 s on every member while
 /// clients write through all three: no write fails, and each member serves
 /// several certificates one after another.
@@ -190,32 +234,12 @@ async fn with_no_tls_configuration_the_peer_listener_takes_only_in_date_certific
 async fn members_renew_their_certificates_under_write_load_without_a_failed_write() {
     let cluster = TestCluster::start(", tls: {certificate_lifetime_seconds: 6}");
     let token = cluster.admin_token().await;
-    let client = authed(&token);
     let serials: Vec<Arc<Mutex<Vec<String>>>> = (0..3).map(|_| Arc::default()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for t in 0..6 {
-        let (client, stop) = (client.clone(), stop.clone());
-        let url = cluster.nodes[t % 3].url("");
-        writers.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                i += 1;
-                let r = client
-                    .put(format!("{url}/api/kv/keys/r{t}-{i}"))
-                    .json(&json!({"value": "x"}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("r{t}-{i}: {}", r.status())),
-                    Err(e) => failed.push(format!("r{t}-{i}: {e}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let writers = Writers::start(
+        &token,
+        (0..6).map(|t| cluster.nodes[t % 3].url("")).collect(),
+        "r",
+    );
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(14) {
         for (i, seen) in serials.iter().enumerate() {
@@ -230,19 +254,7 @@ async fn members_renew_their_certificates_under_write_load_without_a_failed_writ
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in writers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "failed writes: {:?}",
-        &failed[..failed.len().min(10)]
-    );
-    assert!(ok > 100, "too little load: {ok} writes");
+    writers.finish().await;
     for (i, seen) in serials.iter().enumerate() {
         let seen = seen.lock().unwrap();
         assert!(
@@ -313,31 +325,11 @@ async fn a_ca_rotation_with_an_overlap_fails_no_write() {
     ));
     let peers: Vec<String> = cluster.addresses.iter().map(|a| a.2.to_string()).collect();
     let token = cluster.admin_token().await;
-    let client = authed(&token);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for t in 0..3 {
-        let (client, stop) = (client.clone(), stop.clone());
-        let url = cluster.nodes[t].url("");
-        writers.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                i += 1;
-                let r = client
-                    .put(format!("{url}/api/kv/keys/c{t}-{i}"))
-                    .json(&json!({"value": "x"}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("c{t}-{i}: {}", r.status())),
-                    Err(e) => failed.push(format!("c{t}-{i}: {e}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let writers = Writers::start(
+        &token,
+        (0..3).map(|t| cluster.nodes[t].url("")).collect(),
+        "c",
+    );
     let both = format!("{}{}", old.cert_pem(), next.cert_pem());
     // The overlap: the members trust the next CA too.
     put(&ca_dir.join("trusted.crt"), next.cert_pem());
@@ -383,19 +375,7 @@ async fn a_ca_rotation_with_an_overlap_fails_no_write() {
         admin_with(peer, &next, next.cert_pem()).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in writers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "failed writes: {:?}",
-        &failed[..failed.len().min(10)]
-    );
-    assert!(ok > 100, "too little load: {ok} writes");
+    writers.finish().await;
     cluster.converge().await;
 }
 
@@ -415,45 +395,16 @@ async fn store_clients_renew_their_certificates_from_the_members_under_write_loa
         .as_str()
         .unwrap()
         .to_owned();
-    let client = authed(&token);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (t, name) in ["kv-1", "kv-2", "kv-1", "kv-2"].into_iter().enumerate() {
-        let (client, stop) = (client.clone(), stop.clone());
-        let url = cluster.nodes[name].url("");
-        writers.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                i += 1;
-                let r = client
-                    .put(format!("{url}/api/kv/keys/s{t}-{i}"))
-                    .json(&json!({"value": "x"}))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("s{t}-{i}: {}", r.status())),
-                    Err(e) => failed.push(format!("s{t}-{i}: {e}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(14)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in writers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "failed writes: {:?}",
-        &failed[..failed.len().min(10)]
+    let writers = Writers::start(
+        &token,
+        ["kv-1", "kv-2", "kv-1", "kv-2"]
+            .iter()
+            .map(|n| cluster.nodes[n].url(""))
+            .collect(),
+        "s",
     );
-    assert!(ok > 100, "too little load: {ok} writes");
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    writers.finish().await;
     let renewed = cluster.nodes["kv-1"]
         .log()
         .matches("renewed this node's certificate")

@@ -188,28 +188,7 @@ async fn a_proxyless_grpc_client_is_balanced_across_the_nodes() {
         .to_string(),
     )
     .unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests/base/client/echo_client.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(crate::support::pods::grpc_python())
-            .arg(script)
-            .args(["--calls", "30"])
-            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the proxyless client finishes within 60 s")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "proxyless client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replies: std::collections::BTreeMap<String, u64> =
-        serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(replies.values().sum::<u64>(), 30);
+    let replies = crate::support::proxyless_echo(&bootstrap, 30).await;
     assert_eq!(
         replies.keys().cloned().collect::<Vec<_>>(),
         ["ha-1", "ha-2", "ha-3"],

@@ -4,12 +4,7 @@
 //! bootstrap `gen-envoy --xds-tls` makes, and routes through what it
 //! learns; plaintext and a node's certificate are refused.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    time::Duration,
-};
+use std::path::Path;
 
 use crate::support::{BINARY, Envoy, TestCluster, free_addr, generate, run_cli, wait_routed};
 
@@ -32,19 +27,7 @@ async fn envoy_and_a_proxyless_grpc_client_reach_the_xds_server_over_mutual_tls_
     let xds = cluster.xds[0];
 
     // Plaintext HTTP/2 gets no HTTP/2 answer.
-    let mut plain = TcpStream::connect(xds).unwrap();
-    plain
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    plain
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = plain.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty() || answer[0] == 0x15,
-        "plaintext HTTP/2 was answered: {answer:?}"
-    );
+    crate::support::assert_plaintext_refused(&xds.to_string());
 
     // The Envoy's certificate, from the member's config (the CA derived
     // from the cluster secret), with Envoy's SDS files.
@@ -126,27 +109,7 @@ async fn envoy_and_a_proxyless_grpc_client_reach_the_xds_server_over_mutual_tls_
         .to_string(),
     )
     .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(crate::support::pods::grpc_python())
-            .arg(script)
-            .args(["--calls", "30"])
-            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the proxyless client finishes within 60 s")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "proxyless client over TLS failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replies: std::collections::BTreeMap<String, u64> =
-        serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(replies.values().sum::<u64>(), 30, "{replies:?}");
+    crate::support::proxyless_echo(&bootstrap, 30).await;
 
     // A node's certificate is not an Envoy's: the member refuses it at the
     // handshake, and says why.

@@ -22,7 +22,9 @@ mod wait;
 
 pub use accounts::user_password;
 pub use ads::{Ads, CDS, EDS, LDS, decode, request, wait_for_endpoints};
-pub use clients::{authed, authed_for, grpc_channel, http};
+pub use clients::{
+    assert_plaintext_refused, authed, authed_for, grpc_channel, http, proxyless_echo,
+};
 pub use cluster::TestCluster;
 pub use disk::SmallDisk;
 pub use envoy::{Envoy, envoy_in_front, generate, grpc_echo, repo, validate, wait_routed};
