@@ -31,7 +31,7 @@ use std::{
 use flotilla::{
     auth::{Auth, AuthSettings, accounts, password::HashParams, tokens},
     catalogue::{Catalogue, Registered, ServiceContext},
-    edge::ingress::{self, Ingress, IngressLimits},
+    edge::ingress::{self, Ingress, IngressSettings},
     edge::server,
     mesh::registry::{NodeRecord, Registry},
     services::echo::Echo,
@@ -331,9 +331,10 @@ fn main() {
             Arc::new(flotilla::edge::admin::Readiness::new(&[])),
             routers,
             Metrics::new().http,
-            IngressLimits {
+            IngressSettings {
                 max_request_body_bytes: 1 << 20,
                 request_timeout: Duration::from_secs(10),
+                forward_tls: None,
             },
         );
         let bare = axum::Router::new().nest("/api/echo", Echo.start_handlers(ctx).unwrap().http);

@@ -38,7 +38,7 @@ pub mod state_machine;
 
 use handover::Quiet;
 use membership::membership_error;
-pub use remote::{remote_admin, remote_replicator};
+pub use remote::{StoreClientLink, remote_admin, remote_replicator};
 use replicate::{
     Confirmation, ENTRIES_IN_FLIGHT, ForwardedBatch, LEADER_WAIT, PROPOSAL_WAIT, Pending,
     ReplicatorHandle, confirm_gathered, forward_gathered, gather, propose_gathered,
@@ -602,14 +602,19 @@ impl Cluster {
     /// member's certificate, Envoys' required.
     pub fn xds_tls(&self) -> Option<crate::tls::TlsSource> {
         let tls = self.tls.clone()?;
-        Some(Arc::new(move || tls.xds_server_config()))
+        Some(crate::tls::fixed(move || tls.xds_server_config()))
+    }
+
+    /// This member's TLS between nodes, unless `tls: off`.
+    pub fn node_tls(&self) -> Option<crate::tls::peer::PeerTls> {
+        self.tls.clone()
     }
 
     /// The peer listener's TLS, unless `tls: off`: each connection takes
     /// the configuration of the certificate current at its handshake.
     pub fn peer_tls(&self) -> Option<crate::tls::TlsSource> {
         let tls = self.tls.clone()?;
-        Some(Arc::new(move || tls.server_config()))
+        Some(crate::tls::fixed(move || tls.server_config()))
     }
 
     /// A client for member `id`: its address from the topology, or from the

@@ -15,6 +15,29 @@ pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
     Arc::new(Remote(Arc::new(RemoteInner::new(settings))))
 }
 
+/// A store client's link to the members: the replicator its store writes
+/// and reads through, and the certificate a member issued to it.
+pub struct StoreClientLink(Arc<RemoteInner>);
+
+impl StoreClientLink {
+    pub fn new(settings: &ClusterSettings) -> StoreClientLink {
+        StoreClientLink(Arc::new(RemoteInner::new(settings)))
+    }
+
+    pub fn replicator(&self) -> Arc<dyn Replicator> {
+        Arc::new(Remote(self.0.clone()))
+    }
+
+    /// This node's TLS between nodes (`None` with `tls: off`): the
+    /// certificate a member issued, asked for now if no call has yet.
+    pub async fn node_tls(&self) -> Result<Option<crate::tls::peer::PeerTls>, String> {
+        match self.0.auth().await? {
+            network::Auth::Tls(tls) => Ok(Some(tls)),
+            network::Auth::Plain { .. } => Ok(None),
+        }
+    }
+}
+
 pub(super) struct Remote(Arc<RemoteInner>);
 
 pub(super) struct RemoteInner {

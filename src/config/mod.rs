@@ -378,8 +378,6 @@ impl Config {
         }
 
         let auth = parse_auth(&mut problems, raw.auth);
-        let public_tls =
-            tls::parse_public_tls(&mut problems, raw.tls.public, raw.cluster.is_some());
         let peer = match (&raw.cluster, raw.listeners.peer) {
             (Some(_), p) if roles.db => {
                 parse_listener(&mut problems, "listeners.peer", p, DEFAULT_PEER)
@@ -464,6 +462,13 @@ impl Config {
                 )
             })
             .unzip();
+        let public_tls = tls::parse_public_tls(
+            &mut problems,
+            raw.tls.public,
+            cluster
+                .as_ref()
+                .map(|c: &ClusterSettings| matches!(c.tls, crate::tls::peer::PeerTlsMode::On(_))),
+        );
         let joined = topology
             .as_ref()
             .is_some_and(|t: &Topology| t.find(&node_id).is_none());

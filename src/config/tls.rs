@@ -1,6 +1,8 @@
 //! The `tls` section: TLS on the public listener, from the operator's
 //! certificate files (`tls.public.certificates`), checked here as the
-//! listener will load them.
+//! listener will load them. In a cluster it needs TLS between nodes: the
+//! nodes forward to each other, and Envoys reach them, on the same
+//! listener, with the cluster's certificates.
 
 use super::*;
 use crate::tls::public::{CertFiles, check};
@@ -8,13 +10,13 @@ use crate::tls::public::{CertFiles, check};
 pub(super) fn parse_public_tls(
     problems: &mut Problems,
     raw: Option<RawPublicTls>,
-    in_cluster: bool,
+    cluster_tls: Option<bool>,
 ) -> Option<Vec<CertFiles>> {
     let raw = raw?;
-    if in_cluster {
+    if cluster_tls == Some(false) {
         problems.add(
             "tls.public",
-            "TLS on the public listener is for single mode for now: in a cluster the nodes forward to each other's public listeners and Envoy reaches them there, in plaintext until node-to-node TLS lands (issue 17); terminate TLS in Envoy in front instead",
+            "makes the public listener TLS only, but with cluster.tls off the nodes could not forward to each other there (they do over TLS with the cluster's certificates): remove `cluster.tls: off`, or `tls.public`",
         );
         return None;
     }

@@ -4,7 +4,9 @@
 //!
 //! - The target is the healthy instance (in the registry) with the fewest
 //!   requests this node has in flight to it; ties rotate.
-//! - One HTTP/2 (h2c) connection per target carries HTTP and gRPC alike.
+//! - One HTTP/2 connection per target carries HTTP and gRPC alike: h2c,
+//!   or in a cluster with TLS between nodes h2 over TLS, the target's
+//!   certificate checked against the cluster's CA (`over_tls`).
 //! - Retries, on another node each time, within one deadline, as
 //!   `protocol::RetryPolicy` says (the policy the Envoy routes are made
 //!   from): any request no handler saw; an idempotent one also after a
@@ -44,6 +46,7 @@ use crate::{
     catalogue::api_error::ApiError,
     mesh::registry::Registry,
     protocol::{RetryPolicy, RouteKind},
+    tls::peer::PeerTls,
 };
 
 pub use crate::protocol::{FORWARDED_BY, FORWARDED_CLIENT, UNPROCESSED};
@@ -128,6 +131,8 @@ impl Refused {
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Over TLS, in a cluster with TLS between nodes (`over_tls`).
+    tls: Option<Client<tls::Connect, Full<Bytes>>>,
     registry: Registry,
     /// Requests in flight from here, per target node.
     in_flight: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
@@ -222,21 +227,24 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Forwarder {
-            client,
+            client: client_builder().build(connector),
+            tls: None,
             registry,
             in_flight: Arc::default(),
             rotation: Arc::default(),
             timeout,
             key,
         }
+    }
+
+    /// Forwards over TLS with this node's certificate (`tls`): the other
+    /// nodes' public listeners serve theirs to a client that names the
+    /// trust domain, and any node of the cluster is taken. `None` keeps
+    /// plaintext.
+    pub fn over_tls(mut self, tls: Option<PeerTls>) -> Forwarder {
+        self.tls = tls.map(|tls| client_builder().build(tls::Connect(tls)));
+        self
     }
 
     fn counter(&self, node: &str) -> Arc<AtomicUsize> {
@@ -332,7 +340,8 @@ impl Forwarder {
             let mut attempt = Request::new(Full::new(body.clone()));
             *attempt.method_mut() = parts.method.clone();
             *attempt.headers_mut() = parts.headers.clone();
-            *attempt.uri_mut() = match format!("http://{addr}{path}").parse() {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            *attempt.uri_mut() = match format!("{scheme}://{addr}{path}").parse() {
                 Ok(u) => u,
                 Err(e) => {
                     return Err(Refused::Upstream {
@@ -344,7 +353,10 @@ impl Forwarder {
             let counter = self.counter(&node);
             counter.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(counter);
-            let sent = tokio::time::timeout_at(deadline, self.client.request(attempt)).await;
+            let sent = match &self.tls {
+                Some(tls) => tokio::time::timeout_at(deadline, tls.request(attempt)).await,
+                None => tokio::time::timeout_at(deadline, self.client.request(attempt)).await,
+            };
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
@@ -380,6 +392,114 @@ impl Forwarder {
             }
         }
         last
+    }
+}
+
+/// One HTTP/2 connection per target, kept alive.
+fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90));
+    builder
+}
+
+/// Connections to other nodes' public listeners over TLS.
+mod tls {
+    use std::{
+        future::Future,
+        io,
+        pin::Pin,
+        task::{Context, Poll},
+        time::Duration,
+    };
+
+    use hyper_util::{
+        client::legacy::connect::{Connected, Connection},
+        rt::TokioIo,
+    };
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+
+    use crate::tls::peer::{PeerTls, dial};
+
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    /// Dials a node: TCP, then TLS naming the trust domain (the name the
+    /// public listener serves the node's certificate for), checked against
+    /// the cluster's CA with the certificate current at that moment.
+    #[derive(Clone)]
+    pub(super) struct Connect(pub(super) PeerTls);
+
+    impl tower::Service<http::Uri> for Connect {
+        type Response = Conn;
+        type Error = Error;
+        type Future = Pin<Box<dyn Future<Output = Result<Conn, Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, uri: http::Uri) -> Self::Future {
+            let config = self.0.forward_client_config();
+            let domain = self.0.domain().to_owned();
+            Box::pin(async move {
+                let tls = dial(&uri, config, Some(&domain), Some(Duration::from_secs(1))).await?;
+                Ok(Conn(TokioIo::new(tls)))
+            })
+        }
+    }
+
+    /// An open TLS connection to a node, for hyper's client.
+    pub(super) struct Conn(TokioIo<TlsStream<TcpStream>>);
+
+    impl Connection for Conn {
+        fn connected(&self) -> Connected {
+            Connected::new().negotiated_h2()
+        }
+    }
+
+    impl hyper::rt::Read for Conn {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl hyper::rt::Write for Conn {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.0.is_write_vectored()
+        }
     }
 }
 

@@ -147,9 +147,13 @@ pub struct ServeOptions {
     /// shared, rather than copied into each buffer.
     pub h2_send_buffer: usize,
     /// TLS: every connection's handshake first, with the configuration
-    /// this gives at that moment (certificates change while a listener
-    /// serves).
+    /// this gives at that moment for the name the client asks for
+    /// (certificates change while a listener serves).
     pub tls: Option<TlsSource>,
+    /// With `tls`: plaintext too, told apart by the first byte (a TLS
+    /// handshake starts with 0x16, which no HTTP request does), so that one
+    /// port serves clients of both.
+    pub plaintext_too: bool,
 }
 
 impl ServeOptions {
@@ -160,6 +164,7 @@ impl ServeOptions {
             grace,
             h2_send_buffer: H2_SEND_BUFFER,
             tls: None,
+            plaintext_too: false,
         }
     }
 }
@@ -223,6 +228,45 @@ where
             }
         }
     }))
+}
+
+/// A connection past its first bytes: plaintext, or TLS after the
+/// handshake.
+enum Accepted {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads a connection's first bytes: plaintext if allowed and it does not
+/// start a TLS handshake; otherwise the handshake, with the configuration
+/// `tls` gives for the name in the client's hello.
+async fn accept(
+    stream: tokio::net::TcpStream,
+    tls: &TlsSource,
+    plaintext_too: bool,
+) -> Result<Accepted, String> {
+    if plaintext_too {
+        let mut first = [0u8; 1];
+        let n = stream.peek(&mut first).await.map_err(|e| e.to_string())?;
+        if n == 0 || first[0] != TLS_HANDSHAKE {
+            return Ok(Accepted::Plain(stream));
+        }
+    }
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+        .await
+        .map_err(|e| format!("not a TLS client hello: {e}"))?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let config = tls(sni.as_deref()).ok_or_else(|| {
+        format!(
+            "no certificate to serve for {}: this listener has none yet",
+            sni.as_deref().unwrap_or("a client that names no server")
+        )
+    })?;
+    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    Ok(Accepted::Tls(Box::new(stream)))
 }
 
 /// Accepts connections until `stop` is cancelled, then lets in-flight
@@ -322,17 +366,32 @@ where
             Some(tls) => {
                 // The handshake in the connection's own task: a slow client
                 // holds its slot, never the accept loop.
-                let (builder, watcher, acceptor, name, refused) = (
+                let (builder, watcher, tls, name, refused, plaintext_too) = (
                     builder.clone(),
                     graceful.watcher(),
-                    tokio_rustls::TlsAcceptor::from(tls()),
+                    tls.clone(),
                     options.name,
                     refused.clone(),
+                    options.plaintext_too,
                 );
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    let accepted = tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        accept(stream, &tls, plaintext_too),
+                    )
+                    .await;
+                    match accepted {
+                        Ok(Ok(Accepted::Plain(stream))) => {
+                            let conn = builder
+                                .serve_connection(
+                                    TokioIo::new(stream),
+                                    per_request(service, limits, peer, None),
+                                )
+                                .into_owned();
+                            ended(watcher.watch(conn).await);
+                        }
+                        Ok(Ok(Accepted::Tls(tls))) => {
                             let certificate = tls
                                 .get_ref()
                                 .1
@@ -341,7 +400,7 @@ where
                                 .map(|c| PeerCertificate::new(c.clone().into_owned()));
                             let conn = builder
                                 .serve_connection(
-                                    TokioIo::new(tls),
+                                    TokioIo::new(*tls),
                                     per_request(service, limits, peer, certificate),
                                 )
                                 .into_owned();

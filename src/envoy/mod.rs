@@ -7,6 +7,11 @@
 //!   service; the xDS server sends the same resources, kept current. With
 //!   `--sidecar`, an Envoy beside one pod's flotilla (`xds::sidecar`).
 //!
+//! In a cluster with TLS between nodes, `--upstream-tls DIR` makes Envoy
+//! reach the nodes over TLS with the files `flotilla ca issue --envoy`
+//! wrote (in k3d through its node metadata, `xds::view`), and `--xds-tls
+//! DIR` the xDS server (k3d).
+//!
 //! The resources come from `xds::resources`, like the xDS server's, read
 //! from the routing table and a registry seeded from the topology.
 
@@ -53,7 +58,14 @@ pub struct Request {
     /// through file-based SDS.
     #[arg(long)]
     pub xds_tls: Option<PathBuf>,
-    /// The cluster's trust domain (with --xds-tls).
+    /// Reach the nodes' public listeners over TLS (--mode ha, scaled and
+    /// k3d; a cluster with TLS between nodes): the directory `flotilla ca
+    /// issue --envoy` wrote, read through file-based SDS. In k3d the xDS
+    /// server adds it to the clusters it sends, told where the files are by
+    /// Envoy's node metadata.
+    #[arg(long)]
+    pub upstream_tls: Option<PathBuf>,
+    /// The cluster's trust domain (with --xds-tls and --upstream-tls).
     #[arg(long, default_value = crate::tls::peer::DEFAULT_DOMAIN)]
     pub domain: String,
     /// Use incremental xDS (DELTA_GRPC) rather than state of the world
@@ -135,6 +147,21 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
             if let Some(dir) = &request.xds_tls {
                 bootstrap::ads_over_tls(&mut bootstrap, dir, &request.domain);
             }
+            if request.sidecar && request.upstream_tls.is_some() {
+                return Err("--upstream-tls is for the front Envoy: a sidecar reaches the other pods through their sidecars, which take plaintext".into());
+            }
+            if let Some(dir) = &request.upstream_tls {
+                let tls = crate::xds::view::UpstreamTls {
+                    dir: dir.clone(),
+                    domain: request.domain.clone(),
+                };
+                if let Some(node) = bootstrap.node.as_mut() {
+                    node.metadata
+                        .get_or_insert_default()
+                        .fields
+                        .extend(tls.metadata());
+                }
+            }
             if request.sidecar {
                 let ports = [
                     request
@@ -168,6 +195,9 @@ pub fn generate(request: &Request, catalogue: &Services) -> Result<String, Strin
                 "--sidecar is for --mode k3d: in --mode {} Envoy has fixed resources and no xDS server to give a sidecar its listeners",
                 mode_name(request.mode)
             ));
+        }
+        Mode::Single if request.upstream_tls.is_some() => {
+            return Err("--upstream-tls is for a cluster's nodes, which serve their cluster certificate to Envoy: a single node has none (terminate TLS in Envoy, or give the node tls.public and reach it directly)".into());
         }
         Mode::Single => {
             unused("topology", request.topology.is_some())?;
@@ -250,12 +280,18 @@ fn fixed(
         ));
     }
     let listen = request.listen.unwrap_or(DEFAULT_LISTEN);
-    Ok(bootstrap::fixed(
-        &request.node_id,
-        request.admin,
-        listen,
-        &services,
-    ))
+    let mut fixed = bootstrap::fixed(&request.node_id, request.admin, listen, &services);
+    if let Some(dir) = &request.upstream_tls {
+        let socket = bootstrap::to_nodes_over_tls(dir, &request.domain);
+        for cluster in fixed
+            .static_resources
+            .iter_mut()
+            .flat_map(|r| r.clusters.iter_mut())
+        {
+            cluster.transport_socket = Some(socket.clone());
+        }
+    }
+    Ok(fixed)
 }
 
 /// The mode must match the topology's shape: `ha` is members running

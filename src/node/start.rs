@@ -16,7 +16,7 @@ use crate::{
     edge::server::ServeOptions,
     edge::{
         admin::{self, NodeInfo, Readiness, ServiceState},
-        ingress::{self, Ingress, IngressLimits},
+        ingress::{self, Ingress, IngressSettings},
         server,
     },
     mesh::registry::{self, NodeRecord, Registry},
@@ -132,6 +132,7 @@ impl Node {
         // Raft. A node without the db role keeps no copy: its store is a
         // client of the members' database, within its namespaces.
         let mut policy = None;
+        let mut store_client = None;
         let cluster = match &config.cluster {
             Some(settings) if config.db_role => {
                 let topology = config
@@ -144,7 +145,9 @@ impl Node {
                 Some(Cluster::start(settings, store.clone(), log, &config.data_dir, clients).await?)
             }
             Some(settings) => {
-                store.set_replicator(crate::cluster::remote_replicator(settings))?;
+                let link = crate::cluster::StoreClientLink::new(settings);
+                store.set_replicator(link.replicator())?;
+                store_client = Some(link);
                 None
             }
             None => None,
@@ -386,6 +389,14 @@ impl Node {
             )
         });
 
+        // This node's certificate, for the public listener and forwarding:
+        // a store client has had it issued by now (auth opened through the
+        // members).
+        let node_tls = match (cluster.get(), &store_client) {
+            (Some(c), _) => c.node_tls(),
+            (None, Some(link)) => link.node_tls().await.map_err(NodeError::NodeTls)?,
+            (None, None) => None,
+        };
         let ingress = Ingress::new(
             table,
             auth.clone(),
@@ -393,21 +404,31 @@ impl Node {
             readiness.clone(),
             routers,
             metrics.http.clone(),
-            IngressLimits {
+            IngressSettings {
                 max_request_body_bytes: config.limits.max_request_body_bytes,
                 request_timeout: config.limits.request_timeout,
+                forward_tls: node_tls.clone(),
             },
         );
         let public = {
             let stop = CancellationToken::new();
             let mut options = ServeOptions::new("public", limits.public, grace);
-            if let Some(files) = &config.public_tls {
-                let tls = Arc::new(
-                    crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
-                );
-                let config = tls.config();
-                options.tls = Some(Arc::new(move || config.clone()));
-                tokio::spawn(tls.watch(stop.clone()));
+            let operator = match &config.public_tls {
+                Some(files) => {
+                    let tls = Arc::new(
+                        crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
+                    );
+                    tokio::spawn(tls.clone().watch(stop.clone()));
+                    Some(tls)
+                }
+                None => None,
+            };
+            // With the operator's certificates, TLS only; in a cluster
+            // without them, plaintext for clients and TLS for the nodes and
+            // Envoys that ask for the node's certificate.
+            options.plaintext_too = operator.is_none();
+            if operator.is_some() || node_tls.is_some() {
+                options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
             }
             Serving::spawn(
                 stop.clone(),
@@ -416,7 +437,7 @@ impl Node {
         };
         tracing::info!(
             addr = %config.listeners.public,
-            tls = config.public_tls.is_some(),
+            tls = if config.public_tls.is_some() { "only" } else if node_tls.is_some() { "for nodes and Envoys" } else { "off" },
             "public listener serving; node ready"
         );
 

@@ -199,7 +199,12 @@ impl Ca {
             vec![SanType::URI(uri.clone().try_into().map_err(|e| {
                 format!("identity {uri} is not an IA5 string: {e}")
             })?)];
-        for host in hosts {
+        // A node's certificate also names the trust domain: the name its
+        // public listener serves it for (`tls::public::source`), which
+        // clients that check names (curl, browsers) can then check.
+        let domain_name = matches!(identity, Identity::Member { .. } | Identity::Client { .. })
+            .then(|| domain.to_owned());
+        for host in hosts.iter().chain(domain_name.iter()) {
             params.subject_alt_names.push(match host.parse() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => SanType::DnsName(

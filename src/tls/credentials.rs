@@ -150,6 +150,22 @@ impl Credentials {
         Ok(config)
     }
 
+    /// A server configuration for the public listener, for the nodes and
+    /// Envoys that reach it over TLS: this node's certificate, no client
+    /// certificate asked for (who may call is the ingress's decision), h2
+    /// and http/1.1.
+    pub fn public_server_config(&self) -> Result<ServerConfig, String> {
+        let current = self.current();
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(current.chain.clone(), current.key.clone_key())
+            .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
     /// A client configuration: presents this node's certificate, and takes
     /// servers of an identity `accept` takes.
     pub fn client_config(&self, accept: Accept) -> Result<ClientConfig, String> {

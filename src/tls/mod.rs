@@ -1,4 +1,4 @@
-//! TLS between nodes (issue 17, under way): the cluster's certificate
+//! TLS between nodes: the cluster's certificate
 //! authority, the identities its certificates name, and the rustls
 //! configurations built from a node's certificate that are replaced, not
 //! restarted, when it is renewed or the CA rotates.
@@ -13,8 +13,10 @@
 //!   handshake;
 //! - `peer`: mutual TLS between nodes: a member's certificate issued from
 //!   the CA it holds, a store client's from a member, renewed in place;
-//! - `public`: the public listener's TLS from the operator's certificate
-//!   files, chosen by SNI, reloaded when the files change.
+//! - `public`: the public listener's TLS: the operator's certificate
+//!   files, chosen by SNI and reloaded when the files change, and in a
+//!   cluster the node's own certificate for nodes and Envoys that name the
+//!   trust domain.
 //!
 //! The plan it serves is ADR 0010.
 
@@ -26,10 +28,17 @@ pub mod identity;
 pub mod peer;
 pub mod public;
 
-/// A listener's current TLS configuration: each connection's handshake
-/// takes what this gives at that moment (certificates change while a
-/// listener serves).
-pub type TlsSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+/// A listener's current TLS configuration for one handshake, given the
+/// name the client asks for (SNI): each connection takes what this gives at
+/// that moment (certificates change while a listener serves). `None`
+/// refuses the handshake.
+pub type TlsSource = Arc<dyn Fn(Option<&str>) -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
+/// A source that gives every handshake `config()`, whatever name it asks
+/// for.
+pub fn fixed(config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static) -> TlsSource {
+    Arc::new(move |_| Some(config()))
+}
 
 /// The certificate a client presented in the TLS handshake (checked by the
 /// listener's verifier), in every request of its connection; what it says

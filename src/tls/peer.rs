@@ -212,7 +212,7 @@ fn accept_nodes() -> Accept {
     Arc::new(|identity: &Identity| match identity {
         Identity::Member { .. } | Identity::Client { .. } => Ok(()),
         Identity::Envoy { name } => Err(format!(
-            "`{name}` holds an Envoy's certificate, which the peer listener does not take"
+            "`{name}` holds an Envoy's certificate, not a node's: it is for the xDS listener only"
         )),
     })
 }
@@ -245,6 +245,12 @@ struct Configs {
     /// For the xDS listener: an Envoy's certificate required.
     xds: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// For the public listener: this node's certificate to nodes and
+    /// Envoys that ask for it by the trust domain's name.
+    public: Arc<ServerConfig>,
+    /// For forwarding to another node's public listener: any node of the
+    /// cluster.
+    forward: Arc<ClientConfig>,
     /// The fingerprints of the certificate served now and of the one before
     /// it (a store client may have seen either while asking).
     served: [String; 2],
@@ -254,6 +260,14 @@ struct Configs {
 #[derive(Clone)]
 pub struct PeerTls {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("identity", &self.inner.identity.uri(&self.inner.domain))
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -284,6 +298,8 @@ fn configs(
         server: Arc::new(credentials.server_config(accept_nodes(), true)?),
         xds: Arc::new(credentials.server_config(accept_envoys(), false)?),
         client: Arc::new(credentials.client_config(accept_members())?),
+        public: Arc::new(credentials.public_server_config()?),
+        forward: Arc::new(credentials.client_config(accept_nodes())?),
         served: [leaf_fingerprint(chain_pem)?, before.to_owned()],
     }))
 }
@@ -377,6 +393,17 @@ impl PeerTls {
     /// For connections to members.
     pub fn client_config(&self) -> Arc<ClientConfig> {
         self.configs().client.clone()
+    }
+
+    /// For the public listener, to clients that name the trust domain
+    /// (see `tls::public::source`).
+    pub fn public_server_config(&self) -> Arc<ServerConfig> {
+        self.configs().public.clone()
+    }
+
+    /// For forwarding requests to other nodes' public listeners.
+    pub fn forward_client_config(&self) -> Arc<ClientConfig> {
+        self.configs().forward.clone()
     }
 
     /// Whether `fingerprint` is of a certificate this node serves (or
@@ -560,6 +587,43 @@ type Connecting = std::pin::Pin<
     >,
 >;
 
+/// TCP to `uri`'s host and port (within `connect_timeout`, if given), then
+/// the TLS handshake with `config`, asking for `name` (the host's name when
+/// `None`, or `flotilla` for an address).
+pub async fn dial(
+    uri: &http::Uri,
+    config: Arc<ClientConfig>,
+    name: Option<&str>,
+    connect_timeout: Option<Duration>,
+) -> Result<
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("no host in {uri}"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    let tcp = match connect_timeout {
+        Some(limit) => tokio::time::timeout(limit, connect)
+            .await
+            .map_err(|_| format!("connecting to {host}:{port} timed out"))??,
+        None => connect.await?,
+    };
+    tcp.set_nodelay(true)?;
+    let name = match name {
+        Some(name) => ServerName::try_from(name.to_owned())?,
+        None => ServerName::try_from(host)
+            .unwrap_or_else(|_| ServerName::try_from("flotilla").expect("a valid name")),
+    };
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?)
+}
+
 /// A connector for tonic: TCP to the URI's host and port, then the TLS
 /// handshake with the configuration `config` gives at that moment.
 pub fn connector(
@@ -578,22 +642,9 @@ pub fn connector(
         let config = config();
         let seen = seen.clone();
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| format!("no host in {uri}"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
             // Node certificates name identities, not hosts: the verifier
             // ignores the name, which only has to be well formed.
-            let name = ServerName::try_from(host)
-                .unwrap_or_else(|_| ServerName::try_from("flotilla").expect("a valid name"));
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let tls = dial(&uri, config, None, None).await?;
             if let Some(seen) = seen {
                 *seen.lock().unwrap_or_else(|p| p.into_inner()) = tls
                     .get_ref()

@@ -1,6 +1,8 @@
 //! TLS on the public listener, from the operator's certificate files: one
 //! or more certificates, each chosen by the names it carries (SNI), the
-//! first for a client that names none of them. The files are read again
+//! first for a client that names none of them; in a cluster, the node's
+//! own certificate for the nodes and Envoys that name the trust domain
+//! (`source`). The files are read again
 //! when they change, so a renewed certificate is served without a restart;
 //! a file that does not load keeps the certificates served before, and says
 //! why in the log. ALPN offers h2 and http/1.1 (gRPC takes h2).
@@ -17,6 +19,8 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use super::{TlsSource, peer::PeerTls};
 
 /// How often the files are checked for a change.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -177,6 +181,34 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// Whether `sni` is the trust domain `domain` or a name under it.
+fn names_domain(sni: &str, domain: &str) -> bool {
+    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+    sni == domain
+        || sni
+            .strip_suffix(domain)
+            .is_some_and(|head| head.ends_with('.'))
+}
+
+/// The public listener's TLS for each handshake:
+/// - a client that names the cluster's trust domain (SNI `flotilla.local`,
+///   or a name under it) gets this node's cluster certificate: the nodes
+///   forwarding to each other and Envoys in front, which trust the
+///   cluster's CA;
+/// - any other client gets the operator's certificates (`tls.public`),
+///   chosen by the name it asks for;
+/// - without operator certificates, every TLS client gets the node's.
+pub fn source(node: Option<PeerTls>, operator: Option<Arc<PublicTls>>) -> TlsSource {
+    Arc::new(move |sni: Option<&str>| match (&node, &operator) {
+        (Some(node), _) if sni.is_some_and(|s| names_domain(s, node.domain())) => {
+            Some(node.public_server_config())
+        }
+        (_, Some(operator)) => Some(operator.config()),
+        (Some(node), None) => Some(node.public_server_config()),
+        (None, None) => None,
+    })
+}
+
 /// The public listener's TLS: its server configuration, and the task that
 /// reloads the files.
 pub struct PublicTls {
@@ -265,6 +297,15 @@ impl PublicTls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trust_domain_and_names_under_it_get_the_nodes_certificate() {
+        assert!(names_domain("flotilla.local", "flotilla.local"));
+        assert!(names_domain("Flotilla.Local.", "flotilla.local"));
+        assert!(names_domain("kv-1.flotilla.local", "flotilla.local"));
+        assert!(!names_domain("evilflotilla.local", "flotilla.local"));
+        assert!(!names_domain("api.example.com", "flotilla.local"));
+    }
 
     #[test]
     fn wildcards_cover_one_label() {

@@ -124,13 +124,18 @@ pub const SDS_CA: &str = "flotilla-ca";
 pub const SDS_CERT_FILE: &str = "sds-cert.yaml";
 pub const SDS_CA_FILE: &str = "sds-ca.yaml";
 
-/// Makes `bootstrap`'s connection to the xDS server mutual TLS: Envoy
-/// presents the certificate `flotilla ca issue --envoy NAME --out DIR`
-/// wrote in `dir` and trusts the CA bundle beside it, both through
-/// file-based SDS (taken again when files are renamed into `dir`, as
-/// `ca issue --renew` does), and takes only a member of trust domain
-/// `domain` as the server.
-pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &str) {
+/// Envoy's side of TLS to flotilla: it presents the certificate `flotilla
+/// ca issue --envoy NAME --out DIR` wrote in `dir` and trusts the CA bundle
+/// beside it, both through file-based SDS (taken again when files are
+/// renamed into `dir`, as `ca issue --renew` does), and takes a server whose
+/// certificate names one of `roles` (`member`, `client`) in trust domain
+/// `domain`. `sni`: the name asked for.
+fn tls_to_flotilla(
+    dir: &std::path::Path,
+    domain: &str,
+    roles: &[&str],
+    sni: Option<&str>,
+) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
     use envoy_types::pb::envoy::{
         config::core::v3::{PathConfigSource, TransportSocket, WatchedDirectory, transport_socket},
         extensions::transport_sockets::tls::v3::{
@@ -159,22 +164,26 @@ pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &s
         }),
     };
     let tls = UpstreamTlsContext {
+        sni: sni.unwrap_or_default().to_owned(),
         common_tls_context: Some(CommonTlsContext {
             alpn_protocols: vec!["h2".into()],
             tls_certificate_sds_secret_configs: vec![sds(SDS_CERT, SDS_CERT_FILE)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
-                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                            san_type: SanType::Uri as i32,
-                            matcher: Some(StringMatcher {
-                                match_pattern: Some(MatchPattern::Prefix(format!(
-                                    "spiffe://{domain}/member/"
-                                ))),
+                        match_typed_subject_alt_names: roles
+                            .iter()
+                            .map(|role| SubjectAltNameMatcher {
+                                san_type: SanType::Uri as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(MatchPattern::Prefix(format!(
+                                        "spiffe://{domain}/{role}/"
+                                    ))),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        }],
+                            })
+                            .collect(),
                         ..Default::default()
                     }),
                     validation_context_sds_secret_config: Some(sds(SDS_CA, SDS_CA_FILE)),
@@ -185,12 +194,19 @@ pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &s
         }),
         ..Default::default()
     };
-    let socket = TransportSocket {
+    TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(
             envoy_types::util::pack_any(tls),
         )),
-    };
+    }
+}
+
+/// Makes `bootstrap`'s connection to the xDS server mutual TLS with the
+/// files in `dir` (`tls_to_flotilla`), taking only a db member of trust
+/// domain `domain` as the server.
+pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &str) {
+    let socket = tls_to_flotilla(dir, domain, &["member"], None);
     for cluster in bootstrap
         .static_resources
         .iter_mut()
@@ -199,6 +215,17 @@ pub fn ads_over_tls(bootstrap: &mut Bootstrap, dir: &std::path::Path, domain: &s
     {
         cluster.transport_socket = Some(socket.clone());
     }
+}
+
+/// TLS from Envoy to the nodes' public listeners with the files in `dir`:
+/// it names the trust domain (SNI), for which a node serves its cluster
+/// certificate, and takes any node of the cluster (member or store
+/// client) as the server.
+pub fn to_nodes_over_tls(
+    dir: &std::path::Path,
+    domain: &str,
+) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    tls_to_flotilla(dir, domain, &["member", "client"], Some(domain))
 }
 
 /// The ADS bootstrap as YAML (the Envoy tests and the convergence bench).

@@ -16,6 +16,7 @@ pub mod resources;
 pub mod server;
 pub mod sidecar;
 pub mod sotw;
+pub mod view;
 
 #[cfg(test)]
 mod properties;
@@ -336,7 +337,6 @@ impl Fill for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResp
 }
 
 /// Decodes what a resource holds.
-#[cfg(test)]
 pub fn decode<T: Name + prost::Message + Default>(r: &Resource) -> Option<T> {
     (r.body.type_url == T::type_url())
         .then(|| T::decode(r.body.value.as_slice()).ok())

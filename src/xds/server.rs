@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::{Outgoing, Snapshot, clients, delta, resources, sidecar, sotw};
+use super::{Outgoing, Snapshot, clients, delta, resources, sotw, view};
 use crate::{catalogue::routing::RoutingTable, mesh::registry::Registry};
 
 /// Responses queued for one stream before its task waits for the client.
@@ -208,9 +208,9 @@ async fn run_stream<P: Protocol>(
     P::Request: prost::Message + Default,
 {
     let mut stream = P::default();
-    // What the stream serves: the shared snapshot, or a sidecar's view of
+    // What the stream serves: the shared snapshot, or its client's view of
     // it, decided by the node of the first request that names one.
-    let mut view: Option<sidecar::View> = None;
+    let mut view: Option<view::View> = None;
     snapshots.mark_unchanged();
     loop {
         let responses = tokio::select! {
@@ -219,12 +219,16 @@ async fn run_stream<P: Protocol>(
                     let (type_url, nonce, nack) = P::describe(&request);
                     tracing::debug!(%type_url, %nonce, nack, "ads request");
                     if view.is_none() && let Some(node) = P::request_node(&request) {
-                        match sidecar::Sidecar::of(node) {
-                            Ok(Some(s)) => {
-                                tracing::info!(pod = %s.pod, inbound = %s.inbound, "an Envoy sidecar connected");
-                                view = Some(sidecar::View::sidecar(s));
+                        match view::View::of_node(node) {
+                            Ok(v) => {
+                                if let Some(s) = v.sidecar() {
+                                    tracing::info!(pod = %s.pod, inbound = %s.inbound, "an Envoy sidecar connected");
+                                }
+                                if let Some(tls) = v.upstream_tls() {
+                                    tracing::info!(node = %node.id, dir = %tls.dir.display(), "an Envoy that reaches the nodes over TLS connected");
+                                }
+                                view = Some(v);
                             }
-                            Ok(None) => view = Some(sidecar::View::default()),
                             Err(e) => {
                                 tracing::warn!(node = %node.id, error = %e, "ads stream refused");
                                 let _ = out.send(Err(Status::invalid_argument(e))).await;

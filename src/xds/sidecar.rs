@@ -11,12 +11,10 @@
 //!
 //! A sidecar's resources are the shared snapshot's, with the front Envoy's
 //! ingress listener replaced by its inbound and outbound listeners and a
-//! cluster of its pod's flotilla (`Snapshot::for_sidecar`).
+//! cluster of its pod's flotilla (`Snapshot::for_sidecar`, served through
+//! `view::View`).
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use envoy_types::pb::{
     envoy::config::core::v3::Node,
@@ -184,39 +182,10 @@ impl Snapshot {
     }
 }
 
-/// The snapshot one stream serves: the shared one, or a sidecar's view of
-/// it, derived again only when the shared one changes.
-#[derive(Default)]
-pub(crate) struct View {
-    sidecar: Option<Sidecar>,
-    derived: Option<(Arc<Snapshot>, Arc<Snapshot>)>,
-}
-
-impl View {
-    pub fn sidecar(sidecar: Sidecar) -> View {
-        View {
-            sidecar: Some(sidecar),
-            derived: None,
-        }
-    }
-
-    pub fn of(&mut self, shared: &Arc<Snapshot>) -> Arc<Snapshot> {
-        let Some(sidecar) = &self.sidecar else {
-            return shared.clone();
-        };
-        match &self.derived {
-            Some((from, view)) if Arc::ptr_eq(from, shared) => view.clone(),
-            _ => {
-                let view = Arc::new(shared.for_sidecar(sidecar));
-                self.derived = Some((shared.clone(), view.clone()));
-                view
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use envoy_types::pb::envoy::config::{
         cluster::v3::Cluster, core::v3::address, listener::v3::Listener,
     };
@@ -334,20 +303,5 @@ mod tests {
                 .get(ROUTE, resources::INGRESS_ROUTES)
                 .is_some()
         );
-    }
-
-    #[test]
-    fn a_view_is_derived_once_per_shared_snapshot() {
-        let sidecar = Sidecar::of(&node("p", &[(POD_IP, text("10.0.0.1"))]))
-            .unwrap()
-            .unwrap();
-        let mut view = View::sidecar(sidecar);
-        let a = Arc::new(Snapshot::build(&[service("echo", &[1])], None));
-        let first = view.of(&a);
-        assert!(Arc::ptr_eq(&first, &view.of(&a)));
-        let b = Arc::new(Snapshot::build(&[service("echo", &[2])], None));
-        assert!(!Arc::ptr_eq(&first, &view.of(&b)));
-        let mut plain = View::default();
-        assert!(Arc::ptr_eq(&plain.of(&a), &a));
     }
 }

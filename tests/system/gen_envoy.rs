@@ -68,6 +68,21 @@ async fn missing_or_inconsistent_inputs_are_refused_naming_the_problem() {
             vec!["--mode", "ha", "--topology", &ha, "--delta"],
             "--delta is not used by --mode ha",
         ),
+        (
+            vec![
+                "--mode",
+                "single",
+                "--config",
+                &single,
+                "--upstream-tls",
+                "/tls",
+            ],
+            "--upstream-tls is for a cluster's nodes",
+        ),
+        (
+            vec!["--mode", "k3d", "--sidecar", "--upstream-tls", "/tls"],
+            "--upstream-tls is for the front Envoy",
+        ),
     ] {
         let mut all = vec!["gen-envoy"];
         all.extend_from_slice(&args);

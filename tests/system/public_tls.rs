@@ -1,9 +1,14 @@
-//! TLS on the public listener (`tls.public`, single mode), checked from the
-//! outside with an operator's CA and certificates made by openssl: curl
-//! over HTTP/1.1 and HTTP/2, the certificate chosen by SNI (a wildcard
-//! included), gRPC over TLS from grpcio, plaintext refused, a renewed
-//! certificate served without a restart, a broken file keeping the one
-//! served, and files that do not load refused before anything is bound.
+//! TLS on the public listener (`tls.public`), checked from the outside with
+//! an operator's CA and certificates made by openssl:
+//! - a single node: curl over HTTP/1.1 and HTTP/2, the certificate chosen
+//!   by SNI (a wildcard included), gRPC over TLS from grpcio, plaintext
+//!   refused, a renewed certificate served without a restart, a broken
+//!   file keeping the one served, and files that do not load refused
+//!   before anything is bound;
+//! - a scaled cluster whose public listeners speak TLS only: the operator's
+//!   certificate to clients, the node's cluster certificate to whoever
+//!   names the trust domain, requests forwarded between nodes over TLS, and
+//!   a real Envoy reaching the nodes over TLS (`gen-envoy --upstream-tls`).
 
 use std::{
     path::{Path, PathBuf},
@@ -136,13 +141,19 @@ impl Pki {
 /// `curl` to `https://<name>:<port><path>` on 127.0.0.1: the exit code,
 /// the body and the HTTP version.
 fn curl(pki: &Pki, name: &str, port: u16, http: &str) -> (i32, String) {
+    curl_trusting(&pki.ca(), name, port, http)
+}
+
+/// curl's exit code and what it said, for `/api/echo` at `name` (resolved
+/// to loopback) trusting only the CA in `ca`.
+fn curl_trusting(ca: &Path, name: &str, port: u16, http: &str) -> (i32, String) {
     let out = run(
         "curl",
         &[
             "-sS",
             http,
             "--cacert",
-            s(&pki.ca()),
+            s(ca),
             "--resolve",
             &format!("{name}:{port}:127.0.0.1"),
             "-w",
@@ -323,4 +334,118 @@ fn certificate_files_that_do_not_load_are_refused_before_anything_is_bound() {
         assert!(err.contains("tls.public.certificates"), "{err}");
         assert!(err.contains(expected), "{expected}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_cluster_with_tls_only_public_listeners_forwards_between_nodes_and_takes_envoy_over_tls()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let api = pki.issue("api", &["api.test"]);
+    let cluster = crate::support::ScaledCluster::start_custom("", &tls_extra(&[api]));
+    cluster.wait_registered().await;
+
+    // Envoy's certificate and the cluster's CA, from a member's config.
+    let envoy_tls = dir.path().join("envoy-tls");
+    let (code, _, err) = run_cli(
+        BINARY.as_ref(),
+        &[
+            "ca",
+            "issue",
+            "--config",
+            s(&cluster.nodes["db-1"].config_path),
+            "--envoy",
+            "front",
+            "--out",
+            s(&envoy_tls),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cluster_ca = envoy_tls.join("ca.crt");
+
+    // kv-1 runs no echo: it forwards to an echo node, whose public listener
+    // takes TLS only, so the hop is TLS. Clients get the operator's
+    // certificate; a client naming the trust domain gets kv-1's own, from
+    // the cluster's CA.
+    let kv = cluster.nodes["kv-1"].public.port();
+    for (ca, name) in [
+        (pki.ca(), "api.test"),
+        (cluster_ca.clone(), "flotilla.local"),
+    ] {
+        for http in ["--http1.1", "--http2"] {
+            let (code, out) = curl_trusting(&ca, name, kv, http);
+            assert_eq!(code, 0, "{name} {http}: {out}");
+            assert!(out.contains("\"node\":\"echo-"), "{name} {http}: {out}");
+        }
+    }
+    // The cluster's certificate is not the operator's, nor the other way.
+    assert_ne!(
+        curl_trusting(&pki.ca(), "flotilla.local", kv, "--http2").0,
+        0
+    );
+    assert_ne!(curl_trusting(&cluster_ca, "api.test", kv, "--http2").0, 0);
+    // Plaintext is refused.
+    assert!(
+        crate::support::http()
+            .get(cluster.nodes["kv-1"].url("/api/echo"))
+            .send()
+            .await
+            .is_err(),
+        "a TLS-only public listener answered plaintext"
+    );
+
+    // A real Envoy in front, its clusters over TLS with the certificate
+    // `ca issue` wrote: the nodes take nothing else.
+    let (listen, admin) = (crate::support::free_addr(), crate::support::free_addr());
+    let yaml = crate::support::generate(&[
+        "--mode",
+        "scaled",
+        "--topology",
+        s(&cluster.topology),
+        "--upstream-tls",
+        s(&envoy_tls),
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    crate::support::validate(&yaml);
+    let envoy = crate::support::Envoy::start_bootstrap(&yaml, admin);
+    crate::support::wait_routed(&format!("http://{listen}/api/echo?message=hi")).await;
+    let answered: serde_json::Value = crate::support::http()
+        .get(format!("http://{listen}/api/kv/keys/none"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answered["error"], "unauthenticated", "{answered}");
+    for service in ["echo", "kv"] {
+        let handshakes = envoy
+            .stat(&format!("cluster.{service}.ssl.handshake"))
+            .await
+            .unwrap_or(0);
+        assert!(
+            handshakes >= 1,
+            "Envoy made no TLS handshake to {service}'s nodes"
+        );
+    }
+    drop(envoy);
+
+    // Without TLS between nodes, TLS-only public listeners could not reach
+    // each other: the config is refused.
+    let text = std::fs::read_to_string(&cluster.nodes["db-1"].config_path).unwrap();
+    let off = dir.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        text.replace("bootstrap: true}", "bootstrap: true, tls: off}"),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(BINARY.as_ref(), &["check-config", "--config", s(&off)]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("tls.public") && err.contains("cluster.tls off"),
+        "{err}"
+    );
 }

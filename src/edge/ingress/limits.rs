@@ -10,10 +10,10 @@ use axum::{
 use futures_util::future::BoxFuture;
 use http::{StatusCode, header};
 
-use super::{IngressLimits, Layer, Next, is_grpc};
+use super::{IngressSettings, Layer, Next, is_grpc};
 use crate::catalogue::api_error::ApiError;
 
-async fn apply(limits: &IngressLimits, req: Request, next: Next<'_>) -> Response {
+async fn apply(limits: &IngressSettings, req: Request, next: Next<'_>) -> Response {
     let grpc = is_grpc(&req);
     let limit = limits.max_request_body_bytes;
     let declared = req
@@ -49,7 +49,7 @@ async fn apply(limits: &IngressLimits, req: Request, next: Next<'_>) -> Response
 }
 
 /// The layer: `apply` over its state.
-pub(super) struct Limits(pub IngressLimits);
+pub(super) struct Limits(pub IngressSettings);
 
 impl Layer for Limits {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
@@ -66,10 +66,11 @@ mod tests {
     use super::*;
     use crate::edge::ingress::test_support::{get, inner, layered, text};
 
-    fn limits() -> IngressLimits {
-        IngressLimits {
+    fn limits() -> IngressSettings {
+        IngressSettings {
             max_request_body_bytes: 8,
             request_timeout: Duration::from_secs(10),
+            forward_tls: None,
         }
     }
 
@@ -118,7 +119,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
         });
-        let short = IngressLimits {
+        let short = IngressSettings {
             request_timeout: Duration::from_millis(50),
             ..limits()
         };

@@ -55,11 +55,16 @@ use crate::{
 
 pub use crate::protocol::HEALTH_PATH;
 
-/// Limits applied to every request on the public listener.
+/// Limits applied to every request on the public listener, and how
+/// requests are forwarded.
 #[derive(Clone, Debug)]
-pub struct IngressLimits {
+pub struct IngressSettings {
     pub max_request_body_bytes: usize,
     pub request_timeout: Duration,
+    /// This node's certificate in a cluster with TLS between nodes:
+    /// requests are forwarded to other nodes over TLS, checked against the
+    /// cluster's CA. `None`: forwarded in plaintext.
+    pub forward_tls: Option<crate::tls::peer::PeerTls>,
 }
 
 /// The route a request was matched to (set by `lookup`, read below it).
@@ -143,11 +148,12 @@ impl Ingress {
         readiness: Arc<Readiness>,
         services: HashMap<&'static str, axum::Router>,
         metrics: HttpMetrics,
-        limits: IngressLimits,
+        limits: IngressSettings,
     ) -> Ingress {
         let client_key = forward::ClientKey::derive(&auth.settings.secret);
         let forwarder =
-            forward::Forwarder::new(registry.clone(), limits.request_timeout, client_key.clone());
+            forward::Forwarder::new(registry.clone(), limits.request_timeout, client_key.clone())
+                .over_tls(limits.forward_tls.clone());
         let layers: Vec<Box<dyn Layer>> = vec![
             Box::new(health::Health(readiness)),
             Box::new(metrics::Metrics(metrics)),

@@ -31,6 +31,11 @@ impl ScaledCluster {
 
     /// The nine nodes, `db_extra` in each db member's `cluster:` section.
     pub fn start_with(db_extra: &str) -> ScaledCluster {
+        ScaledCluster::start_custom(db_extra, "")
+    }
+
+    /// As `start_with`, `node_extra` appended to every node's config.
+    pub fn start_custom(db_extra: &str, node_extra: &str) -> ScaledCluster {
         let dir = tempfile::tempdir().unwrap();
         let topology = dir.path().join("topology.yaml");
         let mut members = String::from("members:\n");
@@ -91,7 +96,7 @@ impl ScaledCluster {
                 .map(|p| format!(", peer: '{p}'"))
                 .unwrap_or_default();
             let config = format!(
-                "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {cluster}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n",
+                "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nauth: {{secret: '{SECRET}'}}\ncluster: {cluster}\nlog: {{level: 'info,flotilla=debug,openraft=warn'}}\n{node_extra}",
                 node_dir.path().join("data").display(),
             );
             let path = node_dir.path().join("node.yaml");
