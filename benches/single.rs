@@ -334,7 +334,7 @@ fn main() {
             IngressSettings {
                 max_request_body_bytes: 1 << 20,
                 request_timeout: Duration::from_secs(10),
-                forward_tls: None,
+                forward_tls: std::sync::Arc::new(|| None),
             },
         );
         let bare = axum::Router::new().nest("/api/echo", Echo.start_handlers(ctx).unwrap().http);

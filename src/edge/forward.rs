@@ -46,7 +46,7 @@ use crate::{
     catalogue::api_error::ApiError,
     mesh::registry::Registry,
     protocol::{RetryPolicy, RouteKind},
-    tls::peer::PeerTls,
+    tls::NodeTls,
 };
 
 pub use crate::protocol::{FORWARDED_BY, FORWARDED_CLIENT, UNPROCESSED};
@@ -131,8 +131,8 @@ impl Refused {
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
-    /// Over TLS, in a cluster with TLS between nodes (`over_tls`).
-    tls: Option<Client<tls::Connect, Full<Bytes>>>,
+    /// Over TLS, while this node has TLS between nodes (`over_tls`).
+    tls: Option<(NodeTls, Client<tls::Connect, Full<Bytes>>)>,
     registry: Registry,
     /// Requests in flight from here, per target node.
     in_flight: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
@@ -238,13 +238,22 @@ impl Forwarder {
         }
     }
 
-    /// Forwards over TLS with this node's certificate (`tls`): the other
-    /// nodes' public listeners serve theirs to a client that names the
-    /// trust domain, and any node of the cluster is taken. `None` keeps
-    /// plaintext.
-    pub fn over_tls(mut self, tls: Option<PeerTls>) -> Forwarder {
-        self.tls = tls.map(|tls| client_builder().build(tls::Connect(tls)));
+    /// Forwards over TLS whenever this node has TLS between nodes (`tls`
+    /// gives its certificate): the other nodes' public listeners serve
+    /// theirs to a client that names the trust domain, and any node of the
+    /// cluster is taken. Without it, plaintext.
+    pub fn over_tls(mut self, tls: NodeTls) -> Forwarder {
+        let client = client_builder().build(tls::Connect(tls.clone()));
+        self.tls = Some((tls, client));
         self
+    }
+
+    /// The TLS client, if this node has TLS between nodes now.
+    fn tls_client(&self) -> Option<&Client<tls::Connect, Full<Bytes>>> {
+        self.tls
+            .as_ref()
+            .filter(|(node, _)| node().is_some())
+            .map(|(_, client)| client)
     }
 
     fn counter(&self, node: &str) -> Arc<AtomicUsize> {
@@ -340,7 +349,8 @@ impl Forwarder {
             let mut attempt = Request::new(Full::new(body.clone()));
             *attempt.method_mut() = parts.method.clone();
             *attempt.headers_mut() = parts.headers.clone();
-            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let tls = self.tls_client();
+            let scheme = if tls.is_some() { "https" } else { "http" };
             *attempt.uri_mut() = match format!("{scheme}://{addr}{path}").parse() {
                 Ok(u) => u,
                 Err(e) => {
@@ -353,7 +363,7 @@ impl Forwarder {
             let counter = self.counter(&node);
             counter.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(counter);
-            let sent = match &self.tls {
+            let sent = match tls {
                 Some(tls) => tokio::time::timeout_at(deadline, tls.request(attempt)).await,
                 None => tokio::time::timeout_at(deadline, self.client.request(attempt)).await,
             };
@@ -424,7 +434,7 @@ mod tls {
     use tokio::net::TcpStream;
     use tokio_rustls::client::TlsStream;
 
-    use crate::tls::peer::{PeerTls, dial};
+    use crate::tls::{NodeTls, peer::dial};
 
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -432,7 +442,7 @@ mod tls {
     /// public listener serves the node's certificate for), checked against
     /// the cluster's CA with the certificate current at that moment.
     #[derive(Clone)]
-    pub(super) struct Connect(pub(super) PeerTls);
+    pub(super) struct Connect(pub(super) NodeTls);
 
     impl tower::Service<http::Uri> for Connect {
         type Response = Conn;
@@ -444,9 +454,10 @@ mod tls {
         }
 
         fn call(&mut self, uri: http::Uri) -> Self::Future {
-            let config = self.0.forward_client_config();
-            let domain = self.0.domain().to_owned();
+            let tls = (self.0)();
             Box::pin(async move {
+                let tls = tls.ok_or("this node has no TLS between nodes any more")?;
+                let (config, domain) = (tls.forward_client_config(), tls.domain().to_owned());
                 let tls = dial(&uri, config, Some(&domain), Some(Duration::from_secs(1))).await?;
                 Ok(Conn(TokioIo::new(tls)))
             })

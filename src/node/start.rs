@@ -390,12 +390,21 @@ impl Node {
         });
 
         // This node's certificate, for the public listener and forwarding:
-        // a store client has had it issued by now (auth opened through the
-        // members).
-        let node_tls = match (cluster.get(), &store_client) {
-            (Some(c), _) => c.node_tls(),
-            (None, Some(link)) => link.node_tls().await.map_err(NodeError::NodeTls)?,
-            (None, None) => None,
+        // a member's, as long as it is one (a single node can grow into a
+        // cluster, and a member shrink back to single), or a store
+        // client's, issued by now (auth opened through the members).
+        let client_tls = match &store_client {
+            Some(link) => link.node_tls().await.map_err(NodeError::NodeTls)?,
+            None => None,
+        };
+        let node_tls: crate::tls::NodeTls = {
+            let cluster = cluster.clone();
+            Arc::new(move || {
+                cluster
+                    .get()
+                    .and_then(|c| c.node_tls())
+                    .or_else(|| client_tls.clone())
+            })
         };
         let ingress = Ingress::new(
             table,
@@ -427,9 +436,7 @@ impl Node {
             // without them, plaintext for clients and TLS for the nodes and
             // Envoys that ask for the node's certificate.
             options.plaintext_too = operator.is_none();
-            if operator.is_some() || node_tls.is_some() {
-                options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
-            }
+            options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
             Serving::spawn(
                 stop.clone(),
                 server::serve(listeners.public, ingress.clone(), stop, options),
@@ -437,7 +444,7 @@ impl Node {
         };
         tracing::info!(
             addr = %config.listeners.public,
-            tls = if config.public_tls.is_some() { "only" } else if node_tls.is_some() { "for nodes and Envoys" } else { "off" },
+            tls = if config.public_tls.is_some() { "only" } else if node_tls().is_some() { "for nodes and Envoys" } else { "off" },
             "public listener serving; node ready"
         );
 

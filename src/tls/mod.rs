@@ -34,6 +34,11 @@ pub mod public;
 /// refuses the handshake.
 pub type TlsSource = Arc<dyn Fn(Option<&str>) -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
 
+/// This node's TLS between nodes as it is now: a node can become a cluster
+/// member, or leave its cluster, while it runs. `None`: no TLS between
+/// nodes (single mode, or `cluster.tls: off`).
+pub type NodeTls = Arc<dyn Fn() -> Option<peer::PeerTls> + Send + Sync>;
+
 /// A source that gives every handshake `config()`, whatever name it asks
 /// for.
 pub fn fixed(config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static) -> TlsSource {

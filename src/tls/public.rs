@@ -20,7 +20,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{TlsSource, peer::PeerTls};
+use super::{NodeTls, TlsSource};
 
 /// How often the files are checked for a change.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -198,8 +198,8 @@ fn names_domain(sni: &str, domain: &str) -> bool {
 /// - any other client gets the operator's certificates (`tls.public`),
 ///   chosen by the name it asks for;
 /// - without operator certificates, every TLS client gets the node's.
-pub fn source(node: Option<PeerTls>, operator: Option<Arc<PublicTls>>) -> TlsSource {
-    Arc::new(move |sni: Option<&str>| match (&node, &operator) {
+pub fn source(node: NodeTls, operator: Option<Arc<PublicTls>>) -> TlsSource {
+    Arc::new(move |sni: Option<&str>| match (&node(), &operator) {
         (Some(node), _) if sni.is_some_and(|s| names_domain(s, node.domain())) => {
             Some(node.public_server_config())
         }

@@ -70,7 +70,7 @@ mod tests {
         IngressSettings {
             max_request_body_bytes: 8,
             request_timeout: Duration::from_secs(10),
-            forward_tls: None,
+            forward_tls: std::sync::Arc::new(|| None),
         }
     }
 

@@ -57,14 +57,14 @@ pub use crate::protocol::HEALTH_PATH;
 
 /// Limits applied to every request on the public listener, and how
 /// requests are forwarded.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IngressSettings {
     pub max_request_body_bytes: usize,
     pub request_timeout: Duration,
-    /// This node's certificate in a cluster with TLS between nodes:
-    /// requests are forwarded to other nodes over TLS, checked against the
-    /// cluster's CA. `None`: forwarded in plaintext.
-    pub forward_tls: Option<crate::tls::peer::PeerTls>,
+    /// This node's TLS between nodes: while it has some, requests are
+    /// forwarded to other nodes over TLS, checked against the cluster's CA;
+    /// otherwise in plaintext.
+    pub forward_tls: crate::tls::NodeTls,
 }
 
 /// The route a request was matched to (set by `lookup`, read below it).
