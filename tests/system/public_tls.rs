@@ -6,9 +6,10 @@
 //!   file keeping the one served, and files that do not load refused
 //!   before anything is bound;
 //! - a scaled cluster whose public listeners speak TLS only: the operator's
-//!   certificate to clients, the node's cluster certificate to whoever
-//!   names the trust domain, requests forwarded between nodes over TLS, and
-//!   a real Envoy reaching the nodes over TLS (`gen-envoy --upstream-tls`).
+//!   certificate to clients (curl, HTTP/1.1 and HTTP/2; grpcio), the node's
+//!   cluster certificate to whoever names the trust domain, requests
+//!   forwarded between nodes over TLS, and a real Envoy reaching the nodes
+//!   over TLS (`gen-envoy --upstream-tls`).
 
 use std::{
     path::{Path, PathBuf},
@@ -378,6 +379,39 @@ async fn a_cluster_with_tls_only_public_listeners_forwards_between_nodes_and_tak
             assert!(out.contains("\"node\":\"echo-"), "{name} {http}: {out}");
         }
     }
+    // gRPC over TLS too, forwarded the same way: grpcio checking the
+    // operator's chain and name.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
+    let out = run(
+        s(&crate::support::pods::grpc_python()),
+        &[
+            s(&script),
+            "--target",
+            &format!("127.0.0.1:{kv}"),
+            "--tls-ca",
+            s(&pki.ca()),
+            "--tls-name",
+            "api.test",
+            "--calls",
+            "4",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calls: u64 = answered
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(node, n)| {
+            assert!(node.starts_with("echo-"), "answered by {node}");
+            n.as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(calls, 4, "{answered}");
     // The cluster's certificate is not the operator's, nor the other way.
     assert_ne!(
         curl_trusting(&pki.ca(), "flotilla.local", kv, "--http2").0,
