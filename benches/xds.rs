@@ -103,6 +103,10 @@ fn request(type_url: &str, names: &[String], version: &str, nonce: &str) -> Disc
         resource_names: names.to_vec(),
         version_info: version.into(),
         response_nonce: nonce.into(),
+        node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "bench-client".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

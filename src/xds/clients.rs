@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{sidecar::Sidecar, sotw::TypeStatus};
+use super::{Resource, sidecar::Sidecar, sotw::TypeStatus};
 
 /// One connected stream.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -46,6 +46,10 @@ pub struct TypeView {
     pub acked_version: Option<String>,
     pub nacked_version: Option<String>,
     pub nack_error: Option<String>,
+    /// The resources it ACKed (CSDS gives them; `/status` only counts).
+    #[serde(skip)]
+    pub resources: Arc<BTreeMap<String, Arc<Resource>>>,
+    pub acked_resources: usize,
 }
 
 #[derive(Default)]
@@ -105,38 +109,29 @@ impl Clients {
         self.0.nacks.load(Ordering::Relaxed)
     }
 
-    /// The CSDS answer: every connected client's per-type state.
-    fn client_status(&self) -> ClientStatusResponse {
+    /// The CSDS answer for the clients `request`'s node matchers select
+    /// (all without any): each ACKed resource with its config, and per
+    /// type a NACK with Envoy's error, or a request not ACKed yet.
+    fn client_status(&self, request: &ClientStatusRequest) -> Result<ClientStatusResponse, Status> {
+        let matchers = request
+            .node_matchers
+            .iter()
+            .map(NodeIdMatcher::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let config = self
             .lock()
             .values()
+            .filter(|(node, _)| {
+                let id = node.as_ref().map_or("", |n| n.id.as_str());
+                matchers.is_empty() || matchers.iter().any(|m| m.matches(id))
+            })
             .map(|(node, v)| ClientConfig {
                 node: node.clone(),
-                generic_xds_configs: v
-                    .types
-                    .iter()
-                    .map(|t| GenericXdsConfig {
-                        type_url: t.type_url.clone(),
-                        version_info: t.acked_version.clone().unwrap_or_default(),
-                        client_status: if t.nacked_version.is_some() {
-                            ClientResourceStatus::Nacked
-                        } else if t.acked_version.is_some() {
-                            ClientResourceStatus::Acked
-                        } else {
-                            ClientResourceStatus::Requested
-                        } as i32,
-                        error_state: t.nack_error.as_ref().map(|e| UpdateFailureState {
-                            details: e.clone(),
-                            version_info: t.nacked_version.clone().unwrap_or_default(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
+                generic_xds_configs: v.types.iter().flat_map(type_configs).collect(),
                 ..Default::default()
             })
             .collect();
-        ClientStatusResponse { config }
+        Ok(ClientStatusResponse { config })
     }
 
     pub fn csds(&self) -> ClientStatusDiscoveryServiceServer<Csds> {
@@ -168,6 +163,8 @@ impl Entry {
                 acked_version: s.acked_version,
                 nacked_version: s.nacked.as_ref().map(|(v, _)| v.clone()),
                 nack_error: s.nacked.map(|(_, e)| e),
+                acked_resources: s.acked_resources.len(),
+                resources: s.acked_resources,
             })
             .collect();
         let new_nacks = view
@@ -195,6 +192,116 @@ impl Drop for Entry {
     }
 }
 
+/// One type's entries in a CSDS answer.
+fn type_configs(t: &TypeView) -> Vec<GenericXdsConfig> {
+    let version = t.acked_version.clone().unwrap_or_default();
+    let mut out: Vec<GenericXdsConfig> = t
+        .resources
+        .values()
+        .map(|r| GenericXdsConfig {
+            type_url: t.type_url.clone(),
+            name: r.name.clone(),
+            version_info: version.clone(),
+            xds_config: Some(r.body.clone()),
+            client_status: ClientResourceStatus::Acked as i32,
+            ..Default::default()
+        })
+        .collect();
+    if let Some(error) = &t.nack_error {
+        out.push(GenericXdsConfig {
+            type_url: t.type_url.clone(),
+            version_info: version,
+            client_status: ClientResourceStatus::Nacked as i32,
+            error_state: Some(UpdateFailureState {
+                details: error.clone(),
+                version_info: t.nacked_version.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    } else if out.is_empty() {
+        // Subscribed, nothing ACKed yet (or an empty set ACKed).
+        out.push(GenericXdsConfig {
+            type_url: t.type_url.clone(),
+            version_info: version,
+            client_status: if t.acked_version.is_some() {
+                ClientResourceStatus::Acked
+            } else {
+                ClientResourceStatus::Requested
+            } as i32,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// A CSDS node matcher on the node id: exact, prefix, suffix or contains,
+/// optionally ignoring case. Metadata matchers and regular expressions are
+/// refused rather than ignored.
+struct NodeIdMatcher {
+    pattern: Pattern,
+    ignore_case: bool,
+}
+
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+}
+
+impl NodeIdMatcher {
+    fn new(m: &envoy_types::pb::envoy::r#type::matcher::v3::NodeMatcher) -> Result<Self, Status> {
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+        if !m.node_metadatas.is_empty() {
+            return Err(Status::invalid_argument(
+                "CSDS node_matchers: node_metadatas is not supported; match on node_id (exact, prefix, suffix or contains)",
+            ));
+        }
+        let Some(id) = &m.node_id else {
+            return Err(Status::invalid_argument(
+                "CSDS node_matchers: a matcher without node_id matches nothing; give node_id (exact, prefix, suffix or contains)",
+            ));
+        };
+        let fold = |s: &str| {
+            if id.ignore_case {
+                s.to_lowercase()
+            } else {
+                s.to_owned()
+            }
+        };
+        let pattern = match &id.match_pattern {
+            Some(MatchPattern::Exact(s)) => Pattern::Exact(fold(s)),
+            Some(MatchPattern::Prefix(s)) => Pattern::Prefix(fold(s)),
+            Some(MatchPattern::Suffix(s)) => Pattern::Suffix(fold(s)),
+            Some(MatchPattern::Contains(s)) => Pattern::Contains(fold(s)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "CSDS node_matchers: node_id supports exact, prefix, suffix and contains (not safe_regex or custom)",
+                ));
+            }
+        };
+        Ok(NodeIdMatcher {
+            pattern,
+            ignore_case: id.ignore_case,
+        })
+    }
+
+    fn matches(&self, id: &str) -> bool {
+        let id = if self.ignore_case {
+            id.to_lowercase()
+        } else {
+            id.to_owned()
+        };
+        match &self.pattern {
+            Pattern::Exact(s) => id == *s,
+            Pattern::Prefix(s) => id.starts_with(s.as_str()),
+            Pattern::Suffix(s) => id.ends_with(s.as_str()),
+            Pattern::Contains(s) => id.contains(s.as_str()),
+        }
+    }
+}
+
 /// CSDS over the connected clients.
 pub struct Csds(Clients);
 
@@ -214,7 +321,9 @@ impl ClientStatusDiscoveryService for Csds {
             (request.into_inner(), clients),
             |(mut incoming, clients)| async move {
                 match incoming.message().await {
-                    Ok(Some(_)) => Some((Ok(clients.client_status()), (incoming, clients))),
+                    Ok(Some(request)) => {
+                        Some((clients.client_status(&request), (incoming, clients)))
+                    }
                     _ => None,
                 }
             },
@@ -224,8 +333,8 @@ impl ClientStatusDiscoveryService for Csds {
 
     async fn fetch_client_status(
         &self,
-        _request: Request<ClientStatusRequest>,
+        request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        Ok(Response::new(self.0.client_status()))
+        Ok(Response::new(self.0.client_status(request.get_ref())?))
     }
 }

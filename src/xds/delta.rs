@@ -15,6 +15,10 @@
 //!   wildcard also covers keeps it; only names the client has are removed.
 //! - (10) make before break, as in `sotw`, for clients that take clusters
 //!   by wildcard.
+//! - (11) a name subscribed to that does not exist is answered at once in
+//!   `removed_resources`.
+//! - (19) a name subscribed to is sent, even if the client already has its
+//!   version (under the wildcard too).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -42,8 +46,8 @@ struct TypeState {
     names: BTreeSet<String>,
     /// What the client has, by name: its version.
     known: BTreeMap<String, String>,
-    /// The resources it ACKed (for make before break).
-    acked: BTreeMap<String, Arc<Resource>>,
+    /// The resources it ACKed (for make before break, and CSDS).
+    acked: Arc<BTreeMap<String, Arc<Resource>>>,
     /// Responses not answered yet, by nonce.
     pending: BTreeMap<u64, Pending>,
     /// Per name, the version the client refused.
@@ -52,6 +56,10 @@ struct TypeState {
     nacked: Option<(String, String)>,
     /// The system version of each response in flight.
     sent_versions: BTreeMap<u64, String>,
+    /// Names subscribed to by name since the last response: each is
+    /// answered, with the resource even if the client has it (19), or as
+    /// removed if it does not exist (11).
+    asked: BTreeSet<String>,
 }
 
 impl TypeState {
@@ -86,6 +94,7 @@ impl Stream {
                 type_url: t.clone(),
                 acked_version: s.acked_version.clone(),
                 nacked: s.nacked.clone(),
+                acked_resources: s.acked.clone(),
             })
             .collect()
     }
@@ -130,6 +139,7 @@ impl Stream {
                 state.wildcard = true;
             } else {
                 state.names.insert(name.clone());
+                state.asked.insert(name.clone());
             }
         }
         for name in &req.resource_names_unsubscribe {
@@ -138,11 +148,14 @@ impl Stream {
                 continue;
             }
             state.names.remove(name);
+            state.asked.remove(name);
             // (9) Still covered by the wildcard: the client keeps it.
             let covered = state.wildcard && snap.get(&type_url, name).is_some_and(|r| r.wildcard);
             if !covered {
                 state.known.remove(name);
-                state.acked.remove(name);
+                if state.acked.contains_key(name) {
+                    Arc::make_mut(&mut state.acked).remove(name);
+                }
                 for pending in state.pending.values_mut() {
                     pending.remove(name);
                 }
@@ -163,16 +176,17 @@ impl Stream {
                     state.nacked = Some((system_version, status.message.clone()));
                 }
                 None => {
+                    let acked = Arc::make_mut(&mut state.acked);
                     for (name, r) in sent {
                         state.refused.remove(&name);
                         match r {
                             Some(r) => {
                                 state.known.insert(name.clone(), r.hash.clone());
-                                state.acked.insert(name, r);
+                                acked.insert(name, r);
                             }
                             None => {
                                 state.known.remove(&name);
-                                state.acked.remove(&name);
+                                acked.remove(&name);
                             }
                         }
                     }
@@ -227,14 +241,19 @@ impl Stream {
         for (name, r) in &want {
             let has = state.has(name);
             let refused = state.refused.get(name) == Some(&r.hash);
-            if has.as_deref() != Some(r.hash.as_str()) && !refused {
+            let asked = state.asked.contains(name);
+            if asked || (has.as_deref() != Some(r.hash.as_str()) && !refused) {
                 sent.insert(name.clone(), Some(r.clone()));
             }
         }
         let mut names: BTreeSet<&String> = state.known.keys().collect();
         names.extend(state.pending.values().flat_map(|p| p.keys()));
+        // (11) A name asked for that does not exist is said to be removed,
+        // so that the client need not wait for its does-not-exist timer.
+        names.extend(&state.asked);
         for name in names {
-            if !want.contains_key(name) && state.has(name).is_some() {
+            let asked = state.asked.contains(name);
+            if !want.contains_key(name) && (asked || state.has(name).is_some()) {
                 sent.insert(name.clone(), None);
             }
         }
@@ -272,6 +291,7 @@ impl Stream {
             pieces.push((pending, response));
         }
         let state = self.types.get_mut(type_url).expect("checked above");
+        state.asked.clear();
         let mut out = Vec::with_capacity(pieces.len());
         for (pending, response) in pieces {
             let nonce: u64 = response.message.nonce.parse().expect("our own nonce");
@@ -429,6 +449,40 @@ mod tests {
         let out = w.on_request(req(CLUSTER, &[], &["kv"], ""), &s1);
         assert!(out.is_empty(), "{out:?}");
         assert!(w.on_snapshot(&s1).is_empty());
+        // An explicit subscribe to a covered name it has: sent (19); the
+        // unsubscribe after it: still covered, nothing removed.
+        let out = w.on_request(req(CLUSTER, &["kv"], &[], ""), &s1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["kv"]);
+        assert!(out[0].removed_resources.is_empty());
+        assert!(w.on_request(ack(&out[0]), &s1).is_empty());
+        let out = w.on_request(req(CLUSTER, &[], &["kv"], ""), &s1);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_resubscribe_is_answered_and_a_name_that_does_not_exist_is_said_removed() {
+        let s1 = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let mut st = Stream::default();
+        let r = st
+            .on_request(req(ENDPOINT, &["echo"], &[], ""), &s1)
+            .remove(0);
+        assert!(st.on_request(ack(&r), &s1).is_empty());
+        // Subscribing again to what it has: sent again (19).
+        let out = st.on_request(req(ENDPOINT, &["echo"], &[], ""), &s1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["echo"]);
+        assert!(st.on_request(ack(&out[0]), &s1).is_empty());
+        // A name that does not exist: answered at once as removed (11).
+        let out = st.on_request(req(ENDPOINT, &["nope"], &[], ""), &s1);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].resources.is_empty());
+        assert_eq!(out[0].removed_resources, ["nope"]);
+        assert!(st.on_request(ack(&out[0]), &s1).is_empty());
+        // When it appears, it is sent like any other.
+        let s2 = snap(&[("echo", &[1]), ("kv", &[2]), ("nope", &[3])]);
+        let out = st.on_snapshot(&s2);
+        assert_eq!(names(&out[0]), ["nope"]);
     }
 
     #[test]

@@ -218,6 +218,14 @@ async fn run_stream<P: Protocol>(
                 Ok(Some(request)) => {
                     let (type_url, nonce, nack) = P::describe(&request);
                     tracing::debug!(%type_url, %nonce, nack, "ads request");
+                    if view.is_none() && P::request_node(&request).is_none() {
+                        // Every real client names itself first; a nameless
+                        // one could not be told apart in CSDS or /status.
+                        let e = "the first request of an ADS stream must carry `node` (its id and metadata): every Envoy and gRPC xDS client sends it";
+                        tracing::warn!(error = e, "ads stream refused");
+                        let _ = out.send(Err(Status::invalid_argument(e))).await;
+                        return;
+                    }
                     if view.is_none() && let Some(node) = P::request_node(&request) {
                         match view::View::of_node(node) {
                             Ok(v) => {
@@ -245,7 +253,16 @@ async fn run_stream<P: Protocol>(
                 Ok(None) => return,
                 Err(status) => {
                     // A request that cannot be read (over the size limit,
-                    // undecodable): the stream ends with its status.
+                    // undecodable): the stream ends with its status; one
+                    // over the size limit with gRPC's code for it.
+                    let status = if status.code() == tonic::Code::OutOfRange {
+                        Status::resource_exhausted(format!(
+                            "an ADS request is limited to {MAX_REQUEST} bytes: {}",
+                            status.message()
+                        ))
+                    } else {
+                        status
+                    };
                     tracing::debug!(%status, "ads stream ended");
                     let _ = out.send(Err(status)).await;
                     return;

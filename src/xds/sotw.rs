@@ -23,6 +23,8 @@
 //!   cluster responses until routes without it are ACKed.
 //! - (11) names that do not exist are answered at once with a response
 //!   without them.
+//! - (19) a name subscribed to again after an unsubscribe is sent again,
+//!   even if it did not change since it was last sent.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -67,6 +69,8 @@ pub struct TypeStatus {
     pub type_url: String,
     pub acked_version: Option<String>,
     pub nacked: Option<(String, String)>,
+    /// The resources it ACKed, by name (shared, not copied).
+    pub acked_resources: Arc<BTreeMap<String, Arc<Resource>>>,
 }
 
 /// The protocol state of one SotW ADS stream.
@@ -89,6 +93,7 @@ impl Stream {
                 type_url: t.clone(),
                 acked_version: s.acked_version.clone(),
                 nacked: s.nacked.clone(),
+                acked_resources: s.acked.clone(),
             })
             .collect()
     }
@@ -161,8 +166,20 @@ impl Stream {
                 .into_iter()
                 .filter(|n| n != "*")
                 .collect();
-            if (wildcard && !state.wildcard) || names.difference(&state.names).next().is_some() {
+            let added: Vec<&String> = names.difference(&state.names).collect();
+            if (wildcard && !state.wildcard) || !added.is_empty() {
                 state.must_send = true;
+            }
+            // (19) A name asked for again is sent again, even unchanged: the
+            // client dropped it when it unsubscribed.
+            if !added.is_empty()
+                && let Some(sent) = state.sent.as_mut()
+            {
+                let mut resources = (*sent.resources).clone();
+                for name in &added {
+                    resources.remove(*name);
+                }
+                sent.resources = Arc::new(resources);
             }
             state.wildcard = wildcard;
             state.names = names;
@@ -547,6 +564,32 @@ mod tests {
                 .iter()
                 .all(|r| r.type_url != ENDPOINT)
         );
+    }
+
+    #[test]
+    fn a_name_subscribed_to_again_is_sent_again_even_unchanged() {
+        let s = snap(&[("echo", &[1]), ("kv", &[2])]);
+        let mut g = Stream::default();
+        let r = g
+            .on_request(req(ENDPOINT, &["echo", "kv"], "", ""), &s)
+            .remove(0);
+        assert_eq!(names(&r), ["echo", "kv"]);
+        // Drop kv: nothing to send (an ACK of what it has).
+        let drop = req(ENDPOINT, &["echo"], &r.version_info, &r.nonce);
+        assert!(g.on_request(drop, &s).is_empty());
+        // Ask for kv again: it is sent, though unchanged (19).
+        let again = req(ENDPOINT, &["echo", "kv"], &r.version_info, &r.nonce);
+        let out = g.on_request(again, &s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["kv"]);
+        // And its ACK is not answered.
+        let ack = req(
+            ENDPOINT,
+            &["echo", "kv"],
+            &out[0].version_info,
+            &out[0].nonce,
+        );
+        assert!(g.on_request(ack, &s).is_empty());
     }
 
     #[test]

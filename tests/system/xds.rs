@@ -138,6 +138,7 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
         .into_inner();
     tx.send(DeltaDiscoveryRequest {
         type_url: CDS.into(),
+        node: request(CDS, &[], "", "").node,
         ..Default::default()
     })
     .await
@@ -164,6 +165,246 @@ async fn a_node_serves_its_services_over_ads_by_the_rules() {
             .is_err(),
         "a delta ACK was answered"
     );
+}
+
+/// A delta stream of a hand-written client: requests in, responses out.
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn connect(xds: std::net::SocketAddr) -> Delta {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+            .await
+            .unwrap();
+        let (tx, requests) = mpsc::channel(4);
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        Delta { tx, rx }
+    }
+
+    async fn send(&self, type_url: &str, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) {
+        self.tx
+            .send(DeltaDiscoveryRequest {
+                type_url: type_url.into(),
+                node: request(type_url, &[], "", "").node,
+                resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+                resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(
+        &mut self,
+    ) -> envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a delta response within 5 s")
+            .unwrap()
+            .expect("the stream stays open")
+    }
+
+    async fn quiet(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_millis(300), self.rx.message())
+            .await
+            .is_err()
+    }
+}
+
+fn delta_names(
+    r: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+) -> Vec<String> {
+    let mut names: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// The exchanges an outside probe found answered against the xDS spec,
+/// each on both variants where it applies (docs/xds-protocol.md, rules 11,
+/// 17, 18, 19 and 20).
+#[tokio::test]
+async fn the_rules_a_probe_found_broken_hold_on_both_variants() {
+    let xds: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut node = Node::start(NodeConfig {
+        xds: Some(xds),
+        ..Default::default()
+    });
+    node.wait_ready();
+
+    // SotW: [echo, kv], then [echo], then [echo, kv] again: kv is resent.
+    let mut ads = Ads::connect(xds).await;
+    ads.send(request(EDS, &["echo", "kv"], "", "")).await;
+    let both = ads.next().await;
+    assert_eq!(decode::<ClusterLoadAssignment>(&both).len(), 2);
+    ads.send(request(EDS, &["echo"], &both.version_info, &both.nonce))
+        .await;
+    assert!(ads.quiet(Duration::from_millis(300)).await);
+    ads.send(request(
+        EDS,
+        &["echo", "kv"],
+        &both.version_info,
+        &both.nonce,
+    ))
+    .await;
+    let again = ads.next().await;
+    let names: Vec<String> = decode::<ClusterLoadAssignment>(&again)
+        .into_iter()
+        .map(|c| c.cluster_name)
+        .collect();
+    assert_eq!(names, ["kv"], "a re-requested name was not resent");
+    ads.send(request(
+        EDS,
+        &["echo", "kv"],
+        &again.version_info,
+        &again.nonce,
+    ))
+    .await;
+    ads.send(request(CDS, &[], "", "")).await;
+    let cds = ads.next().await;
+    ads.send(request(CDS, &[], &cds.version_info, &cds.nonce))
+        .await;
+
+    // Delta: a resubscribe is answered; a name that does not exist is said
+    // removed; under the wildcard an explicit subscribe is answered and the
+    // unsubscribe after it removes nothing.
+    let mut delta = Delta::connect(xds).await;
+    delta.send(EDS, &["echo"], &[], "").await;
+    let r = delta.next().await;
+    assert_eq!(delta_names(&r), ["echo"]);
+    delta.send(EDS, &[], &[], &r.nonce).await;
+    assert!(delta.quiet().await, "a delta ACK was answered");
+    delta.send(EDS, &["echo"], &[], "").await;
+    let r = delta.next().await;
+    assert_eq!(delta_names(&r), ["echo"], "a resubscribe got nothing");
+    delta.send(EDS, &[], &[], &r.nonce).await;
+    delta.send(EDS, &["nope"], &[], "").await;
+    let r = delta.next().await;
+    assert!(r.resources.is_empty());
+    assert_eq!(r.removed_resources, ["nope"]);
+    delta.send(EDS, &[], &[], &r.nonce).await;
+    delta.send(CDS, &[], &[], "").await;
+    let r = delta.next().await;
+    assert_eq!(delta_names(&r), ["accounts", "echo", "kv"]);
+    delta.send(CDS, &[], &[], &r.nonce).await;
+    assert!(delta.quiet().await);
+    delta.send(CDS, &["kv"], &[], "").await;
+    let r = delta.next().await;
+    assert_eq!(
+        delta_names(&r),
+        ["kv"],
+        "a covered name subscribed to got nothing"
+    );
+    delta.send(CDS, &[], &[], &r.nonce).await;
+    delta.send(CDS, &[], &["kv"], "").await;
+    assert!(
+        delta.quiet().await,
+        "a covered name's unsubscribe was answered"
+    );
+
+    // CSDS: per resource, and by node matcher.
+    let mut csds = ClientStatusDiscoveryServiceClient::connect(format!("http://{xds}"))
+        .await
+        .unwrap();
+    let matcher = |exact: &str| {
+        use envoy_types::pb::envoy::r#type::matcher::v3::{
+            NodeMatcher, StringMatcher, string_matcher::MatchPattern,
+        };
+        ClientStatusRequest {
+            node_matchers: vec![NodeMatcher {
+                node_id: Some(StringMatcher {
+                    match_pattern: Some(MatchPattern::Exact(exact.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+    let all = csds
+        .fetch_client_status(matcher("test-envoy"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.config.len(), 2, "both streams are test-envoy's");
+    let sotw = all
+        .config
+        .iter()
+        .find(|c| {
+            c.generic_xds_configs
+                .iter()
+                .any(|g| g.type_url == EDS && g.name == "kv")
+        })
+        .expect("the SotW stream lists its ACKed endpoints by name");
+    let kv = sotw
+        .generic_xds_configs
+        .iter()
+        .find(|g| g.type_url == EDS && g.name == "kv")
+        .unwrap();
+    assert_eq!(kv.client_status, ClientResourceStatus::Acked as i32);
+    let config = kv.xds_config.as_ref().expect("the resource itself");
+    assert_eq!(config.type_url, EDS);
+    let none = csds
+        .fetch_client_status(matcher("nobody"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.config.is_empty(), "{none:?}");
+    let metadata = ClientStatusRequest {
+        node_matchers: vec![envoy_types::pb::envoy::r#type::matcher::v3::NodeMatcher {
+            node_metadatas: vec![Default::default()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let refused = csds.fetch_client_status(metadata).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // A first request without a node: refused, on both variants.
+    let mut nameless = Ads::connect(xds).await;
+    nameless
+        .send(DiscoveryRequest {
+            node: None,
+            ..request(CDS, &[], "", "")
+        })
+        .await;
+    let e = tokio::time::timeout(Duration::from_secs(5), nameless.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("node"), "{e}");
+    let mut nameless = Delta::connect(xds).await;
+    nameless
+        .tx
+        .send(DeltaDiscoveryRequest {
+            type_url: CDS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), nameless.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
+    // A request over the size limit: RESOURCE_EXHAUSTED.
+    let mut big = Ads::connect(xds).await;
+    let name = "n".repeat(1024);
+    let names: Vec<&str> = std::iter::repeat_n(name.as_str(), 5 * 1024).collect();
+    big.send(request(EDS, &names, "", "")).await;
+    let e = tokio::time::timeout(Duration::from_secs(5), big.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
 }
 
 #[tokio::test]

@@ -68,6 +68,11 @@ impl Ads {
             .expect("the stream stays open")
     }
 
+    /// The next message or the status the stream ended with.
+    pub async fn message(&mut self) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+        self.rx.message().await
+    }
+
     /// Nothing arrives within `wait`.
     pub async fn quiet(&mut self, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.rx.message()).await.is_err()
