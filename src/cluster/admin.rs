@@ -141,6 +141,9 @@ impl Cluster {
             "commit_index": self.committed.load(std::sync::atomic::Ordering::SeqCst),
             "applied_index": m.last_applied.map(|l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
+            // Log entries up to here are gone from this member's log: a
+            // member further behind catches up from a snapshot.
+            "purged_index": m.purged.map(|l| l.index),
             "peers": peers,
             // This member's certificate (null with `tls: off`), and the
             // store clients' it issued.

@@ -249,6 +249,10 @@ pub trait ClientPolicy: Send + Sync + 'static {
 }
 
 pub use certify::store_client_auth;
+
+/// The namespace the registry lives in (`mesh::registry`), which store
+/// clients may follow with `WatchRegistry`.
+pub const REGISTRY_NAMESPACE: &str = "registry";
 pub use network::{StoreClient, join_token, join_token_scope};
 
 /// What this node is in the cluster.
@@ -370,6 +374,9 @@ pub struct Cluster {
     seed: Option<String>,
     /// This member's log, for the group's records.
     log: log_store::LogStore,
+    /// The registry as this member sees it, encoded, for the store clients
+    /// that follow it (`WatchRegistry`); the node publishes it.
+    registry_feed: tokio::sync::watch::Sender<Arc<[u8]>>,
     me: Weak<Cluster>,
 }
 
@@ -560,6 +567,7 @@ impl Cluster {
             tls,
             renewal,
             issued: std::sync::Mutex::default(),
+            registry_feed: tokio::sync::watch::channel(Arc::from(&b"[]"[..])).0,
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
         tokio::spawn(elect::elector(Arc::downgrade(&cluster)));
@@ -608,6 +616,19 @@ impl Cluster {
     /// This member's TLS between nodes, unless `tls: off`.
     pub fn node_tls(&self) -> Option<crate::tls::peer::PeerTls> {
         self.tls.clone()
+    }
+
+    /// Publishes the registry as this member sees it (encoded) to the store
+    /// clients that follow it; an unchanged one is not sent again.
+    pub fn publish_registry(&self, encoded: Vec<u8>) {
+        self.registry_feed.send_if_modified(|current| {
+            if **current == encoded[..] {
+                false
+            } else {
+                *current = Arc::from(encoded);
+                true
+            }
+        });
     }
 
     /// The peer listener's TLS, unless `tls: off`: each connection takes

@@ -238,6 +238,32 @@ impl peer_server::Peer for PeerService {
         }
     }
 
+    type WatchRegistryStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Blob, tonic::Status>> + Send + 'static>,
+    >;
+
+    async fn watch_registry(
+        &self,
+        r: tonic::Request<Blob>,
+    ) -> Result<tonic::Response<Self::WatchRegistryStream>, tonic::Status> {
+        // Whoever may read the registry may follow it.
+        check_read(&r, REGISTRY_NAMESPACE, &*self.cluster.policy)?;
+        let feed = self.cluster.registry_feed.subscribe();
+        let stream = futures_util::stream::unfold((feed, true), |(mut feed, first)| async move {
+            if !first {
+                // Ends the stream when this member's cluster stops.
+                feed.changed().await.ok()?;
+            }
+            let next = feed.borrow_and_update().clone();
+            let blob = Blob {
+                data: next.to_vec(),
+                payload: Vec::new(),
+            };
+            Some((Ok(blob), (feed, false)))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
     async fn certify(&self, r: tonic::Request<Blob>) -> PeerResult {
         let req: super::certify::CertifyRequest = network::unblob(r.get_ref())?;
         reply(&self.cluster.certify(&req)?)

@@ -16,7 +16,9 @@ pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
 }
 
 /// A store client's link to the members: the replicator its store writes
-/// and reads through, and the certificate a member issued to it.
+/// and reads through, the certificate a member issued to it, and the
+/// registry it follows. Cheap to clone.
+#[derive(Clone)]
 pub struct StoreClientLink(Arc<RemoteInner>);
 
 impl StoreClientLink {
@@ -28,6 +30,67 @@ impl StoreClientLink {
         Arc::new(Remote(self.0.clone()))
     }
 
+    /// The registry as a member sees it (`WatchRegistry`), encoded: once
+    /// at once, then at each change, from one member at a time (the last
+    /// that answered first; the next when a stream breaks or cannot open,
+    /// after `FOLLOW_RETRY`). Ends when the receiver is dropped.
+    pub fn follow_registry(&self) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+        let inner = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            let mut turn = 0usize;
+            while !tx.is_closed() {
+                let hint = inner.leader.load(Ordering::Relaxed);
+                let mut order: Vec<&Member> = inner.members.iter().collect();
+                order.sort_by_key(|m| m.id != hint);
+                let Some(member) = order.get(turn % order.len().max(1)).copied() else {
+                    return;
+                };
+                turn += 1;
+                let opened = match inner.client(member).await {
+                    Ok(mut client) => client
+                        .watch_registry(tonic::Request::new(Blob::default()))
+                        .await
+                        .map_err(|s| s.to_string()),
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        turn = 0;
+                        loop {
+                            let next = tokio::select! {
+                                _ = tx.closed() => return,
+                                next = stream.message() => next,
+                            };
+                            match next {
+                                Ok(Some(blob)) => {
+                                    if tx.send(blob.data).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::debug!(member = %member.name, error = %e, "registry stream broke");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(member = %member.name, error = %e, "cannot follow this member's registry")
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(FOLLOW_RETRY) => {}
+                }
+            }
+        });
+        rx
+    }
+
     /// This node's TLS between nodes (`None` with `tls: off`): the
     /// certificate a member issued, asked for now if no call has yet.
     pub async fn node_tls(&self) -> Result<Option<crate::tls::peer::PeerTls>, String> {
@@ -37,6 +100,10 @@ impl StoreClientLink {
         }
     }
 }
+
+/// How long a store client waits before following another member's
+/// registry when a stream broke or could not open.
+const FOLLOW_RETRY: Duration = Duration::from_millis(200);
 
 pub(super) struct Remote(Arc<RemoteInner>);
 

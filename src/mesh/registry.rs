@@ -7,9 +7,12 @@
 //! renews the record every `HEARTBEAT`, and marks itself unhealthy when it
 //! stops gracefully. A record not renewed for `TTL` counts as unhealthy, so
 //! a node that dies leaves the endpoints within the TTL. Each node keeps a
-//! copy in memory, refreshed from its local store every `REFRESH`; the
-//! ingress forwarding, the xDS resources and `gen-envoy` read it and keep
-//! no list of their own.
+//! copy in memory, and nothing polls it: a db member reads its own copy of
+//! the store again when entries applied there change the registry (and
+//! when a record's TTL runs out), and publishes what it sees; a store
+//! client follows a member's (`WatchRegistry`). The ingress forwarding, the
+//! xDS resources and `gen-envoy` read the copy and keep no list of their
+//! own; they are told of each change at once (`subscribe`).
 //!
 //! A node that joined with a join token (not in the topology, e.g. a pod of
 //! a Deployment) holds its record by a *claim*: a random value only it
@@ -32,14 +35,17 @@ use crate::store::{Migration, Namespace, Statement, StoreError, Value, now_ms};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a record counts as alive without renewal.
 pub const TTL: Duration = Duration::from_secs(3);
-/// How often the in-memory copy is reloaded from the local store.
-pub const REFRESH: Duration = Duration::from_millis(100);
+/// Changes applied within this long of each other are read as one.
+pub const COALESCE: Duration = Duration::from_millis(2);
+/// How soon a copy that could not be read (a member cut off, catching up)
+/// is tried again.
+pub const RETRY: Duration = Duration::from_millis(500);
 /// How long the record of a joined node that stopped renewing it stays
 /// (unhealthy) before the members delete it.
 pub const COLLECT_AFTER: Duration = Duration::from_secs(60);
 
 /// One node as the registry knows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeRecord {
     pub id: String,
     pub public: SocketAddr,
@@ -259,7 +265,8 @@ impl Registry {
             })
             .collect();
         self.write_own(store, statements, true).await?;
-        // The copy may still be catching up; the periodic refresh follows.
+        // The copy may still be catching up; the registry's follower
+        // (`node::refresh_registry`) takes it from here.
         if let Err(e) = self.refresh(store).await {
             tracing::debug!(error = %e, "registry not refreshed yet");
         }
@@ -306,8 +313,25 @@ impl Registry {
         Ok(outcomes.first().map_or(0, |o| o.changed))
     }
 
-    /// Reloads the nodes from this node's copy of the store.
-    pub async fn refresh(&self, store: &Namespace) -> Result<(), StoreError> {
+    /// The nodes as this node sees them, encoded for the store clients that
+    /// follow a member's registry (`adopt_encoded` reads it back).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.read()).expect("records always encode")
+    }
+
+    /// Takes the nodes a member sees (`encode`'s output), this node's own
+    /// record kept as it is here.
+    pub fn adopt_encoded(&self, encoded: &[u8]) -> Result<(), String> {
+        let nodes: Vec<NodeRecord> = serde_json::from_slice(encoded)
+            .map_err(|e| format!("a member's registry does not decode: {e}"))?;
+        self.adopt(nodes);
+        Ok(())
+    }
+
+    /// Reloads the nodes from this node's copy of the store. Returns when
+    /// a record now alive runs out of its TTL, if one does: the copy must be
+    /// looked at again then even if nothing is written.
+    pub async fn refresh(&self, store: &Namespace) -> Result<Option<Duration>, StoreError> {
         let rows = store
             .read_stale(Statement::new(
                 "SELECT node, public, services, healthy, updated_ms FROM registry__records ORDER BY node",
@@ -316,6 +340,8 @@ impl Registry {
             .await?
             .rows;
         let mut nodes = Vec::with_capacity(rows.len());
+        let now = now_ms();
+        let mut next_expiry: Option<i64> = None;
         for row in rows {
             let mut it = row.into_iter();
             let id = it.next().and_then(Value::into_string).unwrap_or_default();
@@ -323,7 +349,11 @@ impl Registry {
             let services = it.next().and_then(Value::into_string).unwrap_or_default();
             let flagged = it.next().and_then(|v| v.as_i64()).unwrap_or_default() != 0;
             let updated_ms = it.next().and_then(|v| v.as_i64()).unwrap_or_default();
-            let healthy = flagged && now_ms() - updated_ms <= TTL.as_millis() as i64;
+            let expires = updated_ms + TTL.as_millis() as i64;
+            let healthy = flagged && now <= expires;
+            if healthy {
+                next_expiry = Some(next_expiry.map_or(expires, |e| e.min(expires)));
+            }
             let Ok(public) = public.parse() else { continue };
             nodes.push(NodeRecord {
                 id,
@@ -336,11 +366,17 @@ impl Registry {
                 healthy,
             });
         }
-        // This node knows best what it runs: its own record stays as it is
-        // in memory (a copy still catching up may hold an older one).
+        self.adopt(nodes);
+        Ok(next_expiry.map(|e| Duration::from_millis((e - now + 1).max(1) as u64)))
+    }
+
+    /// Takes `nodes` as the registry, but for this node's own record: it
+    /// knows best what it runs, so that stays as it is in memory (a copy
+    /// still catching up may hold an older one).
+    fn adopt(&self, mut nodes: Vec<NodeRecord>) {
         let mut current = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let Some(local) = current.iter().find(|n| *n.id == *self.local).cloned() else {
-            return Ok(());
+            return;
         };
         for n in nodes.iter_mut().filter(|n| *n.id == *self.local) {
             *n = local.clone();
@@ -354,7 +390,6 @@ impl Registry {
             drop(current);
             self.changed();
         }
-        Ok(())
     }
 }
 
@@ -470,7 +505,7 @@ impl RegistryWrite {
 }
 
 /// The reserved namespace of the registry.
-pub const NAMESPACE: &str = "registry";
+pub const NAMESPACE: &str = crate::cluster::REGISTRY_NAMESPACE;
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -676,5 +711,41 @@ mod tests {
         r.refresh(&ns).await.unwrap();
         assert!(r.is_local("kv") && r.is_local("echo"));
         assert_eq!(r.instances("kv").len(), 2, "the other member is learned");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_says_when_the_next_record_runs_out_and_a_follower_takes_what_it_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = scratch_store(dir.path());
+        let ns = store.namespace(NAMESPACE);
+        ns.migrate(MIGRATIONS).await.unwrap();
+        let member = Registry::single(record("m1", "127.0.0.1:8080"));
+        // No other record alive: nothing runs out.
+        assert_eq!(member.refresh(&ns).await.unwrap(), None);
+        let renewed = now_ms() - 1000;
+        ns.write(vec![Statement::new(
+            "INSERT INTO registry__records (node, public, services, healthy, updated_ms)
+             VALUES ('n2', '127.0.0.1:8081', 'kv', 1, ?1), ('n3', '127.0.0.1:8082', 'kv', 1, ?2)",
+            vec![renewed.into(), (renewed + 500).into()],
+        )])
+        .await
+        .unwrap();
+        let due = member.refresh(&ns).await.unwrap().expect("n2 runs out");
+        assert!(
+            due <= TTL - Duration::from_millis(1000) + Duration::from_millis(1)
+                && due > TTL - Duration::from_millis(1500),
+            "{due:?}"
+        );
+        // A store client follows what the member sees, keeping its own.
+        let client = Registry::single(NodeRecord {
+            services: vec!["echo".into()],
+            ..record("c1", "127.0.0.1:8090")
+        });
+        client.adopt_encoded(&member.encode()).unwrap();
+        assert_eq!(client.instances("kv").len(), 2);
+        assert!(client.is_local("echo"));
+        assert!(client.nodes().iter().any(|n| n.id == "c1"));
+        let e = client.adopt_encoded(b"junk").unwrap_err();
+        assert!(e.contains("does not decode"), "{e}");
     }
 }

@@ -248,6 +248,7 @@ impl Grow {
         self.background.spawn(refresh_registry(
             self.registry.clone(),
             self.store.namespace(registry::NAMESPACE),
+            super::RegistrySource::Member(self.cluster.clone()),
             self.background_stop.clone(),
         ));
         tracing::info!(
@@ -321,7 +322,7 @@ impl Grow {
                         "no other healthy node runs `{service}`: start one first (its requests would have nowhere to go)"
                     ));
                 }
-                tokio::time::sleep(registry::REFRESH).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
         let Some(started) = self.started.get() else {

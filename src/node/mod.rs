@@ -81,8 +81,8 @@ pub enum NodeError {
 const READERS: usize = 4;
 
 /// How long a node that left the registry keeps listening, so that the
-/// others' registry copies (refreshed every `registry::REFRESH`) and the
-/// Envoys fed from them stop sending to it first.
+/// others' registry copies (told of the change at once) and the Envoys fed
+/// from them stop sending to it first.
 pub(super) const DEREGISTRATION_DRAIN: Duration = Duration::from_millis(1500);
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -311,32 +311,86 @@ impl Running {
     }
 }
 
-/// Keeps the in-memory registry close to the store's, and renews this
-/// node's record every `registry::HEARTBEAT`.
-async fn refresh_registry(registry: Registry, store: Namespace, stop: CancellationToken) {
-    let mut last_heartbeat = tokio::time::Instant::now();
+/// Where a node's copy of the registry comes from.
+pub(super) enum RegistrySource {
+    /// A db member: its own copy of the store, read again when entries
+    /// applied there change the registry, and published to the store
+    /// clients that follow it.
+    Member(crate::cluster::ClusterSlot),
+    /// A store client: a member's registry, followed (`WatchRegistry`).
+    Client(crate::cluster::StoreClientLink),
+}
+
+/// Keeps this node's copy of the registry current, and renews its record
+/// every `registry::HEARTBEAT`. Nothing is read on a timer but when a
+/// record's TTL runs out (a member), or after a failed read.
+async fn refresh_registry(
+    registry: Registry,
+    store: Namespace,
+    source: RegistrySource,
+    stop: CancellationToken,
+) {
+    use crate::mesh::registry::{COALESCE, HEARTBEAT, RETRY};
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = store.changes();
+    let mut feed = match &source {
+        RegistrySource::Client(link) => Some(link.follow_registry()),
+        RegistrySource::Member(_) => None,
+    };
+    // When a member reads its copy next: at once, then on changes, when a
+    // record's TTL runs out, or after a failed read.
+    let mut read_at = Some(tokio::time::Instant::now());
     loop {
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(crate::mesh::registry::REFRESH) => {}
-        }
-        if last_heartbeat.elapsed() >= crate::mesh::registry::HEARTBEAT {
-            last_heartbeat = tokio::time::Instant::now();
-            let beat = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = registry.heartbeat(&store) => r,
-            };
-            if let Err(e) = beat {
-                tracing::debug!(error = %e, "registry heartbeat skipped");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = registry.refresh(&store) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "registry refresh skipped");
+            _ = heartbeat.tick() => {
+                let beat = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = registry.heartbeat(&store) => r,
+                };
+                if let Err(e) = beat {
+                    tracing::debug!(error = %e, "registry heartbeat skipped");
                 }
+                continue;
             }
+            encoded = async { feed.as_mut()?.recv().await }, if feed.is_some() => {
+                match encoded {
+                    Some(encoded) => {
+                        if let Err(e) = registry.adopt_encoded(&encoded) {
+                            tracing::warn!(error = %e, "a member's registry was not taken");
+                        }
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            changed = changes.changed(), if feed.is_none() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Changes applied within a few milliseconds are read once.
+                tokio::time::sleep(COALESCE).await;
+                changes.borrow_and_update();
+            }
+            _ = tokio::time::sleep_until(read_at.unwrap_or(far)), if feed.is_none() => {}
+        }
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = registry.refresh(&store) => r,
+        };
+        read_at = match read {
+            Ok(expiry) => expiry.map(|d| tokio::time::Instant::now() + d),
+            Err(e) => {
+                tracing::debug!(error = %e, "registry refresh skipped");
+                Some(tokio::time::Instant::now() + RETRY)
+            }
+        };
+        if let RegistrySource::Member(cluster) = &source
+            && let Some(c) = cluster.get()
+        {
+            c.publish_registry(registry.encode());
         }
     }
 }

@@ -335,10 +335,18 @@ impl Node {
         // Alone, a node is the only reader of its registry: nothing to renew
         // or reload (a heartbeat would be a durable write every second for
         // nobody).
-        if config.cluster.is_some() {
+        let source = match &store_client {
+            Some(link) => Some(super::RegistrySource::Client(link.clone())),
+            None if config.cluster.is_some() => {
+                Some(super::RegistrySource::Member(cluster.clone()))
+            }
+            None => None,
+        };
+        if let Some(source) = source {
             background.spawn(refresh_registry(
                 registry.clone(),
                 registry_store.clone(),
+                source,
                 background_stop.clone(),
             ));
         }

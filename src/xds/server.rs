@@ -39,10 +39,10 @@ pub struct Ads {
     clients: clients::Clients,
 }
 
-/// Keeps the snapshot in step with the registry until `stop`: rebuilt when
-/// the registry's copy changes (its refreshes, every `registry::REFRESH`,
-/// coalesce the changes between them); returns the receiver the ADS
-/// service serves from.
+/// Keeps the snapshot in step with the registry until `stop`: rebuilt as
+/// soon as the registry's copy changes (changes that come while one
+/// rebuild runs are taken together by the next); returns the receiver the
+/// ADS service serves from.
 pub fn snapshots(
     table: Arc<RoutingTable>,
     registry: Registry,

@@ -220,19 +220,21 @@ async fn a_hostile_service_cannot_stop_or_split_a_cluster() {
     kv_under_fire(&bases[..2], &token, "second", 120).await;
     let mut written = 240;
     // ... until the leader's snapshot is a whole interval past what the
-    // member has, and the entries it lacks are purged (how many entries
-    // 120 writes make depends on how the load groups them).
+    // member has, and the entries it lacks are purged from the leader's
+    // log (how many entries 120 writes make depends on how the load groups
+    // them, and the purge follows the snapshot when the log is not being
+    // read).
     for round in 0..20 {
         let leader = cluster.leader().await;
-        let snapshot = cluster.status(leader).await.unwrap()["snapshot_index"]
-            .as_u64()
-            .unwrap_or(0);
-        if snapshot > away_at + 45 {
+        let status = cluster.status(leader).await.unwrap();
+        let snapshot = status["snapshot_index"].as_u64().unwrap_or(0);
+        let purged = status["purged_index"].as_u64().unwrap_or(0);
+        if snapshot > away_at + 45 && purged > away_at {
             break;
         }
         assert!(
             round < 19,
-            "no snapshot past index {away_at} + 45: {snapshot}"
+            "no snapshot past index {away_at} + 45 with the log purged past {away_at}: snapshot {snapshot}, purged {purged}"
         );
         kv_under_fire(&bases[..2], &token, &format!("more{round}"), 60).await;
         written += 60;

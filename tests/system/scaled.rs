@@ -323,3 +323,64 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
         complaints[0]
     );
 }
+
+/// Whether `node`'s registry holds `of` as healthy (`None` if it does not
+/// answer or does not know `of`).
+async fn sees_healthy(node: &crate::support::Node, of: &str) -> Option<bool> {
+    let status = node.status().await?;
+    status["registry"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == of)
+        .and_then(|n| n["healthy"].as_bool())
+}
+
+/// Waits until every one of `followers` sees `of` unhealthy.
+async fn wait_unhealthy(cluster: &ScaledCluster, followers: &[&str], of: &str, within: Duration) {
+    for name in followers {
+        let node = &cluster.nodes[name];
+        crate::support::wait_until(&format!("{name} sees {of} unhealthy"), within, || async {
+            match sees_healthy(node, of).await {
+                Some(false) => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await;
+    }
+}
+
+/// Store clients poll nothing: the members push the registry to them
+/// (`WatchRegistry`). A node's graceful stop and a crash reach them; when
+/// the member one follows is killed, it follows another and the next
+/// change still reaches it.
+#[tokio::test]
+async fn store_clients_follow_the_registry_the_members_push_through_the_loss_of_a_member() {
+    let mut cluster = ScaledCluster::start();
+    cluster.wait_registered().await;
+    let followers = ["kv-1", "accounts-2"];
+    // A graceful stop: its record is marked unhealthy and pushed.
+    let echo_1 = cluster.nodes.get_mut("echo-1").unwrap();
+    echo_1.signal("TERM");
+    wait_unhealthy(&cluster, &followers, "echo-1", Duration::from_secs(5)).await;
+    cluster
+        .nodes
+        .get_mut("echo-1")
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
+
+    // The leader (the member store clients follow first) is killed; a
+    // crashed node's record runs out of its TTL on the members that are
+    // left, and the change still reaches the store clients.
+    let leader = cluster.leader().await;
+    cluster.nodes.get_mut(leader).unwrap().kill9();
+    cluster.nodes.get_mut("echo-2").unwrap().kill9();
+    wait_unhealthy(&cluster, &followers, "echo-2", Duration::from_secs(15)).await;
+    // And what is healthy stays so.
+    for node in followers {
+        assert_eq!(
+            sees_healthy(&cluster.nodes[node], "kv-2").await,
+            Some(true),
+            "{node}"
+        );
+    }
+}

@@ -264,6 +264,9 @@ struct Inner {
     reader_slots: Semaphore,
     metrics: StoreMetrics,
     path: PathBuf,
+    /// Per watched namespace, a counter bumped when applied entries write
+    /// to it (`Store::namespace_changes`).
+    changes: Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>,
     /// Dropped with the store, which stops the checkpointer thread.
     _checkpointer: Option<mpsc::Sender<()>>,
 }
@@ -335,9 +338,40 @@ impl Store {
                 readers: Mutex::new(readers),
                 metrics,
                 path,
+                changes: Mutex::default(),
                 _checkpointer: checkpointer,
             }),
         })
+    }
+
+    /// A receiver marked changed each time entries applied here (Raft's
+    /// state machine) write to `namespace`, or a snapshot replaces the
+    /// database: what a reader of the namespace waits on instead of polling.
+    /// A read after the change sees it (reads commit what was applied).
+    pub fn namespace_changes(&self, namespace: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(namespace.to_owned())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Marks `namespaces` (all, with `None`) changed for their watchers.
+    fn changed<'a>(&self, namespaces: Option<impl Iterator<Item = &'a str>>) {
+        let changes = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n += 1);
+        match namespaces {
+            Some(names) => {
+                for name in names {
+                    if let Some(tx) = changes.get(name) {
+                        bump(tx);
+                    }
+                }
+            }
+            None => changes.values().for_each(bump),
+        }
     }
 
     /// Path of the database file.
@@ -450,6 +484,12 @@ impl Namespace {
     /// even when this node is cut off from the cluster; in a cluster the
     /// outcome carries the log index the copy had applied. The same as
     /// `read` on a single node.
+    /// Marked changed each time entries applied on this node write to the
+    /// namespace (a db member's copy; see `Store::namespace_changes`).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.namespace_changes(&self.name)
+    }
+
     pub async fn read_local_copy(&self, statement: Statement) -> Result<Outcome, StoreError> {
         let call = self.call(statement);
         if let Some(r) = self.store.replicator() {
@@ -618,7 +658,14 @@ impl Store {
 
     /// Applies committed Raft entries (the state machine's `apply`).
     pub async fn apply(&self, entries: Vec<ApplyEntry>) -> Result<Vec<EntryResults>, StoreError> {
-        self.job(|reply| Job::Apply { entries, reply }).await
+        let namespaces: std::collections::BTreeSet<String> = entries
+            .iter()
+            .flat_map(|e| &e.proposals)
+            .map(|p| p.command.namespace().to_owned())
+            .collect();
+        let results = self.job(|reply| Job::Apply { entries, reply }).await;
+        self.changed(Some(namespaces.iter().map(String::as_str)));
+        results
     }
 
     /// The last applied log id and membership, as recorded with the data.
@@ -680,7 +727,9 @@ impl Store {
 
     /// Replaces the database with the copy at `path`.
     pub async fn restore(&self, path: PathBuf) -> Result<(), StoreError> {
-        self.job(|reply| Job::Restore { path, reply }).await
+        let result = self.job(|reply| Job::Restore { path, reply }).await;
+        self.changed(None::<std::iter::Empty<&str>>);
+        result
     }
 }
 
