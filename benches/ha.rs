@@ -10,12 +10,22 @@
 //!                                          # nodes (the default) beside
 //!                                          # flotilla with `tls: off`, no etcd
 //!
-//! Same workload for both: distinct keys, ~32-byte values, each write
-//! acknowledged only once committed on a quorum (flotilla: Raft log fsynced
-//! on a majority; etcd: its default, WAL fsynced on a majority), spread over
-//! the three members, at 1, 16 and 64 concurrent clients. Then failover:
-//! kill -9 of the leader → first acknowledged write through a survivor,
-//! median of 10 trials, for both.
+//!     BENCH_ETCD_TIMEOUTS=flotilla scripts/bench-ha  # etcd with flotilla's
+//!                                          # heartbeat and election timeout
+//!
+//! Same workload for both, through each system's native gRPC API with the
+//! same connections: one HTTP/2 connection per member, the clients' writes
+//! spread over the three (flotilla: `flotilla.kv.v1.Kv/Put`; etcd:
+//! `etcdserverpb.KV/Put`, the two messages it takes declared here with
+//! prost). Distinct keys, ~32-byte values, each write acknowledged only once
+//! committed on a quorum (flotilla: Raft log fsynced on a majority; etcd: its
+//! default, WAL fsynced on a majority), at 1, 16 and 64 concurrent clients.
+//! Then failover: kill -9 of the leader → first acknowledged write through a
+//! survivor, median of 10 trials, for both; with each system's default
+//! timeouts, or (`BENCH_ETCD_TIMEOUTS=flotilla`) etcd given flotilla's
+//! heartbeat (50 ms) and election timeout (200 ms, the lower end of
+//! flotilla's 200–400 ms), so that the mechanism is compared, not the
+//! setting.
 
 use std::{
     net::SocketAddr,
@@ -24,16 +34,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine;
-
 #[path = "common/mod.rs"]
 mod common;
-use common::{client, cpu_time, create_admin, free_addr, load, login, machine, ready};
+use common::{cpu_time, create_admin, free_addr, load, login, machine, ready};
+use tonic::transport::Channel;
 
 const VALUE: &str = "0123456789abcdef0123456789abcdef";
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
+/// The two messages of etcd's v3 API the benchmark sends and reads
+/// (`etcdserverpb.PutRequest`, `PutResponse`; fields it does not use are
+/// left out, and skipped when decoding).
+mod etcd_api {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutResponse {}
 }
 
 trait Cluster {
@@ -220,7 +241,15 @@ struct Etcd {
     client: Vec<SocketAddr>,
     peer: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
+    /// Given flotilla's heartbeat and election timeout rather than etcd's
+    /// defaults (100 ms, 1,000 ms).
+    flotilla_timeouts: bool,
 }
+
+/// Flotilla's default heartbeat and the lower end of its election timeout
+/// (`cluster.heartbeat_ms`, `cluster.election_timeout_ms`), in ms.
+const FLOTILLA_HEARTBEAT_MS: u64 = 50;
+const FLOTILLA_ELECTION_MS: u64 = 200;
 
 impl Etcd {
     fn start() -> Etcd {
@@ -230,6 +259,7 @@ impl Etcd {
             client: (0..3).map(|_| free_addr()).collect(),
             peer: (0..3).map(|_| free_addr()).collect(),
             children: vec![None, None, None],
+            flotilla_timeouts: std::env::var("BENCH_ETCD_TIMEOUTS").is_ok_and(|v| v == "flotilla"),
         };
         for i in 0..3 {
             e.spawn(i, "new");
@@ -265,6 +295,16 @@ impl Etcd {
                     "--initial-cluster-token",
                     "bench",
                 ])
+                .args(if self.flotilla_timeouts {
+                    vec![
+                        "--heartbeat-interval".to_owned(),
+                        FLOTILLA_HEARTBEAT_MS.to_string(),
+                        "--election-timeout".to_owned(),
+                        FLOTILLA_ELECTION_MS.to_string(),
+                    ]
+                } else {
+                    Vec::new()
+                })
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -290,7 +330,11 @@ impl Etcd {
 
 impl Cluster for Etcd {
     fn name(&self) -> &'static str {
-        "etcd 3.4"
+        if self.flotilla_timeouts {
+            "etcd 3.4 (flotilla's timeouts)"
+        } else {
+            "etcd 3.4"
+        }
     }
 
     fn target(&self) -> Target {
@@ -354,25 +398,64 @@ enum Target {
 }
 
 impl Target {
-    /// A write of `key` to member `i`.
-    fn put(&self, http: &reqwest::Client, i: usize, key: &str) -> reqwest::RequestBuilder {
+    fn members(&self) -> &[SocketAddr] {
         match self {
-            Target::Flotilla { public, bearer } => http
-                .put(format!(
-                    "http://{}/api/kv/keys/{key}",
-                    public[i % public.len()]
-                ))
-                .header("authorization", &**bearer)
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"value":"{VALUE}"}}"#)),
-            Target::Etcd { client } => http
-                .post(format!("http://{}/v3/kv/put", client[i % client.len()]))
-                .header("content-type", "application/json")
-                .body(format!(
-                    r#"{{"key":"{}","value":"{}"}}"#,
-                    b64(key),
-                    b64(VALUE)
-                )),
+            Target::Flotilla { public, .. } => public,
+            Target::Etcd { client } => client,
+        }
+    }
+
+    /// One HTTP/2 connection per member, each call given `timeout`.
+    fn channels(&self, timeout: Duration) -> Vec<Channel> {
+        self.members()
+            .iter()
+            .map(|a| {
+                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                    .unwrap()
+                    .tcp_nodelay(true)
+                    .timeout(timeout)
+                    .connect_lazy()
+            })
+            .collect()
+    }
+
+    /// A write of `key` over `channel`, through the system's native gRPC
+    /// API; whether it was acknowledged.
+    async fn put(&self, channel: &Channel, key: String) -> bool {
+        match self {
+            Target::Flotilla { bearer, .. } => {
+                let mut request = tonic::Request::new(flotilla::proto::kv::PutRequest {
+                    key,
+                    value: VALUE.into(),
+                    owner: String::new(),
+                });
+                request.metadata_mut().insert(
+                    "authorization",
+                    bearer.parse().expect("a bearer token is ASCII"),
+                );
+                flotilla::proto::kv::kv_client::KvClient::new(channel.clone())
+                    .put(request)
+                    .await
+                    .is_ok()
+            }
+            Target::Etcd { .. } => {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if grpc.ready().await.is_err() {
+                    return false;
+                }
+                let request = tonic::Request::new(etcd_api::PutRequest {
+                    key: key.into_bytes(),
+                    value: VALUE.as_bytes().to_vec(),
+                });
+                let call: Result<tonic::Response<etcd_api::PutResponse>, _> = grpc
+                    .unary(
+                        request,
+                        http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put"),
+                        tonic_prost::ProstCodec::default(),
+                    )
+                    .await;
+                call.is_ok()
+            }
         }
     }
 }
@@ -384,16 +467,20 @@ fn throughput(
     duration: Duration,
     tag: &str,
 ) -> common::Figures {
-    let http = client();
     let tag = tag.to_owned();
-    rt.block_on(load(clients, duration, move |client_id, i| {
-        let req = target.put(
-            &http,
-            client_id + i as usize,
-            &format!("{tag}/{client_id}/{i}"),
-        );
-        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
-    }))
+    rt.block_on(async move {
+        let channels = std::sync::Arc::new(target.channels(Duration::from_secs(10)));
+        let target = std::sync::Arc::new(target);
+        load(clients, duration, move |client_id, i| {
+            let (target, channels) = (target.clone(), channels.clone());
+            let key = format!("{tag}/{client_id}/{i}");
+            async move {
+                let channel = &channels[(client_id + i as usize) % channels.len()];
+                target.put(channel, key).await
+            }
+        })
+        .await
+    })
 }
 
 /// kill -9 of the leader → first acknowledged write through a survivor.
@@ -401,21 +488,13 @@ fn failover(rt: &tokio::runtime::Runtime, c: &mut dyn Cluster, trial: usize) -> 
     let leader = c.leader();
     let survivor = (leader + 1) % 3;
     let target = c.target();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(1500))
-        .build()
-        .unwrap();
+    let channel = rt.block_on(async { target.channels(Duration::from_millis(1500))[survivor].clone() });
     c.kill(leader);
     let killed = Instant::now();
     let elapsed = rt.block_on(async {
         let mut i = 0u64;
         loop {
-            let ok = target
-                .put(&http, survivor, &format!("failover/{trial}/{i}"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
+            if target.put(&channel, format!("failover/{trial}/{i}")).await {
                 return killed.elapsed();
             }
             assert!(

@@ -34,7 +34,7 @@ use flotilla::proto::echo::{EchoRequest, echo_client::EchoClient};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{Figures, client, create_admin, free_addr, load, login, machine, ready};
+use common::{BenchCluster, Figures, client, create_admin, free_addr, load, login, machine};
 
 const CLIENTS: usize = 32;
 
@@ -42,112 +42,13 @@ const CLIENTS: usize = 32;
 mod scaled_layout;
 use scaled_layout::LAYOUT;
 
-struct Cluster {
-    children: Vec<Child>,
-    public: Vec<(&'static str, SocketAddr)>,
-    topology: PathBuf,
-    db1_config: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `tls`: TLS between nodes as a config without `cluster.tls` has it
-    /// (forwarding over TLS); otherwise `cluster.tls: off` on every node.
-    fn start(binary: &str, tls: bool) -> Cluster {
-        let tls_off = if tls { "" } else { ", tls: off" };
-        let dir = tempfile::tempdir().unwrap();
-        let topology = dir.path().join("topology.yaml");
-        let mut members = String::from("members:\n");
-        let mut nodes = String::from("nodes:\n");
-        let mut addrs = Vec::new();
-        for (i, (name, services, db)) in LAYOUT.iter().enumerate() {
-            let (public, admin, peer) = (free_addr(), free_addr(), free_addr());
-            addrs.push((public, admin, peer));
-            if *db {
-                members.push_str(&format!("  - {{id: {}, node: {name}, peer: '{peer}', public: '{public}', services: [{services}]}}\n", i + 1));
-            } else {
-                nodes.push_str(&format!(
-                    "  - {{node: {name}, public: '{public}', services: [{services}]}}\n"
-                ));
-            }
-        }
-        std::fs::write(&topology, members + &nodes).unwrap();
-        let mut configs = Vec::new();
-        for (i, (name, services, db)) in LAYOUT.iter().enumerate() {
-            let (public, admin, peer) = addrs[i];
-            let (peer, cluster) = if *db {
-                (
-                    format!(", peer: '{peer}'"),
-                    "secret: 'bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b', bootstrap: true"
-                        .to_owned(),
-                )
-            } else {
-                let key = Command::new(binary)
-                    .args(["cluster", "client-key", "--config"])
-                    .arg(&configs[0])
-                    .args(["--node", name])
-                    .output()
-                    .unwrap();
-                assert!(key.status.success(), "client-key for {name}");
-                let key = String::from_utf8(key.stdout).unwrap();
-                (String::new(), format!("client_key: '{}'", key.trim()))
-            };
-            let path = dir.path().join(format!("{name}.yaml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: 'bench-secret-5c1e9a7f3b2d8e6a4c0f'}}\ncluster: {{topology: '{}', {cluster}{tls_off}}}\n",
-                    dir.path().join(name).display(),
-                    topology.display(),
-                ),
-            )
-            .unwrap();
-            configs.push(path);
-        }
-        let mut children = Vec::new();
-        for (i, (name, _, _)) in LAYOUT.iter().enumerate() {
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            children.push(
-                Command::new(binary)
-                    .args(["serve", "--config", configs[i].to_str().unwrap()])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            );
-        }
-        for (i, (name, _, _)) in LAYOUT.iter().enumerate() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !ready(addrs[i].1) {
-                assert!(Instant::now() < deadline, "{name} not ready");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Cluster {
-            children,
-            public: LAYOUT
-                .iter()
-                .zip(&addrs)
-                .map(|((name, _, _), a)| (*name, a.0))
-                .collect(),
-            topology,
-            db1_config: configs[0].clone(),
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self, name: &str) -> SocketAddr {
-        self.public.iter().find(|(n, _)| *n == name).unwrap().1
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The scaled layout as a bench cluster.
+fn start_cluster(binary: &str, tls: bool) -> BenchCluster {
+    let layout: Vec<(String, String, bool)> = LAYOUT
+        .iter()
+        .map(|(n, s, db)| (n.to_string(), s.to_string(), *db))
+        .collect();
+    BenchCluster::start(binary, &layout, if tls { "" } else { ", tls: off" })
 }
 
 struct Envoy(Child);
@@ -229,7 +130,7 @@ async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
 /// One cluster with its Envoy in front, the admin logged in and the keys
 /// the reads read written.
 struct Setup {
-    cluster: Cluster,
+    cluster: BenchCluster,
     _envoy: Envoy,
     /// Envoy's ingress listener.
     listen: SocketAddr,
@@ -247,7 +148,7 @@ impl Setup {
             "Envoy is not at {}: run scripts/install-test-tools",
             envoy.display()
         );
-        let cluster = Cluster::start(binary, tls);
+        let cluster = start_cluster(binary, tls);
         create_admin(binary, &cluster.db1_config);
         let (listen, admin) = (free_addr(), free_addr());
         let mut generate = Command::new(binary);
@@ -261,7 +162,7 @@ impl Setup {
                 &admin.to_string(),
             ]);
         if tls {
-            let dir = cluster._dir.path().join("envoy-tls");
+            let dir = cluster.dir.path().join("envoy-tls");
             let issued = Command::new(binary)
                 .args(["ca", "issue", "--envoy", "bench", "--config"])
                 .arg(&cluster.db1_config)
@@ -274,9 +175,9 @@ impl Setup {
         }
         let generated = generate.output().unwrap();
         assert!(generated.status.success(), "gen-envoy failed");
-        let envoy_config = cluster._dir.path().join("envoy.yaml");
+        let envoy_config = cluster.dir.path().join("envoy.yaml");
         std::fs::write(&envoy_config, &generated.stdout).unwrap();
-        let envoy_log = std::fs::File::create(cluster._dir.path().join("envoy.log")).unwrap();
+        let envoy_log = std::fs::File::create(cluster.dir.path().join("envoy.log")).unwrap();
         let envoy = Envoy(
             Command::new(&envoy)
                 .args([
@@ -291,13 +192,13 @@ impl Setup {
                 .unwrap(),
         );
         let token: Arc<str> = rt.block_on(async {
-            let token: Arc<str> = Arc::from(login(cluster.addr("accounts-1")).await);
+            let token: Arc<str> = Arc::from(login(cluster.public("accounts-1")).await);
             let http = client();
             for k in 0..8 {
                 let r = http
                     .put(format!(
                         "http://{}/api/kv/keys/read-{k}",
-                        cluster.addr("kv-1")
+                        cluster.public("kv-1")
                     ))
                     .bearer_auth(&*token)
                     .json(&serde_json::json!({"value": "0123456789abcdef"}))
@@ -348,8 +249,8 @@ impl Setup {
                 ["accounts-1", "accounts-2"]
                     .iter()
                     .map(|n| Targets {
-                        echo: cluster.addr(n),
-                        kv: cluster.addr(n),
+                        echo: cluster.public(n),
+                        kv: cluster.public(n),
                     })
                     .collect(),
             ),
@@ -358,8 +259,8 @@ impl Setup {
                 [("echo-1", "kv-1"), ("echo-2", "kv-2")]
                     .iter()
                     .map(|(e, k)| Targets {
-                        echo: cluster.addr(e),
-                        kv: cluster.addr(k),
+                        echo: cluster.public(e),
+                        kv: cluster.public(k),
                     })
                     .collect(),
             ),

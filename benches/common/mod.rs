@@ -246,3 +246,121 @@ impl Drop for BenchNode {
         let _ = self.child.wait();
     }
 }
+
+/// A cluster of `flotilla serve` processes on loopback, laid out as
+/// `(name, services, db member)`: the members first in the topology,
+/// each store client with its key from `cluster client-key`. Killed when
+/// dropped.
+pub struct BenchCluster {
+    pub children: Vec<std::process::Child>,
+    /// Each node's name, public and admin address.
+    pub nodes: Vec<(String, SocketAddr, SocketAddr)>,
+    pub topology: std::path::PathBuf,
+    pub db1_config: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// The cluster secret of the benchmark clusters.
+const BENCH_CLUSTER_SECRET: &str = "bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b";
+
+impl BenchCluster {
+    /// Starts `layout` and waits until every node is ready; `cluster_extra`
+    /// goes into every node's `cluster:` section (e.g. `, tls: off`).
+    pub fn start(binary: &str, layout: &[(String, String, bool)], cluster_extra: &str) -> BenchCluster {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let topology = dir.path().join("topology.yaml");
+        let mut members = String::from("members:\n");
+        let mut others = String::from("nodes:\n");
+        let mut addrs = Vec::new();
+        for (i, (name, services, db)) in layout.iter().enumerate() {
+            let (public, admin, peer) = (free_addr(), free_addr(), free_addr());
+            addrs.push((public, admin, peer));
+            if *db {
+                members.push_str(&format!("  - {{id: {}, node: {name}, peer: '{peer}', public: '{public}', services: [{services}]}}\n", i + 1));
+            } else {
+                others.push_str(&format!(
+                    "  - {{node: {name}, public: '{public}', services: [{services}]}}\n"
+                ));
+            }
+        }
+        if others == "nodes:\n" {
+            others.clear();
+        }
+        std::fs::write(&topology, members + &others).unwrap();
+        let mut configs: Vec<std::path::PathBuf> = Vec::new();
+        for (i, (name, services, db)) in layout.iter().enumerate() {
+            let (public, admin, peer) = addrs[i];
+            let (peer, cluster) = if *db {
+                (
+                    format!(", peer: '{peer}'"),
+                    format!("secret: '{BENCH_CLUSTER_SECRET}', bootstrap: true"),
+                )
+            } else {
+                let key = Command::new(binary)
+                    .args(["cluster", "client-key", "--config"])
+                    .arg(&configs[0])
+                    .args(["--node", name])
+                    .output()
+                    .unwrap();
+                assert!(key.status.success(), "client-key for {name}");
+                let key = String::from_utf8(key.stdout).unwrap();
+                (String::new(), format!("client_key: '{}'", key.trim()))
+            };
+            let path = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{BENCH_SECRET}'}}\ncluster: {{topology: '{}', {cluster}{cluster_extra}}}\n",
+                    dir.path().join(name).display(),
+                    topology.display(),
+                ),
+            )
+            .unwrap();
+            configs.push(path);
+        }
+        let mut children = Vec::new();
+        for (i, (name, _, _)) in layout.iter().enumerate() {
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+            children.push(
+                Command::new(binary)
+                    .args(["serve", "--config", configs[i].to_str().unwrap()])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        for (i, (name, _, _)) in layout.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !ready(addrs[i].1) {
+                assert!(Instant::now() < deadline, "{name} not ready");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        BenchCluster {
+            children,
+            nodes: layout
+                .iter()
+                .zip(&addrs)
+                .map(|((name, _, _), a)| (name.clone(), a.0, a.1))
+                .collect(),
+            topology,
+            db1_config: configs[0].clone(),
+            dir,
+        }
+    }
+
+    pub fn public(&self, name: &str) -> SocketAddr {
+        self.nodes.iter().find(|(n, _, _)| n == name).unwrap().1
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
