@@ -266,15 +266,26 @@ const BENCH_CLUSTER_SECRET: &str = "bench-cluster-secret-9e8d7c6b5a4f3e2d1c0b";
 impl BenchCluster {
     /// Starts `layout` and waits until every node is ready; `cluster_extra`
     /// goes into every node's `cluster:` section (e.g. `, tls: off`).
-    pub fn start(binary: &str, layout: &[(String, String, bool)], cluster_extra: &str) -> BenchCluster {
+    pub fn start(
+        binary: &str,
+        layout: &[(String, String, bool)],
+        cluster_extra: &str,
+    ) -> BenchCluster {
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
         let topology = dir.path().join("topology.yaml");
         let mut members = String::from("members:\n");
         let mut others = String::from("nodes:\n");
+        // Every port held until all are chosen, so that no two nodes get
+        // the same one (a released port may be handed out again).
+        let held: Vec<std::net::TcpListener> = (0..layout.len() * 3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().unwrap()).collect();
+        drop(held);
         let mut addrs = Vec::new();
         for (i, (name, services, db)) in layout.iter().enumerate() {
-            let (public, admin, peer) = (free_addr(), free_addr(), free_addr());
+            let (public, admin, peer) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
             addrs.push((public, admin, peer));
             if *db {
                 members.push_str(&format!("  - {{id: {}, node: {name}, peer: '{peer}', public: '{public}', services: [{services}]}}\n", i + 1));
