@@ -197,7 +197,8 @@ fn names_domain(sni: &str, domain: &str) -> bool {
 ///   cluster's CA;
 /// - any other client gets the operator's certificates (`tls.public`),
 ///   chosen by the name it asks for;
-/// - without operator certificates, every TLS client gets the node's.
+/// - without operator certificates (a listener given only a node's), every
+///   TLS client gets the node's.
 pub fn source(node: NodeTls, operator: Option<Arc<PublicTls>>) -> TlsSource {
     Arc::new(move |sni: Option<&str>| match (&node(), &operator) {
         (Some(node), _) if sni.is_some_and(|s| names_domain(s, node.domain())) => {

@@ -733,7 +733,12 @@ async fn leadership_moves_without_failing_a_request() {
                     [("PUT", put), ("GET", get)].map(|(what, r)| match r {
                         Ok(r) if r.status() == 200 => Ok(()),
                         Ok(r) => Err(format!("{what} {url}: {}", r.status())),
-                        Err(e) => Err(format!("{what} {url}: {e}")),
+                        Err(e) => Err(format!(
+                            "{what} {url}: {e} ({})",
+                            std::error::Error::source(&e)
+                                .map(|s| format!("{s:?}"))
+                                .unwrap_or_default()
+                        )),
                     })
                 });
             }
