@@ -307,7 +307,9 @@ impl Grow {
             .collect();
         let keep: Vec<String> = new.services.iter().map(|s| s.to_string()).collect();
         // Each dropped service must run elsewhere (a node started a moment
-        // ago shows up in this node's registry copy within its refresh).
+        // ago shows up in this node's registry copy when its record is
+        // applied).
+        let mut changes = self.registry.subscribe();
         for service in &dropped {
             let elsewhere = || {
                 self.registry
@@ -322,7 +324,7 @@ impl Grow {
                         "no other healthy node runs `{service}`: start one first (its requests would have nowhere to go)"
                     ));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
             }
         }
         let Some(started) = self.started.get() else {

@@ -341,6 +341,10 @@ async fn refresh_registry(
     // When a member reads its copy next: at once, then on changes, when a
     // record's TTL runs out, or after a failed read.
     let mut read_at = Some(tokio::time::Instant::now());
+    // What the member sees changed since it last published (a read after a
+    // heartbeat usually changes nothing, and then nothing is encoded).
+    let mut seen = registry.subscribe();
+    seen.mark_changed();
     loop {
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -388,8 +392,10 @@ async fn refresh_registry(
             }
         };
         if let RegistrySource::Member(cluster) = &source
+            && seen.has_changed().unwrap_or(false)
             && let Some(c) = cluster.get()
         {
+            seen.borrow_and_update();
             c.publish_registry(registry.encode());
         }
     }

@@ -450,7 +450,7 @@ impl Node {
             // With the operator's certificates, TLS only: theirs to clients,
             // and in a cluster the node's to the nodes and Envoys that ask
             // for it by the trust domain's name.
-            if operator.is_some() {
+            if let Some(operator) = operator {
                 options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
             }
             Serving::spawn(

@@ -173,6 +173,33 @@ fn curl_trusting(ca: &Path, name: &str, port: u16, http: &str) -> (i32, String) 
     )
 }
 
+/// `calls` echo calls from grpcio over TLS to the public listener on
+/// `port`, checking the chain against `ca` and the name `name`: how many
+/// each node answered.
+fn grpc_echo_over_tls(ca: &Path, name: &str, port: u16, calls: u32) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
+    let out = run(
+        s(&crate::support::pods::grpc_python()),
+        &[
+            s(&script),
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--tls-ca",
+            s(ca),
+            "--tls-name",
+            name,
+            "--calls",
+            &calls.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The serial of the certificate served for `name`.
 fn served_serial(port: u16, name: &str) -> String {
     let out = Command::new("sh")
@@ -242,29 +269,9 @@ fn the_public_listener_serves_tls_by_sni_over_http1_http2_and_grpc_and_reloads_i
     );
 
     // gRPC over TLS (h2 by ALPN), grpcio checking the chain and the name.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
-    let out = run(
-        s(&crate::support::pods::grpc_python()),
-        &[
-            s(&script),
-            "--target",
-            &format!("127.0.0.1:{port}"),
-            "--tls-ca",
-            s(&pki.ca()),
-            "--tls-name",
-            "a.test",
-            "--calls",
-            "3",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        r#"{"test-node": 3}"#
+        grpc_echo_over_tls(&pki.ca(), "a.test", port, 3),
+        serde_json::json!({"test-node": 3})
     );
 
     // Renewal: new files, the same listener serves them.
@@ -382,27 +389,7 @@ async fn a_cluster_with_tls_only_public_listeners_forwards_between_nodes_and_tak
     }
     // gRPC over TLS too, forwarded the same way: grpcio checking the
     // operator's chain and name.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/client/echo_client.py");
-    let out = run(
-        s(&crate::support::pods::grpc_python()),
-        &[
-            s(&script),
-            "--target",
-            &format!("127.0.0.1:{kv}"),
-            "--tls-ca",
-            s(&pki.ca()),
-            "--tls-name",
-            "api.test",
-            "--calls",
-            "4",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answered: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answered = grpc_echo_over_tls(&pki.ca(), "api.test", kv, 4);
     let calls: u64 = answered
         .as_object()
         .unwrap()

@@ -31,14 +31,20 @@ use crate::support::{
     wait_for_endpoints,
 };
 
-#[tokio::test]
-async fn a_node_serves_its_services_over_ads_by_the_rules() {
+/// A ready single node serving xDS, and its xDS address.
+fn node_serving_xds() -> (Node, std::net::SocketAddr) {
     let xds: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut node = Node::start(NodeConfig {
         xds: Some(xds),
         ..Default::default()
     });
     node.wait_ready();
+    (node, xds)
+}
+
+#[tokio::test]
+async fn a_node_serves_its_services_over_ads_by_the_rules() {
+    let (node, xds) = node_serving_xds();
     let mut ads = Ads::connect(xds).await;
 
     // Wildcard CDS: one cluster per service of the routing table.
@@ -231,12 +237,7 @@ fn delta_names(
 /// 17, 18, 19 and 20).
 #[tokio::test]
 async fn the_rules_a_probe_found_broken_hold_on_both_variants() {
-    let xds: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut node = Node::start(NodeConfig {
-        xds: Some(xds),
-        ..Default::default()
-    });
-    node.wait_ready();
+    let (_node, xds) = node_serving_xds();
 
     // SotW: [echo, kv], then [echo], then [echo, kv] again: kv is resent.
     let mut ads = Ads::connect(xds).await;

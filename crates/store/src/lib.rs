@@ -358,18 +358,30 @@ impl Store {
             .subscribe()
     }
 
+    /// The namespaces `entries` write to that someone watches, each once:
+    /// taken before the entries go to the writer, without copying the
+    /// names nobody watches (every write passes here).
+    fn watched(&self, entries: &[ApplyEntry]) -> Vec<String> {
+        let changes = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let mut watched: Vec<String> = Vec::new();
+        for p in entries.iter().flat_map(|e| &e.proposals) {
+            let name = p.command.namespace();
+            if changes.contains_key(name) && !watched.iter().any(|w| w == name) {
+                watched.push(name.to_owned());
+            }
+        }
+        watched
+    }
+
     /// Marks `namespaces` (all, with `None`) changed for their watchers.
-    fn changed<'a>(&self, namespaces: Option<impl Iterator<Item = &'a str>>) {
+    fn changed(&self, namespaces: Option<&[String]>) {
         let changes = self.inner.changes.lock().unwrap_or_else(|p| p.into_inner());
         let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n += 1);
         match namespaces {
-            Some(names) => {
-                for name in names {
-                    if let Some(tx) = changes.get(name) {
-                        bump(tx);
-                    }
-                }
-            }
+            Some(names) => names.iter().filter_map(|n| changes.get(n)).for_each(bump),
             None => changes.values().for_each(bump),
         }
     }
@@ -658,13 +670,11 @@ impl Store {
 
     /// Applies committed Raft entries (the state machine's `apply`).
     pub async fn apply(&self, entries: Vec<ApplyEntry>) -> Result<Vec<EntryResults>, StoreError> {
-        let namespaces: std::collections::BTreeSet<String> = entries
-            .iter()
-            .flat_map(|e| &e.proposals)
-            .map(|p| p.command.namespace().to_owned())
-            .collect();
+        let watched = self.watched(&entries);
         let results = self.job(|reply| Job::Apply { entries, reply }).await;
-        self.changed(Some(namespaces.iter().map(String::as_str)));
+        if !watched.is_empty() {
+            self.changed(Some(&watched));
+        }
         results
     }
 
@@ -728,7 +738,7 @@ impl Store {
     /// Replaces the database with the copy at `path`.
     pub async fn restore(&self, path: PathBuf) -> Result<(), StoreError> {
         let result = self.job(|reply| Job::Restore { path, reply }).await;
-        self.changed(None::<std::iter::Empty<&str>>);
+        self.changed(None);
         result
     }
 }
