@@ -5,10 +5,14 @@
 //!
 //!     scripts/bench-scaled                   # installs Envoy if needed
 //!     BENCH_SECONDS=10 scripts/bench-scaled
+//!     BENCH_TLS=compare BENCH_ROUNDS=5 scripts/bench-scaled
 //!
-//! The cluster has TLS between nodes (no `cluster.tls` in its configs);
-//! its public listeners, and so the forwarding between them and Envoy's
-//! connections to them, are plaintext (no `tls.public`).
+//! The cluster has TLS between nodes (no `cluster.tls` in its configs), so
+//! forwarding goes over TLS, and Envoy reaches the nodes over TLS
+//! (`gen-envoy --upstream-tls`). `BENCH_TLS=compare` runs two clusters side
+//! by side instead, one of them with `cluster.tls: off` and a plaintext
+//! Envoy, and compares paths (a) and (b) of the two, alternating which
+//! goes first over the rounds.
 //!
 //! The mix, in turn per client: echo over HTTP (POST /api/echo), echo over
 //! gRPC, a kv read (GET, authenticated) and a kv write (PUT,
@@ -39,12 +43,12 @@ mod scaled_layout;
 use scaled_layout::LAYOUT;
 
 /// The scaled layout as a bench cluster.
-fn start_cluster(binary: &str) -> BenchCluster {
+fn start_cluster(binary: &str, tls: bool) -> BenchCluster {
     let layout: Vec<(String, String, bool)> = LAYOUT
         .iter()
         .map(|(n, s, db)| (n.to_string(), s.to_string(), *db))
         .collect();
-    BenchCluster::start(binary, &layout, "")
+    BenchCluster::start(binary, &layout, if tls { "" } else { ", tls: off" })
 }
 
 struct Envoy(Child);
@@ -134,14 +138,17 @@ struct Setup {
 }
 
 impl Setup {
-    fn start(binary: &str, rt: &tokio::runtime::Runtime) -> Setup {
+    /// With `tls`, TLS between nodes (the default) and Envoy reaching the
+    /// nodes over TLS (`gen-envoy --upstream-tls`, with the certificate
+    /// `flotilla ca issue --envoy` writes); otherwise both plaintext.
+    fn start(binary: &str, rt: &tokio::runtime::Runtime, tls: bool) -> Setup {
         let envoy = envoy_binary();
         assert!(
             envoy.exists(),
             "Envoy is not at {}: run scripts/install-test-tools",
             envoy.display()
         );
-        let cluster = start_cluster(binary);
+        let cluster = start_cluster(binary, tls);
         create_admin(binary, &cluster.db1_config);
         let (listen, admin) = (free_addr(), free_addr());
         let mut generate = Command::new(binary);
@@ -154,6 +161,18 @@ impl Setup {
                 "--admin",
                 &admin.to_string(),
             ]);
+        if tls {
+            let dir = cluster.dir.path().join("envoy-tls");
+            let issued = Command::new(binary)
+                .args(["ca", "issue", "--envoy", "bench", "--config"])
+                .arg(&cluster.db1_config)
+                .arg("--out")
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(issued.status.success(), "ca issue failed");
+            generate.arg("--upstream-tls").arg(&dir);
+        }
         let generated = generate.output().unwrap();
         assert!(generated.status.success(), "gen-envoy failed");
         let envoy_config = cluster.dir.path().join("envoy.yaml");
@@ -265,6 +284,14 @@ impl Setup {
     }
 }
 
+/// One path's figures in one round: requests/s, p50 and p99 in ms, errors.
+type Round = (f64, f64, f64, usize);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let binary = env!("CARGO_BIN_EXE_flotilla");
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -275,10 +302,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let setup = Setup::start(binary, &rt);
+    if std::env::var("BENCH_TLS").is_ok_and(|v| v == "compare") {
+        let rounds: usize = std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        compare_tls(binary, &rt, seconds, rounds);
+        return;
+    }
+    let setup = Setup::start(binary, &rt, true);
     println!("machine: {}", machine());
     println!(
-        "{CLIENTS} clients, {seconds} s per path; mix: echo HTTP, echo gRPC, kv read, kv write (in turn); TLS between nodes\n"
+        "{CLIENTS} clients, {seconds} s per path; mix: echo HTTP, echo gRPC, kv read, kv write (in turn); TLS between nodes and from Envoy to the nodes\n"
     );
     println!("| path | requests/s | p50 ms | p99 ms | errors |");
     println!("|---|---:|---:|---:|---:|");
@@ -293,4 +328,71 @@ fn main() {
         rates[1].0 / rates[0].0,
         rates[1].1.as_secs_f64() / rates[0].1.as_secs_f64()
     );
+}
+
+/// Two clusters side by side, one with TLS between nodes (and Envoy to the
+/// nodes over TLS), one with `tls: off`: Envoy's path and the forwarding
+/// path of each, `rounds` rounds alternating which cluster goes first.
+fn compare_tls(binary: &str, rt: &tokio::runtime::Runtime, seconds: u64, rounds: usize) {
+    let setups = [
+        ("TLS", Setup::start(binary, rt, true)),
+        ("tls: off", Setup::start(binary, rt, false)),
+    ];
+    println!("machine: {}", machine());
+    println!(
+        "{CLIENTS} clients, {seconds} s per path and cluster, {rounds} rounds alternating which cluster goes first; mix: echo HTTP, echo gRPC, kv read, kv write (in turn)\n"
+    );
+    // [cluster][path]: each round's figures.
+    let mut seen: Vec<Vec<Vec<Round>>> = vec![vec![Vec::new(); 2]; 2];
+    for round in 0..rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for c in order {
+            let setup = &setups[c].1;
+            for (p, (_, targets)) in setup.paths().into_iter().take(2).enumerate() {
+                let f = rt.block_on(setup.run(targets, seconds));
+                seen[c][p].push((
+                    f.rate(),
+                    f.pct(0.50).as_secs_f64() * 1e3,
+                    f.pct(0.99).as_secs_f64() * 1e3,
+                    f.errors,
+                ));
+            }
+        }
+        eprintln!("round {} of {rounds} done", round + 1);
+    }
+    println!("| cluster | path | requests/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let paths = setups[0].1.paths();
+    for (p, (path, _)) in paths.iter().take(2).enumerate() {
+        for (c, (cluster, _)) in setups.iter().enumerate() {
+            let runs = &seen[c][p];
+            println!(
+                "| {cluster} | {path} | {:.0} | {:.2} | {:.2} | {} |",
+                median(runs.iter().map(|r| r.0).collect()),
+                median(runs.iter().map(|r| r.1).collect()),
+                median(runs.iter().map(|r| r.2).collect()),
+                runs.iter().map(|r| r.3).sum::<usize>(),
+            );
+        }
+    }
+    println!();
+    for (p, (path, _)) in paths.iter().take(2).enumerate() {
+        let ratios: Vec<f64> = seen[0][p]
+            .iter()
+            .zip(&seen[1][p])
+            .map(|(t, o)| t.0 / o.0)
+            .collect();
+        let p99: Vec<f64> = seen[0][p]
+            .iter()
+            .zip(&seen[1][p])
+            .map(|(t, o)| t.2 / o.2)
+            .collect();
+        println!(
+            "{path}: TLS / off throughput {:.2} (medians), round by round {:?}; p99 round by round {:?}",
+            median(seen[0][p].iter().map(|r| r.0).collect())
+                / median(seen[1][p].iter().map(|r| r.0).collect()),
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>(),
+            p99.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>(),
+        );
+    }
 }

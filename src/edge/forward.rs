@@ -46,6 +46,7 @@ use crate::{
     catalogue::api_error::ApiError,
     mesh::registry::Registry,
     protocol::{RetryPolicy, RouteKind},
+    telemetry::metrics::{HttpMetrics, Label},
     tls::NodeTls,
 };
 
@@ -140,6 +141,8 @@ pub struct Forwarder {
     timeout: Duration,
     /// Signs `FORWARDED_CLIENT`.
     key: ClientKey,
+    /// Counts the forwarded requests answered, by transport.
+    metrics: HttpMetrics,
 }
 
 /// The key of `FORWARDED_CLIENT` MACs, derived from `auth.secret` (the
@@ -223,7 +226,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 impl Forwarder {
     /// `timeout`: for each attempt (the ingress's request time limit).
-    pub fn new(registry: Registry, timeout: Duration, key: ClientKey) -> Forwarder {
+    pub fn new(
+        registry: Registry,
+        timeout: Duration,
+        key: ClientKey,
+        metrics: HttpMetrics,
+    ) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -235,6 +243,7 @@ impl Forwarder {
             rotation: Arc::default(),
             timeout,
             key,
+            metrics,
         }
     }
 
@@ -363,12 +372,15 @@ impl Forwarder {
             let counter = self.counter(&node);
             counter.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(counter);
+            let over_tls = tls.is_some();
             let sent = match tls {
                 Some(tls) => tokio::time::timeout_at(deadline, tls.request(attempt)).await,
                 None => tokio::time::timeout_at(deadline, self.client.request(attempt)).await,
             };
             match sent {
                 Ok(Ok(response)) => {
+                    self.metrics
+                        .forwarded(Label::from(service.to_owned()), over_tls);
                     let status = response.status();
                     let retry = RetryPolicy::after_response(kind, status, response.headers());
                     let (mut head, incoming) = response.into_parts();

@@ -150,6 +150,10 @@ pub struct ServeOptions {
     /// this gives at that moment for the name the client asks for
     /// (certificates change while a listener serves).
     pub tls: Option<TlsSource>,
+    /// With `tls`: plaintext too, told apart by the first byte (a TLS
+    /// handshake starts with 0x16, which no HTTP request does), so that one
+    /// port serves clients of both.
+    pub plaintext_too: bool,
 }
 
 impl ServeOptions {
@@ -160,6 +164,7 @@ impl ServeOptions {
             grace,
             h2_send_buffer: H2_SEND_BUFFER,
             tls: None,
+            plaintext_too: false,
         }
     }
 }
@@ -225,12 +230,31 @@ where
     }))
 }
 
-/// The TLS handshake of a new connection, with the configuration `tls`
-/// gives for the name in the client's hello.
+/// A connection past its first bytes: plaintext, or TLS after the
+/// handshake.
+enum Accepted {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads a connection's first bytes: plaintext if allowed and it does not
+/// start a TLS handshake; otherwise the handshake, with the configuration
+/// `tls` gives for the name in the client's hello.
 async fn accept(
     stream: tokio::net::TcpStream,
     tls: &TlsSource,
-) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
+    plaintext_too: bool,
+) -> Result<Accepted, String> {
+    if plaintext_too {
+        let mut first = [0u8; 1];
+        let n = stream.peek(&mut first).await.map_err(|e| e.to_string())?;
+        if n == 0 || first[0] != TLS_HANDSHAKE {
+            return Ok(Accepted::Plain(stream));
+        }
+    }
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
         .map_err(|e| format!("not a TLS client hello: {e}"))?;
@@ -241,7 +265,8 @@ async fn accept(
             sni.as_deref().unwrap_or("a client that names no server")
         )
     })?;
-    start.into_stream(config).await.map_err(|e| e.to_string())
+    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    Ok(Accepted::Tls(Box::new(stream)))
 }
 
 /// Accepts connections until `stop` is cancelled, then lets in-flight
@@ -341,17 +366,42 @@ where
             Some(tls) => {
                 // The handshake in the connection's own task: a slow client
                 // holds its slot, never the accept loop.
-                let (builder, watcher, tls, name, refused) = (
+                let (builder, watcher, tls, name, refused, plaintext_too, stop) = (
                     builder.clone(),
                     graceful.watcher(),
                     tls.clone(),
                     options.name,
                     refused.clone(),
+                    options.plaintext_too,
+                    stop.clone(),
                 );
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, &tls)).await {
-                        Ok(Ok(tls)) => {
+                    // A stop closes a connection that has not got this far:
+                    // it has sent no request to drain (clients open
+                    // connections they use only later), and its watcher
+                    // would hold the drain for up to the handshake timeout.
+                    let accepted = tokio::select! {
+                        accepted = tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            accept(stream, &tls, plaintext_too),
+                        ) => accepted,
+                        () = stop.cancelled() => {
+                            tracing::debug!(listener = name, %peer, "stopping: closed a connection that had sent no request yet");
+                            return;
+                        }
+                    };
+                    match accepted {
+                        Ok(Ok(Accepted::Plain(stream))) => {
+                            let conn = builder
+                                .serve_connection(
+                                    TokioIo::new(stream),
+                                    per_request(service, limits, peer, None),
+                                )
+                                .into_owned();
+                            ended(watcher.watch(conn).await);
+                        }
+                        Ok(Ok(Accepted::Tls(tls))) => {
                             let certificate = tls
                                 .get_ref()
                                 .1
@@ -360,7 +410,7 @@ where
                                 .map(|c| PeerCertificate::new(c.clone().into_owned()));
                             let conn = builder
                                 .serve_connection(
-                                    TokioIo::new(tls),
+                                    TokioIo::new(*tls),
                                     per_request(service, limits, peer, certificate),
                                 )
                                 .into_owned();
@@ -374,7 +424,7 @@ where
                             }
                         }
                         Err(_) => {
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            tracing::debug!(listener = name, %peer, "closed a connection that sent neither a request nor a TLS hello in time");
                         }
                     }
                 });

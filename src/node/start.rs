@@ -397,20 +397,15 @@ impl Node {
             )
         });
 
-        // This node's certificate, for the public listener and forwarding
-        // when the public listeners take TLS only (`tls.public`): a
-        // member's, as long as it is one (a single node can grow into a
-        // cluster, and a member shrink back to single), or a store client's,
-        // issued by now (auth opened through the members). Without
-        // `tls.public` the public listeners take plaintext, and so the
-        // forwarding between them is plaintext.
+        // This node's certificate, for the public listener and forwarding:
+        // a member's, as long as it is one (a single node can grow into a
+        // cluster, and a member shrink back to single), or a store
+        // client's, issued by now (auth opened through the members).
         let client_tls = match &store_client {
-            Some(link) if config.public_tls.is_some() => {
-                link.node_tls().await.map_err(NodeError::NodeTls)?
-            }
-            _ => None,
+            Some(link) => link.node_tls().await.map_err(NodeError::NodeTls)?,
+            None => None,
         };
-        let node_tls: crate::tls::NodeTls = if config.public_tls.is_some() {
+        let node_tls: crate::tls::NodeTls = {
             let cluster = cluster.clone();
             Arc::new(move || {
                 cluster
@@ -418,8 +413,6 @@ impl Node {
                     .and_then(|c| c.node_tls())
                     .or_else(|| client_tls.clone())
             })
-        } else {
-            Arc::new(|| None)
         };
         let ingress = Ingress::new(
             table,
@@ -447,12 +440,11 @@ impl Node {
                 }
                 None => None,
             };
-            // With the operator's certificates, TLS only: theirs to clients,
-            // and in a cluster the node's to the nodes and Envoys that ask
-            // for it by the trust domain's name.
-            if let Some(operator) = operator {
-                options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
-            }
+            // With the operator's certificates, TLS only; in a cluster
+            // without them, plaintext for clients and TLS for the nodes and
+            // Envoys that ask for the node's certificate.
+            options.plaintext_too = operator.is_none();
+            options.tls = Some(crate::tls::public::source(node_tls.clone(), operator));
             Serving::spawn(
                 stop.clone(),
                 server::serve(listeners.public, ingress.clone(), stop, options),
@@ -460,7 +452,7 @@ impl Node {
         };
         tracing::info!(
             addr = %config.listeners.public,
-            tls = config.public_tls.is_some(),
+            tls = if config.public_tls.is_some() { "only" } else if node_tls().is_some() { "for nodes and Envoys" } else { "off" },
             "public listener serving; node ready"
         );
 

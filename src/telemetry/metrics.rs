@@ -84,6 +84,13 @@ pub struct LatencyLabels {
     pub route: Label,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub service: Label,
+    /// `tls` or `plaintext`: how the hop to the other node went.
+    pub transport: Label,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +103,7 @@ fn latency_histogram() -> Histogram {
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily<LatencyLabels>,
+    forwarded: Family<ForwardLabels, Counter>,
 }
 
 impl HttpMetrics {
@@ -122,6 +130,16 @@ impl HttpMetrics {
             })
             .inc();
     }
+
+    /// A request forwarded to another node got an answer there.
+    pub fn forwarded(&self, service: Label, tls: bool) {
+        self.forwarded
+            .get_or_create(&ForwardLabels {
+                service,
+                transport: Label::Static(if tls { "tls" } else { "plaintext" }),
+            })
+            .inc();
+    }
 }
 
 /// Every metric of the node, and the registry that encodes them.
@@ -144,6 +162,7 @@ impl Metrics {
         let http = HttpMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            forwarded: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -154,6 +173,11 @@ impl Metrics {
             "http_request_duration_seconds",
             "Latency of requests served by the public ingress, by service and route template",
             http.latency.clone(),
+        );
+        registry.register(
+            "forwarded_requests",
+            "Requests the ingress forwarded to another node that answered them, by service and transport (tls or plaintext)",
+            http.forwarded.clone(),
         );
         let store = StoreMetrics::register(&mut registry);
         Metrics {

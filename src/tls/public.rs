@@ -190,19 +190,22 @@ fn names_domain(sni: &str, domain: &str) -> bool {
             .is_some_and(|head| head.ends_with('.'))
 }
 
-/// The public listener's TLS (`tls.public`) for each handshake:
+/// The public listener's TLS for each handshake:
 /// - a client that names the cluster's trust domain (SNI `flotilla.local`,
-///   or a name under it) gets this node's cluster certificate, if it has
-///   one: the nodes forwarding to each other and Envoys in front, which
-///   trust the cluster's CA;
-/// - any other client gets the operator's certificates, chosen by the name
-///   it asks for.
-pub fn source(node: NodeTls, operator: Arc<PublicTls>) -> TlsSource {
-    Arc::new(move |sni: Option<&str>| match node() {
-        Some(node) if sni.is_some_and(|s| names_domain(s, node.domain())) => {
+///   or a name under it) gets this node's cluster certificate: the nodes
+///   forwarding to each other and Envoys in front, which trust the
+///   cluster's CA;
+/// - any other client gets the operator's certificates (`tls.public`),
+///   chosen by the name it asks for;
+/// - without operator certificates, every TLS client gets the node's.
+pub fn source(node: NodeTls, operator: Option<Arc<PublicTls>>) -> TlsSource {
+    Arc::new(move |sni: Option<&str>| match (&node(), &operator) {
+        (Some(node), _) if sni.is_some_and(|s| names_domain(s, node.domain())) => {
             Some(node.public_server_config())
         }
-        _ => Some(operator.config()),
+        (_, Some(operator)) => Some(operator.config()),
+        (Some(node), None) => Some(node.public_server_config()),
+        (None, None) => None,
     })
 }
 

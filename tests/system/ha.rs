@@ -790,7 +790,8 @@ async fn leadership_moves_without_failing_a_request() {
     cluster.nodes[second].signal("TERM");
     assert_eq!(
         cluster.nodes[second]
-            .wait_exit(Duration::from_secs(20))
+            .exited(Duration::from_secs(20))
+            .await
             .code(),
         Some(0)
     );

@@ -90,12 +90,41 @@ fn the_sidecar_overlay_renders_validates_and_puts_envoy_beside_each_service() {
         let text = config["data"][format!("{service}.yaml")].as_str().unwrap();
         assert!(text.contains("public: \"127.0.0.1:8090\""), "{text}");
     }
-    // The front Envoy is the base's, unchanged.
+    // The front Envoy is the base's but for its bootstrap: it reaches the
+    // pods through their sidecars, which take plaintext, so its clusters
+    // are not TLS (no upstream TLS metadata for the xDS server).
     let base = Rendered::of("manifests");
-    assert_eq!(
-        r.object("Deployment", "envoy")["spec"],
-        base.object("Deployment", "envoy")["spec"]
-    );
+    let without_bootstrap = |r: &Rendered| {
+        let mut spec = r.object("Deployment", "envoy")["spec"].clone();
+        for volume in spec["template"]["spec"]["volumes"].as_array_mut().unwrap() {
+            if volume["name"] == "bootstrap" {
+                volume["configMap"]["name"] = Value::Null;
+            }
+        }
+        spec
+    };
+    assert_eq!(without_bootstrap(&r), without_bootstrap(&base));
+    let bootstrap = |r: &Rendered| {
+        r.objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("flotilla-envoy-")
+                    && !o["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("flotilla-envoy-sidecar")
+            })
+            .unwrap()["data"]["envoy.yaml"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(bootstrap(&base).contains("flotilla.upstream_tls_dir"));
+    assert!(!bootstrap(&r).contains("flotilla.upstream_tls_dir"));
 }
 
 const SIDECARS: &str = "manifests/overlays/sidecars";
@@ -391,6 +420,19 @@ async fn the_manifests_played_scale_echo_with_zero_failed_requests() {
 
     let client_log = std::fs::read_to_string(&play.pods["echo-client-6b7f-0"].log).unwrap();
     play.kill("echo-client-6b7f-0");
+    // The front Envoy reached the pods over TLS (its bootstrap's node
+    // metadata asks the xDS server for it).
+    let handshakes = play.envoy_admin("envoy-7c9d-0", "/stats?filter=^cluster.echo.ssl.handshake$");
+    let handshakes: u64 = handshakes
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        handshakes >= 2,
+        "the front Envoy made {handshakes} TLS handshakes to echo's pods"
+    );
 
     let failures = failures.lock().unwrap();
     let seen = seen.lock().unwrap();
@@ -587,7 +629,7 @@ async fn with_sidecars_a_kv_pod_calls_echo_sidecar_to_sidecar_while_echo_scales(
     // Every echo pod's inbound sidecar carried calls (its flotilla listens
     // on loopback only: nothing else reaches it).
     for name in &echo_pods {
-        let stats = play.sidecar_admin(name, "/stats?filter=^http.inbound.downstream_rq_total$");
+        let stats = play.envoy_admin(name, "/stats?filter=^http.inbound.downstream_rq_total$");
         let count: u64 = stats
             .trim()
             .rsplit(' ')
@@ -601,7 +643,7 @@ async fn with_sidecars_a_kv_pod_calls_echo_sidecar_to_sidecar_while_echo_scales(
     // Scale down 5 → 1.
     play.terminate_all(&echo_pods[..4]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let outbound = play.sidecar_admin(&kv, "/stats?filter=^http.outbound.downstream_rq_total$");
+    let outbound = play.envoy_admin(&kv, "/stats?filter=^http.outbound.downstream_rq_total$");
     let _ = client.kill();
     let _ = client.wait();
 

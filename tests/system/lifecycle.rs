@@ -94,6 +94,38 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 }
 
 #[tokio::test]
+async fn a_stop_does_not_wait_for_connections_that_sent_nothing() {
+    // Clients open connections they use only later (a pool's spare); the
+    // listener reads a connection's first byte to tell plaintext from TLS.
+    // A stop closes those at once instead of draining them for the grace
+    // period, which here is a minute.
+    let mut node = Node::start(NodeConfig {
+        extra: "limits: {shutdown_grace_ms: 60000}\n".into(),
+        ..NodeConfig::default()
+    });
+    let mut silent = TcpStream::connect(node.public).await.unwrap();
+    // Accepted by the node: a request on a second connection is answered.
+    let mut used = TcpStream::connect(node.public).await.unwrap();
+    used.write_all(b"GET /api/echo?message=hi HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut used).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    node.signal("TERM");
+    let status = node.exited(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", node.log());
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut byte))
+        .await
+        .expect("the silent connection is closed")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the node sent bytes to a connection that asked nothing"
+    );
+}
+
+#[tokio::test]
 async fn the_write_of_a_drained_request_is_kept() {
     let mut node = Node::start(NodeConfig::default());
     let token = node.admin_token().await;

@@ -5,8 +5,7 @@
 //!   refused, a renewed certificate served without a restart, a broken
 //!   file keeping the one served, and files that do not load refused
 //!   before anything is bound;
-//! - a scaled cluster whose public listeners speak TLS only (and, in k3d
-//!   mode, an Envoy fed over ADS that reaches such nodes): the operator's
+//! - a scaled cluster whose public listeners speak TLS only: the operator's
 //!   certificate to clients (curl, HTTP/1.1 and HTTP/2; grpcio), the node's
 //!   cluster certificate to whoever names the trust domain, requests
 //!   forwarded between nodes over TLS, and a real Envoy reaching the nodes
@@ -470,57 +469,4 @@ async fn a_cluster_with_tls_only_public_listeners_forwards_between_nodes_and_tak
         err.contains("tls.public") && err.contains("cluster.tls off"),
         "{err}"
     );
-}
-
-/// In k3d mode Envoy learns its clusters over ADS: with `gen-envoy
-/// --upstream-tls`, its node metadata asks the xDS server for clusters that
-/// reach the nodes over TLS, which nodes with TLS-only public listeners
-/// require.
-#[tokio::test]
-async fn envoy_fed_over_ads_reaches_tls_only_nodes_over_tls_as_its_metadata_asks() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let api = pki.issue("api", &["api.test"]);
-    let cluster = crate::support::TestCluster::start_with(BINARY.as_ref(), "", &tls_extra(&[api]));
-    let envoy_tls = dir.path().join("envoy-tls");
-    let (code, _, err) = run_cli(
-        BINARY.as_ref(),
-        &[
-            "ca",
-            "issue",
-            "--config",
-            s(&cluster.nodes[0].config_path),
-            "--envoy",
-            "front",
-            "--out",
-            s(&envoy_tls),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let admin = crate::support::free_addr();
-    let yaml = crate::support::generate(&[
-        "--mode",
-        "k3d",
-        "--xds",
-        &cluster.xds[0].to_string(),
-        "--upstream-tls",
-        s(&envoy_tls),
-        "--admin",
-        &admin.to_string(),
-        "--node-id",
-        "front",
-    ]);
-    assert!(yaml.contains("flotilla.upstream_tls_dir"), "{yaml}");
-    let envoy = crate::support::Envoy::start_bootstrap(&yaml, admin);
-    crate::support::wait_routed(&format!(
-        "http://{}/api/echo?message=hi",
-        cluster.envoy_ingress
-    ))
-    .await;
-    let handshakes = envoy.stat("cluster.echo.ssl.handshake").await.unwrap_or(0);
-    assert!(
-        handshakes >= 1,
-        "Envoy made no TLS handshake to echo's nodes"
-    );
-    drop(envoy);
 }

@@ -69,6 +69,29 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             .unwrap();
         assert_eq!(me["username"], ADMIN, "{name}");
     }
+    // With no TLS in any config, the hops between nodes were TLS: from a
+    // member and from a store client alike (the other nodes' public
+    // listeners take TLS from a client naming the trust domain, beside
+    // plaintext).
+    for name in ["db-1", "kv-1"] {
+        let metrics = http()
+            .get(cluster.nodes[name].admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics
+                .contains(r#"flotilla_forwarded_requests_total{service="echo",transport="tls"}"#),
+            "{name} forwarded no request over TLS:\n{metrics}"
+        );
+        assert!(
+            !metrics.contains(r#"transport="plaintext""#),
+            "{name} forwarded in plaintext:\n{metrics}"
+        );
+    }
     let got: Value = client
         .get(cluster.nodes["echo-2"].url("/api/kv/keys/via-db-3"))
         .send()

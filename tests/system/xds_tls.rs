@@ -2,7 +2,8 @@
 //! (proxyless, TLS channel credentials) reach it
 //! with the certificate `flotilla ca issue --envoy` wrote, through the
 //! bootstrap `gen-envoy --xds-tls` makes, and routes through what it
-//! learns; plaintext and a node's certificate are refused.
+//! learns (Envoy to the nodes over TLS as well, `--upstream-tls`);
+//! plaintext and a node's certificate are refused.
 
 use std::path::Path;
 
@@ -70,6 +71,8 @@ async fn envoy_and_a_proxyless_grpc_client_reach_the_xds_server_over_mutual_tls_
         &xds.to_string(),
         "--xds-tls",
         tls.to_str().unwrap(),
+        "--upstream-tls",
+        tls.to_str().unwrap(),
         "--admin",
         &admin.to_string(),
         "--node-id",
@@ -86,6 +89,10 @@ async fn envoy_and_a_proxyless_grpc_client_reach_the_xds_server_over_mutual_tls_
     .await;
     let ssl = envoy.stat("cluster.xds.ssl.handshake").await.unwrap_or(0);
     assert!(ssl >= 1, "Envoy made no TLS handshake to the xDS server");
+    // The clusters the xDS server sent reach the nodes over TLS too (its
+    // node metadata asked for it, `--upstream-tls`).
+    let ssl = envoy.stat("cluster.echo.ssl.handshake").await.unwrap_or(0);
+    assert!(ssl >= 1, "Envoy made no TLS handshake to echo's nodes");
 
     // A proxyless gRPC client (grpcio) with the same certificate: TLS
     // channel credentials in its xDS bootstrap. It checks the server's

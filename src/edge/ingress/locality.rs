@@ -77,7 +77,12 @@ mod tests {
         });
         let key = forward::ClientKey::derive("a-shared-auth-secret-0123456789abcdef");
         Locality {
-            forwarder: Forwarder::new(registry.clone(), Duration::from_secs(1), key.clone()),
+            forwarder: Forwarder::new(
+                registry.clone(),
+                Duration::from_secs(1),
+                key.clone(),
+                crate::telemetry::metrics::Metrics::new().http,
+            ),
             registry,
             client_key: key,
             body_limit: 1024,

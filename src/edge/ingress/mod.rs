@@ -151,9 +151,13 @@ impl Ingress {
         limits: IngressSettings,
     ) -> Ingress {
         let client_key = forward::ClientKey::derive(&auth.settings.secret);
-        let forwarder =
-            forward::Forwarder::new(registry.clone(), limits.request_timeout, client_key.clone())
-                .over_tls(limits.forward_tls.clone());
+        let forwarder = forward::Forwarder::new(
+            registry.clone(),
+            limits.request_timeout,
+            client_key.clone(),
+            metrics.clone(),
+        )
+        .over_tls(limits.forward_tls.clone());
         let layers: Vec<Box<dyn Layer>> = vec![
             Box::new(health::Health(readiness)),
             Box::new(metrics::Metrics(metrics)),

@@ -251,6 +251,18 @@ impl Node {
         status
     }
 
+    /// [`Node::wait_exit`] for async code: the runtime goes on meanwhile,
+    /// so that clients in other tasks keep sending and receiving.
+    pub async fn exited(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = super::wait::wait_until("the node exits", within, || {
+            std::future::ready(child.try_wait().unwrap().ok_or("still running"))
+        })
+        .await;
+        self.child = None;
+        status
+    }
+
     pub fn kill9(&mut self) {
         self.signal("KILL");
         self.wait_exit(Duration::from_secs(10));

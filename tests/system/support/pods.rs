@@ -622,9 +622,10 @@ impl Play {
             .unwrap()
     }
 
-    /// GET `path` from the admin interface of pod `name`'s Envoy sidecar
-    /// (on the pod's loopback, 127.0.0.1:9901).
-    pub fn sidecar_admin(&self, name: &str, path: &str) -> String {
+    /// GET `path` from the admin interface of pod `name`'s Envoy (the front
+    /// Envoy's, or a service pod's sidecar's), on the pod's loopback,
+    /// 127.0.0.1:9901.
+    pub fn envoy_admin(&self, name: &str, path: &str) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.pods[name].ns, "curl", "-sf"])
             .arg(format!("http://127.0.0.1:9901{path}"))
@@ -632,7 +633,7 @@ impl Play {
             .unwrap();
         assert!(
             out.status.success(),
-            "{name}'s sidecar admin {path}: {}",
+            "{name}'s Envoy admin {path}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
