@@ -34,6 +34,7 @@ pub mod origin;
 mod peer;
 mod remote;
 mod replicate;
+pub mod sessions;
 pub mod state_machine;
 
 use handover::Quiet;
@@ -377,6 +378,8 @@ pub struct Cluster {
     /// The registry as this member sees it, encoded, for the store clients
     /// that follow it (`WatchRegistry`); the node publishes it.
     registry_feed: tokio::sync::watch::Sender<Arc<[u8]>>,
+    /// Who this member is in touch with (see `sessions`).
+    sessions: Arc<sessions::Sessions>,
     me: Weak<Cluster>,
 }
 
@@ -510,10 +513,22 @@ impl Cluster {
         let group: origin::GroupCell = Arc::new(std::sync::RwLock::new(
             facts.group.as_deref().map(Arc::from),
         ));
+        let sessions = Arc::new(sessions::Sessions::default());
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(id, auth.clone(), faults.clone(), group.clone()),
+            network::Network::new(
+                id,
+                auth.clone(),
+                faults.clone(),
+                group.clone(),
+                sessions.clone(),
+                settings
+                    .members
+                    .iter()
+                    .map(|m| (m.id, m.name.clone()))
+                    .collect(),
+            ),
             log.clone(),
             sm,
         )
@@ -568,6 +583,7 @@ impl Cluster {
             renewal,
             issued: std::sync::Mutex::default(),
             registry_feed: tokio::sync::watch::channel(Arc::from(&b"[]"[..])).0,
+            sessions,
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
         tokio::spawn(elect::elector(Arc::downgrade(&cluster)));
@@ -629,6 +645,17 @@ impl Cluster {
                 true
             }
         });
+    }
+
+    /// The nodes this member has been out of touch with (see `sessions`),
+    /// and each change to them.
+    pub fn lost(&self) -> tokio::sync::watch::Receiver<sessions::Lost> {
+        self.sessions.lost()
+    }
+
+    /// How many store clients have a session open with this member.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.open()
     }
 
     /// The peer listener's TLS, unless `tls: off`: each connection takes

@@ -9,7 +9,11 @@
 //! from the secret and its name: it can read and write, within its
 //! namespaces only, and nothing else (see `Caller`).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use hmac::{Hmac, Mac};
 use openraft::{
@@ -29,7 +33,7 @@ use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::TypeConfig;
+use super::{TypeConfig, sessions::Sessions};
 use crate::proto::peer::{Blob, peer_client::PeerClient};
 use crate::telemetry::Throttle;
 
@@ -448,15 +452,28 @@ pub struct Network {
     auth: Auth,
     faults: Faults,
     group: super::origin::GroupCell,
+    /// Where the leader's calls to each follower are recorded, by the
+    /// member's name (`names`; a member not named there is not recorded).
+    sessions: Arc<Sessions>,
+    names: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl Network {
-    pub fn new(me: NodeId, auth: Auth, faults: Faults, group: super::origin::GroupCell) -> Network {
+    pub fn new(
+        me: NodeId,
+        auth: Auth,
+        faults: Faults,
+        group: super::origin::GroupCell,
+        sessions: Arc<Sessions>,
+        names: BTreeMap<NodeId, String>,
+    ) -> Network {
         Network {
             me,
             auth,
             faults,
             group,
+            sessions,
+            names: Arc::new(names),
         }
     }
 }
@@ -466,17 +483,26 @@ pub struct Connection {
     target: NodeId,
     faults: Faults,
     client: Result<Client, String>,
+    /// The target's name and where its silences go (see `sessions`).
+    session: Option<(String, Arc<Sessions>)>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
+    /// Called as this member starts leading (replication to `target`), and
+    /// to vote: a silence recorded by an earlier term is forgotten.
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        let session = self.names.get(&target).map(|name| {
+            self.sessions.heard(name);
+            (name.clone(), self.sessions.clone())
+        });
         Connection {
             me: self.me,
             target,
             faults: self.faults.clone(),
             client: client(&node.addr, &self.auth, &self.group),
+            session,
         }
     }
 }
@@ -526,6 +552,24 @@ impl Connection {
                     "no answer within the RPC deadline",
                 ))
             });
+        // The leader's calls are its sessions with the followers: an
+        // answer (any: a refusal is an answer) puts the follower in touch,
+        // none (unreachable, or not in time) starts its silence.
+        if let (RPCTypes::AppendEntries, Some((name, sessions))) = (method, &self.session) {
+            match &result {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                    ) =>
+                {
+                    sessions.silent(name, crate::store::now_ms(), true)
+                }
+                _ => sessions.heard(name),
+            }
+        }
         let reply = result.map_err(|status| {
             if status.code() == tonic::Code::FailedPrecondition && REFUSED_GROUP.ready() {
                 tracing::warn!(peer = self.target, "{}", status.message());

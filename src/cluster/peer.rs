@@ -248,19 +248,28 @@ impl peer_server::Peer for PeerService {
     ) -> Result<tonic::Response<Self::WatchRegistryStream>, tonic::Status> {
         // Whoever may read the registry may follow it.
         check_read(&r, REGISTRY_NAMESPACE, &*self.cluster.policy)?;
+        // A store client's stream is its session with this member: it
+        // ends when the connection does (see `sessions`).
+        let session = match caller(&r)? {
+            network::Caller::Client(client) => Some(self.cluster.sessions.opened(&client.node)),
+            network::Caller::Peer => None,
+        };
         let feed = self.cluster.registry_feed.subscribe();
-        let stream = futures_util::stream::unfold((feed, true), |(mut feed, first)| async move {
-            if !first {
-                // Ends the stream when this member's cluster stops.
-                feed.changed().await.ok()?;
-            }
-            let next = feed.borrow_and_update().clone();
-            let blob = Blob {
-                data: next.to_vec(),
-                payload: Vec::new(),
-            };
-            Some((Ok(blob), (feed, false)))
-        });
+        let stream = futures_util::stream::unfold(
+            (feed, true, session),
+            |(mut feed, first, session)| async move {
+                if !first {
+                    // Ends the stream when this member's cluster stops.
+                    feed.changed().await.ok()?;
+                }
+                let next = feed.borrow_and_update().clone();
+                let blob = Blob {
+                    data: next.to_vec(),
+                    payload: Vec::new(),
+                };
+                Some((Ok(blob), (feed, false, session)))
+            },
+        );
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 

@@ -34,7 +34,7 @@ impl StoreClientLink {
     /// at once, then at each change, from one member at a time (the last
     /// that answered first; the next when a stream breaks or cannot open,
     /// after `FOLLOW_RETRY`). Ends when the receiver is dropped.
-    pub fn follow_registry(&self) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    pub fn follow_registry(&self) -> tokio::sync::mpsc::Receiver<Followed> {
         let inner = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -59,6 +59,7 @@ impl StoreClientLink {
                     Ok(stream) => {
                         let mut stream = stream.into_inner();
                         turn = 0;
+                        let mut opened = true;
                         loop {
                             let next = tokio::select! {
                                 _ = tx.closed() => return,
@@ -66,7 +67,11 @@ impl StoreClientLink {
                             };
                             match next {
                                 Ok(Some(blob)) => {
-                                    if tx.send(blob.data).await.is_err() {
+                                    let followed = Followed {
+                                        encoded: blob.data,
+                                        opened: std::mem::take(&mut opened),
+                                    };
+                                    if tx.send(followed).await.is_err() {
                                         return;
                                     }
                                 }
@@ -99,6 +104,15 @@ impl StoreClientLink {
             network::Auth::Plain { .. } => Ok(None),
         }
     }
+}
+
+/// The registry as a member sent it (`StoreClientLink::follow_registry`).
+pub struct Followed {
+    /// Encoded (`Registry::encode`).
+    pub encoded: Vec<u8>,
+    /// The first of a stream: a new session with a member
+    /// (`cluster::sessions`).
+    pub opened: bool,
 }
 
 /// How long a store client waits before following another member's

@@ -35,6 +35,10 @@ pub use crate::tls::{PeerCertificate, TlsSource};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive pings on otherwise idle connections.
 const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// The peer listener's: a store client's registry stream is its session
+/// with a member (`cluster::sessions`), so a client that stops answering
+/// (a paused process, a machine gone) must end it within about twice this.
+const PEER_KEEPALIVE: Duration = Duration::from_millis(500);
 /// At most one "connection limit reached" line per listener this often.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -154,6 +158,9 @@ pub struct ServeOptions {
     /// handshake starts with 0x16, which no HTTP request does), so that one
     /// port serves clients of both.
     pub plaintext_too: bool,
+    /// HTTP/2 pings after this long without a frame from the client, and
+    /// the connection closed if one is not answered within as long.
+    pub h2_keep_alive: Duration,
 }
 
 impl ServeOptions {
@@ -165,6 +172,16 @@ impl ServeOptions {
             h2_send_buffer: H2_SEND_BUFFER,
             tls: None,
             plaintext_too: false,
+            h2_keep_alive: H2_KEEPALIVE,
+        }
+    }
+
+    /// The peer listener's, with the cluster's TLS (`tls`).
+    pub fn peer(limits: ListenerLimits, grace: Duration, tls: Option<TlsSource>) -> ServeOptions {
+        ServeOptions {
+            tls,
+            h2_keep_alive: PEER_KEEPALIVE,
+            ..ServeOptions::new("peer", limits, grace)
         }
     }
 }
@@ -305,7 +322,8 @@ where
             u32::try_from(2 * (limits.max_header_bytes + limits.max_uri_bytes)).unwrap_or(u32::MAX),
         )
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEPALIVE);
+        .keep_alive_interval(options.h2_keep_alive)
+        .keep_alive_timeout(options.h2_keep_alive);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_full_log: Option<Instant> = None;

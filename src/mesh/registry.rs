@@ -40,6 +40,11 @@ pub const COALESCE: Duration = Duration::from_millis(2);
 /// How soon a copy that could not be read (a member cut off, catching up)
 /// is tried again.
 pub const RETRY: Duration = Duration::from_millis(500);
+/// How long a node may be out of touch with the members (its session
+/// broken, `cluster::sessions`) before they mark its record unhealthy: a
+/// few Raft heartbeats, so that a connection re-made at once is not
+/// taken for a crash.
+pub const SESSION_GRACE: Duration = Duration::from_millis(250);
 /// How long the record of a joined node that stopped renewing it stays
 /// (unhealthy) before the members delete it.
 pub const COLLECT_AFTER: Duration = Duration::from_secs(60);
@@ -297,6 +302,24 @@ impl Registry {
         }
     }
 
+    /// Marks `node`'s record unhealthy, the member's call when the node's
+    /// session with it broke at `since` (ms since the epoch): unless the
+    /// record was renewed since (the node is back, through another
+    /// member). Returns whether the record changed. The record is kept: the
+    /// node's next heartbeat marks it healthy again.
+    pub async fn mark_lost(store: &Namespace, node: &str, since: i64) -> Result<bool, StoreError> {
+        let outcomes = store
+            .write(vec![
+                RegistryWrite::Lost {
+                    node: node.to_owned(),
+                    since,
+                }
+                .statement(),
+            ])
+            .await?;
+        Ok(outcomes.first().is_some_and(|o| o.changed > 0))
+    }
+
     /// Deletes the records of joined nodes not renewed for `COLLECT_AFTER`
     /// (a member's job); returns how many.
     pub async fn collect(store: &Namespace) -> Result<u64, StoreError> {
@@ -409,6 +432,9 @@ const CLAIMED: &str = "INSERT INTO registry__records (node, public, services, he
      ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
          healthy = excluded.healthy, updated_ms = excluded.updated_ms, claim = excluded.claim
      WHERE registry__records.claim = excluded.claim OR registry__records.updated_ms < flotilla_now() - 3000";
+/// A node out of touch since ?2 (ms), unless renewed since.
+const LOST: &str = "UPDATE registry__records SET healthy = 0
+     WHERE node = ?1 AND healthy = 1 AND updated_ms <= ?2";
 /// A joined node leaving for good.
 const LEAVE: &str = "DELETE FROM registry__records WHERE node = ?1 AND claim = ?2";
 /// The records of joined nodes gone for longer than ?1 ms.
@@ -430,6 +456,9 @@ pub enum RegistryWrite {
     Claimed { record: NodeRecord, claim: String },
     /// A joined node deleting its record (a graceful stop).
     Leave { node: String, claim: String },
+    /// A member marking a node whose session broke at `since` unhealthy,
+    /// unless its record was renewed since (members only).
+    Lost { node: String, since: i64 },
 }
 
 impl RegistryWrite {
@@ -465,6 +494,9 @@ impl RegistryWrite {
             RegistryWrite::Leave { node, claim } => {
                 Statement::new(LEAVE, vec![node.clone().into(), claim.clone().into()])
             }
+            RegistryWrite::Lost { node, since } => {
+                Statement::new(LOST, vec![node.clone().into(), (*since).into()])
+            }
         }
     }
 
@@ -498,6 +530,10 @@ impl RegistryWrite {
             (LEAVE, 2) => Some(RegistryWrite::Leave {
                 node: text(0)?.to_owned(),
                 claim: text(1)?.to_owned(),
+            }),
+            (LOST, 2) => Some(RegistryWrite::Lost {
+                node: text(0)?.to_owned(),
+                since: statement.params.get(1)?.as_i64()?,
             }),
             _ => None,
         }
@@ -568,6 +604,10 @@ mod tests {
                 healthy: false,
                 ..record.clone()
             }),
+            RegistryWrite::Lost {
+                node: "kv-1".into(),
+                since: 1_700_000_000_000,
+            },
         ] {
             assert_eq!(RegistryWrite::parse(&write.statement()), Some(write));
         }

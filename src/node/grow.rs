@@ -230,10 +230,11 @@ impl Grow {
                 listener,
                 cluster.peer_router(),
                 stop,
-                server::ServeOptions {
-                    tls: cluster.peer_tls(),
-                    ..server::ServeOptions::new("peer", limits.peer, old.limits.shutdown_grace)
-                },
+                server::ServeOptions::peer(
+                    limits.peer,
+                    old.limits.shutdown_grace,
+                    cluster.peer_tls(),
+                ),
             ),
         ));
         cluster

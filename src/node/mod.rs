@@ -359,11 +359,17 @@ async fn refresh_registry(
                 }
                 continue;
             }
-            encoded = async { feed.as_mut()?.recv().await }, if feed.is_some() => {
-                match encoded {
-                    Some(encoded) => {
-                        if let Err(e) = registry.adopt_encoded(&encoded) {
+            followed = async { feed.as_mut()?.recv().await }, if feed.is_some() => {
+                match followed {
+                    Some(followed) => {
+                        if let Err(e) = registry.adopt_encoded(&followed.encoded) {
                             tracing::warn!(error = %e, "a member's registry was not taken");
+                        }
+                        // A new session (another member, or the same one
+                        // again): renewed at once, so that no member takes
+                        // the broken one for a crash (`watch_sessions`).
+                        if followed.opened {
+                            heartbeat.reset_immediately();
                         }
                     }
                     None => return,
@@ -423,6 +429,110 @@ async fn collect_registry(
                 Ok(n) => tracing::info!(records = n, "collected the registry records of joined nodes gone for good"),
                 Err(e) => tracing::debug!(error = %e, "registry collection skipped"),
             },
+        }
+    }
+}
+
+/// A db member's watch on its sessions (`cluster::sessions`): a store
+/// client whose sessions with this member all ended, or, while this member
+/// leads, a member its Raft calls no longer reach, is marked unhealthy in
+/// the registry once `registry::SESSION_GRACE` has passed without it coming
+/// back, unless its record was renewed since. The record's TTL stays the
+/// backstop.
+///
+/// When this member is out of touch with more than half of the other
+/// healthy nodes at once, it is the suspect one (a partition on its side):
+/// it marks none of them, and leaves them to their TTL.
+async fn watch_sessions(
+    cluster: crate::cluster::ClusterSlot,
+    store: Namespace,
+    registry: Registry,
+    stop: CancellationToken,
+) {
+    use crate::mesh::registry::{RETRY, SESSION_GRACE, TTL};
+    // A single node has no sessions until it grows into a cluster.
+    let cluster = loop {
+        if let Some(c) = cluster.get() {
+            break c;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let grace = i64::try_from(SESSION_GRACE.as_millis()).unwrap_or(i64::MAX);
+    let mut lost = cluster.lost();
+    // The silences already marked, by node: since when each was.
+    let mut marked: std::collections::HashMap<String, i64> = Default::default();
+    let mut suspect_logged = false;
+    loop {
+        let now = crate::store::now_ms();
+        let leading = cluster.is_leader();
+        // A silence older than the TTL is the TTL's: the record has run
+        // out by now unless it was renewed (a node gone for good stays
+        // silent, and is not counted against this member for ever).
+        let recent = now - i64::try_from(TTL.as_millis()).unwrap_or(i64::MAX);
+        let silent: Vec<(String, i64)> = lost
+            .borrow_and_update()
+            .iter()
+            .filter(|(_, s)| (!s.member || leading) && s.since >= recent)
+            .map(|(node, s)| (node.clone(), s.since))
+            .collect();
+        marked.retain(|node, since| silent.iter().any(|(n, s)| n == node && s == since));
+        // The others in touch, or out of touch since lately (those
+        // marked here count: they were healthy when their silence began).
+        let others = registry
+            .nodes()
+            .iter()
+            .filter(|n| {
+                n.id != registry.local_id()
+                    && (n.healthy || silent.iter().any(|(node, _)| *node == n.id))
+            })
+            .count();
+        let suspect = silent.len() > 1 && silent.len() * 2 > others;
+        if suspect && !suspect_logged {
+            tracing::warn!(
+                out_of_touch = silent.len(),
+                healthy_others = others,
+                "this member is out of touch with most of the other nodes at once: it marks none of them unhealthy (their records' TTL decides)"
+            );
+        }
+        suspect_logged = suspect;
+        let mut next: Option<i64> = None;
+        if !suspect {
+            for (node, since) in &silent {
+                if marked.contains_key(node) {
+                    continue;
+                }
+                let due = since.saturating_add(grace);
+                if due > now {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    continue;
+                }
+                let write = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = Registry::mark_lost(&store, node, *since) => r,
+                };
+                match write {
+                    Ok(changed) => {
+                        if changed {
+                            tracing::info!(%node, out_of_touch_ms = now - since, "marked a node unhealthy: its session with this member broke");
+                        }
+                        marked.insert(node.clone(), *since);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%node, error = %e, "could not mark a node unhealthy yet");
+                        let retry = now + i64::try_from(RETRY.as_millis()).unwrap_or(0);
+                        next = Some(next.map_or(retry, |n| n.min(retry)));
+                    }
+                }
+            }
+        }
+        let wait = next.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = lost.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))) => {}
         }
     }
 }

@@ -259,6 +259,16 @@ mod tests {
             RegistryWrite::Own(record("kv-1", "127.0.0.1:8011", &["kv", "echo"], true)),
             RegistryWrite::Own(record("evil-1", "127.0.0.1:8011", &["kv"], true)),
             RegistryWrite::Seed(record("echo-1", "127.0.0.1:1", &["echo"], false)),
+            // Marking a node lost is the members' call, not a client's,
+            // even for itself.
+            RegistryWrite::Lost {
+                node: "echo-1".into(),
+                since: i64::MAX,
+            },
+            RegistryWrite::Lost {
+                node: "kv-1".into(),
+                since: 0,
+            },
         ] {
             assert!(!allowed(refused.clone()), "{refused:?} was allowed");
         }

@@ -162,10 +162,7 @@ impl Node {
                         listener,
                         c.peer_router(),
                         stop,
-                        ServeOptions {
-                            tls: c.peer_tls(),
-                            ..ServeOptions::new("peer", limits.peer, grace)
-                        },
+                        ServeOptions::peer(limits.peer, grace, c.peer_tls()),
                     ),
                 ))
             }
@@ -354,6 +351,12 @@ impl Node {
             background.spawn(super::collect_registry(
                 cluster.clone(),
                 registry_store.clone(),
+                background_stop.clone(),
+            ));
+            background.spawn(super::watch_sessions(
+                cluster.clone(),
+                registry_store.clone(),
+                registry.clone(),
                 background_stop.clone(),
             ));
         }

@@ -407,3 +407,81 @@ async fn store_clients_follow_the_registry_the_members_push_through_the_loss_of_
         );
     }
 }
+
+/// Waits until `follower` sees `of` unhealthy and returns how long that
+/// took from `from`.
+async fn detected(
+    cluster: &ScaledCluster,
+    follower: &str,
+    of: &str,
+    from: std::time::Instant,
+) -> Duration {
+    wait_unhealthy(cluster, &[follower], of, Duration::from_secs(10)).await;
+    from.elapsed()
+}
+
+/// Whether a member's log says it marked `node` unhealthy because its
+/// session broke (not because its record ran out of its TTL).
+fn marked_by_session(cluster: &ScaledCluster, node: &str) -> bool {
+    ["db-1", "db-2", "db-3"].iter().any(|m| {
+        cluster.nodes[m].log().lines().any(|l| {
+            l.contains("its session with this member broke") && l.contains(&format!("node={node}"))
+        })
+    })
+}
+
+/// Liveness by session: a store client killed (kill -9) or paused
+/// (SIGSTOP) and a member killed are marked unhealthy when their session
+/// with the members breaks (the connection closes; pings go unanswered;
+/// the leader's Raft calls fail), before their records' TTL would run out.
+/// The record is kept: a paused node that resumes is healthy again.
+#[tokio::test]
+async fn crashed_and_paused_nodes_are_marked_unhealthy_when_their_session_breaks() {
+    let mut cluster = ScaledCluster::start();
+    cluster.wait_registered().await;
+    let watcher = "kv-1";
+
+    let start = std::time::Instant::now();
+    cluster.nodes.get_mut("echo-1").unwrap().kill9();
+    let killed = detected(&cluster, watcher, "echo-1", start).await;
+    assert!(
+        marked_by_session(&cluster, "echo-1"),
+        "echo-1: not by its session"
+    );
+
+    let start = std::time::Instant::now();
+    cluster.nodes["echo-2"].signal("STOP");
+    let paused = detected(&cluster, watcher, "echo-2", start).await;
+    assert!(
+        marked_by_session(&cluster, "echo-2"),
+        "echo-2: not by its session"
+    );
+    cluster.nodes["echo-2"].signal("CONT");
+    crate::support::wait_until(
+        "kv-1 sees echo-2 healthy again",
+        Duration::from_secs(10),
+        || async {
+            match sees_healthy(&cluster.nodes[watcher], "echo-2").await {
+                Some(true) => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+
+    let leader = cluster.leader().await;
+    let member = ["db-1", "db-2", "db-3"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .unwrap();
+    let start = std::time::Instant::now();
+    cluster.nodes.get_mut(member).unwrap().kill9();
+    let member_killed = detected(&cluster, watcher, member, start).await;
+    assert!(
+        marked_by_session(&cluster, member),
+        "{member}: not by its session"
+    );
+    eprintln!(
+        "detected: store client killed {killed:?}, store client paused {paused:?}, member killed {member_killed:?}"
+    );
+}
