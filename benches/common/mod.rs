@@ -257,6 +257,8 @@ pub struct BenchCluster {
     pub nodes: Vec<(String, SocketAddr, SocketAddr)>,
     pub topology: std::path::PathBuf,
     pub db1_config: std::path::PathBuf,
+    /// Each node's config, in layout order.
+    pub configs: Vec<std::path::PathBuf>,
     pub dir: tempfile::TempDir,
 }
 
@@ -271,7 +273,18 @@ impl BenchCluster {
         layout: &[(String, String, bool)],
         cluster_extra: &str,
     ) -> BenchCluster {
-        use std::process::{Command, Stdio};
+        BenchCluster::start_with(binary, layout, cluster_extra, &|_| Default::default())
+    }
+
+    /// [`BenchCluster::start`], with what `node_extra` gives for each node
+    /// by name: more listeners (`, xds: '…'`) and top-level YAML lines.
+    pub fn start_with(
+        binary: &str,
+        layout: &[(String, String, bool)],
+        cluster_extra: &str,
+        node_extra: &dyn Fn(&str) -> (String, String),
+    ) -> BenchCluster {
+        use std::process::Command;
         let dir = tempfile::tempdir().unwrap();
         let topology = dir.path().join("topology.yaml");
         let mut members = String::from("members:\n");
@@ -319,10 +332,14 @@ impl BenchCluster {
                 (String::new(), format!("client_key: '{}'", key.trim()))
             };
             let path = dir.path().join(format!("{name}.yaml"));
+            let (listeners, top) = node_extra(name);
+            // BENCH_LOG_LEVEL, to see what the nodes did (their logs are
+            // in the cluster's directory).
+            let log = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
             std::fs::write(
                 &path,
                 format!(
-                    "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}}}\ndata_dir: '{}'\nlog: {{level: warn}}\nauth: {{secret: '{BENCH_SECRET}'}}\ncluster: {{topology: '{}', {cluster}{cluster_extra}}}\n",
+                    "node: {{id: {name}}}\nservices: [{services}]\nlisteners: {{public: '{public}', admin: '{admin}'{peer}{listeners}}}\ndata_dir: '{}'\nlog: {{level: '{log}'}}\nauth: {{secret: '{BENCH_SECRET}'}}\ncluster: {{topology: '{}', {cluster}{cluster_extra}}}\n{top}\n",
                     dir.path().join(name).display(),
                     topology.display(),
                 ),
@@ -330,18 +347,13 @@ impl BenchCluster {
             .unwrap();
             configs.push(path);
         }
-        let mut children = Vec::new();
-        for (i, (name, _, _)) in layout.iter().enumerate() {
-            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-            children.push(
-                Command::new(binary)
-                    .args(["serve", "--config", configs[i].to_str().unwrap()])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            );
-        }
+        let children = layout
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, _))| {
+                spawn(binary, &configs[i], &dir.path().join(format!("{name}.log")))
+            })
+            .collect();
         for (i, (name, _, _)) in layout.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while !ready(addrs[i].1) {
@@ -358,13 +370,35 @@ impl BenchCluster {
                 .collect(),
             topology,
             db1_config: configs[0].clone(),
+            configs,
             dir,
         }
+    }
+
+    /// Starts node `i` again (after it was killed), without waiting.
+    pub fn restart(&mut self, binary: &str, i: usize) {
+        let log = self.dir.path().join(format!("{}.log", self.nodes[i].0));
+        self.children[i] = spawn(binary, &self.configs[i], &log);
     }
 
     pub fn public(&self, name: &str) -> SocketAddr {
         self.nodes.iter().find(|(n, _, _)| n == name).unwrap().1
     }
+}
+
+/// `flotilla serve` of `binary` on `config`, its log appended to `log`.
+fn spawn(binary: &str, config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(binary)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for BenchCluster {

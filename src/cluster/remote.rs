@@ -60,27 +60,31 @@ impl StoreClientLink {
                         let mut stream = stream.into_inner();
                         turn = 0;
                         let mut opened = true;
-                        loop {
+                        let ended = loop {
                             let next = tokio::select! {
                                 _ = tx.closed() => return,
                                 next = stream.message() => next,
                             };
                             match next {
                                 Ok(Some(blob)) => {
-                                    let followed = Followed {
-                                        encoded: blob.data,
-                                        opened: std::mem::take(&mut opened),
+                                    let followed = if std::mem::take(&mut opened) {
+                                        Followed::Opened(blob.data)
+                                    } else {
+                                        Followed::Changed(blob.data)
                                     };
                                     if tx.send(followed).await.is_err() {
                                         return;
                                     }
                                 }
-                                Ok(None) => break,
+                                Ok(None) => break !opened,
                                 Err(e) => {
                                     tracing::debug!(member = %member.name, error = %e, "registry stream broke");
-                                    break;
+                                    break !opened;
                                 }
                             }
+                        };
+                        if ended && tx.send(Followed::Broken).await.is_err() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -106,13 +110,18 @@ impl StoreClientLink {
     }
 }
 
-/// The registry as a member sent it (`StoreClientLink::follow_registry`).
-pub struct Followed {
-    /// Encoded (`Registry::encode`).
-    pub encoded: Vec<u8>,
-    /// The first of a stream: a new session with a member
-    /// (`cluster::sessions`).
-    pub opened: bool,
+/// What following a member's registry brings
+/// (`StoreClientLink::follow_registry`). A stream is the store client's
+/// session with that member (`cluster::sessions`).
+pub enum Followed {
+    /// A session opened: the registry as the member sees it, encoded
+    /// (`Registry::encode`).
+    Opened(Vec<u8>),
+    /// The registry changed.
+    Changed(Vec<u8>),
+    /// The session ended (the member stopped, or the connection broke);
+    /// the next member is tried.
+    Broken,
 }
 
 /// How long a store client waits before following another member's

@@ -321,6 +321,11 @@ pub(super) enum RegistrySource {
     Client(crate::cluster::StoreClientLink),
 }
 
+/// A store client's heartbeat this late was paused (see `refresh_registry`).
+const LATE_BEAT: Duration = Duration::from_millis(250);
+/// How long such a beat waits for the registry stream's news.
+const LATE_BEAT_DELAY: Duration = Duration::from_millis(50);
+
 /// Keeps this node's copy of the registry current, and renews its record
 /// every `registry::HEARTBEAT`. Nothing is read on a timer but when a
 /// record's TTL runs out (a member), or after a failed read.
@@ -330,6 +335,7 @@ async fn refresh_registry(
     source: RegistrySource,
     stop: CancellationToken,
 ) {
+    use crate::cluster::Followed;
     use crate::mesh::registry::{COALESCE, HEARTBEAT, RETRY};
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,6 +344,9 @@ async fn refresh_registry(
         RegistrySource::Client(link) => Some(link.follow_registry()),
         RegistrySource::Member(_) => None,
     };
+    // Whether this node is in session with the members: a member always;
+    // a store client while it follows one's registry.
+    let mut session = feed.is_none();
     // When a member reads its copy next: at once, then on changes, when a
     // record's TTL runs out, or after a failed read.
     let mut read_at = Some(tokio::time::Instant::now());
@@ -349,7 +358,23 @@ async fn refresh_registry(
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = heartbeat.tick() => {
+            due = heartbeat.tick() => {
+                // A store client's record lives by its session with a
+                // member: without one, it is not renewed (a member that
+                // saw the session break may be about to mark it), and it
+                // is renewed at once when one opens.
+                if !session {
+                    tracing::debug!("registry heartbeat waits for a session with a member");
+                    continue;
+                }
+                // A beat this late means this process was paused (or
+                // starved): its session may have been closed meanwhile,
+                // which the stream says at its next read. That goes first:
+                // the beat comes a moment later.
+                if matches!(source, RegistrySource::Client(_)) && due.elapsed() >= LATE_BEAT {
+                    heartbeat.reset_after(LATE_BEAT_DELAY);
+                    continue;
+                }
                 let beat = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = registry.heartbeat(&store) => r,
@@ -360,19 +385,24 @@ async fn refresh_registry(
                 continue;
             }
             followed = async { feed.as_mut()?.recv().await }, if feed.is_some() => {
-                match followed {
-                    Some(followed) => {
-                        if let Err(e) = registry.adopt_encoded(&followed.encoded) {
-                            tracing::warn!(error = %e, "a member's registry was not taken");
-                        }
-                        // A new session (another member, or the same one
-                        // again): renewed at once, so that no member takes
-                        // the broken one for a crash (`watch_sessions`).
-                        if followed.opened {
-                            heartbeat.reset_immediately();
-                        }
+                let encoded = match followed {
+                    // A new session (another member, or the same one
+                    // again): renewed at once, so that no member takes the
+                    // broken one for a crash (`watch_sessions`).
+                    Some(Followed::Opened(encoded)) => {
+                        session = true;
+                        heartbeat.reset_immediately();
+                        encoded
+                    }
+                    Some(Followed::Changed(encoded)) => encoded,
+                    Some(Followed::Broken) => {
+                        session = false;
+                        continue;
                     }
                     None => return,
+                };
+                if let Err(e) = registry.adopt_encoded(&encoded) {
+                    tracing::warn!(error = %e, "a member's registry was not taken");
                 }
                 continue;
             }
