@@ -6,13 +6,15 @@
 //!
 //! The server is flotilla's ADS service (`xds::server::Ads` behind the
 //! node's HTTP/2 server) on a loopback port, in this process; the clients
-//! are the envoy-types generated ADS client, 100 streams per HTTP/2
-//! connection, in a child process (this program again, in client mode), so
-//! that the memory measured is the server's: the growth of this process's
-//! RSS once every stream has ACKed its first full state. The change is
-//! pushed as a new snapshot (what the node does when its registry changes,
-//! without the registry's 100 ms polling); each client reports when it ACKed
-//! it.
+//! are 100 streams per HTTP/2 connection, in a child process (this program
+//! again, in client mode), so that the memory measured is the server's: the
+//! growth of this process's RSS once every stream has ACKed its first full
+//! state. The clients are the envoy-types generated ADS client; each ACKs
+//! every response (the node on its first requests only, as Envoy does).
+//! They share the machine's two cores with the server, so the table gives
+//! each side's CPU time during the first sync. The change is pushed as a
+//! new snapshot (what the node does when its registry changes); each
+//! client reports when it ACKed it.
 //!
 //! Run: `cargo bench --bench xds` (BENCH_STREAMS=5000 by default).
 
@@ -28,7 +30,8 @@ use std::{
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use flotilla::xds::{
     CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot,
@@ -112,16 +115,24 @@ fn request(type_url: &str, names: &[String], version: &str, nonce: &str) -> Disc
 }
 
 /// One simulated client: subscribes to everything, ACKs every response.
-async fn client(
-    mut ads: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
-    shared: Arc<Shared>,
-) {
+async fn client(channel: tonic::transport::Channel, shared: Arc<Shared>) {
     let (tx, rx) = mpsc::channel(8);
-    let mut responses = ads
+    let mut ads =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let responses = ads
         .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("stream opens")
         .into_inner();
+    follow(tx, responses, shared).await;
+}
+
+/// Subscribes to every type on `tx` and ACKs each of `responses`.
+async fn follow(
+    tx: mpsc::Sender<DiscoveryRequest>,
+    mut responses: tonic::Streaming<DiscoveryResponse>,
+    shared: Arc<Shared>,
+) {
     let endpoints: Vec<String> = (0..SERVICES).map(|s| format!("svc{s:03}")).collect();
     let routes = vec![INGRESS_ROUTES.to_string()];
     let names = |t: &str| -> Vec<String> {
@@ -137,23 +148,20 @@ async fn client(
     let mut seen = std::collections::BTreeSet::new();
     let mut synced = false;
     while let Ok(Some(r)) = responses.message().await {
-        tx.send(request(
-            &r.type_url,
-            &names(&r.type_url),
-            &r.version_info,
-            &r.nonce,
-        ))
-        .await
-        .unwrap();
-        seen.insert(r.type_url.clone());
+        let (type_url, version, nonce) = (&r.type_url, &r.version_info, &r.nonce);
+        let mut ack = request(type_url, &names(type_url), version, nonce);
+        // Like Envoy, the node goes with the first request only.
+        ack.node = None;
+        tx.send(ack).await.unwrap();
+        seen.insert(type_url.to_owned());
         if !synced && seen.len() == 4 {
             synced = true;
             if shared.synced.fetch_add(1, Ordering::Relaxed) + 1 == shared_total() {
                 shared.say("synced");
             }
         }
-        if r.type_url == ENDPOINT && synced {
-            shared.say(&format!("acked {}", r.version_info));
+        if type_url == ENDPOINT && synced {
+            shared.say(&format!("acked {version}"));
         }
     }
 }
@@ -181,9 +189,7 @@ async fn clients(addr: String, streams: usize) {
             .unwrap();
         let n = STREAMS_PER_CONNECTION.min(streams - c * STREAMS_PER_CONNECTION);
         for _ in 0..n {
-            let ads = AggregatedDiscoveryServiceClient::new(channel.clone())
-                .max_decoding_message_size(64 * 1024 * 1024);
-            tasks.push(tokio::spawn(client(ads, shared.clone())));
+            tasks.push(tokio::spawn(client(channel.clone(), shared.clone())));
         }
     }
     for t in tasks {
@@ -226,6 +232,7 @@ fn main() {
             },
         ));
         let rss0 = rss_kib();
+        let server_cpu0 = common::cpu_time(&[std::process::id()]);
         let started = Instant::now();
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
             .env("BENCH_XDS_SERVER", addr.to_string())
@@ -249,6 +256,8 @@ fn main() {
             }
         }
         let synced_in = started.elapsed();
+        let server_cpu = common::cpu_time(&[std::process::id()]) - server_cpu0;
+        let client_cpu = child.id().map_or(Duration::ZERO, |pid| common::cpu_time(&[pid]));
         // Let the first pushes' buffers go before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss1 = rss_kib();
@@ -272,16 +281,18 @@ fn main() {
         acked.sort_unstable();
         let pct = |p: f64| acked[((acked.len() as f64 * p) as usize).min(acked.len() - 1)];
         println!(
-            "| streams | server RSS before | with streams | per stream | after the change | first sync of all | change ACKed: p50 | p99 | all |"
+            "| streams | server RSS before | with streams | per stream | after the change | first sync of all | its CPU: server | clients | change ACKed: p50 | p99 | all |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         println!(
-            "| {streams} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {streams} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} s | {:.1} s | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms |",
             rss0 as f64 / 1024.0,
             rss1 as f64 / 1024.0,
             (rss1.saturating_sub(rss0)) as f64 / streams as f64,
             rss2 as f64 / 1024.0,
             synced_in.as_secs_f64(),
+            server_cpu.as_secs_f64(),
+            client_cpu.as_secs_f64(),
             pct(0.5).as_secs_f64() * 1e3,
             pct(0.99).as_secs_f64() * 1e3,
             acked[acked.len() - 1].as_secs_f64() * 1e3,

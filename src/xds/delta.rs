@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::{
 };
 
 use super::{
-    CLUSTER, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, select,
+    CLUSTER, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, affected, select,
     sotw::{TypeStatus, chunks},
     version,
 };
@@ -195,17 +195,11 @@ impl Stream {
                 }
             }
         }
-        let mut out = Vec::new();
-        for t in std::iter::once(type_url.as_str()).chain(TYPES) {
-            if out
-                .iter()
-                .any(|r: &Outgoing<DeltaDiscoveryResponse>| r.message.type_url == t)
-            {
-                continue;
-            }
-            out.extend(self.evaluate(t, snap));
-        }
-        out
+        // An ACK of clusters or routes may unblock the other (10).
+        affected(&type_url)
+            .into_iter()
+            .flat_map(|t| self.evaluate(t, snap))
+            .collect()
     }
 
     /// `on_snapshot`, with the resources still shared.

@@ -187,6 +187,18 @@ impl Snapshot {
     }
 }
 
+/// The types whose due responses a request of `type_url` can change: its
+/// own, and for clusters and routes each other's too (make before break,
+/// rule 10: what a client ACKed of one decides what it may be sent of the
+/// other). A snapshot change goes through every type (`on_snapshot`).
+pub(crate) fn affected(type_url: &str) -> Vec<&str> {
+    match type_url {
+        CLUSTER => vec![CLUSTER, ROUTE],
+        ROUTE => vec![ROUTE, CLUSTER],
+        other => vec![other],
+    }
+}
+
 /// What a client that takes clusters by wildcard (Envoy) has ACKed: make
 /// before break (docs/xds-protocol.md, rule 10) is decided from it.
 pub(crate) struct Gate<'a> {

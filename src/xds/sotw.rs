@@ -36,7 +36,9 @@ use envoy_types::pb::envoy::{
     service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
 };
 
-use super::{CLUSTER, ENDPOINT, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, select, version};
+use super::{
+    CLUSTER, ENDPOINT, Gate, Outgoing, ROUTE, Resource, Snapshot, TYPES, affected, select, version,
+};
 
 /// One type's state on a stream.
 #[derive(Debug, Default)]
@@ -44,6 +46,10 @@ struct TypeState {
     subscribed: bool,
     wildcard: bool,
     names: BTreeSet<String>,
+    /// `resource_names` as the last request listed them: a request that
+    /// lists them again (every ACK does) changes nothing, which is told
+    /// without building the set.
+    listed: Vec<String>,
     /// Answer the next evaluation even if nothing changed.
     must_send: bool,
     /// The last response: its nonce, version and resources.
@@ -130,9 +136,11 @@ impl Stream {
                 || req.resource_names.iter().any(|n| n == "*");
             state.names = req
                 .resource_names
-                .into_iter()
-                .filter(|n| n != "*")
+                .iter()
+                .filter(|n| *n != "*")
+                .cloned()
                 .collect();
+            state.listed = req.resource_names;
             state.must_send = true;
             // Whatever it had, the client gets the whole set again.
             state.sent = None;
@@ -158,14 +166,29 @@ impl Stream {
                     state.nacked = None;
                 }
             }
+            // The subscription as the last request listed it: the ACK of
+            // a piece before the last changes nothing that is due (the
+            // first sync of a stream ACKs every piece of its endpoints),
+            // and the last one only what the ACK itself changed.
+            if req.resource_names == state.listed {
+                if !last && req.error_detail.is_none() {
+                    return Vec::new();
+                }
+                return affected(&req.type_url)
+                    .into_iter()
+                    .flat_map(|t| self.evaluate(t, snap))
+                    .collect();
+            }
             // (6) and (8): the request may also change the subscription.
             let wildcard = req.resource_names.iter().any(|n| n == "*")
                 || (state.wildcard && req.resource_names.is_empty());
             let names: BTreeSet<String> = req
                 .resource_names
-                .into_iter()
-                .filter(|n| n != "*")
+                .iter()
+                .filter(|n| *n != "*")
+                .cloned()
                 .collect();
+            state.listed = req.resource_names;
             let added: Vec<&String> = names.difference(&state.names).collect();
             if (wildcard && !state.wildcard) || !added.is_empty() {
                 state.must_send = true;
@@ -185,18 +208,10 @@ impl Stream {
             state.names = names;
         }
         // An ACK of clusters or routes may unblock the other (10).
-        let type_url = req.type_url;
-        let mut out = Vec::new();
-        for t in std::iter::once(type_url.as_str()).chain(TYPES) {
-            if out
-                .iter()
-                .any(|r: &Outgoing<DiscoveryResponse>| r.message.type_url == t)
-            {
-                continue;
-            }
-            out.extend(self.evaluate(t, snap));
-        }
-        out
+        affected(&req.type_url)
+            .into_iter()
+            .flat_map(|t| self.evaluate(t, snap))
+            .collect()
     }
 
     /// `on_snapshot`, with the resources still shared.
