@@ -35,7 +35,9 @@ nodes() {
 admin_of() { sed -n 's/^  admin: *\([0-9.:]*\).*/\1/p' "$1"; }
 
 start() {
-  cargo build --release --quiet
+  # Not quiet: a first build takes several minutes, and shows its progress.
+  echo "building flotilla (release; several minutes the first time)"
+  cargo build --release
   mkdir -p data
   while read -r name config; do
     if [ -f "data/$name.pid" ] && kill -0 "$(cat "data/$name.pid")" 2>/dev/null; then

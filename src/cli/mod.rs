@@ -281,6 +281,12 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                 return ExitCode::from(EX_USAGE);
             }
             let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            if password.is_empty() {
+                eprintln!(
+                    "no password read from standard input: pipe it in, e.g. printf '%s\\n' \"$PASSWORD\" | flotilla accounts create-admin --config F --username NAME"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
             offline(&config, &catalogue, |auth| async move {
                 let user = crate::services::accounts::create_admin(&auth, &username, password)
                     .await

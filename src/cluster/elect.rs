@@ -161,9 +161,10 @@ impl Cluster {
 }
 
 /// Runs until the cluster is dropped or Raft stops: when no leader has
-/// been heard from for as long as openraft would wait (its lease, then a
-/// random election timeout), a PreVote round, and an election only if it
-/// won a majority.
+/// been heard from for as long as its lease (the longest election timeout,
+/// during which openraft's members refuse to vote) and a random part of
+/// up to the timeouts' spread, a PreVote round, and an election only if
+/// it won a majority.
 pub(super) async fn elector(cluster: Weak<Cluster>) {
     let timeout = |c: &Cluster| {
         let (min, max) = (c.election_timeout_min, c.election_timeout_max);
@@ -215,9 +216,12 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         if Instant::now() < next_attempt {
             continue;
         }
-        // A committed vote is a leader's: its lease first.
+        // A committed vote is a leader's: its lease first (the others
+        // refuse to vote until theirs lapses too, at about the same
+        // moment), then the random part of the timeout, which keeps the
+        // members from standing at once.
         let due = if state.vote.is_committed() {
-            c.election_timeout_max + wait
+            c.election_timeout_max + wait.saturating_sub(c.election_timeout_min)
         } else {
             wait
         };
