@@ -228,13 +228,11 @@ fn main() {
             .unwrap()
     };
     let echo_3 = index("echo-3");
-    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.1.port()).collect();
-    let port = |i: usize| ports[i];
     // Every echo node in both clients' endpoints.
     for i in [1, 2, index("echo-1"), index("echo-2"), echo_3] {
         rt.block_on(until_both(
             xds,
-            port(i),
+            cluster.nodes[i].1.port(),
             true,
             Instant::now(),
             Duration::from_secs(60),
@@ -242,74 +240,34 @@ fn main() {
     }
     let mut killed: [Vec<Duration>; 2] = Default::default();
     let mut paused: [Vec<Duration>; 2] = Default::default();
-    for _ in 0..trials {
-        let hit = Instant::now();
-        signal(&cluster.children[echo_3], "KILL");
-        let _ = cluster.children[echo_3].wait();
-        let gone = rt.block_on(until_both(
-            xds,
-            port(echo_3),
-            false,
-            hit,
-            Duration::from_secs(10),
-        ));
-        for (v, d) in killed.iter_mut().zip(gone) {
-            v.push(d);
-        }
-        cluster.restart(binary, echo_3);
-        rt.block_on(until_both(
-            xds,
-            port(echo_3),
-            true,
-            Instant::now(),
-            Duration::from_secs(30),
-        ));
-
-        let hit = Instant::now();
-        signal(&cluster.children[echo_3], "STOP");
-        let gone = rt.block_on(until_both(
-            xds,
-            port(echo_3),
-            false,
-            hit,
-            Duration::from_secs(10),
-        ));
-        for (v, d) in paused.iter_mut().zip(gone) {
-            v.push(d);
-        }
-        signal(&cluster.children[echo_3], "CONT");
-        rt.block_on(until_both(
-            xds,
-            port(echo_3),
-            true,
-            Instant::now(),
-            Duration::from_secs(30),
-        ));
-    }
     let mut members: [Vec<Duration>; 2] = Default::default();
-    for _ in 0..trials {
-        let victim = rt.block_on(not_leading(&cluster));
-        let hit = Instant::now();
-        signal(&cluster.children[victim], "KILL");
-        let _ = cluster.children[victim].wait();
-        let gone = rt.block_on(until_both(
-            xds,
-            port(victim),
-            false,
-            hit,
-            Duration::from_secs(10),
-        ));
-        for (v, d) in members.iter_mut().zip(gone) {
+    let record = |figures: &mut [Vec<Duration>; 2], gone: [Duration; 2]| {
+        for (v, d) in figures.iter_mut().zip(gone) {
             v.push(d);
         }
-        cluster.restart(binary, victim);
-        rt.block_on(until_both(
-            xds,
-            port(victim),
-            true,
-            Instant::now(),
-            Duration::from_secs(30),
-        ));
+    };
+    for _ in 0..trials {
+        record(
+            &mut killed,
+            trial(&rt, &mut cluster, binary, xds, echo_3, Hit::Kill),
+        );
+        record(
+            &mut paused,
+            trial(&rt, &mut cluster, binary, xds, echo_3, Hit::Pause),
+        );
+    }
+    for _ in 0..trials {
+        // The second or third member, whichever does not lead (the first
+        // serves the clients' xDS).
+        let victim = if rt.block_on(cluster.leader(3)) == 1 {
+            2
+        } else {
+            1
+        };
+        record(
+            &mut members,
+            trial(&rt, &mut cluster, binary, xds, victim, Hit::Kill),
+        );
     }
     // BENCH_LOGS=DIR keeps the nodes' logs (with BENCH_LOG_LEVEL=info,
     // each mark and its cause).
@@ -344,29 +302,45 @@ fn main() {
     }
 }
 
-/// The second or third member, whichever does not lead (the first serves
-/// the clients' xDS).
-async fn not_leading(cluster: &BenchCluster) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "no member leads");
-        for i in 0..3 {
-            let admin = cluster.nodes[i].2;
-            let status: Option<serde_json::Value> = async {
-                common::client()
-                    .get(format!("http://{admin}/status"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()
-            }
-            .await;
-            if status.is_some_and(|s| s["cluster"]["role"] == "Leader") {
-                return if i == 1 { 2 } else { 1 };
-            }
+/// What a trial does to its victim.
+#[derive(Clone, Copy)]
+enum Hit {
+    /// SIGKILL, then started again.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+}
+
+/// Hits `victim`, returns when each client (Envoy, grpcio) had dropped it
+/// from echo's endpoints, and brings it back until both hold it again.
+fn trial(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut BenchCluster,
+    binary: &str,
+    xds: SocketAddr,
+    victim: usize,
+    hit: Hit,
+) -> [Duration; 2] {
+    let port = cluster.nodes[victim].1.port();
+    let at = Instant::now();
+    match hit {
+        Hit::Kill => {
+            signal(&cluster.children[victim], "KILL");
+            let _ = cluster.children[victim].wait();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Hit::Pause => signal(&cluster.children[victim], "STOP"),
     }
+    let gone = rt.block_on(until_both(xds, port, false, at, Duration::from_secs(10)));
+    match hit {
+        Hit::Kill => cluster.restart(binary, victim),
+        Hit::Pause => signal(&cluster.children[victim], "CONT"),
+    }
+    rt.block_on(until_both(
+        xds,
+        port,
+        true,
+        Instant::now(),
+        Duration::from_secs(30),
+    ));
+    gone
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{BenchCluster, client, cpu_time, machine};
+use common::{BenchCluster, cpu_time, machine};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -46,22 +46,7 @@ fn measure(binary: &str, rt: &tokio::runtime::Runtime, nodes: usize, seconds: u6
         .collect();
     let cluster = BenchCluster::start(binary, &layout, "");
     std::thread::sleep(Duration::from_secs(5));
-    let leader = rt.block_on(async {
-        for (i, (_, _, admin)) in cluster.nodes.iter().enumerate().take(3) {
-            let status: serde_json::Value = client()
-                .get(format!("http://{admin}/status"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["cluster"]["role"] == "Leader" {
-                return i;
-            }
-        }
-        panic!("no member leads");
-    });
+    let leader = rt.block_on(cluster.leader(3));
     let pids: Vec<u32> = cluster.children.iter().map(|c| c.id()).collect();
     let before: Vec<Duration> = pids.iter().map(|p| cpu_time(&[*p])).collect();
     std::thread::sleep(Duration::from_secs(seconds));

@@ -381,6 +381,32 @@ impl BenchCluster {
         self.children[i] = spawn(binary, &self.configs[i], &log);
     }
 
+    /// The index of the member that leads, as the members' `/status`
+    /// says (the members come first in the layout), waiting up to 30 s.
+    pub async fn leader(&self, members: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, (_, _, admin)) in self.nodes.iter().enumerate().take(members) {
+                let status: Option<serde_json::Value> = async {
+                    client()
+                        .get(format!("http://{admin}/status"))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()
+                }
+                .await;
+                if status.is_some_and(|s| s["cluster"]["role"] == "Leader") {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no member leads");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn public(&self, name: &str) -> SocketAddr {
         self.nodes.iter().find(|(n, _, _)| n == name).unwrap().1
     }

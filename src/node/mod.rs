@@ -371,7 +371,7 @@ async fn refresh_registry(
                 // starved): its session may have been closed meanwhile,
                 // which the stream says at its next read. That goes first:
                 // the beat comes a moment later.
-                if matches!(source, RegistrySource::Client(_)) && due.elapsed() >= LATE_BEAT {
+                if feed.is_some() && due.elapsed() >= LATE_BEAT {
                     heartbeat.reset_after(LATE_BEAT_DELAY);
                     continue;
                 }

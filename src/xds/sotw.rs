@@ -134,12 +134,7 @@ impl Stream {
             state.subscribed = true;
             state.wildcard = (first && req.resource_names.is_empty())
                 || req.resource_names.iter().any(|n| n == "*");
-            state.names = req
-                .resource_names
-                .iter()
-                .filter(|n| *n != "*")
-                .cloned()
-                .collect();
+            state.names = named(&req.resource_names);
             state.listed = req.resource_names;
             state.must_send = true;
             // Whatever it had, the client gets the whole set again.
@@ -170,42 +165,34 @@ impl Stream {
             // a piece before the last changes nothing that is due (the
             // first sync of a stream ACKs every piece of its endpoints),
             // and the last one only what the ACK itself changed.
-            if req.resource_names == state.listed {
-                if !last && req.error_detail.is_none() {
-                    return Vec::new();
+            let relisted = req.resource_names == state.listed;
+            if relisted && !last && req.error_detail.is_none() {
+                return Vec::new();
+            }
+            if !relisted {
+                // (6) and (8): the request changes the subscription.
+                let wildcard = req.resource_names.iter().any(|n| n == "*")
+                    || (state.wildcard && req.resource_names.is_empty());
+                let names = named(&req.resource_names);
+                state.listed = req.resource_names;
+                let added: Vec<&String> = names.difference(&state.names).collect();
+                if (wildcard && !state.wildcard) || !added.is_empty() {
+                    state.must_send = true;
                 }
-                return affected(&req.type_url)
-                    .into_iter()
-                    .flat_map(|t| self.evaluate(t, snap))
-                    .collect();
-            }
-            // (6) and (8): the request may also change the subscription.
-            let wildcard = req.resource_names.iter().any(|n| n == "*")
-                || (state.wildcard && req.resource_names.is_empty());
-            let names: BTreeSet<String> = req
-                .resource_names
-                .iter()
-                .filter(|n| *n != "*")
-                .cloned()
-                .collect();
-            state.listed = req.resource_names;
-            let added: Vec<&String> = names.difference(&state.names).collect();
-            if (wildcard && !state.wildcard) || !added.is_empty() {
-                state.must_send = true;
-            }
-            // (19) A name asked for again is sent again, even unchanged: the
-            // client dropped it when it unsubscribed.
-            if !added.is_empty()
-                && let Some(sent) = state.sent.as_mut()
-            {
-                let mut resources = (*sent.resources).clone();
-                for name in &added {
-                    resources.remove(*name);
+                // (19) A name asked for again is sent again, even unchanged:
+                // the client dropped it when it unsubscribed.
+                if !added.is_empty()
+                    && let Some(sent) = state.sent.as_mut()
+                {
+                    let mut resources = (*sent.resources).clone();
+                    for name in &added {
+                        resources.remove(*name);
+                    }
+                    sent.resources = Arc::new(resources);
                 }
-                sent.resources = Arc::new(resources);
+                state.wildcard = wildcard;
+                state.names = names;
             }
-            state.wildcard = wildcard;
-            state.names = names;
         }
         // An ACK of clusters or routes may unblock the other (10).
         affected(&req.type_url)
@@ -301,6 +288,11 @@ impl Stream {
         });
         responses
     }
+}
+
+/// The names a request lists, without the wildcard's `*`.
+fn named(listed: &[String]) -> BTreeSet<String> {
+    listed.iter().filter(|n| *n != "*").cloned().collect()
 }
 
 /// The most bytes of resources one response piece carries (a single larger

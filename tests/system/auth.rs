@@ -986,18 +986,7 @@ async fn changed_hash_parameters_rehash_on_login() {
 #[tokio::test]
 async fn create_admin_with_nothing_on_standard_input_says_no_password_was_read() {
     let node = Node::start(NodeConfig::default());
-    let (code, _, err) = crate::support::run_cli_with_input(
-        &node.binary,
-        &[
-            "accounts",
-            "create-admin",
-            "--config",
-            node.config_path.to_str().unwrap(),
-            "--username",
-            ADMIN,
-        ],
-        "",
-    );
+    let (code, _, err) = node.run_create_admin("");
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains("no password read from standard input"),

@@ -7,7 +7,14 @@ impl Node {
     /// Creates the admin account with the CLI (the documented way to the
     /// first admin). Call once per node.
     pub fn create_admin(&self) {
-        let (code, out, err) = run_cli_with_input(
+        let (code, out, err) = self.run_create_admin(&format!("{ADMIN_PASSWORD}\n"));
+        assert_eq!(code, 0, "create-admin failed: {out}{err}");
+    }
+
+    /// `accounts create-admin` for the admin, `input` on its standard
+    /// input: the exit code, stdout and stderr.
+    pub fn run_create_admin(&self, input: &str) -> (i32, String, String) {
+        run_cli_with_input(
             &self.binary,
             &[
                 "accounts",
@@ -17,9 +24,8 @@ impl Node {
                 "--username",
                 ADMIN,
             ],
-            &format!("{ADMIN_PASSWORD}\n"),
-        );
-        assert_eq!(code, 0, "create-admin failed: {out}{err}");
+            input,
+        )
     }
 
     /// Logs in over HTTP and returns the whole token response.

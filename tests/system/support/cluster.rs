@@ -8,9 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{
-    ADMIN, ADMIN_PASSWORD, BINARY, Net, Node, SECRET, free_addr, run_cli_with_input, wait_until,
-};
+use super::{ADMIN, ADMIN_PASSWORD, BINARY, Net, Node, SECRET, free_addr, wait_until};
 
 /// (owner, key) → (value, version) of one node's database.
 pub type KvRows = BTreeMap<(String, String), (String, i64)>;
@@ -219,20 +217,7 @@ impl TestCluster {
 
     /// Creates the admin through Raft with the CLI, and logs in.
     pub async fn admin_token(&self) -> String {
-        let node = &self.nodes[0];
-        let (code, out, err) = run_cli_with_input(
-            &node.binary,
-            &[
-                "accounts",
-                "create-admin",
-                "--config",
-                node.config_path.to_str().unwrap(),
-                "--username",
-                ADMIN,
-            ],
-            &format!("{ADMIN_PASSWORD}\n"),
-        );
-        assert_eq!(code, 0, "{out}{err}");
+        self.nodes[0].create_admin();
         self.nodes[1].login(ADMIN, ADMIN_PASSWORD).await["access_token"]
             .as_str()
             .unwrap()
