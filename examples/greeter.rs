@@ -7,7 +7,7 @@
 //! from its declarations.
 //!
 //! ```text
-//! cargo run --example greeter -- serve --config my-node.yaml   # with services: [greeter, ...]
+//! cargo run --example greeter -- serve --config config/greeter.yaml
 //! curl -X POST localhost:8080/api/greeter/hello/ada
 //! ```
 

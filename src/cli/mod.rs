@@ -407,6 +407,10 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
     }
 }
 
+/// How long a command run outside a node waits for a member's peer
+/// listener to take a connection before it calls the cluster down.
+const MEMBER_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `work` against the node's store and auth without serving: the
 /// administrative commands. Safe while the node runs (SQLite locks the file;
 /// the node reloads keys and accounts from it).
@@ -454,6 +458,12 @@ where
         )
         .map_err(|e| e.to_string())?;
         if let Some(settings) = &config.cluster {
+            if !crate::cluster::any_member_listening(settings, MEMBER_PROBE).await {
+                return Err(format!(
+                    "the cluster is down: none of its members answers on its peer listener ({}). Start the members first (`flotilla serve --config <member's config>` on each; `examples/cluster.sh ha start` for config/ha/), then run this again.",
+                    crate::cluster::members_named(settings)
+                ));
+            }
             store
                 .set_replicator(crate::cluster::remote_replicator(settings))
                 .map_err(|e| e.to_string())?;

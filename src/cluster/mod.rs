@@ -39,7 +39,9 @@ pub mod state_machine;
 
 use handover::Quiet;
 use membership::membership_error;
-pub use remote::{Followed, StoreClientLink, remote_admin, remote_replicator};
+pub use remote::{
+    Followed, StoreClientLink, any_member_listening, members_named, remote_admin, remote_replicator,
+};
 use replicate::{
     Confirmation, ENTRIES_IN_FLIGHT, ForwardedBatch, LEADER_WAIT, PROPOSAL_WAIT, Pending,
     ReplicatorHandle, confirm_gathered, forward_gathered, gather, propose_gathered,

@@ -15,6 +15,32 @@ pub fn remote_replicator(settings: &ClusterSettings) -> Arc<dyn Replicator> {
     Arc::new(Remote(Arc::new(RemoteInner::new(settings))))
 }
 
+/// Whether any member's peer listener takes a connection within `within`.
+/// When none does, the cluster is down (or not started), and a command run
+/// outside a node says so at once instead of waiting out its retries.
+pub async fn any_member_listening(settings: &ClusterSettings, within: Duration) -> bool {
+    let tries = settings.members.iter().map(|m| async move {
+        matches!(
+            tokio::time::timeout(within, tokio::net::TcpStream::connect(m.peer.as_str())).await,
+            Ok(Ok(_))
+        )
+    });
+    futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .any(|up| up)
+}
+
+/// The members of `settings`, as an operator reads them: `name (peer)`.
+pub fn members_named(settings: &ClusterSettings) -> String {
+    settings
+        .members
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A store client's link to the members: the replicator its store writes
 /// and reads through, the certificate a member issued to it, and the
 /// registry it follows. Cheap to clone.

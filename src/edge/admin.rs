@@ -271,6 +271,9 @@ pub fn router(
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
         .route("/debug/isolate", axum::routing::post(isolate))
+        .layer(axum::middleware::map_response(
+            crate::edge::json_line::terminate,
+        ))
         .with_state(AdminState {
             control,
             cluster,

@@ -385,6 +385,7 @@ impl Forwarder {
                     let retry = RetryPolicy::after_response(kind, status, response.headers());
                     let (mut head, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
+                    head.extensions.insert(crate::edge::json_line::Relayed);
                     // The count ends when the body has been passed on.
                     let body = Body::new(incoming.map_frame(move |f| {
                         let _counted = &guard;

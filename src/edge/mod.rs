@@ -10,4 +10,5 @@
 pub mod admin;
 pub mod forward;
 pub mod ingress;
+pub mod json_line;
 pub mod server;

@@ -993,3 +993,32 @@ async fn create_admin_with_nothing_on_standard_input_says_no_password_was_read()
         "{err}"
     );
 }
+
+/// create-admin with a member's config while no member runs (the
+/// committed HA configs, never started here) says the cluster is down,
+/// names the members and how to start them, instead of retrying one.
+#[test]
+fn create_admin_against_a_stopped_cluster_says_it_is_down() {
+    let (code, out, err) = crate::support::run_cli_with_input(
+        std::path::Path::new(BINARY),
+        &[
+            "accounts",
+            "create-admin",
+            "--config",
+            "config/ha/node1.yaml",
+            "--username",
+            ADMIN,
+        ],
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    for expected in [
+        "the cluster is down",
+        "ha-1 (127.0.0.1:7071)",
+        "ha-2",
+        "ha-3",
+        "examples/cluster.sh ha start",
+    ] {
+        assert!(err.contains(expected), "{expected} in:\n{err}");
+    }
+}

@@ -52,3 +52,21 @@ async fn a_service_added_by_a_user_is_routed_and_namespaced() {
     assert!(out.contains("POST   /api/greeter/hello/{name}"), "{out}");
     assert!(out.contains("valid") || out.contains("greeter:"), "{out}");
 }
+
+/// The committed config the README starts the example with is valid for
+/// the example's binary, and runs what a login needs beside the greeter.
+#[test]
+fn the_committed_greeter_config_is_valid_and_runs_accounts() {
+    let binary = example_binary("greeter");
+    let (code, out, err) = run_cli(
+        &binary,
+        &["check-config", "--config", "config/greeter.yaml"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    for expected in [
+        "POST   /api/greeter/hello/{name}",
+        "POST   /api/accounts/login",
+    ] {
+        assert!(out.contains(expected), "{expected} in:\n{out}");
+    }
+}

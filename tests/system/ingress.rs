@@ -419,3 +419,24 @@ async fn the_public_health_path_says_whether_the_node_takes_traffic() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["serving"], true);
 }
+
+/// Every JSON answer ends with one newline, so that a shell prompt after
+/// `curl` starts on its own line: a service's answer, the ingress's own
+/// error, and the admin listener's status.
+#[tokio::test]
+async fn json_answers_end_with_a_newline() {
+    let node = Node::start(NodeConfig::default());
+    for url in [
+        node.url("/api/echo?message=hi"),
+        node.url("/api/no-such-service"),
+        node.admin_url("/status"),
+    ] {
+        let r = http().get(&url).send().await.unwrap();
+        let text = r.text().await.unwrap();
+        assert!(
+            text.ends_with("}\n") && !text.ends_with("\n\n"),
+            "{url}: {text:?}"
+        );
+        let _: Value = serde_json::from_str(&text).unwrap();
+    }
+}

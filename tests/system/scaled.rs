@@ -92,6 +92,17 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
             "{name} forwarded in plaintext:\n{metrics}"
         );
     }
+    // A forwarded JSON answer ends with one newline, as a local one does
+    // (the node that made it added it; the forwarding one adds none).
+    let forwarded = http()
+        .get(cluster.nodes["db-1"].url("/api/echo?message=hi"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(forwarded.ends_with("}\n"), "{forwarded:?}");
     let got: Value = client
         .get(cluster.nodes["echo-2"].url("/api/kv/keys/via-db-3"))
         .send()

@@ -3,18 +3,23 @@
 //! `ApiError` already; what the framework answers on its own (a body that
 //! is not JSON, a wrong content type, a wrongly typed field, a body over
 //! the limit, a path segment that is not UTF-8) comes as plain text, and is
-//! turned into the same shape here, its text kept as the message. gRPC
-//! requests are left alone: their errors are statuses.
+//! turned into the same shape here, its text kept as the message. Every
+//! JSON answer made on this node then ends with a newline
+//! (`json_line`). gRPC requests are left alone: their errors are
+//! statuses.
 
 use axum::{
     extract::Request,
     response::{IntoResponse, Response},
 };
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, StatusCode, header};
+use http::{StatusCode, header};
 
 use super::{Layer, Next, is_grpc};
-use crate::catalogue::api_error::ApiError;
+use crate::{
+    catalogue::api_error::ApiError,
+    edge::json_line::{self, is_json},
+};
 
 /// The most of a plain-text error body kept as the message.
 const MESSAGE_LIMIT: usize = 4 * 1024;
@@ -24,6 +29,12 @@ async fn as_json(req: Request, next: Next<'_>) -> Response {
         return next.run(req).await;
     }
     let response = next.run(req).await;
+    json_line::terminate(error_as_json(response).await).await
+}
+
+/// `response` as `{"error","message"}` JSON if it is an error in another
+/// shape.
+async fn error_as_json(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(response.headers()) {
         return response;
@@ -60,13 +71,6 @@ impl Layer for Errors {
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"))
-}
-
 /// The stable `error` code for a status the framework answered with.
 fn code(status: StatusCode) -> &'static str {
     match status {
@@ -94,6 +98,7 @@ mod tests {
     use std::convert::Infallible;
 
     use axum::{Json, Router, extract::Path, routing::post};
+    use http::HeaderMap;
     use tower::ServiceExt;
 
     use axum::body::Body;
@@ -194,7 +199,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn json_errors_successes_and_grpc_pass_unchanged() {
+    async fn json_errors_successes_and_grpc_pass_unchanged_but_for_the_json_line_end() {
         let (status, _, body) =
             send(request("/json", Some("application/json"), r#"{"n":7}"#)).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "7"));
@@ -212,7 +217,7 @@ mod tests {
         let r = already.oneshot(request("/x", None, "")).await.unwrap();
         assert_eq!(
             text(r).await,
-            r#"{"error":"bad_request","message":"said as JSON"}"#
+            "{\"error\":\"bad_request\",\"message\":\"said as JSON\"}\n"
         );
     }
 }
