@@ -336,7 +336,8 @@ fn main() {
                 request_timeout: Duration::from_secs(10),
                 forward_tls: std::sync::Arc::new(|| None),
             },
-        );
+        )
+        .unwrap();
         let bare = axum::Router::new().nest("/api/echo", Echo.start_handlers(ctx).unwrap().http);
         let (ingress_addr, stop_a) = serve_in_process(ingress).await;
         let (bare_addr, stop_b) = serve_in_process(bare).await;

@@ -151,6 +151,14 @@ impl RoutingTable {
     }
 
     /// The gRPC service names (`package.Service`) of `service`.
+    /// Every routed gRPC service (`package.Service`) with the service that
+    /// serves it, by name.
+    pub fn grpc_services(&self) -> Vec<(&'static str, &'static str)> {
+        let mut all: Vec<_> = self.grpc_services.iter().map(|(g, s)| (*g, *s)).collect();
+        all.sort_unstable();
+        all
+    }
+
     pub fn grpc_services_of<'a>(
         &'a self,
         service: &'a str,

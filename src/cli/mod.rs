@@ -799,9 +799,19 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
             r.access
         );
     }
+    for service in crate::edge::ingress::NODE_GRPC_SERVICES {
+        let _ = writeln!(
+            out,
+            "  gRPC POST   {:<36} -> this node (answered here, never forwarded; public)",
+            format!("/{service}/*")
+        );
+    }
     let _ = writeln!(out, "public routes (no credentials needed):");
     for r in table.routes().iter().filter(|r| r.access == Access::Public) {
         let _ = writeln!(out, "  {} {}", r.method, r.template);
+    }
+    for service in crate::edge::ingress::NODE_GRPC_SERVICES {
+        let _ = writeln!(out, "  POST /{service}/*");
     }
     out
 }

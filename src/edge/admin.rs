@@ -36,6 +36,8 @@ pub enum ServiceState {
 pub struct Readiness {
     services: Mutex<BTreeMap<&'static str, ServiceState>>,
     draining: AtomicBool,
+    /// Bumped at every change, for those who follow it (gRPC health).
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl Readiness {
@@ -48,7 +50,19 @@ impl Readiness {
                     .collect(),
             ),
             draining: AtomicBool::new(false),
+            changed: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Wakes at every change of a service's state or of draining.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Whether `service` runs here and takes traffic (not while draining).
+    pub fn serves(&self, service: &str) -> bool {
+        let (_, draining, services) = self.snapshot();
+        !draining && services.get(service) == Some(&ServiceState::Running)
     }
 
     pub fn set(&self, service: &'static str, state: ServiceState) {
@@ -56,6 +70,7 @@ impl Readiness {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(service, state);
+        self.changed.send_replace(());
     }
 
     /// Forgets a service this node no longer runs.
@@ -64,10 +79,12 @@ impl Readiness {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(service);
+        self.changed.send_replace(());
     }
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.changed.send_replace(());
     }
 
     /// Whether the node takes traffic: every service running, not draining.

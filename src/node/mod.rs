@@ -70,6 +70,8 @@ pub enum NodeError {
     Signals(std::io::Error),
     #[error("the public listener's TLS certificates do not load: {0}")]
     PublicTls(String),
+    #[error("the public listener's ingress cannot be built: {0}")]
+    Ingress(String),
     #[error("cannot get this node's certificate from the db members: {0}")]
     NodeTls(String),
     /// Told to stop (SIGTERM or SIGINT) before it was ready: not a failure.

@@ -429,7 +429,8 @@ impl Node {
                 request_timeout: config.limits.request_timeout,
                 forward_tls: node_tls.clone(),
             },
-        );
+        )
+        .map_err(NodeError::Ingress)?;
         let public = {
             let stop = CancellationToken::new();
             let mut options = ServeOptions::new("public", limits.public, grace);

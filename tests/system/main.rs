@@ -10,6 +10,7 @@ mod envoy;
 mod example;
 mod gen_envoy;
 mod grow;
+mod grpc_node;
 mod ha;
 mod hostile;
 mod ingress;

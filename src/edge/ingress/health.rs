@@ -24,11 +24,14 @@ async fn answer(readiness: &Arc<Readiness>, req: Request, next: Next<'_>) -> Res
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(serde_json::json!({ "serving": serving })),
+    crate::edge::json_line::terminate(
+        (
+            status,
+            axum::Json(serde_json::json!({ "serving": serving })),
+        )
+            .into_response(),
     )
-        .into_response()
+    .await
 }
 
 /// The layer: `answer` over its state.

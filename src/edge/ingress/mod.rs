@@ -7,17 +7,19 @@
 //!    method and status, with its latency (labels `lookup` sets);
 //! 3. `errors`: every HTTP error from below is `{"error","message"}` JSON,
 //!    the framework's own rejections included;
-//! 4. `lookup`: the routing table finds the route, or the request is
+//! 4. `node_grpc`: gRPC health and reflection, answered by this node for
+//!    itself, public and never forwarded;
+//! 5. `lookup`: the routing table finds the route, or the request is
 //!    answered: a JSON 404 for a path no service declares, 405 with `Allow`
 //!    for a path with other methods, and the gRPC equivalents;
-//! 5. `locality`: a service this node does not run is forwarded to a node
+//! 6. `locality`: a service this node does not run is forwarded to a node
 //!    that does, before any authentication (that node decides); a request
 //!    another node forwarded gets the client address that node saw;
-//! 6. `access`: authentication and the authorization decision for the
+//! 7. `access`: authentication and the authorization decision for the
 //!    route (`authz::decide`); the caller's `Principal` reaches the handler
 //!    as a request extension;
-//! 7. `limits`: body size and time;
-//! 8. `dispatch`: the service's router.
+//! 8. `limits`: body size and time;
+//! 9. `dispatch`: the service's router.
 //!
 //! Each layer is a function over its own state, run through the `Layer`
 //! trait, and tested alone in its module (`test_support::layered` puts one
@@ -33,6 +35,7 @@ mod limits;
 mod locality;
 mod lookup;
 mod metrics;
+mod node_grpc;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -54,6 +57,7 @@ use crate::{
 };
 
 pub use crate::protocol::HEALTH_PATH;
+pub use node_grpc::SERVICES as NODE_GRPC_SERVICES;
 
 /// Limits applied to every request on the public listener, and how
 /// requests are forwarded.
@@ -140,7 +144,9 @@ pub struct Ingress {
 
 impl Ingress {
     /// `services` holds the composed router of every service started on
-    /// this node, by name.
+    /// this node, by name. Must be called within a tokio runtime (gRPC
+    /// health follows `readiness` in a task); fails only if flotilla's own
+    /// descriptors do not make a reflection service.
     pub fn new(
         table: Arc<RoutingTable>,
         auth: Arc<Auth>,
@@ -149,7 +155,7 @@ impl Ingress {
         services: HashMap<&'static str, axum::Router>,
         metrics: HttpMetrics,
         limits: IngressSettings,
-    ) -> Ingress {
+    ) -> Result<Ingress, String> {
         let client_key = forward::ClientKey::derive(&auth.settings.secret);
         let forwarder = forward::Forwarder::new(
             registry.clone(),
@@ -158,10 +164,12 @@ impl Ingress {
             metrics.clone(),
         )
         .over_tls(limits.forward_tls.clone());
+        let readiness_for_grpc = readiness.clone();
         let layers: Vec<Box<dyn Layer>> = vec![
             Box::new(health::Health(readiness)),
             Box::new(metrics::Metrics(metrics)),
             Box::new(errors::Errors),
+            Box::new(node_grpc::NodeGrpc::new(&table, readiness_for_grpc)?),
             Box::new(lookup::Table(table)),
             Box::new(locality::Locality {
                 registry,
@@ -172,12 +180,12 @@ impl Ingress {
             Box::new(access::Checks(auth)),
             Box::new(limits::Limits(limits)),
         ];
-        Ingress {
+        Ok(Ingress {
             stack: Arc::new(Stack {
                 layers,
                 dispatch: dispatch::Dispatch::new(services),
             }),
-        }
+        })
     }
 }
 
