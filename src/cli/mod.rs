@@ -7,6 +7,7 @@
 mod backup;
 mod ca;
 mod control;
+mod status;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -101,6 +102,18 @@ enum Command {
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: PathBuf,
     },
+    /// The config file's format.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. into /etc/bash_completion.d/flotilla, or
+    /// `source <(flotilla completions zsh)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write an Envoy bootstrap for a mode: fixed resources from a config
     /// (single) or a topology (ha, scaled), or an ADS bootstrap (k3d).
     GenEnvoy {
@@ -110,6 +123,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema of a config file (draft 2020-12), for editors:
+    /// the committed configs point yaml-language-server at
+    /// `config/schema.json`, this output.
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,10 +145,14 @@ enum ClusterCommand {
         config: PathBuf,
     },
     /// Every member's view: role, term, leader, log, commit and applied
-    /// indexes, peers.
+    /// indexes, as a table; with `--json`, everything each member says
+    /// (peers, certificate, snapshot) as JSON.
     Status {
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: PathBuf,
+        /// Print each member's whole status as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Add a node as a learner (it receives the log but does not vote);
     /// returns once it has caught up.
@@ -351,7 +376,9 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                         &services,
                     );
                 }
-                ClusterCommand::Status { config } => (config, AdminOp::Status),
+                ClusterCommand::Status { config, json } => {
+                    return cluster_status(&config, &catalogue, json);
+                }
                 ClusterCommand::Init { config } => {
                     return control::cluster_init(&config, &catalogue);
                 }
@@ -375,6 +402,22 @@ pub fn main(catalogue: Catalogue) -> ExitCode {
                 }
             };
             cluster_command(&config, &catalogue, op)
+        }
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            print!("{}", crate::config::schema_json());
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "flotilla",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
         Command::Serve { config, log_format } => {
             let config = match Config::load(&config, &catalogue) {
@@ -610,6 +653,30 @@ fn cluster_command(
     catalogue: &Catalogue,
     op: crate::cluster::AdminOp,
 ) -> ExitCode {
+    cluster_call(config, catalogue, op, |v| {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    })
+}
+
+/// `cluster status`: the members' views as a table, or as JSON.
+fn cluster_status(config: &std::path::Path, catalogue: &Catalogue, json: bool) -> ExitCode {
+    cluster_call(config, catalogue, crate::cluster::AdminOp::Status, |v| {
+        if json {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            status::table(&v)
+        }
+    })
+}
+
+/// Runs `op` through the running members and prints its answer as `show`
+/// says.
+fn cluster_call(
+    config: &std::path::Path,
+    catalogue: &Catalogue,
+    op: crate::cluster::AdminOp,
+    show: impl FnOnce(serde_json::Value) -> String,
+) -> ExitCode {
     let settings = match cluster_settings(config, catalogue) {
         Ok(s) => s,
         Err(code) => return code,
@@ -626,7 +693,7 @@ fn cluster_command(
     };
     match runtime.block_on(crate::cluster::remote_admin(&settings, op)) {
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            println!("{}", show(v).trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {

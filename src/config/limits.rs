@@ -2,12 +2,13 @@
 //! default per listener (the public one faces clients, the peer and xDS
 //! ones nodes and proxies, the admin one operators).
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::Problems;
 use crate::edge::server::ListenerLimits;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListenersLimits {
     #[serde(default)]
@@ -20,13 +21,18 @@ pub(super) struct RawListenersLimits {
     xds: RawListenerLimits,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawListenerLimits {
+    /// Connections at once; more wait in the accept queue (logged).
     max_connections: Option<u64>,
+    /// HTTP/2 streams per connection.
     max_streams_per_connection: Option<u64>,
+    /// 431 above this many bytes of headers.
     max_header_bytes: Option<u64>,
+    /// 431 above this many headers.
     max_headers: Option<u64>,
+    /// 414 above this many bytes of URI.
     max_uri_bytes: Option<u64>,
 }
 

@@ -18,9 +18,11 @@ mod cluster;
 mod interpolate;
 mod limits;
 mod raw;
+mod schema;
 mod tls;
 
 pub use interpolate::Substitution;
+pub use schema::json as schema_json;
 
 use auth::{parse_auth, read_secret};
 use cluster::parse_cluster;

@@ -608,8 +608,23 @@ async fn membership_changes_through_the_cluster_commands() {
     let cli = |args: &[&str]| run_cli_with_input(std::path::Path::new(BINARY), args, "");
     let config1 = cluster.nodes[0].config_path.to_str().unwrap().to_owned();
 
+    // An aligned table by default, one row per member; JSON with --json.
     let (code, out, err) = cli(&["cluster", "status", "--config", &config1]);
     assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("MEMBER  ID  ROLE"), "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+    let column = lines[0].find("ROLE").unwrap();
+    let roles: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l[column..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "Leader").count(), 1, "{out}");
+    assert_eq!(roles.iter().filter(|r| **r == "Follower").count(), 2, "{out}");
+    let (code, out, err) = cli(&["cluster", "status", "--config", &config1, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let members: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 3, "{out}");
     assert_eq!(out.matches("\"Leader\"").count(), 1, "{out}");
     assert_eq!(out.matches("\"Follower\"").count(), 2, "{out}");
 

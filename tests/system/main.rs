@@ -21,6 +21,7 @@ mod partition;
 mod peer_tls;
 mod public_tls;
 mod scaled;
+mod schema;
 mod support;
 mod xds;
 mod xds_tls;
