@@ -42,6 +42,7 @@ impl Service for Greeter {
     fn routes(&self) -> Routes<Namespace> {
         Routes::new()
             .post("/hello/{name}", Access::Public, hello)
+            .doc(|d| d.summary("Greet someone, counting how often they were greeted"))
             .get("/peek-at-kv", Access::Public, peek_at_kv)
     }
 

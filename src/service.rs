@@ -41,6 +41,8 @@
 pub use crate::{
     auth::authz::{Access, Credential, Principal},
     catalogue::api_error::ApiError,
-    catalogue::{Capability, ClientAddr, Idempotence, Routes, Service, ServiceContext, StartError},
+    catalogue::{
+        Capability, ClientAddr, Doc, Idempotence, Routes, Service, ServiceContext, StartError,
+    },
     store::{Budget, Migration, Namespace, Outcome, Statement, StoreError, Value},
 };

@@ -63,14 +63,16 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct User {
     pub id: String,
     pub username: String,
     #[serde(skip)]
     pub password_hash: String,
+    /// `user`, `admin`.
     pub roles: Vec<String>,
     pub disabled: bool,
+    /// Unix seconds.
     pub created_at: i64,
     #[serde(skip)]
     /// Access tokens carry the generation they were issued in; bumping it
@@ -487,12 +489,14 @@ pub async fn refresh_family(
 }
 
 /// An API key as listed (never with its secret).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ApiKey {
     pub id: String,
     pub user_id: String,
     pub name: String,
+    /// The permissions it narrows its owner's to.
     pub scopes: Vec<String>,
+    /// Unix seconds.
     pub created_at: i64,
     pub revoked: bool,
 }

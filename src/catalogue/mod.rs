@@ -13,10 +13,13 @@
 //! `examples/greeter.rs` does).
 
 pub mod api_error;
+pub mod openapi;
 pub mod routes;
 pub mod routing;
 
-pub use routes::{Api, GrpcMethod, GrpcService, Handlers, HttpRoute, Idempotence, Routes};
+pub use routes::{
+    Api, Doc, GrpcMethod, GrpcService, Handlers, HttpRoute, Idempotence, Routes, schema_of,
+};
 
 use std::sync::Arc;
 

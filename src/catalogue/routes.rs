@@ -17,6 +17,79 @@ pub struct HttpRoute {
     /// `/keys/{*key}`.
     pub path: &'static str,
     pub access: Access,
+    /// What it takes and answers, for the OpenAPI document.
+    pub doc: Doc,
+}
+
+/// What an HTTP route takes and answers, declared with it
+/// ([`Routes::doc`]): the OpenAPI document is made from these. Each schema
+/// is generated from the Rust type the handler reads or writes (schemars),
+/// self-contained.
+#[derive(Clone, Debug, Default)]
+pub struct Doc {
+    pub summary: Option<&'static str>,
+    /// The JSON body it reads.
+    pub body: Option<schemars::Schema>,
+    /// Its query parameters, as one object schema (one parameter per
+    /// property).
+    pub query: Option<schemars::Schema>,
+    /// Its answers other than errors: status, what it means, the JSON
+    /// body.
+    pub answers: Vec<(u16, &'static str, schemars::Schema)>,
+}
+
+/// A self-contained schema of `T`: no references to resolve, and its doc
+/// comments' descriptions as one line each.
+pub fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
+    let one_line = |schema: &mut schemars::Schema| {
+        if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
+            *text = text.replace('\n', " ");
+        }
+    };
+    schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::RecursiveTransform(one_line))
+        .into_generator()
+        .into_root_schema_for::<T>()
+}
+
+impl Doc {
+    pub fn summary(mut self, summary: &'static str) -> Doc {
+        self.summary = Some(summary);
+        self
+    }
+
+    /// It reads a `T` as its JSON body.
+    pub fn body<T: schemars::JsonSchema>(mut self) -> Doc {
+        self.body = Some(schema_of::<T>());
+        self
+    }
+
+    /// It reads its query parameters as a `T`.
+    pub fn query<T: schemars::JsonSchema>(mut self) -> Doc {
+        self.query = Some(schema_of::<T>());
+        self
+    }
+
+    /// It answers `status` with a `T`.
+    pub fn answers<T: schemars::JsonSchema>(self, status: u16, meaning: &'static str) -> Doc {
+        self.answers_with(status, meaning, schema_of::<T>())
+    }
+
+    /// It answers `status` with a body `schema` describes (for a body made
+    /// in place, e.g. with `serde_json::json!`).
+    pub fn answers_with(
+        mut self,
+        status: u16,
+        meaning: &'static str,
+        schema: schemars::Schema,
+    ) -> Doc {
+        self.answers.push((status, meaning, schema));
+        self
+    }
 }
 
 /// Whether a gRPC method may be sent again after its handler may have run
@@ -173,7 +246,31 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             method,
             path,
             access,
+            doc: Doc::default(),
         });
+        self
+    }
+
+    /// Describes the route declared last: what it takes and answers, for
+    /// the OpenAPI document.
+    ///
+    /// ```
+    /// use flotilla::service::{Access, Routes};
+    /// #[derive(serde::Serialize, schemars::JsonSchema)]
+    /// struct Hello { greeting: String }
+    /// async fn hello() -> axum::Json<Hello> { axum::Json(Hello { greeting: "hi".into() }) }
+    /// let routes: Routes<()> = Routes::new()
+    ///     .get("/hello", Access::Public, hello)
+    ///     .doc(|d| d.summary("Says hello").answers::<Hello>(200, "the greeting"));
+    /// assert_eq!(routes.api().http[0].doc.answers.len(), 1);
+    /// ```
+    pub fn doc(mut self, describe: impl FnOnce(Doc) -> Doc) -> Self {
+        match self.api.http.last_mut() {
+            Some(route) => route.doc = describe(std::mem::take(&mut route.doc)),
+            None => self.problems.push(
+                "`doc` describes the HTTP route declared before it, and there is none".into(),
+            ),
+        }
         self
     }
 

@@ -42,6 +42,9 @@ pub struct Route {
     pub access: Access,
     /// How the retry policy treats it.
     pub kind: RouteKind,
+    /// What an HTTP route takes and answers (`None` for gRPC, which
+    /// reflection describes).
+    pub doc: Option<super::Doc>,
 }
 
 /// What the table says about a request.
@@ -102,6 +105,7 @@ impl RoutingTable {
                     label: Label::from(template.clone()),
                     access: r.access,
                     kind: RouteKind::of(false, RetryPolicy::idempotent_method(&r.method)),
+                    doc: Some(r.doc.clone()),
                 }));
                 match by_path.iter_mut().find(|(t, _)| *t == template) {
                     Some((_, methods)) => methods.push(index),
@@ -138,6 +142,7 @@ impl RoutingTable {
                         template,
                         access: m.access,
                         kind: RouteKind::of(true, m.idempotence == Idempotence::Idempotent),
+                        doc: None,
                     }));
                 }
             }

@@ -866,6 +866,11 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
             r.access
         );
     }
+    let _ = writeln!(
+        out,
+        "  HTTP GET    {:<36} -> this node (the OpenAPI document; answered here, never forwarded; public)",
+        crate::catalogue::openapi::PATH
+    );
     for service in crate::edge::ingress::NODE_GRPC_SERVICES {
         let _ = writeln!(
             out,
@@ -877,6 +882,7 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
     for r in table.routes().iter().filter(|r| r.access == Access::Public) {
         let _ = writeln!(out, "  {} {}", r.method, r.template);
     }
+    let _ = writeln!(out, "  GET {}", crate::catalogue::openapi::PATH);
     for service in crate::edge::ingress::NODE_GRPC_SERVICES {
         let _ = writeln!(out, "  POST /{service}/*");
     }

@@ -7,6 +7,7 @@ use axum::{
     Extension, Json,
     extract::{Query, State},
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -22,17 +23,21 @@ pub struct Echo;
 
 const PRIVATE: Access = Access::Permission(authz::ECHO_CALL);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EchoBody {
+    /// What to send back.
     #[serde(default)]
     message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct EchoJson {
     message: String,
+    /// The id of the node that answered.
+    #[schemars(with = "String")]
     node: Arc<str>,
+    /// The caller's username (the private route only).
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
 }
@@ -113,8 +118,23 @@ impl Service for Echo {
     fn routes(&self) -> Routes<Arc<str>> {
         Routes::new()
             .get("", Access::Public, echo_get)
+            .doc(|d| {
+                d.summary("Send the message back, naming the node that answered")
+                    .query::<EchoBody>()
+                    .answers::<EchoJson>(200, "the message and the node")
+            })
             .post("", Access::Public, echo_post)
+            .doc(|d| {
+                d.summary("Send the message back, naming the node that answered")
+                    .body::<EchoBody>()
+                    .answers::<EchoJson>(200, "the message and the node")
+            })
             .get("/private", PRIVATE, echo_private)
+            .doc(|d| {
+                d.summary("Send the message back, naming the node and the caller")
+                    .query::<EchoBody>()
+                    .answers::<EchoJson>(200, "the message, the node and the caller")
+            })
             .grpc(
                 &[
                     ("Echo", Access::Public, Idempotent),

@@ -15,6 +15,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -78,10 +79,11 @@ pub fn resolve_owner(caller: &Principal, requested: Option<&str>) -> Result<Stri
 pub struct Kv;
 
 /// One entry as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Entry {
     pub key: String,
     pub value: String,
+    /// 1 when created, one more at each write.
     pub version: u64,
 }
 
@@ -96,16 +98,21 @@ impl From<Entry> for pb::Entry {
 }
 
 /// Result of a compare-and-set.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Swap {
+    /// Whether the value was written (200), or the version did not match
+    /// (409).
     pub swapped: bool,
+    /// The entry after the call: the one written, or the one that did not
+    /// match (null if there is none).
     pub current: Option<Entry>,
 }
 
 /// One page of a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Page {
     pub entries: Vec<Entry>,
+    /// Pass as `start_after` for the next page; null on the last one.
     pub next_start_after: Option<String>,
 }
 
@@ -323,26 +330,31 @@ impl KvCore {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
     value: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CasBody {
     key: String,
+    /// The version the entry must have for the write to happen; 0: it
+    /// must not exist.
     expected_version: u64,
     value: String,
+    /// Another user's id, whose entry an admin acts on.
     #[serde(default)]
     owner: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OwnerQuery {
+    /// Another user's id, whose entry an admin acts on.
     owner: Option<String>,
+    /// How fresh a read must be (reads only).
     #[serde(default)]
     consistency: Consistency,
 }
@@ -352,7 +364,7 @@ struct OwnerQuery {
 /// cluster may lag by up to `cluster.stale_read_max_lag_ms` (refused beyond);
 /// local reads this node's copy whatever its age, even cut off from the
 /// cluster (etcd's serializable read), with the index it had applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     #[default]
@@ -374,16 +386,21 @@ impl Consistency {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only keys that start with this.
     #[serde(default)]
     prefix: String,
+    /// Only keys after this one (the previous page's `next_start_after`).
     #[serde(default)]
     start_after: String,
+    /// Entries per page; 0: the most allowed.
     #[serde(default)]
     limit: u32,
+    /// Another user's id, whose entries an admin lists.
     owner: Option<String>,
+    /// How fresh the listing must be.
     #[serde(default)]
     consistency: Consistency,
 }
@@ -563,10 +580,45 @@ impl Service for Kv {
     fn routes(&self) -> Routes<KvCore> {
         Routes::new()
             .get("/keys", READ, http_list)
+            .doc(|d| {
+                d.summary("List the caller's entries in key order, a page at a time")
+                    .query::<ListQuery>()
+                    .answers::<Page>(200, "a page of entries")
+            })
             .get("/keys/{*key}", READ, http_get)
+            .doc(|d| {
+                d.summary("Read an entry (404 if there is none)")
+                    .query::<OwnerQuery>()
+                    .answers::<Entry>(200, "the entry; a stale or local read says the Raft index its copy had applied in x-flotilla-applied-index")
+            })
             .put("/keys/{*key}", WRITE, http_put)
+            .doc(|d| {
+                d.summary("Create or overwrite an entry")
+                    .query::<OwnerQuery>()
+                    .body::<PutBody>()
+                    .answers_with(200, "the key and its new version", schemars::json_schema!({
+                        "type": "object",
+                        "required": ["key", "version"],
+                        "properties": {"key": {"type": "string"}, "version": {"type": "integer", "minimum": 1}},
+                    }))
+            })
             .delete("/keys/{*key}", WRITE, http_delete)
+            .doc(|d| {
+                d.summary("Delete an entry")
+                    .query::<OwnerQuery>()
+                    .answers_with(200, "whether there was an entry to delete", schemars::json_schema!({
+                        "type": "object",
+                        "required": ["deleted"],
+                        "properties": {"deleted": {"type": "boolean"}},
+                    }))
+            })
             .post("/cas", WRITE, http_cas)
+            .doc(|d| {
+                d.summary("Write an entry only if its version is the expected one")
+                    .body::<CasBody>()
+                    .answers::<Swap>(200, "written")
+                    .answers::<Swap>(409, "not written: the version did not match; the current entry")
+            })
             .grpc(
                 &[
                     ("Get", READ, Idempotent),

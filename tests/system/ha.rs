@@ -620,7 +620,11 @@ async fn membership_changes_through_the_cluster_commands() {
         .map(|l| l[column..].split_whitespace().next().unwrap())
         .collect();
     assert_eq!(roles.iter().filter(|r| **r == "Leader").count(), 1, "{out}");
-    assert_eq!(roles.iter().filter(|r| **r == "Follower").count(), 2, "{out}");
+    assert_eq!(
+        roles.iter().filter(|r| **r == "Follower").count(),
+        2,
+        "{out}"
+    );
     let (code, out, err) = cli(&["cluster", "status", "--config", &config1, "--json"]);
     assert_eq!(code, 0, "{err}");
     let members: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -17,6 +17,7 @@ mod ingress;
 mod k8s;
 mod kv;
 mod lifecycle;
+mod openapi;
 mod partition;
 mod peer_tls;
 mod public_tls;

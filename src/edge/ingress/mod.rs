@@ -7,8 +7,9 @@
 //!    method and status, with its latency (labels `lookup` sets);
 //! 3. `errors`: every HTTP error from below is `{"error","message"}` JSON,
 //!    the framework's own rejections included;
-//! 4. `node_grpc`: gRPC health and reflection, answered by this node for
-//!    itself, public and never forwarded;
+//! 4. `node_grpc` and `openapi`: gRPC health and reflection, and the
+//!    OpenAPI document at `GET /api/openapi.json`, answered by this node
+//!    for itself, public and never forwarded;
 //! 5. `lookup`: the routing table finds the route, or the request is
 //!    answered: a JSON 404 for a path no service declares, 405 with `Allow`
 //!    for a path with other methods, and the gRPC equivalents;
@@ -36,6 +37,7 @@ mod locality;
 mod lookup;
 mod metrics;
 mod node_grpc;
+mod openapi;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -170,6 +172,7 @@ impl Ingress {
             Box::new(metrics::Metrics(metrics)),
             Box::new(errors::Errors),
             Box::new(node_grpc::NodeGrpc::new(&table, readiness_for_grpc)?),
+            Box::new(openapi::OpenApi::new(&table)),
             Box::new(lookup::Table(table)),
             Box::new(locality::Locality {
                 registry,

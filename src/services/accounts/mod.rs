@@ -40,15 +40,41 @@ use crate::{
 
 pub struct Accounts;
 
+/// An answer `{"<name>": bool}`.
+fn flag(name: &str) -> schemars::Schema {
+    let mut schema = schemars::json_schema!({"type": "object"});
+    schema.insert("required".into(), serde_json::json!([name]));
+    schema.insert(
+        "properties".into(),
+        serde_json::json!({ name: {"type": "boolean"} }),
+    );
+    schema
+}
+
+/// An answer `{"<name>": [T, …]}`.
+fn list_of<T: schemars::JsonSchema>(name: &str) -> schemars::Schema {
+    let mut schema = schemars::json_schema!({"type": "object"});
+    schema.insert("required".into(), serde_json::json!([name]));
+    schema.insert(
+        "properties".into(),
+        serde_json::json!({ name: {"type": "array", "items": crate::catalogue::schema_of::<T>()} }),
+    );
+    schema
+}
+
 const SELF: Access = Access::Permission(authz::ACCOUNT_SELF);
 const ADMIN: Access = Access::Permission(authz::ACCOUNTS_ADMIN);
 
 /// Access and refresh tokens, as returned by login and refresh.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Tokens {
+    /// An EdDSA JWT, sent as `Authorization: Bearer <token>`.
     pub access_token: String,
+    /// `Bearer`.
     pub token_type: &'static str,
+    /// Seconds until the access token expires.
     pub expires_in: i64,
+    /// Spent by its one use at /refresh, which gives new tokens.
     pub refresh_token: String,
 }
 
@@ -439,19 +465,77 @@ impl Service for Accounts {
     fn routes(&self) -> Routes<AccountsCore> {
         Routes::new()
             .post("/signup", Access::Public, web::signup)
+            .doc(|d| {
+                d.summary("Create an account (only with auth.signup on; 404 otherwise)")
+                    .body::<web::CredentialsBody>()
+                    .answers::<User>(201, "the new account")
+            })
             .post("/login", Access::Public, web::login)
+            .doc(|d| {
+                d.summary("Log in: an access token and a refresh token")
+                    .body::<web::CredentialsBody>()
+                    .answers::<Tokens>(200, "the tokens")
+            })
             .post("/refresh", Access::Public, web::refresh)
+            .doc(|d| {
+                d.summary("Trade a refresh token for new tokens; the old one is spent")
+                    .body::<web::RefreshBody>()
+                    .answers::<Tokens>(200, "the new tokens")
+            })
             .post("/logout", Access::Public, web::logout)
+            .doc(|d| {
+                d.summary("End the session of a refresh token")
+                    .body::<web::RefreshBody>()
+                    .answers_with(200, "whether a session was ended", flag("revoked"))
+            })
             .get("/me", SELF, web::me)
+            .doc(|d| d.summary("The caller's account").answers::<User>(200, "the account"))
             .post("/me/password", SELF, web::password)
+            .doc(|d| {
+                d.summary("Change the caller's password; every session ends")
+                    .body::<web::PasswordBody>()
+                    .answers_with(200, "changed", flag("changed"))
+            })
             .post("/api-keys", SELF, web::create_key)
+            .doc(|d| {
+                d.summary("Create an API key; its secret is shown this once")
+                    .body::<web::ApiKeyBody>()
+                    .answers_with(201, "the key, and its secret as `key`", {
+                        let mut schema = schemars::json_schema!({
+                            "type": "object",
+                            "required": ["api_key", "key"],
+                            "properties": {"key": {"type": "string", "description": "sent as `Authorization: ApiKey <key>`"}},
+                        });
+                        schema.ensure_object()["properties"]["api_key"] =
+                            crate::catalogue::schema_of::<ApiKey>().to_value();
+                        schema
+                    })
+            })
             .get("/api-keys", SELF, web::list_keys)
+            .doc(|d| {
+                d.summary("The caller's API keys, without their secrets")
+                    .answers_with(200, "the keys", list_of::<ApiKey>("api_keys"))
+            })
             .delete("/api-keys/{id}", SELF, web::revoke_key)
+            .doc(|d| d.summary("Revoke one of the caller's API keys").answers_with(200, "revoked", flag("revoked")))
             .get("/users", ADMIN, web::list_users)
+            .doc(|d| d.summary("Every account").answers_with(200, "the accounts", list_of::<User>("users")))
             .post("/users", ADMIN, web::create_user)
+            .doc(|d| {
+                d.summary("Create an account with roles")
+                    .body::<web::NewUserBody>()
+                    .answers::<User>(201, "the new account")
+            })
             .post("/users/{id}/disable", ADMIN, web::disable)
+            .doc(|d| d.summary("Disable an account; its sessions end").answers::<User>(200, "the account"))
             .post("/users/{id}/enable", ADMIN, web::enable)
+            .doc(|d| d.summary("Enable an account").answers::<User>(200, "the account"))
             .put("/users/{id}/roles", ADMIN, web::roles)
+            .doc(|d| {
+                d.summary("Set an account's roles")
+                    .body::<web::RolesBody>()
+                    .answers::<User>(200, "the account")
+            })
             .grpc(
                 &[
                     ("Signup", Access::Public, NotIdempotent),
