@@ -222,6 +222,7 @@ impl Node {
                 metrics.clone(),
                 NodeInfo {
                     node_id: config.node_id.clone(),
+                    store_client: store_client.is_some(),
                     version: env!("CARGO_PKG_VERSION"),
                     public: config.advertise.to_string(),
                     admin: config.listeners.admin.to_string(),
