@@ -105,6 +105,16 @@ pub struct NodeInfo {
 /// server's view of its clients), read at each request.
 pub type StatusPart = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// The parts of `/status` other parts of the node provide, where the node
+/// has them.
+#[derive(Clone, Default)]
+pub struct StatusParts {
+    /// The xDS server's clients (a node with the `xds` role).
+    pub xds: Option<StatusPart>,
+    /// The operator's certificates the public listener serves (`tls.public`).
+    pub public_tls: Option<StatusPart>,
+}
+
 /// An operation a `flotilla` command runs on this running node.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -144,7 +154,7 @@ struct AdminState {
     control: Control,
     cluster: ClusterSlot,
     registry: Registry,
-    xds: Option<StatusPart>,
+    parts: StatusParts,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -243,7 +253,8 @@ async fn status(State(s): State<AdminState>) -> impl IntoResponse {
         "services": services,
         "cluster": cluster.map(|c| c.status()),
         "registry": s.registry.status(),
-        "xds": s.xds.as_ref().map(|x| x()),
+        "xds": s.parts.xds.as_ref().map(|x| x()),
+        "public_tls": s.parts.public_tls.as_ref().map(|x| x()),
     }))
 }
 
@@ -324,7 +335,7 @@ pub fn router(
     info: NodeInfo,
     cluster: ClusterSlot,
     registry: Registry,
-    xds: Option<StatusPart>,
+    parts: StatusParts,
     control: Control,
 ) -> Router {
     Router::new()
@@ -339,7 +350,7 @@ pub fn router(
             control,
             cluster,
             registry,
-            xds,
+            parts,
             readiness,
             metrics,
             info: Arc::new(info),

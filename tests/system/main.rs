@@ -20,6 +20,7 @@ mod partition;
 mod peer_tls;
 mod public_tls;
 mod scaled;
+mod status_page;
 mod support;
 mod xds;
 mod xds_tls;
