@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// How many entries a follower may lack of the leader's log before
+/// `/status` calls it lagging: many times what the leader keeps in flight
+/// (`ENTRIES_IN_FLIGHT`), so that a follower that keeps up under load is
+/// not flagged, and one that fell behind (slow disk, catching up) is.
+const LAGGING_AFTER_ENTRIES: u64 = 16 * ENTRIES_IN_FLIGHT as u64;
+
 impl Cluster {
     /// Runs a `flotilla cluster` operation here, if this node can (status,
     /// or any change when it leads); `Err(leader)` asks the caller to go to
@@ -108,8 +114,14 @@ impl Cluster {
     pub fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        let view = contact::View {
+            me: self.id,
+            leader: m.current_leader,
+            limit: self.election_timeout_max,
+        };
         // Everyone in the membership (voters and learners), named from the
-        // topology when it knows them.
+        // topology when it knows them, with what this member can tell of
+        // each (see `contact`).
         let peers: Vec<serde_json::Value> = m
             .membership_config
             .membership()
@@ -120,12 +132,27 @@ impl Cluster {
                     .as_ref()
                     .and_then(|r| r.get(id).cloned().flatten())
                     .map(|l| l.index);
+                let since = self.contacts.since(*id);
+                let lag = (m.current_leader == Some(self.id) && *id != self.id)
+                    .then(|| contact::lag(m.last_log_index, matched))
+                    .flatten();
                 serde_json::json!({
                     "id": id,
                     "name": self.members.get(id).map(|member| member.name.clone()),
                     "peer": node.addr,
                     "voter": voters.contains(id),
+                    "role": if m.current_leader == Some(*id) {
+                        "leader"
+                    } else if voters.contains(id) {
+                        "follower"
+                    } else {
+                        "learner"
+                    },
                     "matched_index": matched,
+                    "lag": lag,
+                    "lagging": lag.is_some_and(|l| l > LAGGING_AFTER_ENTRIES),
+                    "last_contact_ms": since.map(|s| s.as_millis() as u64),
+                    "reachability": view.reachability(*id, since),
                 })
             })
             .collect();
@@ -145,6 +172,11 @@ impl Cluster {
             // member further behind catches up from a snapshot.
             "purged_index": m.purged.map(|l| l.index),
             "peers": peers,
+            // A peer this member tracks (see `contact`) is unreachable when
+            // not heard from for longer; one further behind the leader's
+            // log than `lagging_after_entries` is lagging.
+            "unreachable_after_ms": self.election_timeout_max.as_millis() as u64,
+            "lagging_after_entries": LAGGING_AFTER_ENTRIES,
             // This member's certificate (null with `tls: off`), and the
             // store clients' it issued.
             "tls": self.tls.as_ref().map(|t| t.status()),

@@ -15,6 +15,7 @@
 //! - `elect`: PreVote; elections start only after a majority would vote.
 //! - `peer`: the peer listener's service, with the store clients' checks.
 //! - `remote`: a store client's replicator.
+//! - `contact`: when each member was last heard from, for `/status`.
 //!
 //! [`Cluster`] is the store's [`Replicator`]: a service's write becomes a
 //! proposal (with a request id, and a time and random seed chosen by the
@@ -25,6 +26,7 @@
 
 mod admin;
 mod certify;
+pub mod contact;
 mod elect;
 mod handover;
 pub mod log_store;
@@ -382,6 +384,8 @@ pub struct Cluster {
     registry_feed: tokio::sync::watch::Sender<Arc<[u8]>>,
     /// Who this member is in touch with (see `sessions`).
     sessions: Arc<sessions::Sessions>,
+    /// When each member was last heard from (see `contact`).
+    contacts: Arc<contact::Contacts>,
     me: Weak<Cluster>,
 }
 
@@ -516,6 +520,7 @@ impl Cluster {
             facts.group.as_deref().map(Arc::from),
         ));
         let sessions = Arc::new(sessions::Sessions::default());
+        let contacts = Arc::new(contact::Contacts::default());
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -525,6 +530,7 @@ impl Cluster {
                 faults.clone(),
                 group.clone(),
                 sessions.clone(),
+                contacts.clone(),
                 settings
                     .members
                     .iter()
@@ -586,6 +592,7 @@ impl Cluster {
             issued: std::sync::Mutex::default(),
             registry_feed: tokio::sync::watch::channel(Arc::from(&b"[]"[..])).0,
             sessions,
+            contacts,
         });
         tokio::spawn(report_stop(cluster.raft.metrics()));
         tokio::spawn(elect::elector(Arc::downgrade(&cluster)));

@@ -33,7 +33,7 @@ use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::{TypeConfig, sessions::Sessions};
+use super::{TypeConfig, contact::Contacts, sessions::Sessions};
 use crate::proto::peer::{Blob, peer_client::PeerClient};
 use crate::telemetry::Throttle;
 
@@ -455,6 +455,8 @@ pub struct Network {
     /// Where the leader's calls to each follower are recorded, by the
     /// member's name (`names`; a member not named there is not recorded).
     sessions: Arc<Sessions>,
+    /// Where every answer to this member's calls is recorded, by id.
+    contacts: Arc<Contacts>,
     names: Arc<BTreeMap<NodeId, String>>,
 }
 
@@ -465,6 +467,7 @@ impl Network {
         faults: Faults,
         group: super::origin::GroupCell,
         sessions: Arc<Sessions>,
+        contacts: Arc<Contacts>,
         names: BTreeMap<NodeId, String>,
     ) -> Network {
         Network {
@@ -473,6 +476,7 @@ impl Network {
             faults,
             group,
             sessions,
+            contacts,
             names: Arc::new(names),
         }
     }
@@ -485,6 +489,7 @@ pub struct Connection {
     client: Result<Client, String>,
     /// The target's name and where its silences go (see `sessions`).
     session: Option<(String, Arc<Sessions>)>,
+    contacts: Arc<Contacts>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -503,6 +508,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             faults: self.faults.clone(),
             client: client(&node.addr, &self.auth, &self.group),
             session,
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -552,22 +558,22 @@ impl Connection {
                     "no answer within the RPC deadline",
                 ))
             });
+        // An answer (any: a refusal is an answer) means the peer is there;
+        // none is unreachable, or not in time.
+        let answered = !matches!(&result, Err(status) if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ));
+        if answered {
+            self.contacts.heard(self.target);
+        }
         // The leader's calls are its sessions with the followers: an
-        // answer (any: a refusal is an answer) puts the follower in touch,
-        // none (unreachable, or not in time) starts its silence.
+        // answer puts the follower in touch, none starts its silence.
         if let (RPCTypes::AppendEntries, Some((name, sessions))) = (method, &self.session) {
-            match &result {
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::DeadlineExceeded
-                            | tonic::Code::Cancelled
-                    ) =>
-                {
-                    sessions.silent(name, crate::store::now_ms(), true)
-                }
-                _ => sessions.heard(name),
+            if answered {
+                sessions.heard(name)
+            } else {
+                sessions.silent(name, crate::store::now_ms(), true)
             }
         }
         let reply = result.map_err(|status| {

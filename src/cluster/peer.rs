@@ -90,6 +90,14 @@ impl PeerService {
             )),
         }
     }
+
+    /// A member's Raft message reached this one: its sender (the leader,
+    /// or a candidate) is there.
+    fn heard_from(&self, vote: &openraft::Vote<u64>) {
+        if let Some(sender) = vote.leader_id().voted_for() {
+            self.cluster.contacts.heard(sender);
+        }
+    }
 }
 
 pub(super) fn refuse(node: &str, why: String) -> tonic::Status {
@@ -103,7 +111,8 @@ impl peer_server::Peer for PeerService {
         members_only(&r)?;
         self.running()?;
         self.in_group(&r).await?;
-        let req = network::unblob(r.get_ref())?;
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = network::unblob(r.get_ref())?;
+        self.heard_from(&req.vote);
         let result = self.cluster.raft.append_entries(req).await;
         if matches!(
             result,
@@ -124,7 +133,8 @@ impl peer_server::Peer for PeerService {
         members_only(&r)?;
         self.running()?;
         self.in_group(&r).await?;
-        let req = network::unblob(r.get_ref())?;
+        let req: openraft::raft::VoteRequest<u64> = network::unblob(r.get_ref())?;
+        self.heard_from(&req.vote);
         reply(&self.cluster.raft.vote(req).await)
     }
 
@@ -135,6 +145,7 @@ impl peer_server::Peer for PeerService {
         let blob = r.into_inner();
         let mut req: openraft::raft::InstallSnapshotRequest<TypeConfig> = network::unblob(&blob)?;
         req.data = blob.payload;
+        self.heard_from(&req.vote);
         reply(&self.cluster.raft.install_snapshot(req).await)
     }
 

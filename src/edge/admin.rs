@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness, metrics and status.
+//! The admin listener: liveness, readiness, metrics and status, and the
+//! status page at `/` that shows `/status` to a person.
 //!
 //! `/readyz` answers 200 only when every selected service has run its
 //! migrations and started, and not while the node drains; a load balancer
@@ -7,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -108,6 +109,9 @@ impl Readiness {
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeInfo {
     pub node_id: String,
+    /// A node without the `db` role, a client of the members' database.
+    #[serde(skip)]
+    pub store_client: bool,
     pub version: &'static str,
     pub public: String,
     pub admin: String,
@@ -117,6 +121,16 @@ pub struct NodeInfo {
 /// A part of `/status` that another part of the node provides (the xDS
 /// server's view of its clients), read at each request.
 pub type StatusPart = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The parts of `/status` other parts of the node provide, where the node
+/// has them.
+#[derive(Clone, Default)]
+pub struct StatusParts {
+    /// The xDS server's clients (a node with the `xds` role).
+    pub xds: Option<StatusPart>,
+    /// The operator's certificates the public listener serves (`tls.public`).
+    pub public_tls: Option<StatusPart>,
+}
 
 /// An operation a `flotilla` command runs on this running node.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -157,7 +171,7 @@ struct AdminState {
     control: Control,
     cluster: ClusterSlot,
     registry: Registry,
-    xds: Option<StatusPart>,
+    parts: StatusParts,
     readiness: Arc<Readiness>,
     metrics: Metrics,
     info: Arc<NodeInfo>,
@@ -188,6 +202,52 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
+/// The status page: one HTML file with its style and script inline, which
+/// reads `/status` every second and loads nothing from anywhere else.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+static STATUS_PAGE_POLICY: LazyLock<String> =
+    LazyLock::new(|| content_security_policy(STATUS_PAGE));
+
+/// A Content-Security-Policy that lets `page` run its own inline style and
+/// script (by their SHA-256) and read this listener (`/status`), and
+/// nothing else: no external load, no other script, no framing.
+fn content_security_policy(page: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let hash = |element: &str| {
+        let open = format!("<{element}>");
+        let start = page.find(&open).map(|i| i + open.len());
+        let end = page.find(&format!("</{element}>"));
+        let (Some(start), Some(end)) = (start, end) else {
+            panic!("the status page has no <{element}> element");
+        };
+        let digest = sha2::Sha256::digest(&page.as_bytes()[start..end]);
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    };
+    format!(
+        "default-src 'none'; connect-src 'self'; script-src {}; style-src {}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hash("script"),
+        hash("style")
+    )
+}
+
+async fn status_page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, STATUS_PAGE_POLICY.as_str()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+}
+
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(
@@ -200,16 +260,30 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn status(State(s): State<AdminState>) -> impl IntoResponse {
     let (ready, draining, services) = s.readiness.snapshot();
+    let cluster = s.cluster.get();
     Json(serde_json::json!({
         "node": &*s.info,
+        "mode": mode(cluster.is_some(), s.info.store_client),
         "ready": ready,
         "draining": draining,
         "uptime_seconds": s.started.elapsed().as_secs(),
         "services": services,
-        "cluster": s.cluster.get().map(|c| c.status()),
-        "registry": s.registry.nodes(),
-        "xds": s.xds.as_ref().map(|x| x()),
+        "cluster": cluster.map(|c| c.status()),
+        "registry": s.registry.status(),
+        "xds": s.parts.xds.as_ref().map(|x| x()),
+        "public_tls": s.parts.public_tls.as_ref().map(|x| x()),
     }))
+}
+
+/// How the node runs now: a member of a Raft group (HA, or the `db` role of
+/// scaled mode; a single node becomes one with `flotilla cluster init`), a
+/// store client of the members (scaled mode), or alone.
+fn mode(member: bool, store_client: bool) -> &'static str {
+    match (member, store_client) {
+        (true, _) => "member",
+        (false, true) => "store client",
+        (false, false) => "single",
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -278,10 +352,11 @@ pub fn router(
     info: NodeInfo,
     cluster: ClusterSlot,
     registry: Registry,
-    xds: Option<StatusPart>,
+    parts: StatusParts,
     control: Control,
 ) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/control", axum::routing::post(run_control))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -295,10 +370,46 @@ pub fn router(
             control,
             cluster,
             registry,
-            xds,
+            parts,
             readiness,
             metrics,
             info: Arc::new(info),
             started: Instant::now(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mode_follows_the_cluster_the_node_is_in_now() {
+        assert_eq!(mode(false, false), "single");
+        assert_eq!(mode(true, false), "member");
+        assert_eq!(mode(false, true), "store client");
+    }
+
+    #[test]
+    fn the_status_page_loads_nothing_but_its_own_inline_script_and_style() {
+        for element in ["script", "style"] {
+            assert_eq!(
+                STATUS_PAGE.matches(&format!("<{element}")).count(),
+                1,
+                "the policy allows one inline <{element}>; a second would be blocked"
+            );
+        }
+        for external in ["http:", "https:", " src=", "@import", "url("] {
+            assert!(
+                !STATUS_PAGE.contains(external),
+                "the page refers to something outside it: {external}"
+            );
+        }
+        let policy = content_security_policy(STATUS_PAGE);
+        assert!(policy.starts_with("default-src 'none'; connect-src 'self';"));
+        let hashes = policy.matches("'sha256-").count();
+        assert_eq!(hashes, 2, "{policy}");
+        // A changed script gets another hash.
+        let changed = STATUS_PAGE.replace("REFRESH_MS = 1000", "REFRESH_MS = 2000");
+        assert_ne!(content_security_policy(&changed), policy);
+    }
 }

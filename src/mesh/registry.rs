@@ -24,6 +24,7 @@
 //! no growing table.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, RwLock},
     time::Duration,
@@ -79,6 +80,26 @@ impl NodeRecord {
     }
 }
 
+/// One record as `/status` shows it: what it says, and how old it is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecordStatus {
+    #[serde(flatten)]
+    pub record: NodeRecord,
+    /// When the record was last written (ms since the epoch), where this
+    /// node knows it (see `Registry::renewed`).
+    pub updated_ms: Option<i64>,
+    /// How long ago that was, by this node's clock: a record renewed every
+    /// `HEARTBEAT` stays younger than `TTL`.
+    pub age_ms: Option<u64>,
+}
+
+/// The age of a record written at `updated` (ms since the epoch) at `now`;
+/// a record written by a clock ahead of this node's is new (0), not of a
+/// negative age.
+fn age_ms(now: i64, updated: i64) -> u64 {
+    u64::try_from(now.saturating_sub(updated)).unwrap_or(0)
+}
+
 /// One place a service can be reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
@@ -93,6 +114,13 @@ pub struct Registry {
     /// The claim this node holds its record by, if it joined with a token.
     claim: Option<Arc<str>>,
     nodes: Arc<RwLock<Vec<NodeRecord>>>,
+    /// When each node's record was last written (ms since the epoch, the
+    /// leader's clock), as this node's copy of the store says: known where
+    /// the copy is read (`refresh`, a db member), not on a store client,
+    /// which takes a member's records without their times, nor on a single
+    /// node, which does not renew its record. Kept apart from `nodes`: a
+    /// renewal alone is no change to those who follow them.
+    renewed: Arc<RwLock<BTreeMap<String, i64>>>,
     /// Services this node no longer advertises but still serves, while the
     /// others stop sending them here (see `set_local_services`).
     draining: Arc<RwLock<Vec<String>>>,
@@ -107,6 +135,7 @@ impl Registry {
             local: Arc::from(local.id.as_str()),
             claim: None,
             nodes: Arc::new(RwLock::new(vec![local])),
+            renewed: Arc::default(),
             draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
@@ -118,6 +147,7 @@ impl Registry {
             local: Arc::from(""),
             claim: None,
             nodes: Arc::new(RwLock::new(nodes)),
+            renewed: Arc::default(),
             draining: Arc::default(),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
@@ -251,6 +281,23 @@ impl Registry {
         self.read().clone()
     }
 
+    /// The records with their ages, for `/status`.
+    pub fn status(&self) -> Vec<RecordStatus> {
+        let now = now_ms();
+        let renewed = self.renewed.read().unwrap_or_else(|p| p.into_inner());
+        self.read()
+            .iter()
+            .map(|n| {
+                let updated_ms = renewed.get(&n.id).copied();
+                RecordStatus {
+                    record: n.clone(),
+                    updated_ms,
+                    age_ms: updated_ms.map(|u| age_ms(now, u)),
+                }
+            })
+            .collect()
+    }
+
     /// Records the topology's members (as not yet seen) and this node (as
     /// healthy, with its services) in the store.
     pub async fn register(
@@ -363,6 +410,7 @@ impl Registry {
             .await?
             .rows;
         let mut nodes = Vec::with_capacity(rows.len());
+        let mut renewed = BTreeMap::new();
         let now = now_ms();
         let mut next_expiry: Option<i64> = None;
         for row in rows {
@@ -378,6 +426,7 @@ impl Registry {
                 next_expiry = Some(next_expiry.map_or(expires, |e| e.min(expires)));
             }
             let Ok(public) = public.parse() else { continue };
+            renewed.insert(id.clone(), updated_ms);
             nodes.push(NodeRecord {
                 id,
                 public,
@@ -389,6 +438,7 @@ impl Registry {
                 healthy,
             });
         }
+        *self.renewed.write().unwrap_or_else(|p| p.into_inner()) = renewed;
         self.adopt(nodes);
         Ok(next_expiry.map(|e| Duration::from_millis((e - now + 1).max(1) as u64)))
     }
@@ -577,6 +627,42 @@ pub const MIGRATIONS: &[Migration] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_ages_from_its_last_write_and_never_below_zero() {
+        assert_eq!(age_ms(10_000, 8_500), 1_500);
+        assert_eq!(age_ms(10_000, 10_000), 0);
+        // Written by a leader whose clock is ahead of this node's.
+        assert_eq!(age_ms(10_000, 10_200), 0);
+    }
+
+    #[test]
+    fn status_shows_each_record_with_its_age_where_known() {
+        let local = NodeRecord {
+            id: "kv-1".into(),
+            public: "127.0.0.1:8011".parse().unwrap(),
+            services: vec!["kv".into()],
+            healthy: true,
+        };
+        let registry = Registry::single(local.clone());
+        let status = registry.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].record, local);
+        assert_eq!(status[0].age_ms, None, "a single node does not renew");
+        registry
+            .renewed
+            .write()
+            .unwrap()
+            .insert("kv-1".into(), now_ms() - 700);
+        let age = registry.status()[0].age_ms.unwrap();
+        assert!((700..5_000).contains(&age), "{age}");
+        let json = serde_json::to_value(&registry.status()[0]).unwrap();
+        assert_eq!(
+            json["id"], "kv-1",
+            "the record's fields stay at the top: {json}"
+        );
+        assert!(json["updated_ms"].is_i64(), "{json}");
+    }
 
     #[test]
     fn registry_writes_are_read_back_into_what_they_mean() {

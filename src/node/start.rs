@@ -215,6 +215,14 @@ impl Node {
                 Arc::new(move |op| grow.clone().run(op).boxed())
             },
         };
+        // The operator's certificates for the public listener, read before
+        // the admin listener, which shows them.
+        let public_tls = match &config.public_tls {
+            Some(files) => Some(Arc::new(
+                crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
+            )),
+            None => None,
+        };
         let admin = {
             let stop = CancellationToken::new();
             let router = admin::router(
@@ -222,6 +230,7 @@ impl Node {
                 metrics.clone(),
                 NodeInfo {
                     node_id: config.node_id.clone(),
+                    store_client: store_client.is_some(),
                     version: env!("CARGO_PKG_VERSION"),
                     public: config.advertise.to_string(),
                     admin: config.listeners.admin.to_string(),
@@ -229,10 +238,15 @@ impl Node {
                 },
                 cluster.clone(),
                 registry.clone(),
-                listeners.xds.is_some().then(|| {
-                    let clients = xds_clients.clone();
-                    Arc::new(move || clients.status()) as admin::StatusPart
-                }),
+                admin::StatusParts {
+                    xds: listeners.xds.is_some().then(|| {
+                        let clients = xds_clients.clone();
+                        Arc::new(move || clients.status()) as admin::StatusPart
+                    }),
+                    public_tls: public_tls.clone().map(|tls| {
+                        Arc::new(move || serde_json::json!(tls.status())) as admin::StatusPart
+                    }),
+                },
                 control,
             );
             Serving::spawn(
@@ -434,16 +448,10 @@ impl Node {
         let public = {
             let stop = CancellationToken::new();
             let mut options = ServeOptions::new("public", limits.public, grace);
-            let operator = match &config.public_tls {
-                Some(files) => {
-                    let tls = Arc::new(
-                        crate::tls::public::PublicTls::load(files).map_err(NodeError::PublicTls)?,
-                    );
-                    tokio::spawn(tls.clone().watch(stop.clone()));
-                    Some(tls)
-                }
-                None => None,
-            };
+            let operator = public_tls;
+            if let Some(tls) = &operator {
+                tokio::spawn(tls.clone().watch(stop.clone()));
+            }
             // With the operator's certificates, TLS only; in a cluster
             // without them, plaintext for clients and TLS for the nodes and
             // Envoys that ask for the node's certificate.

@@ -36,6 +36,36 @@ pub struct CertFiles {
 struct Served {
     names: Vec<String>,
     key: Arc<CertifiedKey>,
+    described: Described,
+}
+
+/// What `/status` shows of a certificate the public listener serves.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Described {
+    pub cert_file: PathBuf,
+    pub subject: String,
+    /// Its DNS names (subject alternative names).
+    pub names: Vec<String>,
+    pub serial: String,
+    pub not_after: String,
+}
+
+fn describe(
+    der: &CertificateDer<'_>,
+    files: &CertFiles,
+    names: &[String],
+) -> Result<Described, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("does not parse: {e}"))?;
+    let not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64);
+    Ok(Described {
+        cert_file: files.cert_file.clone(),
+        subject: cert.subject().to_string(),
+        names: names.to_vec(),
+        serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
+        not_after: super::identity::rfc3339(not_after),
+    })
 }
 
 /// The certificates served now.
@@ -99,6 +129,8 @@ fn load_one(
         .first()
         .ok_or_else(|| format!("{} holds no certificate", files.cert_file.display()))?;
     let names = names_of(leaf).map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    let described =
+        describe(leaf, files, &names).map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
     let key = PrivateKeyDer::from_pem_slice(&read(&files.key_file)?)
         .map_err(|e| format!("{} is not a PEM private key: {e}", files.key_file.display()))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
@@ -111,6 +143,7 @@ fn load_one(
     Ok(Served {
         names,
         key: Arc::new(key),
+        described,
     })
 }
 
@@ -239,6 +272,18 @@ impl PublicTls {
         self.config.clone()
     }
 
+    /// The certificates served now, for `/status`.
+    pub fn status(&self) -> Vec<Described> {
+        self.resolver
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .served
+            .iter()
+            .map(|s| s.described.clone())
+            .collect()
+    }
+
     /// Reads the files again if they changed since they were read; whether
     /// new certificates are served now.
     pub fn reload(&self) -> bool {
@@ -305,6 +350,26 @@ mod tests {
         assert!(names_domain("kv-1.flotilla.local", "flotilla.local"));
         assert!(!names_domain("evilflotilla.local", "flotilla.local"));
         assert!(!names_domain("api.example.com", "flotilla.local"));
+    }
+
+    #[test]
+    fn status_shows_each_served_certificate_with_its_subject_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["api.example.com".into()]).unwrap();
+        let files = CertFiles {
+            cert_file: dir.path().join("api.pem"),
+            key_file: dir.path().join("api.key"),
+        };
+        std::fs::write(&files.cert_file, generated.cert.pem()).unwrap();
+        std::fs::write(&files.key_file, generated.signing_key.serialize_pem()).unwrap();
+        let tls = PublicTls::load(std::slice::from_ref(&files)).unwrap();
+        let [served] = tls.status().try_into().unwrap();
+        assert_eq!(served.cert_file, files.cert_file);
+        assert_eq!(served.names, ["api.example.com"]);
+        assert_eq!(served.subject, "CN=rcgen self signed cert");
+        // rcgen's default validity ends in 4096.
+        assert!(served.not_after.starts_with("4096-01-01"), "{served:?}");
+        assert!(!served.serial.is_empty());
     }
 
     #[test]

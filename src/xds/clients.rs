@@ -38,12 +38,27 @@ pub struct ClientView {
     pub sidecar: Option<Sidecar>,
     pub types: Vec<TypeView>,
     pub nacks: u64,
+    /// The last NACK of this stream, kept after a later ACK clears the
+    /// type's own (`TypeView::nack_error`).
+    pub last_nack: Option<Nack>,
+}
+
+/// A NACK: which type and version the client refused, and its error.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Nack {
+    pub type_url: String,
+    pub version: String,
+    pub error: String,
+    /// When it came (ms since the epoch).
+    pub at_ms: i64,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TypeView {
     pub type_url: String,
     pub acked_version: Option<String>,
+    /// The nonce of the response it ACKed last.
+    pub acked_nonce: Option<String>,
     pub nacked_version: Option<String>,
     pub nack_error: Option<String>,
     /// The resources it ACKed (CSDS gives them; `/status` only counts).
@@ -88,6 +103,7 @@ impl Clients {
             sidecar: None,
             types: Vec::new(),
             nacks: 0,
+            last_nack: None,
         };
         self.lock().insert(id, (None, view));
         Entry {
@@ -161,22 +177,31 @@ impl Entry {
             .map(|s| TypeView {
                 type_url: s.type_url,
                 acked_version: s.acked_version,
+                acked_nonce: s.acked_nonce,
                 nacked_version: s.nacked.as_ref().map(|(v, _)| v.clone()),
                 nack_error: s.nacked.map(|(_, e)| e),
                 acked_resources: s.acked_resources.len(),
                 resources: s.acked_resources,
             })
             .collect();
-        let new_nacks = view
+        let new_nacks: Vec<Nack> = view
             .types
             .iter()
-            .filter(|t| {
-                t.nacked_version.is_some() && before.get(&t.type_url) != Some(&t.nacked_version)
+            .filter(|t| before.get(&t.type_url) != Some(&t.nacked_version))
+            .filter_map(|t| {
+                Some(Nack {
+                    type_url: t.type_url.clone(),
+                    version: t.nacked_version.clone()?,
+                    error: t.nack_error.clone().unwrap_or_default(),
+                    at_ms: crate::store::now_ms(),
+                })
             })
-            .count() as u64;
-        if new_nacks > 0 {
-            view.nacks += new_nacks;
-            self.clients.0.nacks.fetch_add(new_nacks, Ordering::Relaxed);
+            .collect();
+        if let Some(last) = new_nacks.last() {
+            let count = new_nacks.len() as u64;
+            view.nacks += count;
+            view.last_nack = Some(last.clone());
+            self.clients.0.nacks.fetch_add(count, Ordering::Relaxed);
             tracing::warn!(
                 node = %view.node_id,
                 types = ?view.types.iter().filter(|t| t.nack_error.is_some()).map(|t| (&t.type_url, &t.nack_error)).collect::<Vec<_>>(),
@@ -336,5 +361,45 @@ impl ClientStatusDiscoveryService for Csds {
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
         Ok(Response::new(self.0.client_status(request.get_ref())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eds(acked: Option<&str>, nacked: Option<(&str, &str)>) -> Vec<TypeStatus> {
+        vec![TypeStatus {
+            type_url: super::super::ENDPOINT.into(),
+            acked_version: acked.map(str::to_owned),
+            acked_nonce: acked.map(|_| "7".to_owned()),
+            nacked: nacked.map(|(v, e)| (v.to_owned(), e.to_owned())),
+            acked_resources: Arc::default(),
+        }]
+    }
+
+    #[test]
+    fn the_last_nack_outlives_the_ack_that_clears_its_type() {
+        let clients = Clients::default();
+        let entry = clients.connect("sotw");
+        entry.update(None, eds(Some("v1"), Some(("v2", "bad cluster"))));
+        // The same refusal again is not another NACK.
+        entry.update(None, eds(Some("v1"), Some(("v2", "bad cluster"))));
+        let view = &clients.views()[0];
+        assert_eq!(view.nacks, 1);
+        assert_eq!(view.types[0].acked_nonce.as_deref(), Some("7"));
+        let nack = view.last_nack.clone().expect("a NACK");
+        assert_eq!(
+            (nack.version.as_str(), nack.error.as_str()),
+            ("v2", "bad cluster")
+        );
+
+        entry.update(None, eds(Some("v3"), None));
+        let view = &clients.views()[0];
+        assert_eq!(view.types[0].nack_error, None);
+        assert_eq!(view.last_nack, Some(nack), "kept after the ACK");
+        assert_eq!(clients.nacks(), 1);
+        drop(entry);
+        assert!(clients.views().is_empty());
     }
 }

@@ -53,6 +53,8 @@ struct TypeState {
     /// Per name, the version the client refused.
     refused: BTreeMap<String, String>,
     acked_version: Option<String>,
+    /// The nonce of the response it ACKed last.
+    acked_nonce: Option<String>,
     nacked: Option<(String, String)>,
     /// The system version of each response in flight.
     sent_versions: BTreeMap<u64, String>,
@@ -93,6 +95,7 @@ impl Stream {
             .map(|(t, s)| TypeStatus {
                 type_url: t.clone(),
                 acked_version: s.acked_version.clone(),
+                acked_nonce: s.acked_nonce.clone(),
                 nacked: s.nacked.clone(),
                 acked_resources: s.acked.clone(),
             })
@@ -191,6 +194,7 @@ impl Stream {
                         }
                     }
                     state.acked_version = Some(system_version);
+                    state.acked_nonce = Some(req.response_nonce.clone());
                     state.nacked = None;
                 }
             }

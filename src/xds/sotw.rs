@@ -57,6 +57,8 @@ struct TypeState {
     /// The resources of the last ACKed response.
     acked: Arc<BTreeMap<String, Arc<Resource>>>,
     acked_version: Option<String>,
+    /// The nonce of the response it ACKed last.
+    acked_nonce: Option<String>,
     /// The version the client refused last, and why.
     nacked: Option<(String, String)>,
 }
@@ -74,6 +76,7 @@ struct Sent {
 pub struct TypeStatus {
     pub type_url: String,
     pub acked_version: Option<String>,
+    pub acked_nonce: Option<String>,
     pub nacked: Option<(String, String)>,
     /// The resources it ACKed, by name (shared, not copied).
     pub acked_resources: Arc<BTreeMap<String, Arc<Resource>>>,
@@ -98,6 +101,7 @@ impl Stream {
             .map(|(t, s)| TypeStatus {
                 type_url: t.clone(),
                 acked_version: s.acked_version.clone(),
+                acked_nonce: s.acked_nonce.clone(),
                 nacked: s.nacked.clone(),
                 acked_resources: s.acked.clone(),
             })
@@ -158,6 +162,7 @@ impl Stream {
                 None => {
                     state.acked = sent.resources.clone();
                     state.acked_version = Some(sent.version.clone());
+                    state.acked_nonce = Some(req.response_nonce.clone());
                     state.nacked = None;
                 }
             }

@@ -23,6 +23,7 @@ mod peer_tls;
 mod public_tls;
 mod scaled;
 mod schema;
+mod status_page;
 mod support;
 mod xds;
 mod xds_tls;

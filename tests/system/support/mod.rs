@@ -1,7 +1,7 @@
 //! What the system tests share: the real binary as a process on loopback
 //! ports ([`Node`]), a three-member cluster of it ([`TestCluster`]), the
 //! scaled layout of nine ([`ScaledCluster`]), a real
-//! Envoy ([`Envoy`]), a small disk to fill or break ([`SmallDisk`]), hosts of their own for a cluster's members, to partition ([`Net`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
+//! Envoy ([`Envoy`]), a real browser on a page ([`rendered_dom`], [`screenshot`]), a small disk to fill or break ([`SmallDisk`]), hosts of their own for a cluster's members, to partition ([`Net`]), a raw ADS client ([`Ads`]), HTTP and gRPC clients,
 //! the accounts a test needs, a linearizability checker, and
 //! [`wait_until`], the one way a test waits for something to happen.
 //!
@@ -9,6 +9,7 @@
 
 mod accounts;
 mod ads;
+mod browser;
 mod clients;
 pub mod cluster;
 mod disk;
@@ -22,6 +23,7 @@ mod wait;
 
 pub use accounts::user_password;
 pub use ads::{Ads, CDS, EDS, LDS, decode, request, wait_for_endpoints};
+pub use browser::{rendered_dom, rows, screenshot, test_output};
 pub use clients::{
     assert_plaintext_refused, authed, authed_for, grpc_channel, http, proxyless_echo,
 };
