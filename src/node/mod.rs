@@ -25,6 +25,7 @@ mod grow;
 pub use grow::CONTROL_TOKEN_FILE;
 mod policy;
 mod start;
+mod systemd;
 
 use std::{sync::Arc, time::Duration};
 
@@ -99,9 +100,19 @@ pub async fn run(config: Config, catalogue: Services) -> Result<(), NodeError> {
         }
         Err(e) => return Err(e),
     };
+    let systemd = systemd::Notifier::from_env();
+    let notifying = systemd
+        .clone()
+        .map(|n| tokio::spawn(n.follow(running.readiness.clone())));
     let signal = signals.recv().await;
     tracing::info!(signal, "shutting down: draining in-flight requests");
+    if let Some(n) = &systemd {
+        n.stopping(signal);
+    }
     running.shutdown().await;
+    if let Some(task) = notifying {
+        task.abort();
+    }
     Ok(())
 }
 

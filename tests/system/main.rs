@@ -25,5 +25,6 @@ mod scaled;
 mod schema;
 mod status_page;
 mod support;
+mod systemd;
 mod xds;
 mod xds_tls;

@@ -16,7 +16,7 @@ fn repo() -> &'static Path {
 /// Every committed node config (the topologies are another format).
 fn committed_configs() -> Vec<PathBuf> {
     let mut configs = Vec::new();
-    for dir in ["config", "config/ha", "config/scaled"] {
+    for dir in ["config", "config/ha", "config/scaled", "examples/systemd"] {
         for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml")
@@ -27,7 +27,7 @@ fn committed_configs() -> Vec<PathBuf> {
         }
     }
     configs.sort();
-    assert!(configs.len() >= 13, "{configs:?}");
+    assert!(configs.len() >= 15, "{configs:?}");
     configs
 }
 

@@ -56,7 +56,7 @@ mod tests {
         let stack = layered(Health(readiness.clone()), inner());
         let r = stack.clone().oneshot(get(HEALTH_PATH)).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(text(r).await, r#"{"serving":true}"#);
+        assert_eq!(text(r).await, "{\"serving\":true}\n");
         readiness.start_draining();
         let r = stack.clone().oneshot(get(HEALTH_PATH)).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
