@@ -162,9 +162,9 @@ impl Cluster {
 
 /// Runs until the cluster is dropped or Raft stops: when no leader has
 /// been heard from for as long as its lease (the longest election timeout,
-/// during which openraft's members refuse to vote) and a random part of
-/// up to the timeouts' spread, a PreVote round, and an election only if
-/// it won a majority.
+/// during which openraft's members refuse to vote), a quarter of the
+/// shortest timeout and a random part of up to the timeouts' spread, a
+/// PreVote round, and an election only if it won a majority.
 pub(super) async fn elector(cluster: Weak<Cluster>) {
     let timeout = |c: &Cluster| {
         let (min, max) = (c.election_timeout_min, c.election_timeout_max);
@@ -218,10 +218,14 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         }
         // A committed vote is a leader's: its lease first (the others
         // refuse to vote until theirs lapses too, at about the same
-        // moment), then the random part of the timeout, which keeps the
-        // members from standing at once.
+        // moment), then a quarter of the shortest timeout, in which a
+        // leader handing over asks its chosen follower to stand
+        // (`hand_over_to`), then the random part of the timeout, which
+        // keeps the members from standing at once.
         let due = if state.vote.is_committed() {
-            c.election_timeout_max + wait.saturating_sub(c.election_timeout_min)
+            c.election_timeout_max
+                + c.election_timeout_min / 4
+                + wait.saturating_sub(c.election_timeout_min)
         } else {
             wait
         };

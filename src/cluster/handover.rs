@@ -46,7 +46,11 @@ impl Cluster {
             return self.raft.current_leader().await;
         }
         let quiet = QuietLeader::start(self, gate);
-        tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 4).await;
+        // Just past the followers' leases (a heartbeat sent as the leader
+        // went quiet may still be arriving), and before the others stand on
+        // their own, a quarter of the shortest timeout after their leases
+        // (`elect::elector`).
+        tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 8).await;
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(1));
         let asked = matches!(
