@@ -16,11 +16,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{
-    catalogue::Catalogue,
-    config::Config,
-    telemetry::LogFormat,
-};
+use crate::{catalogue::Catalogue, config::Config, telemetry::LogFormat};
 
 pub const EX_USAGE: u8 = 64;
 

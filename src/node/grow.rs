@@ -344,7 +344,7 @@ impl Grow {
                 .migrate(service.migrations())
                 .await
                 .map_err(|e| format!("service `{name}` could not migrate its namespace: {e}"))?;
-            let router = super::start::service_router(
+            let router = super::services::service_router(
                 &self.catalogue,
                 name,
                 &node_id,

@@ -24,6 +24,7 @@
 mod grow;
 pub use grow::CONTROL_TOKEN_FILE;
 mod policy;
+mod services;
 mod start;
 mod systemd;
 

@@ -6,52 +6,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use futures_util::FutureExt;
 
-use super::{Node, NodeError, Running, Serving, Signals, grow::Grow, policy, refresh_registry};
+use super::{
+    Node, NodeError, Running, Serving, Signals, grow::Grow, policy, refresh_registry,
+    services::service_router,
+};
 use crate::{
     auth::{Auth, AuthError},
-    catalogue::Services,
-    catalogue::{Capability, Grants, ServiceContext},
     cluster::{Cluster, ClusterSlot},
-    config::Config,
     edge::server::ServeOptions,
     edge::{
         admin::{self, NodeInfo, Readiness, ServiceState},
-        ingress::{self, Ingress, IngressSettings},
+        ingress::{Ingress, IngressSettings},
         server,
     },
     mesh::registry::{self, NodeRecord, Registry},
-    store::Store,
     store::StoreError,
 };
-
-/// Starts the handlers of service `name` (migrated already) and composes
-/// its router: at start, or when a running node starts it.
-pub(super) fn service_router(
-    catalogue: &Services,
-    name: &'static str,
-    node_id: &Arc<str>,
-    store: &Store,
-    config: &Config,
-    auth: &Arc<Auth>,
-) -> Result<axum::Router, crate::catalogue::StartError> {
-    let service = catalogue
-        .get(name)
-        .expect("selection is validated against the catalogue");
-    let grants = Grants {
-        credentials: catalogue
-            .granted(name)
-            .contains(&Capability::IssueCredentials)
-            .then(|| auth.clone()),
-    };
-    let handlers = service.start_handlers(ServiceContext::new(
-        node_id.clone(),
-        store,
-        name,
-        config.limits.budget(name),
-        grants,
-    ))?;
-    Ok(ingress::compose(name, handlers))
-}
 
 /// How often a start-up step that waits for the cluster says so again.
 const WAITING_NOTICE: Duration = Duration::from_secs(10);
