@@ -10,7 +10,9 @@ JSON on standard output.
                                           "methods": {...}} of SYMBOL's file
 """
 
+import faulthandler
 import json
+import os
 import sys
 
 import grpc
@@ -75,6 +77,8 @@ def reflect(addr, version, symbol):
 
 
 def main():
+    # A probe that hangs says where (the test allows it 60 s).
+    faulthandler.dump_traceback_later(45, exit=True)
     command, addr, *rest = sys.argv[1:]
     if command == "check":
         check(addr, rest)
@@ -88,3 +92,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Leave without grpcio's shutdown at exit, which can stall the process
+    # after its work is done (a test run saw a probe hang 60 s once).
+    sys.stdout.flush()
+    os._exit(0)
