@@ -155,7 +155,6 @@ impl RoutingTable {
         &self.routes
     }
 
-    /// The gRPC service names (`package.Service`) of `service`.
     /// Every routed gRPC service (`package.Service`) with the service that
     /// serves it, by name.
     pub fn grpc_services(&self) -> Vec<(&'static str, &'static str)> {
@@ -164,6 +163,7 @@ impl RoutingTable {
         all
     }
 
+    /// The gRPC service names (`package.Service`) of `service`.
     pub fn grpc_services_of<'a>(
         &'a self,
         service: &'a str,

@@ -68,7 +68,7 @@ pub fn plan(config: &Config, catalogue: &Services) -> String {
     }
     let _ = writeln!(
         out,
-        "  admin: {} (/healthz, /readyz, /metrics, /status)",
+        "  admin: {} (/ the status page, /healthz, /readyz, /metrics, /status)",
         config.listeners.admin
     );
     if let Some(peer) = config.listeners.peer {

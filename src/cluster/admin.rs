@@ -110,6 +110,14 @@ impl Cluster {
         Ok(result.map(|()| self.status()))
     }
 
+    /// How long a member goes unheard before `/status` calls it
+    /// unreachable: longer than a hand-over keeps the leader quiet
+    /// (`handover`: the longest timeout and an eighth of the shortest), so
+    /// that a hand-over shows no member unreachable.
+    fn unreachable_after(&self) -> Duration {
+        self.election_timeout_max + self.election_timeout_min / 2
+    }
+
     /// Raft's view of this node, for `/status` and `/readyz`.
     pub fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
@@ -117,7 +125,7 @@ impl Cluster {
         let view = contact::View {
             me: self.id,
             leader: m.current_leader,
-            limit: self.election_timeout_max,
+            limit: self.unreachable_after(),
         };
         // Everyone in the membership (voters and learners), named from the
         // topology when it knows them, with what this member can tell of
@@ -175,7 +183,7 @@ impl Cluster {
             // A peer this member tracks (see `contact`) is unreachable when
             // not heard from for longer; one further behind the leader's
             // log than `lagging_after_entries` is lagging.
-            "unreachable_after_ms": self.election_timeout_max.as_millis() as u64,
+            "unreachable_after_ms": self.unreachable_after().as_millis() as u64,
             "lagging_after_entries": LAGGING_AFTER_ENTRIES,
             // This member's certificate (null with `tls: off`), and the
             // store clients' it issued.

@@ -31,11 +31,12 @@ impl Cluster {
     ///
     /// openraft 0.9 has no leadership transfer, and a follower refuses to
     /// vote until `election_timeout_max` (its leader lease) has passed since
-    /// the leader last reached it; it campaigns itself only after a further
-    /// election timeout. So the leader goes quiet (no heartbeats, and
-    /// proposals and read-index rounds wait), lets the leases lapse, and then
-    /// asks the target to campaign: the target is the first candidate the
-    /// followers can vote for. The caller gets the outcome, not a promise.
+    /// the leader last reached it; it stands itself only a quarter of the
+    /// shortest election timeout after that, at the earliest. So the leader
+    /// goes quiet (no heartbeats, and proposals and read-index rounds
+    /// wait), lets the leases lapse, and then asks the target to campaign:
+    /// the target is the first candidate the followers can vote for. The
+    /// caller gets the outcome, not a promise.
     pub(super) async fn hand_over_to(&self, target: u64) -> Option<u64> {
         let Ok(mut client) = self.leader_client(target) else {
             return self.raft.current_leader().await;
@@ -46,10 +47,13 @@ impl Cluster {
             return self.raft.current_leader().await;
         }
         let quiet = QuietLeader::start(self, gate);
-        // Just past the followers' leases (a heartbeat sent as the leader
-        // went quiet may still be arriving), and before the others stand on
-        // their own, a quarter of the shortest timeout after their leases
+        // One last heartbeat now (openraft sends it with heartbeats off), so
+        // that every follower's lease runs from this moment, not from a
+        // heartbeat up to one interval ago: the wait below then ends just
+        // past every lease, and before any other follower stands on its
+        // own, a quarter of the shortest timeout after its lease
         // (`elect::elector`).
+        let _ = self.raft.trigger().heartbeat().await;
         tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 8).await;
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(1));

@@ -60,6 +60,11 @@ impl Readiness {
         self.changed.subscribe()
     }
 
+    /// Whether the node has begun its graceful stop.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Whether `service` runs here and takes traffic (not while draining).
     pub fn serves(&self, service: &str) -> bool {
         let (_, draining, services) = self.snapshot();

@@ -36,7 +36,17 @@ pub async fn terminate(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let size = body.size_hint().exact();
     if size == Some(0) {
-        // No body (a HEAD answer, a 204): nothing to end.
+        // No body: a 204 has nothing to end; a HEAD answer (its body left
+        // out, its length kept) says the length its GET sends, newline
+        // included.
+        let stated = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = stated.filter(|n| *n > 0) {
+            parts.headers.insert(header::CONTENT_LENGTH, (n + 1).into());
+        }
         return Response::from_parts(parts, body);
     }
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -99,6 +109,23 @@ mod tests {
         );
         let (_, empty) = text(terminate(empty).await).await;
         assert_eq!(empty, "");
+
+        // A HEAD answer: no body, the GET's length with its newline.
+        let mut head = Response::new(Body::empty());
+        head.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        head.headers_mut()
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(7u64));
+        let (headers, body) = text(terminate(head).await).await;
+        assert_eq!(
+            (
+                headers[header::CONTENT_LENGTH].to_str().unwrap(),
+                body.as_str()
+            ),
+            ("8", "")
+        );
     }
 
     #[tokio::test]

@@ -116,10 +116,11 @@ pub struct Registry {
     nodes: Arc<RwLock<Vec<NodeRecord>>>,
     /// When each node's record was last written (ms since the epoch, the
     /// leader's clock), as this node's copy of the store says: known where
-    /// the copy is read (`refresh`, a db member), not on a store client,
-    /// which takes a member's records without their times, nor on a single
-    /// node, which does not renew its record. Kept apart from `nodes`: a
-    /// renewal alone is no change to those who follow them.
+    /// the copy is read (`refresh`: a db member; a single node, which
+    /// writes its record once, at start), not on a store client, which
+    /// takes a member's records without their times (`adopt_encoded`
+    /// forgets any it read at start). Kept apart from `nodes`: a renewal
+    /// alone is no change to those who follow them.
     renewed: Arc<RwLock<BTreeMap<String, i64>>>,
     /// Services this node no longer advertises but still serves, while the
     /// others stop sending them here (see `set_local_services`).
@@ -394,6 +395,12 @@ impl Registry {
     pub fn adopt_encoded(&self, encoded: &[u8]) -> Result<(), String> {
         let nodes: Vec<NodeRecord> = serde_json::from_slice(encoded)
             .map_err(|e| format!("a member's registry does not decode: {e}"))?;
+        // A member's records come without their times: any read earlier
+        // (at start) would only grow stale here.
+        self.renewed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.adopt(nodes);
         Ok(())
     }

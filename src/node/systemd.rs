@@ -55,7 +55,13 @@ impl Notifier {
     /// The notifier systemd asked for, if it did (`NOTIFY_SOCKET`).
     pub fn from_env() -> Option<Notifier> {
         let name = std::env::var("NOTIFY_SOCKET").ok()?;
-        let made = address(&name).and_then(|to| Ok((UnixDatagram::unbound()?, to)));
+        // Non-blocking: a full queue at systemd's end drops a message
+        // (logged once) instead of stalling a runtime thread.
+        let made = address(&name).and_then(|to| {
+            let socket = UnixDatagram::unbound()?;
+            socket.set_nonblocking(true)?;
+            Ok((socket, to))
+        });
         let (socket, to) = match made {
             Ok(made) => made,
             Err(e) => {

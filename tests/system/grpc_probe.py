@@ -4,7 +4,8 @@ JSON on standard output.
 
     grpc_probe.py check ADDR NAME...     {"NAME": "SERVING" | "NOT_SERVING" | "NOT_FOUND"}
     grpc_probe.py watch ADDR NAME        one status per line as they come,
-                                         until NOT_SERVING (or 30 s)
+                                         then END and the call's code when
+                                         the server ends the stream (or 30 s)
     grpc_probe.py reflect ADDR v1|v1alpha SYMBOL
                                          {"services": [...], "files": [...],
                                           "methods": {...}} of SYMBOL's file
@@ -41,9 +42,8 @@ def watch(addr, name):
         for reply in stream:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             print(status, flush=True)
-            if status == "NOT_SERVING":
-                stream.cancel()
-                return
+        # The server ended the stream (a draining node does).
+        print("END " + stream.code().name, flush=True)
 
 
 def reflect(addr, version, symbol):

@@ -69,14 +69,31 @@ fn routed_descriptors(table: &RoutingTable) -> Result<prost_types::FileDescripto
     Ok(set)
 }
 
-/// Keeps `reporter` at what `readiness` says, at every change of it.
+/// Keeps `reporter` at what `readiness` says, at every change of it. Once
+/// the node drains, every name is NOT_SERVING and the open `Watch` streams
+/// end after saying so: a client watching health (gRPC's client-side
+/// health checking) must not hold the graceful stop for its whole grace.
 async fn follow(
-    reporter: HealthReporter,
+    mut reporter: HealthReporter,
     readiness: Arc<Readiness>,
     names: Vec<(String, Option<&'static str>)>,
 ) {
     let mut changes = readiness.changes();
     loop {
+        if readiness.draining() {
+            for (name, _) in &names {
+                reporter
+                    .set_service_status(name.as_str(), ServingStatus::NotServing)
+                    .await;
+                // Dropping a name's channel ends its streams once they have
+                // passed NOT_SERVING on; a new one answers `Check` from then.
+                reporter.clear_service_status(name).await;
+                reporter
+                    .set_service_status(name.as_str(), ServingStatus::NotServing)
+                    .await;
+            }
+            return;
+        }
         for (name, service) in &names {
             let serving = match service {
                 None => readiness.serving(),

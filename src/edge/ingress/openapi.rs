@@ -32,7 +32,9 @@ impl OpenApi {
 
 impl Layer for OpenApi {
     fn handle<'a>(&'a self, req: Request, next: Next<'a>) -> BoxFuture<'a, Response> {
-        if req.uri().path() != openapi::PATH || req.method() != Method::GET {
+        // HEAD too: the connection leaves the body out.
+        if req.uri().path() != openapi::PATH || !matches!(*req.method(), Method::GET | Method::HEAD)
+        {
             return Box::pin(next.run(req));
         }
         let mut response =
