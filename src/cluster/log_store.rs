@@ -333,8 +333,14 @@ fn write_loop(
             continue;
         }
         batch.extend(committed.take());
+        let started = std::time::Instant::now();
         let result = write_batch(&mut conn, &batch)
             .map_err(|e| fault::describe(file, "cannot write the Raft log", &e));
+        tracing::trace!(
+            ops = batch.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "write path: log written and fsynced"
+        );
         if let Err(e) = &result {
             tracing::error!("{e}");
         }

@@ -113,7 +113,15 @@ impl peer_server::Peer for PeerService {
         self.in_group(&r).await?;
         let req: openraft::raft::AppendEntriesRequest<TypeConfig> = network::unblob(r.get_ref())?;
         self.heard_from(&req.vote);
+        let (entries, started) = (req.entries.len(), Instant::now());
         let result = self.cluster.raft.append_entries(req).await;
+        if entries > 0 {
+            tracing::trace!(
+                entries,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "write path: follower appended"
+            );
+        }
         if matches!(
             result,
             Ok(openraft::raft::AppendEntriesResponse::Success
@@ -187,6 +195,7 @@ impl peer_server::Peer for PeerService {
                 .collect();
             return reply(&refused);
         }
+        let (writes, started) = (batch.writes.len(), Instant::now());
         let answers = futures_util::future::join_all(
             batch
                 .writes
@@ -194,6 +203,11 @@ impl peer_server::Peer for PeerService {
                 .map(|(id, command)| self.cluster.propose(id, command)),
         )
         .await;
+        tracing::trace!(
+            writes,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "write path: forwarded writes proposed and applied"
+        );
         reply(
             &answers
                 .into_iter()

@@ -105,10 +105,16 @@ pub(super) async fn propose_gathered(raft: Raft<TypeConfig>, quiet: Quiet, pendi
             (proposal, p.reply)
         })
         .unzip();
+    let (writes, started) = (proposals.len(), Instant::now());
     let proposed = {
         let _open = quiet.read().await;
         propose_entry(&raft, Batch(proposals)).await
     };
+    tracing::trace!(
+        writes,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "write path: entry committed and applied"
+    );
     let refusal = match proposed {
         Ok(BatchResponse(results)) => {
             // A reply left without a result (there is none) drops its
@@ -258,6 +264,7 @@ impl Cluster {
     /// sent.
     pub(super) async fn write(&self, command: Command) -> Result<Applied, StoreError> {
         let id = request_id();
+        let began = Instant::now();
         tracing::debug!(request = %id, "write: start");
         let deadline = Instant::now() + LEADER_WAIT;
         let leaderless_limit = (self.election_timeout_max * 3).max(Duration::from_secs(3));
@@ -301,7 +308,12 @@ impl Cluster {
             };
             let hint = match attempt {
                 Ok(ApplyResponse(result)) => {
-                    tracing::debug!(request = %id, ?leader, "write: done");
+                    tracing::debug!(
+                        request = %id,
+                        ?leader,
+                        elapsed_us = began.elapsed().as_micros() as u64,
+                        "write: done"
+                    );
                     return result;
                 }
                 Err(Refusal::NoQuorum(ms)) => {
@@ -383,6 +395,7 @@ impl Cluster {
             .map(|p| ((p.request_id, p.command), p.reply))
             .unzip();
         let wait = PROPOSAL_WAIT + Duration::from_secs(1);
+        let (count, started) = (writes.len(), Instant::now());
         let batch = ForwardedBatch {
             deadline_ms: now_ms() + wait.as_millis() as i64,
             writes,
@@ -420,6 +433,11 @@ impl Cluster {
                 }
             }
         };
+        tracing::trace!(
+            writes = count,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "write path: forward answered by the leader"
+        );
         match answers {
             Ok(answers) if answers.len() == replies.len() => {
                 for (reply, answer) in replies.into_iter().zip(answers) {

@@ -250,7 +250,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 proposals,
             });
         }
+        let (entries, started) = (batch.len(), std::time::Instant::now());
         let results = self.store.apply(batch).await.map_err(sm_err)?;
+        tracing::trace!(
+            entries,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "write path: entries applied"
+        );
         Ok(results.into_iter().map(BatchResponse).collect())
     }
 
