@@ -38,20 +38,25 @@ pub struct Doc {
     pub answers: Vec<(u16, &'static str, schemars::Schema)>,
 }
 
+/// `schema`'s description as one line: schemars keeps a doc comment's
+/// wrapping, which reads badly in an editor's hover or an API browser.
+pub fn one_line_description(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
+        *text = text.replace('\n', " ");
+    }
+}
+
 /// A self-contained schema of `T`: no references to resolve, and its doc
 /// comments' descriptions as one line each.
 pub fn schema_of<T: schemars::JsonSchema>() -> schemars::Schema {
-    let one_line = |schema: &mut schemars::Schema| {
-        if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
-            *text = text.replace('\n', " ");
-        }
-    };
     schemars::generate::SchemaSettings::draft2020_12()
         .with(|s| {
             s.inline_subschemas = true;
             s.meta_schema = None;
         })
-        .with_transform(schemars::transform::RecursiveTransform(one_line))
+        .with_transform(schemars::transform::RecursiveTransform(
+            one_line_description,
+        ))
         .into_generator()
         .into_root_schema_for::<T>()
 }

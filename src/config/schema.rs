@@ -27,9 +27,7 @@ impl Transform for ForEditors {
     fn transform(&mut self, schema: &mut Schema) {
         // Below first: the alternative added here is not visited again.
         transform_subschemas(self, schema);
-        if let Some(serde_json::Value::String(text)) = schema.get_mut("description") {
-            *text = text.replace('\n', " ");
-        }
+        crate::catalogue::routes::one_line_description(schema);
         let typed =
             |t: &serde_json::Value| matches!(t.as_str(), Some("integer" | "number" | "boolean"));
         let takes_variable = match schema.get("type") {

@@ -7,10 +7,10 @@ use std::{collections::BTreeMap, process::Stdio, time::Duration};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{Node, NodeConfig, grpc_python};
+use crate::support::{Node, NodeConfig, checkout, grpc_python};
 
 fn probe_script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/system/grpc_probe.py")
+    checkout().join("tests/system/grpc_probe.py")
 }
 
 async fn probe(args: &[&str]) -> Value {

@@ -429,6 +429,7 @@ async fn json_answers_end_with_a_newline() {
     for url in [
         node.url("/api/echo?message=hi"),
         node.url("/api/no-such-service"),
+        node.url("/healthz"),
         node.admin_url("/status"),
     ] {
         let r = http().get(&url).send().await.unwrap();

@@ -7,17 +7,7 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 use flotilla::catalogue::{Catalogue, routing::Protocol};
 use serde_json::Value;
 
-use crate::support::{Node, NodeConfig, http};
-
-fn tool(path: &str) -> std::path::PathBuf {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    assert!(
-        tool.exists(),
-        "{} is not installed: run scripts/install-test-tools (scripts/test does)",
-        tool.display()
-    );
-    tool
-}
+use crate::support::{Node, NodeConfig, http, openapi_python, openapi_validator};
 
 /// Checks `instance` against the schema the document gives for `method
 /// path`'s `status` answer, with Python's jsonschema: `ok` or why not.
@@ -30,7 +20,7 @@ schema = answer["content"]["application/json"]["schema"]
 errors = list(jsonschema.Draft202012Validator(schema).iter_errors(json.loads(sys.argv[5])))
 print("ok" if not errors else errors[0].message)
 "#;
-    let out = Command::new(tool(".venv/openapi/bin/python"))
+    let out = Command::new(openapi_python())
         .args(["-c", script])
         .arg(document)
         .args([path, method, &status.to_string(), &instance.to_string()])
@@ -95,7 +85,7 @@ async fn the_document_has_every_http_route_validates_and_describes_real_answers(
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
-    let out = Command::new(tool(".venv/openapi/bin/openapi-spec-validator"))
+    let out = Command::new(openapi_validator())
         .arg(&file)
         .output()
         .unwrap();

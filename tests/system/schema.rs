@@ -6,18 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::{BINARY, run_cli};
-
-/// The checkout's root.
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{BINARY, checkout, openapi_python, run_cli};
 
 /// Every committed node config (the topologies are another format).
 fn committed_configs() -> Vec<PathBuf> {
     let mut configs = Vec::new();
     for dir in ["config", "config/ha", "config/scaled", "examples/systemd"] {
-        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+        for entry in std::fs::read_dir(checkout().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml")
                 && path.file_name().is_some_and(|n| n != "topology.yaml")
@@ -35,7 +30,7 @@ fn committed_configs() -> Vec<PathBuf> {
 fn the_committed_schema_is_what_the_binary_prints() {
     let (code, printed, err) = run_cli(Path::new(BINARY), &["config", "schema"]);
     assert_eq!(code, 0, "{err}");
-    let committed = std::fs::read_to_string(repo().join("config/schema.json")).unwrap();
+    let committed = std::fs::read_to_string(checkout().join("config/schema.json")).unwrap();
     assert!(
         printed == committed,
         "config/schema.json is not what `flotilla config schema` prints: the config's types changed; run `cargo run -- config schema > config/schema.json` and commit it"
@@ -58,7 +53,7 @@ fn every_committed_config_points_its_editor_at_the_schema() {
         let schema = config.parent().unwrap().join(target);
         assert_eq!(
             std::fs::canonicalize(&schema).unwrap(),
-            std::fs::canonicalize(repo().join("config/schema.json")).unwrap(),
+            std::fs::canonicalize(checkout().join("config/schema.json")).unwrap(),
             "{}",
             config.display()
         );
@@ -69,12 +64,6 @@ fn every_committed_config_points_its_editor_at_the_schema() {
 /// (installed with openapi-spec-validator by the test tools): for each,
 /// `ok` or the validator's complaint.
 fn validate(documents: &[(&str, String)]) -> Vec<String> {
-    let python = repo().join(".venv/openapi/bin/python");
-    assert!(
-        python.exists(),
-        "{} is not installed: run scripts/install-test-tools (scripts/test does)",
-        python.display()
-    );
     let script = r#"
 import json, sys, yaml, jsonschema
 schema = json.load(open(sys.argv[1]))
@@ -85,9 +74,9 @@ for text in json.load(sys.stdin):
     print(json.dumps("ok" if not errors else errors[0].message))
 "#;
     let texts: Vec<&String> = documents.iter().map(|(_, t)| t).collect();
-    let mut child = std::process::Command::new(python)
+    let mut child = std::process::Command::new(openapi_python())
         .args(["-c", script])
-        .arg(repo().join("config/schema.json"))
+        .arg(checkout().join("config/schema.json"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -117,7 +106,7 @@ fn a_json_schema_validator_takes_the_committed_configs_and_refuses_what_flotilla
             std::fs::read_to_string(config).unwrap(),
         ));
     }
-    let base = std::fs::read_to_string(repo().join("config/single.yaml")).unwrap();
+    let base = std::fs::read_to_string(checkout().join("config/single.yaml")).unwrap();
     let variable = base.replace(
         "request_timeout_ms: 10000",
         "request_timeout_ms: ${TIMEOUT}",

@@ -12,11 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{BINARY, Node, NodeConfig, free_port, http, run_cli};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{BINARY, Node, NodeConfig, checkout, free_port, http, run_cli};
 
 /// `systemd-analyze`, which CI's test tools install with Debian's systemd.
 fn analyze() -> Command {
@@ -32,7 +28,7 @@ fn analyze() -> Command {
 /// binary the tests built instead of /usr/local/bin/flotilla (verify wants
 /// an executable there).
 fn unit(dir: &Path, name: &str, as_name: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("examples/systemd").join(name)).unwrap();
+    let text = std::fs::read_to_string(checkout().join("examples/systemd").join(name)).unwrap();
     assert!(
         text.contains("ExecStart=/usr/local/bin/flotilla serve"),
         "{name}"
@@ -105,7 +101,7 @@ fn the_example_configs_check_in_the_units_environment() {
         .unwrap();
     }
     // The member's topology, with the addresses its config gives it.
-    let topology = std::fs::read_to_string(repo().join("config/ha/topology.yaml"))
+    let topology = std::fs::read_to_string(checkout().join("config/ha/topology.yaml"))
         .unwrap()
         .replace("127.0.0.1:7071", "10.0.0.1:7070")
         .replace("127.0.0.1:8181", "10.0.0.1:8080");
@@ -113,7 +109,7 @@ fn the_example_configs_check_in_the_units_environment() {
     for config in ["flotilla.yaml", "node1.yaml"] {
         let out = Command::new(BINARY)
             .args(["check-config", "--config"])
-            .arg(repo().join("examples/systemd").join(config))
+            .arg(checkout().join("examples/systemd").join(config))
             .env("STATE_DIRECTORY", env.path().join("state"))
             .env("CREDENTIALS_DIRECTORY", env.path())
             .env("CONFIGURATION_DIRECTORY", env.path())
@@ -133,7 +129,7 @@ fn the_example_configs_check_in_the_units_environment() {
         &[
             "check-config",
             "--config",
-            repo()
+            checkout()
                 .join("examples/systemd/flotilla.yaml")
                 .to_str()
                 .unwrap(),

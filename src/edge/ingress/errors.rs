@@ -3,10 +3,8 @@
 //! `ApiError` already; what the framework answers on its own (a body that
 //! is not JSON, a wrong content type, a wrongly typed field, a body over
 //! the limit, a path segment that is not UTF-8) comes as plain text, and is
-//! turned into the same shape here, its text kept as the message. Every
-//! JSON answer made on this node then ends with a newline
-//! (`json_line`). gRPC requests are left alone: their errors are
-//! statuses.
+//! turned into the same shape here, its text kept as the message. gRPC
+//! requests are left alone: their errors are statuses.
 
 use axum::{
     extract::Request,
@@ -16,10 +14,7 @@ use futures_util::future::BoxFuture;
 use http::{StatusCode, header};
 
 use super::{Layer, Next, is_grpc};
-use crate::{
-    catalogue::api_error::ApiError,
-    edge::json_line::{self, is_json},
-};
+use crate::{catalogue::api_error::ApiError, edge::json_line::is_json};
 
 /// The most of a plain-text error body kept as the message.
 const MESSAGE_LIMIT: usize = 4 * 1024;
@@ -28,8 +23,7 @@ async fn as_json(req: Request, next: Next<'_>) -> Response {
     if is_grpc(&req) {
         return next.run(req).await;
     }
-    let response = next.run(req).await;
-    json_line::terminate(error_as_json(response).await).await
+    error_as_json(next.run(req).await).await
 }
 
 /// `response` as `{"error","message"}` JSON if it is an error in another
@@ -199,7 +193,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn json_errors_successes_and_grpc_pass_unchanged_but_for_the_json_line_end() {
+    async fn json_errors_successes_and_grpc_pass_unchanged() {
         let (status, _, body) =
             send(request("/json", Some("application/json"), r#"{"n":7}"#)).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "7"));
@@ -217,7 +211,7 @@ mod tests {
         let r = already.oneshot(request("/x", None, "")).await.unwrap();
         assert_eq!(
             text(r).await,
-            "{\"error\":\"bad_request\",\"message\":\"said as JSON\"}\n"
+            r#"{"error":"bad_request","message":"said as JSON"}"#
         );
     }
 }

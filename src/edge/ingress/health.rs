@@ -24,14 +24,11 @@ async fn answer(readiness: &Arc<Readiness>, req: Request, next: Next<'_>) -> Res
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    crate::edge::json_line::terminate(
-        (
-            status,
-            axum::Json(serde_json::json!({ "serving": serving })),
-        )
-            .into_response(),
+    (
+        status,
+        axum::Json(serde_json::json!({ "serving": serving })),
     )
-    .await
+        .into_response()
 }
 
 /// The layer: `answer` over its state.
@@ -56,7 +53,7 @@ mod tests {
         let stack = layered(Health(readiness.clone()), inner());
         let r = stack.clone().oneshot(get(HEALTH_PATH)).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(text(r).await, "{\"serving\":true}\n");
+        assert_eq!(text(r).await, r#"{"serving":true}"#);
         readiness.start_draining();
         let r = stack.clone().oneshot(get(HEALTH_PATH)).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -1,26 +1,27 @@
 //! The built-in ingress: the public listener's one entry point, a stack of
 //! layers that reads as the request's journey (`Ingress::new` composes it):
 //!
-//! 1. `health`: `GET /healthz` is answered for load balancers (503 once the
+//! 1. `json_lines`: every JSON answer from below ends with a newline;
+//! 2. `health`: `GET /healthz` is answered for load balancers (503 once the
 //!    node drains), outside every service's routes and metrics;
-//! 2. `metrics`: every other answer is counted by service, route template,
+//! 3. `metrics`: every other answer is counted by service, route template,
 //!    method and status, with its latency (labels `lookup` sets);
-//! 3. `errors`: every HTTP error from below is `{"error","message"}` JSON,
+//! 4. `errors`: every HTTP error from below is `{"error","message"}` JSON,
 //!    the framework's own rejections included;
-//! 4. `node_grpc` and `openapi`: gRPC health and reflection, and the
+//! 5. `node_grpc` and `openapi`: gRPC health and reflection, and the
 //!    OpenAPI document at `GET /api/openapi.json`, answered by this node
 //!    for itself, public and never forwarded;
-//! 5. `lookup`: the routing table finds the route, or the request is
+//! 6. `lookup`: the routing table finds the route, or the request is
 //!    answered: a JSON 404 for a path no service declares, 405 with `Allow`
 //!    for a path with other methods, and the gRPC equivalents;
-//! 6. `locality`: a service this node does not run is forwarded to a node
+//! 7. `locality`: a service this node does not run is forwarded to a node
 //!    that does, before any authentication (that node decides); a request
 //!    another node forwarded gets the client address that node saw;
-//! 7. `access`: authentication and the authorization decision for the
+//! 8. `access`: authentication and the authorization decision for the
 //!    route (`authz::decide`); the caller's `Principal` reaches the handler
 //!    as a request extension;
-//! 8. `limits`: body size and time;
-//! 9. `dispatch`: the service's router.
+//! 9. `limits`: body size and time;
+//! 10. `dispatch`: the service's router.
 //!
 //! Each layer is a function over its own state, run through the `Layer`
 //! trait, and tested alone in its module (`test_support::layered` puts one
@@ -32,6 +33,7 @@ mod access;
 mod dispatch;
 mod errors;
 mod health;
+mod json_lines;
 mod limits;
 mod locality;
 mod lookup;
@@ -168,6 +170,7 @@ impl Ingress {
         .over_tls(limits.forward_tls.clone());
         let readiness_for_grpc = readiness.clone();
         let layers: Vec<Box<dyn Layer>> = vec![
+            Box::new(json_lines::JsonLines),
             Box::new(health::Health(readiness)),
             Box::new(metrics::Metrics(metrics)),
             Box::new(errors::Errors),

@@ -35,7 +35,7 @@ pub use node::{
     BINARY, Node, NodeConfig, blocking_get, example_binary, free_addr, free_port, run_cli,
     run_cli_with_input,
 };
-pub use pods::grpc_python;
+pub use pods::{checkout, grpc_python, openapi_python, openapi_validator};
 pub use scaled::ScaledCluster;
 pub use wait::{wait_until, wait_until_blocking, wait_until_every};
 

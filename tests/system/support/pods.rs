@@ -34,12 +34,13 @@ use super::BINARY;
 
 pub const NAMESPACE: &str = "flotilla";
 
-fn repo() -> PathBuf {
+/// The checkout the tests run in.
+pub fn checkout() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn tool(path: &str) -> PathBuf {
-    let tool = repo().join(path);
+    let tool = checkout().join(path);
     assert!(
         tool.exists(),
         "{} is not installed: run scripts/install-test-tools (scripts/test does)",
@@ -56,6 +57,17 @@ pub fn kubectl() -> PathBuf {
 /// Python with grpcio, from the test tools.
 pub fn grpc_python() -> PathBuf {
     tool(".venv/grpc/bin/python")
+}
+
+/// Python with openapi-spec-validator, jsonschema and PyYAML, from the
+/// test tools.
+pub fn openapi_python() -> PathBuf {
+    tool(".venv/openapi/bin/python")
+}
+
+/// `openapi-spec-validator`, from the test tools.
+pub fn openapi_validator() -> PathBuf {
+    tool(".venv/openapi/bin/openapi-spec-validator")
 }
 
 /// `kubernetes-validate`, from the test tools.
@@ -86,7 +98,7 @@ pub struct Rendered {
 impl Rendered {
     pub fn of(dir: &str) -> Rendered {
         let out = Command::new(kubectl())
-            .args(["kustomize", repo().join(dir).to_str().unwrap()])
+            .args(["kustomize", checkout().join(dir).to_str().unwrap()])
             .output()
             .unwrap();
         assert!(
@@ -208,7 +220,7 @@ impl Play {
         let rendered = Rendered::of(dir);
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("secrets");
-        let out = Command::new(repo().join("scripts/k8s-secrets"))
+        let out = Command::new(checkout().join("scripts/k8s-secrets"))
             .arg(&secrets)
             .env("FLOTILLA_BIN", BINARY)
             .output()
