@@ -112,8 +112,8 @@ impl Cluster {
 
     /// How long a member goes unheard before `/status` calls it
     /// unreachable: longer than a hand-over keeps the leader quiet
-    /// (`handover`: the longest timeout and an eighth of the shortest), so
-    /// that a hand-over shows no member unreachable.
+    /// (`handover`: the lease, about the shortest timeout, and an eighth of
+    /// it), so that a hand-over shows no member unreachable.
     fn unreachable_after(&self) -> Duration {
         self.election_timeout_max + self.election_timeout_min / 2
     }

@@ -65,10 +65,8 @@ impl Cluster {
     /// The answer to another member's PreVote; changes nothing here.
     pub(super) async fn pre_vote(&self, req: &VoteRequest<u64>) -> Option<VoteResponse<u64>> {
         let state = self.vote_state().await?;
-        let lease_alive = state.vote.is_committed()
-            && state
-                .since
-                .is_some_and(|since| since <= self.election_timeout_max);
+        let lease_alive =
+            state.vote.is_committed() && state.since.is_some_and(|since| since <= self.lease);
         let mine = self.last_log();
         Some(VoteResponse {
             vote: state.vote,
@@ -161,10 +159,10 @@ impl Cluster {
 }
 
 /// Runs until the cluster is dropped or Raft stops: when no leader has
-/// been heard from for as long as its lease (the longest election timeout,
-/// during which openraft's members refuse to vote), a quarter of the
-/// shortest timeout and a random part of up to the timeouts' spread, a
-/// PreVote round, and an election only if it won a majority.
+/// been heard from for as long as its lease (the shortest election timeout,
+/// during which the members refuse to vote), a quarter of the shortest
+/// timeout and a random part of up to the timeouts' spread, a PreVote
+/// round, and an election only if it won a majority.
 pub(super) async fn elector(cluster: Weak<Cluster>) {
     let timeout = |c: &Cluster| {
         let (min, max) = (c.election_timeout_min, c.election_timeout_max);
@@ -205,9 +203,7 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         // is not used yet): a member cut off learns it, and refuses what
         // it would otherwise send into the void, an election timeout
         // sooner than the election attempt below would tell it.
-        let lapsed = state
-            .since
-            .is_some_and(|since| since >= c.election_timeout_max);
+        let lapsed = state.since.is_some_and(|since| since >= c.lease);
         if lapsed && c.cut_off().is_none() && Instant::now() >= next_probe {
             let (_, reached) = c.pre_vote_round(term).await;
             c.set_cut_off(!reached);
@@ -223,9 +219,7 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         // (`hand_over_to`), then the random part of the timeout, which
         // keeps the members from standing at once.
         let due = if state.vote.is_committed() {
-            c.election_timeout_max
-                + c.election_timeout_min / 4
-                + wait.saturating_sub(c.election_timeout_min)
+            c.lease + c.election_timeout_min / 4 + wait.saturating_sub(c.election_timeout_min)
         } else {
             wait
         };

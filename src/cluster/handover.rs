@@ -30,8 +30,8 @@ impl Cluster {
     /// Hands leadership to `target` and returns who leads afterwards.
     ///
     /// openraft 0.9 has no leadership transfer, and a follower refuses to
-    /// vote until `election_timeout_max` (its leader lease) has passed since
-    /// the leader last reached it; it stands itself only a quarter of the
+    /// vote until its leader lease (`Cluster::lease`) has passed since the
+    /// leader last reached it; it stands itself only a quarter of the
     /// shortest election timeout after that, at the earliest. So the leader
     /// goes quiet (no heartbeats, and proposals and read-index rounds
     /// wait), lets the leases lapse, and then asks the target to campaign:
@@ -54,7 +54,7 @@ impl Cluster {
         // own, a quarter of the shortest timeout after its lease
         // (`elect::elector`).
         let _ = self.raft.trigger().heartbeat().await;
-        tokio::time::sleep(self.election_timeout_max + self.election_timeout_min / 8).await;
+        tokio::time::sleep(self.lease + self.election_timeout_min / 8).await;
         let mut req = tonic::Request::new(Blob::default());
         req.set_timeout(Duration::from_secs(1));
         let asked = matches!(

@@ -274,25 +274,57 @@ impl peer_server::Peer for PeerService {
         // Whoever may read the registry may follow it.
         check_read(&r, REGISTRY_NAMESPACE, &*self.cluster.policy)?;
         // A store client's stream is its session with this member: it
-        // ends when the connection does (see `sessions`).
+        // ends when the connection does, or when this member suspends its
+        // sessions (see `sessions`). The request carries the token the
+        // client is known by (its registry claim, or nothing).
         let session = match caller(&r)? {
-            network::Caller::Client(client) => Some(self.cluster.sessions.opened(&client.node)),
+            network::Caller::Client(client) => {
+                let token = std::str::from_utf8(&r.get_ref().data)
+                    .ok()
+                    .filter(|t| t.len() <= MAX_SESSION_TOKEN)
+                    .ok_or_else(|| {
+                        tonic::Status::invalid_argument(format!(
+                            "a session's token is UTF-8 of at most {MAX_SESSION_TOKEN} bytes (the node's registry claim)"
+                        ))
+                    })?;
+                let session = self
+                    .cluster
+                    .sessions
+                    .opened(&client.node, token)
+                    .map_err(|why| {
+                        tonic::Status::unavailable(format!(
+                            "this member keeps no sessions now ({why}): follow another member"
+                        ))
+                    })?;
+                Some(session)
+            }
             network::Caller::Peer => None,
         };
         let feed = self.cluster.registry_feed.subscribe();
+        let suspension = self.cluster.sessions.suspension();
         let stream = futures_util::stream::unfold(
-            (feed, true, session),
-            |(mut feed, first, session)| async move {
+            (feed, suspension, true, session),
+            |(mut feed, mut suspension, first, session)| async move {
                 if !first {
-                    // Ends the stream when this member's cluster stops.
-                    feed.changed().await.ok()?;
+                    tokio::select! {
+                        // Ends the stream when this member's cluster stops.
+                        changed = feed.changed() => changed.ok()?,
+                        // Or, for a session, when this member suspends them.
+                        _ = suspension.wait_for(Option::is_some), if session.is_some() => return None,
+                    }
                 }
                 let next = feed.borrow_and_update().clone();
                 let blob = Blob {
                     data: next.to_vec(),
-                    payload: Vec::new(),
+                    // The first message says that this member renews what
+                    // the session keeps alive (see `Followed::Opened`).
+                    payload: if first {
+                        SESSION_RENEWED.to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 };
-                Some((Ok(blob), (feed, false, session)))
+                Some((Ok(blob), (feed, suspension, false, session)))
             },
         );
         Ok(tonic::Response::new(Box::pin(stream)))

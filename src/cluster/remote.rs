@@ -59,9 +59,12 @@ impl StoreClientLink {
     /// The registry as a member sees it (`WatchRegistry`), encoded: once
     /// at once, then at each change, from one member at a time (the last
     /// that answered first; the next when a stream breaks or cannot open,
-    /// after `FOLLOW_RETRY`). Ends when the receiver is dropped.
-    pub fn follow_registry(&self) -> tokio::sync::mpsc::Receiver<Followed> {
+    /// after `FOLLOW_RETRY`). `token` is what the sessions are opened with
+    /// (this node's registry claim, or empty). Ends when the receiver is
+    /// dropped.
+    pub fn follow_registry(&self, token: &str) -> tokio::sync::mpsc::Receiver<Followed> {
         let inner = self.0.clone();
+        let token = token.as_bytes().to_vec();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             use std::sync::atomic::Ordering;
@@ -76,7 +79,10 @@ impl StoreClientLink {
                 turn += 1;
                 let opened = match inner.client(member).await {
                     Ok(mut client) => client
-                        .watch_registry(tonic::Request::new(Blob::default()))
+                        .watch_registry(tonic::Request::new(Blob {
+                            data: token.clone(),
+                            payload: Vec::new(),
+                        }))
                         .await
                         .map_err(|s| s.to_string()),
                     Err(e) => Err(e),
@@ -94,7 +100,10 @@ impl StoreClientLink {
                             match next {
                                 Ok(Some(blob)) => {
                                     let followed = if std::mem::take(&mut opened) {
-                                        Followed::Opened(blob.data)
+                                        Followed::Opened {
+                                            renewed: blob.payload == SESSION_RENEWED,
+                                            registry: blob.data,
+                                        }
                                     } else {
                                         Followed::Changed(blob.data)
                                     };
@@ -141,8 +150,10 @@ impl StoreClientLink {
 /// session with that member (`cluster::sessions`).
 pub enum Followed {
     /// A session opened: the registry as the member sees it, encoded
-    /// (`Registry::encode`).
-    Opened(Vec<u8>),
+    /// (`Registry::encode`), and whether the member renews this node's
+    /// record while the session lasts (an earlier version does not: the
+    /// node renews it itself then).
+    Opened { registry: Vec<u8>, renewed: bool },
     /// The registry changed.
     Changed(Vec<u8>),
     /// The session ended (the member stopped, or the connection broke);

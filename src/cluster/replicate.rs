@@ -357,7 +357,7 @@ impl Cluster {
         self.last_leader_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() <= self.election_timeout_max)
+            .is_some_and(|at| at.elapsed() <= self.lease)
     }
 
     /// Sends a write to the leader, together with the other writes this

@@ -10,9 +10,18 @@
 //!   calls every follower at each heartbeat, and a call that fails or goes
 //!   unanswered starts the silence.
 //!
-//! This module only keeps the facts: who has been out of touch, since
-//! when. What that means for the registry is decided above (`node`), which
-//! knows the registry and waits out a grace before it marks a record.
+//! This module only keeps the facts: who is in session here (and the
+//! opaque token each store client gave when it opened, its registry
+//! claim), who has been out of touch, since when. What that means for the
+//! registry is decided above (`node`), which knows the registry: it keeps
+//! the records of the nodes in session here alive, and waits out a grace
+//! before it marks a lost one.
+//!
+//! A member that cannot keep its sessions' nodes alive (it cannot commit,
+//! cut off from the leader) *suspends* them: the open sessions end, new
+//! ones are refused with the reason, and the store clients follow another
+//! member. Sessions ended that way are not silences: the nodes did
+//! nothing wrong.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -40,9 +49,19 @@ pub struct Silence {
 #[derive(Default)]
 pub struct Sessions {
     /// Open `WatchRegistry` streams, by store client.
-    open: Mutex<HashMap<String, usize>>,
+    open: Mutex<HashMap<String, Open>>,
     /// The nodes out of touch now.
     lost: watch::Sender<Lost>,
+    /// Why sessions are suspended here, if they are; each suspension ends
+    /// the sessions open at the time.
+    suspended: watch::Sender<Option<String>>,
+}
+
+/// A store client's open sessions here.
+struct Open {
+    count: usize,
+    /// The token it gave with its latest session.
+    token: String,
 }
 
 /// Holds a store client's session open while it lives.
@@ -58,32 +77,78 @@ impl Drop for Session {
 }
 
 impl Sessions {
-    /// A store client's session opens: it is in touch.
-    pub fn opened(self: &std::sync::Arc<Self>, node: &str) -> Session {
-        *self
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(node.to_owned())
-            .or_default() += 1;
+    /// A store client's session opens: it is in touch. `token` is what it
+    /// gave to be known by (its registry claim; empty for a node of the
+    /// topology). Refused, with the reason, while sessions are suspended.
+    pub fn opened(self: &std::sync::Arc<Self>, node: &str, token: &str) -> Result<Session, String> {
+        if let Some(why) = self.suspended.borrow().as_ref() {
+            return Err(why.clone());
+        }
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = open.entry(node.to_owned()).or_insert(Open {
+                count: 0,
+                token: String::new(),
+            });
+            entry.count += 1;
+            token.clone_into(&mut entry.token);
+        }
         self.heard(node);
-        Session {
+        Ok(Session {
             sessions: self.clone(),
             node: node.to_owned(),
-        }
+        })
     }
 
     fn closed(&self, node: &str) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(count) = open.get_mut(node) else {
+        let Some(entry) = open.get_mut(node) else {
             return;
         };
-        *count -= 1;
-        if *count == 0 {
+        entry.count -= 1;
+        if entry.count == 0 {
             open.remove(node);
             drop(open);
-            self.silent(node, now_ms(), false);
+            // Ended by this member (suspended): not the node's silence.
+            if self.suspended.borrow().is_none() {
+                self.silent(node, now_ms(), false);
+            }
         }
+    }
+
+    /// The store clients in session here, each with its token.
+    pub fn in_session(&self) -> Vec<(String, String)> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<(String, String)> = open
+            .iter()
+            .map(|(node, o)| (node.clone(), o.token.clone()))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// Suspends sessions (`why` says why, to those refused): the open ones
+    /// end, and no new one opens until `resume`. Returns whether they were
+    /// open until now.
+    pub fn suspend(&self, why: &str) -> bool {
+        self.suspended.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(why.to_owned());
+            true
+        })
+    }
+
+    /// Sessions open again. Returns whether they were suspended.
+    pub fn resume(&self) -> bool {
+        self.suspended.send_if_modified(|s| s.take().is_some())
+    }
+
+    /// Whether sessions are suspended, and each change: a session ends
+    /// when they are.
+    pub fn suspension(&self) -> watch::Receiver<Option<String>> {
+        self.suspended.subscribe()
     }
 
     /// `node` answered: in touch (again).
@@ -125,8 +190,8 @@ mod tests {
     fn a_node_is_lost_when_its_last_session_closes_and_found_when_heard() {
         let sessions = Arc::new(Sessions::default());
         let lost = sessions.lost();
-        let first = sessions.opened("kv-1");
-        let second = sessions.opened("kv-1");
+        let first = sessions.opened("kv-1", "").unwrap();
+        let second = sessions.opened("kv-1", "").unwrap();
         drop(first);
         assert!(lost.borrow().is_empty(), "one session is still open");
         assert_eq!(sessions.open(), 1);
@@ -137,8 +202,49 @@ mod tests {
         // A later silence keeps the first time.
         sessions.silent("kv-1", silence.since + 10_000, false);
         assert_eq!(lost.borrow()["kv-1"], silence);
-        let _again = sessions.opened("kv-1");
+        let _again = sessions.opened("kv-1", "").unwrap();
         assert!(lost.borrow().is_empty());
+    }
+
+    #[test]
+    fn nodes_in_session_are_listed_with_their_latest_token() {
+        let sessions = Arc::new(Sessions::default());
+        let _a = sessions.opened("web-2", "claim-old").unwrap();
+        let _b = sessions.opened("web-2", "claim-new").unwrap();
+        let kv = sessions.opened("kv-1", "").unwrap();
+        assert_eq!(
+            sessions.in_session(),
+            vec![
+                ("kv-1".to_owned(), String::new()),
+                ("web-2".to_owned(), "claim-new".to_owned())
+            ]
+        );
+        drop(kv);
+        assert_eq!(sessions.in_session().len(), 1);
+    }
+
+    #[test]
+    fn a_suspension_refuses_sessions_and_its_ends_are_no_silence() {
+        let sessions = Arc::new(Sessions::default());
+        let lost = sessions.lost();
+        let mut suspension = sessions.suspension();
+        let open = sessions.opened("kv-1", "").unwrap();
+        sessions.suspend("cannot commit");
+        assert!(suspension.has_changed().unwrap());
+        assert_eq!(
+            suspension.borrow_and_update().as_deref(),
+            Some("cannot commit")
+        );
+        // The stream holding it sees the suspension and ends it.
+        drop(open);
+        assert!(lost.borrow().is_empty(), "ended by the member, not lost");
+        assert_eq!(
+            sessions.opened("kv-1", "").err().as_deref(),
+            Some("cannot commit")
+        );
+        sessions.resume();
+        assert!(suspension.borrow_and_update().is_none());
+        assert!(sessions.opened("kv-1", "").is_ok());
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! It lives in the reserved `registry` namespace of the store (replicated
 //! in a cluster): every member of the topology is seeded when a node
 //! starts, each node records itself (address, services, healthy) on start,
-//! renews the record every `HEARTBEAT`, and marks itself unhealthy when it
-//! stops gracefully. A record not renewed for `TTL` counts as unhealthy, so
-//! a node that dies leaves the endpoints within the TTL. Each node keeps a
+//! and marks itself unhealthy when it stops gracefully. A record not
+//! renewed for `TTL` counts as unhealthy, so a node that dies leaves the
+//! endpoints within the TTL (its broken session marks it sooner). Each
+//! member renews its own record every `HEARTBEAT`, and those of the store
+//! clients in session with it in the same write (`renew`): a store client
+//! writes its record only when a session opens or the record is not what
+//! it should be. Each node keeps a
 //! copy in memory, and nothing polls it: a db member reads its own copy of
 //! the store again when entries applied there change the registry (and
 //! when a record's TTL runs out), and publishes what it sees; a store
@@ -32,7 +36,7 @@ use std::{
 
 use crate::store::{Migration, Namespace, Statement, StoreError, Value, now_ms};
 
-/// How often a node renews its record.
+/// How often a member renews its record and its sessions' records.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a record counts as alive without renewal.
 pub const TTL: Duration = Duration::from_secs(3);
@@ -46,6 +50,11 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// few Raft heartbeats, so that a connection re-made at once is not
 /// taken for a crash.
 pub const SESSION_GRACE: Duration = Duration::from_millis(250);
+/// A write stamped up to this long after a session broke may have been
+/// sent before: a member's renewal in flight at that moment. A node back
+/// through another member writes later than this (it waits 200 ms before
+/// it tries the next member), so `mark_lost` tells the two apart.
+pub const IN_FLIGHT: Duration = Duration::from_millis(100);
 /// How long the record of a joined node that stopped renewing it stays
 /// (unhealthy) before the members delete it.
 pub const COLLECT_AFTER: Duration = Duration::from_secs(60);
@@ -162,6 +171,12 @@ impl Registry {
             claim: Some(Arc::from(claim)),
             ..self
         }
+    }
+
+    /// The claim this node holds its record by; empty for a node of the
+    /// topology.
+    pub fn claim(&self) -> &str {
+        self.claim.as_deref().unwrap_or_default()
     }
 
     /// The write that records this node as `healthy`.
@@ -326,9 +341,27 @@ impl Registry {
         Ok(())
     }
 
-    /// Renews this node's record (healthy, now).
+    /// Writes this node's record (healthy, now).
     pub async fn heartbeat(&self, store: &Namespace) -> Result<(), StoreError> {
         self.write_own(store, Vec::new(), true).await
+    }
+
+    /// A member's heartbeat: its own record, and the renewal of the records
+    /// of the store clients in session with it (`in_session`: node and
+    /// claim), in one write. A store client in session does not write to
+    /// stay alive, so the writes a second are the members', however many
+    /// nodes there are.
+    pub async fn renew(
+        &self,
+        store: &Namespace,
+        in_session: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let renewals = if in_session.is_empty() {
+            Vec::new()
+        } else {
+            vec![RegistryWrite::Renew { nodes: in_session }.statement()]
+        };
+        self.write_own(store, renewals, true).await
     }
 
     /// A graceful stop: marks this node unhealthy, or deletes the record of
@@ -352,15 +385,18 @@ impl Registry {
 
     /// Marks `node`'s record unhealthy, the member's call when the node's
     /// session with it broke at `since` (ms since the epoch): unless the
-    /// record was renewed since (the node is back, through another
-    /// member). Returns whether the record changed. The record is kept: the
-    /// node's next heartbeat marks it healthy again.
+    /// record was written since (the node is back, through another
+    /// member), a renewal that was in flight when the session broke not
+    /// counted (`IN_FLIGHT`). Returns whether the record changed. The
+    /// record is kept: the node writes it again when its next session
+    /// opens, which marks it healthy.
     pub async fn mark_lost(store: &Namespace, node: &str, since: i64) -> Result<bool, StoreError> {
+        let in_flight = i64::try_from(IN_FLIGHT.as_millis()).unwrap_or(0);
         let outcomes = store
             .write(vec![
                 RegistryWrite::Lost {
                     node: node.to_owned(),
-                    since,
+                    since: since.saturating_add(in_flight),
                 }
                 .statement(),
             ])
@@ -391,10 +427,17 @@ impl Registry {
     }
 
     /// Takes the nodes a member sees (`encode`'s output), this node's own
-    /// record kept as it is here.
-    pub fn adopt_encoded(&self, encoded: &[u8]) -> Result<(), String> {
+    /// record kept as it is here. Returns whether the member sees this
+    /// node's record otherwise (unhealthy after a mark or its TTL, older
+    /// services, none): then this node writes it again.
+    pub fn adopt_encoded(&self, encoded: &[u8]) -> Result<bool, String> {
         let nodes: Vec<NodeRecord> = serde_json::from_slice(encoded)
             .map_err(|e| format!("a member's registry does not decode: {e}"))?;
+        let stale = {
+            let current = self.read();
+            let local = current.iter().find(|n| *n.id == *self.local);
+            local != nodes.iter().find(|n| *n.id == *self.local)
+        };
         // A member's records come without their times: any read earlier
         // (at start) would only grow stale here.
         self.renewed
@@ -402,7 +445,7 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         self.adopt(nodes);
-        Ok(())
+        Ok(stale)
     }
 
     /// Reloads the nodes from this node's copy of the store. Returns when
@@ -489,6 +532,10 @@ const CLAIMED: &str = "INSERT INTO registry__records (node, public, services, he
      ON CONFLICT (node) DO UPDATE SET public = excluded.public, services = excluded.services,
          healthy = excluded.healthy, updated_ms = excluded.updated_ms, claim = excluded.claim
      WHERE registry__records.claim = excluded.claim OR registry__records.updated_ms < flotilla_now() - 3000";
+/// The records of the nodes in session with a member, renewed by it: ?1 is
+/// a JSON array of `[node, claim]` pairs (a topology node's claim is '').
+const RENEW: &str = "UPDATE registry__records SET updated_ms = flotilla_now()
+     WHERE (node, claim) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))";
 /// A node out of touch since ?2 (ms), unless renewed since.
 const LOST: &str = "UPDATE registry__records SET healthy = 0
      WHERE node = ?1 AND healthy = 1 AND updated_ms <= ?2";
@@ -516,6 +563,9 @@ pub enum RegistryWrite {
     /// A member marking a node whose session broke at `since` unhealthy,
     /// unless its record was renewed since (members only).
     Lost { node: String, since: i64 },
+    /// A member renewing the records of the nodes in session with it
+    /// (node, claim): their time only, not their health (members only).
+    Renew { nodes: Vec<(String, String)> },
 }
 
 impl RegistryWrite {
@@ -554,6 +604,14 @@ impl RegistryWrite {
             RegistryWrite::Lost { node, since } => {
                 Statement::new(LOST, vec![node.clone().into(), (*since).into()])
             }
+            RegistryWrite::Renew { nodes } => Statement::new(
+                RENEW,
+                vec![
+                    serde_json::to_string(nodes)
+                        .expect("pairs of strings always encode")
+                        .into(),
+                ],
+            ),
         }
     }
 
@@ -591,6 +649,9 @@ impl RegistryWrite {
             (LOST, 2) => Some(RegistryWrite::Lost {
                 node: text(0)?.to_owned(),
                 since: statement.params.get(1)?.as_i64()?,
+            }),
+            (RENEW, 1) => Some(RegistryWrite::Renew {
+                nodes: serde_json::from_str(text(0)?).ok()?,
             }),
             _ => None,
         }
@@ -701,6 +762,12 @@ mod tests {
                 node: "kv-1".into(),
                 since: 1_700_000_000_000,
             },
+            RegistryWrite::Renew {
+                nodes: vec![
+                    ("kv-1".into(), String::new()),
+                    ("web-7f".into(), "c1".into()),
+                ],
+            },
         ] {
             assert_eq!(RegistryWrite::parse(&write.statement()), Some(write));
         }
@@ -752,6 +819,69 @@ mod tests {
         rows.into_iter()
             .map(|r| r.into_iter().next().and_then(Value::into_string).unwrap())
             .collect()
+    }
+
+    /// A member's renewal moves the time of the records of the nodes in
+    /// session with it, each by its name and claim, and nothing else: not
+    /// another node's record, not a claimed record under a wrong claim, not
+    /// anyone's health.
+    #[tokio::test]
+    async fn a_members_renewal_moves_only_its_sessions_records_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = scratch_store(dir.path()).namespace(NAMESPACE);
+        ns.migrate(MIGRATIONS).await.unwrap();
+        let member = Registry::single(record("db-1", "10.0.0.1:8080"));
+        let kv = Registry::single(record("kv-1", "10.0.0.2:8080"));
+        let joined = Registry::single(record("echo-abc", "10.0.0.3:8080")).claimed();
+        let other = Registry::single(record("echo-2", "10.0.0.4:8080"));
+        for r in [&member, &kv, &joined, &other] {
+            r.register(&ns, &[]).await.unwrap();
+        }
+        ns.write(vec![Statement::new(
+            "UPDATE registry__records SET updated_ms = 1000, healthy = (node != 'kv-1')",
+            vec![],
+        )])
+        .await
+        .unwrap();
+        member
+            .renew(
+                &ns,
+                vec![
+                    ("kv-1".into(), String::new()),
+                    ("echo-abc".into(), joined.claim().to_owned()),
+                    ("echo-2".into(), "not its claim".into()),
+                ],
+            )
+            .await
+            .unwrap();
+        let rows = ns
+            .read_stale(Statement::new(
+                "SELECT node, healthy, updated_ms > 1000 FROM registry__records ORDER BY node",
+                vec![],
+            ))
+            .await
+            .unwrap()
+            .rows;
+        let seen: Vec<(String, i64, i64)> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone().into_string().unwrap(),
+                    r[1].as_i64().unwrap(),
+                    r[2].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("db-1".into(), 1, 1),
+                ("echo-2".into(), 1, 0),
+                ("echo-abc".into(), 1, 1),
+                ("kv-1".into(), 0, 1),
+            ],
+            "(node, healthy, renewed)"
+        );
     }
 
     /// Two nodes that joined with the same token and call themselves by the

@@ -339,10 +339,25 @@ pub(super) enum RegistrySource {
 const LATE_BEAT: Duration = Duration::from_millis(250);
 /// How long such a beat waits for the registry stream's news.
 const LATE_BEAT_DELAY: Duration = Duration::from_millis(50);
+/// A member whose heartbeat has not committed for this long suspends its
+/// sessions (`cluster::sessions`): it cannot keep its store clients'
+/// records alive (it is cut off from the leader, or there is none), so
+/// they follow another member, and have a second of their TTL left to
+/// write their records through it.
+const RENEW_LIMIT: Duration = Duration::from_secs(2);
 
-/// Keeps this node's copy of the registry current, and renews its record
-/// every `registry::HEARTBEAT`. Nothing is read on a timer but when a
-/// record's TTL runs out (a member), or after a failed read.
+/// Keeps this node's copy of the registry current, and its record alive:
+///
+/// - a member writes its own record every `registry::HEARTBEAT`, with the
+///   renewal of the records of the store clients in session with it (one
+///   write a second per member, however many nodes there are);
+/// - a store client writes its record when a session opens and when the
+///   member it follows sees the record otherwise (a mark, its TTL), and
+///   otherwise leaves it to the member (a member of an earlier version
+///   does not renew it: the client then writes it every heartbeat).
+///
+/// Nothing is read on a timer but when a record's TTL runs out (a
+/// member), or after a failed read.
 async fn refresh_registry(
     registry: Registry,
     store: Namespace,
@@ -355,12 +370,18 @@ async fn refresh_registry(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes = store.changes();
     let mut feed = match &source {
-        RegistrySource::Client(link) => Some(link.follow_registry()),
+        RegistrySource::Client(link) => Some(link.follow_registry(registry.claim())),
         RegistrySource::Member(_) => None,
     };
     // Whether this node is in session with the members: a member always;
     // a store client while it follows one's registry.
     let mut session = feed.is_none();
+    // A store client: whether the member it follows renews its record,
+    // and whether the record is to be written all the same.
+    let mut renewed_by_member = false;
+    let mut write_due = true;
+    // A member: when its heartbeat last committed.
+    let mut renewed_at = tokio::time::Instant::now();
     // When a member reads its copy next: at once, then on changes, when a
     // record's TTL runs out, or after a failed read.
     let mut read_at = Some(tokio::time::Instant::now());
@@ -374,11 +395,14 @@ async fn refresh_registry(
             _ = stop.cancelled() => return,
             due = heartbeat.tick() => {
                 // A store client's record lives by its session with a
-                // member: without one, it is not renewed (a member that
+                // member: without one, it is not written (a member that
                 // saw the session break may be about to mark it), and it
-                // is renewed at once when one opens.
+                // is written at once when one opens.
                 if !session {
                     tracing::debug!("registry heartbeat waits for a session with a member");
+                    continue;
+                }
+                if feed.is_some() && renewed_by_member && !write_due {
                     continue;
                 }
                 // A beat this late means this process was paused (or
@@ -389,12 +413,44 @@ async fn refresh_registry(
                     heartbeat.reset_after(LATE_BEAT_DELAY);
                     continue;
                 }
+                let cluster = match &source {
+                    RegistrySource::Member(slot) => slot.get(),
+                    RegistrySource::Client(_) => None,
+                };
+                let beat = async {
+                    match &cluster {
+                        Some(c) => registry.renew(&store, c.in_session()).await,
+                        None => registry.heartbeat(&store).await,
+                    }
+                };
                 let beat = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = registry.heartbeat(&store) => r,
+                    r = tokio::time::timeout(HEARTBEAT, beat) => r.unwrap_or_else(|_| {
+                        Err(StoreError::Unavailable(format!(
+                            "not committed within {} ms",
+                            HEARTBEAT.as_millis()
+                        )))
+                    }),
                 };
-                if let Err(e) = beat {
-                    tracing::debug!(error = %e, "registry heartbeat skipped");
+                match beat {
+                    Ok(()) => {
+                        write_due = false;
+                        renewed_at = tokio::time::Instant::now();
+                        if let Some(c) = &cluster {
+                            c.resume_sessions();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "registry heartbeat skipped");
+                        if let Some(c) = &cluster
+                            && renewed_at.elapsed() >= RENEW_LIMIT
+                        {
+                            c.suspend_sessions(&format!(
+                                "its heartbeat has not committed for {} ms: {e}",
+                                renewed_at.elapsed().as_millis()
+                            ));
+                        }
+                    }
                 }
                 continue;
             }
@@ -403,8 +459,10 @@ async fn refresh_registry(
                     // A new session (another member, or the same one
                     // again): renewed at once, so that no member takes the
                     // broken one for a crash (`watch_sessions`).
-                    Some(Followed::Opened(encoded)) => {
+                    Some(Followed::Opened { registry: encoded, renewed }) => {
                         session = true;
+                        renewed_by_member = renewed;
+                        write_due = true;
                         heartbeat.reset_immediately();
                         encoded
                     }
@@ -415,8 +473,11 @@ async fn refresh_registry(
                     }
                     None => return,
                 };
-                if let Err(e) = registry.adopt_encoded(&encoded) {
-                    tracing::warn!(error = %e, "a member's registry was not taken");
+                match registry.adopt_encoded(&encoded) {
+                    // The member sees this node's record otherwise: it is
+                    // written again at the next beat.
+                    Ok(stale) => write_due |= stale,
+                    Err(e) => tracing::warn!(error = %e, "a member's registry was not taken"),
                 }
                 continue;
             }

@@ -496,3 +496,78 @@ async fn crashed_and_paused_nodes_are_marked_unhealthy_when_their_session_breaks
         "detected: store client killed {killed:?}, store client paused {paused:?}, member killed {member_killed:?}"
     );
 }
+
+/// A store client in session with a member writes nothing to stay alive:
+/// the member renews its record with its own heartbeat. An idle cluster's
+/// Raft log grows by about one entry a second per member, not per node
+/// (nine nodes writing each would grow it three times as fast), and every
+/// record stays healthy and young well past its TTL.
+#[tokio::test]
+async fn members_keep_their_store_clients_records_alive_with_one_write_a_second_each() {
+    let cluster = ScaledCluster::start();
+    cluster.wait_registered().await;
+    let leader = cluster.leader().await;
+    let last_index = |status: &serde_json::Value| {
+        status["cluster"]["last_log_index"]
+            .as_u64()
+            .expect("a member's status has its last log index")
+    };
+    let before = last_index(&cluster.nodes[leader].status().await.unwrap());
+    let window = 6;
+    tokio::time::sleep(Duration::from_secs(window)).await;
+    let status = cluster.nodes[leader].status().await.unwrap();
+    let grown = last_index(&status) - before;
+    eprintln!("the idle cluster's log grew by {grown} entries in {window} s");
+    // Three members for `window` seconds, and a little for the leader's
+    // other housekeeping; the nine nodes' own heartbeats would be 54.
+    assert!(
+        grown <= 3 * window + 6,
+        "the log grew by {grown} entries in {window} s on an idle cluster of 3 members and 6 store clients"
+    );
+    for record in status["registry"].as_array().unwrap() {
+        assert_eq!(record["healthy"], true, "{record}");
+        let age = record["age_ms"].as_u64().unwrap();
+        assert!(age < 2_000, "renewed {age} ms ago: {record}");
+    }
+}
+
+/// A member that cannot commit (the leader and another member paused: no
+/// quorum) suspends its store clients' sessions rather than hold them
+/// while their records run out under it, and refuses new ones; once the
+/// quorum is back it takes sessions again, and every node is healthy again
+/// without a restart.
+#[tokio::test]
+async fn a_member_that_cannot_commit_suspends_its_sessions_and_takes_them_again() {
+    let cluster = ScaledCluster::start();
+    cluster.wait_registered().await;
+    let leader = cluster.leader().await;
+    let others: Vec<&str> = ["db-1", "db-2", "db-3"]
+        .into_iter()
+        .filter(|m| *m != leader)
+        .collect();
+    let (paused, alone) = (others[0], others[1]);
+    cluster.nodes[leader].signal("STOP");
+    cluster.nodes[paused].signal("STOP");
+    let log_says = |what: &'static str| {
+        let node = &cluster.nodes[alone];
+        move || {
+            let said = node.log().contains(what);
+            async move { if said { Ok(()) } else { Err(what) } }
+        }
+    };
+    crate::support::wait_until(
+        &format!("{alone} suspends its sessions"),
+        Duration::from_secs(10),
+        log_says("suspends its store clients' sessions"),
+    )
+    .await;
+    cluster.nodes[leader].signal("CONT");
+    cluster.nodes[paused].signal("CONT");
+    crate::support::wait_until(
+        &format!("{alone} takes sessions again"),
+        Duration::from_secs(10),
+        log_says("takes store clients' sessions again"),
+    )
+    .await;
+    cluster.wait_registered().await;
+}
