@@ -21,7 +21,8 @@
 //! committed on a quorum (flotilla: Raft log fsynced on a majority; etcd: its
 //! default, WAL fsynced on a majority), at 1, 16 and 64 concurrent clients.
 //! Then failover: kill -9 of the leader → first acknowledged write through a
-//! survivor, median of 10 trials, for both; with each system's default
+//! survivor, median of 10 trials (`BENCH_FAILOVER_TRIALS`) for each, the
+//! trials alternating which system goes first; with each system's default
 //! timeouts, or (`BENCH_ETCD_TIMEOUTS=flotilla`) etcd given flotilla's
 //! election timeout (200 ms, the lower end of flotilla's 200–400 ms) and a
 //! 40 ms heartbeat (flotilla's is 50 ms; etcd wants five heartbeats per
@@ -641,9 +642,21 @@ fn main() {
     }
     println!("| system | failover median | min | max | trials |");
     println!("|---|---:|---:|---:|---:|");
+    // The trials alternate which system goes first.
+    let trials: usize = std::env::var("BENCH_FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut seen: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for t in 0..trials {
+        let order = if t % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let c: &mut dyn Cluster = if i == 0 { &mut *flotilla } else { &mut *etcd };
+            seen[i].push(failover(&rt, c, t));
+        }
+    }
     let mut medians = Vec::new();
-    for c in [&mut *flotilla, &mut *etcd] {
-        let mut times: Vec<Duration> = (0..10).map(|t| failover(&rt, c, t)).collect();
+    for (c, mut times) in [&*flotilla, &*etcd].into_iter().zip(seen) {
         times.sort_unstable();
         let median = times[times.len() / 2];
         medians.push(median);

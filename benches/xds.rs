@@ -10,8 +10,12 @@
 //! again, in client mode), so that the memory measured is the server's: the
 //! growth of this process's RSS once every stream has ACKed its first full
 //! state. The clients are the envoy-types generated ADS client; each ACKs
-//! every response (the node on its first requests only, as Envoy does).
-//! They share the machine's two cores with the server, so the table gives
+//! every response (the node on its first requests only, as Envoy does). A
+//! stream counts as synced once it holds every type whole (the endpoint
+//! assignments come in pieces: all 100 of them) and has ACKed the last
+//! piece; until 2026-12-01 it counted at the first response of each type,
+//! which stopped the clock before most endpoint pieces had arrived. They
+//! share the machine's two cores with the server, so the table gives
 //! each side's CPU time during the first sync. The change is pushed as a
 //! new snapshot (what the node does when its registry changes); each
 //! client reports when it ACKed it.
@@ -145,7 +149,14 @@ async fn follow(
     for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE] {
         tx.send(request(t, &names(t), "", "")).await.unwrap();
     }
-    let mut seen = std::collections::BTreeSet::new();
+    // Per type: the resources received so far, and how many make it whole
+    // (endpoints and routes come in pieces; each piece is a response of its
+    // own, ACKed on its own).
+    let mut received: std::collections::BTreeMap<String, usize> = Default::default();
+    let whole = |t: &str| match t {
+        ENDPOINT => SERVICES,
+        _ => 1,
+    };
     let mut synced = false;
     while let Ok(Some(r)) = responses.message().await {
         let (type_url, version, nonce) = (&r.type_url, &r.version_info, &r.nonce);
@@ -153,8 +164,13 @@ async fn follow(
         // Like Envoy, the node goes with the first request only.
         ack.node = None;
         tx.send(ack).await.unwrap();
-        seen.insert(type_url.to_owned());
-        if !synced && seen.len() == 4 {
+        *received.entry(type_url.to_owned()).or_default() += r.resources.len();
+        // Synced once every type is whole here and its last piece ACKed.
+        if !synced
+            && [CLUSTER, LISTENER, ENDPOINT, ROUTE]
+                .iter()
+                .all(|t| received.get(*t).is_some_and(|n| *n >= whole(t)))
+        {
             synced = true;
             if shared.synced.fetch_add(1, Ordering::Relaxed) + 1 == shared_total() {
                 shared.say("synced");

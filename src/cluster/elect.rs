@@ -47,6 +47,22 @@ struct VoteState {
 }
 
 impl Cluster {
+    /// Holds this member's candidacy for `hold`: its leader hands over to
+    /// another member.
+    pub(super) fn hold_candidacy(&self, hold: Duration) {
+        *self
+            .candidacy_held_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + hold);
+    }
+
+    fn candidacy_held(&self) -> bool {
+        self.candidacy_held_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     async fn vote_state(&self) -> Option<VoteState> {
         self.raft
             .with_raft_state(|st| VoteState {
@@ -160,9 +176,9 @@ impl Cluster {
 
 /// Runs until the cluster is dropped or Raft stops: when no leader has
 /// been heard from for as long as its lease (the shortest election timeout,
-/// during which the members refuse to vote), a quarter of the shortest
-/// timeout and a random part of up to the timeouts' spread, a PreVote
-/// round, and an election only if it won a majority.
+/// during which the members refuse to vote) and a random part of up to the
+/// timeouts' spread, a PreVote round, and an election only if it won a
+/// majority; not while a hand-over to another member holds its candidacy.
 pub(super) async fn elector(cluster: Weak<Cluster>) {
     let timeout = |c: &Cluster| {
         let (min, max) = (c.election_timeout_min, c.election_timeout_max);
@@ -214,16 +230,14 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         }
         // A committed vote is a leader's: its lease first (the others
         // refuse to vote until theirs lapses too, at about the same
-        // moment), then a quarter of the shortest timeout, in which a
-        // leader handing over asks its chosen follower to stand
-        // (`hand_over_to`), then the random part of the timeout, which
-        // keeps the members from standing at once.
+        // moment), then the random part of the timeout, which keeps the
+        // members from standing at once.
         let due = if state.vote.is_committed() {
-            c.lease + c.election_timeout_min / 4 + wait.saturating_sub(c.election_timeout_min)
+            c.lease + wait.saturating_sub(c.election_timeout_min)
         } else {
             wait
         };
-        if state.since.is_some_and(|since| since < due) {
+        if state.since.is_some_and(|since| since < due) || c.candidacy_held() {
             continue;
         }
         let (won, reached) = c.pre_vote_round(term).await;

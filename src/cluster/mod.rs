@@ -363,6 +363,9 @@ pub struct Cluster {
     /// Set while a hand-over keeps this leader quiet on purpose, so that its
     /// silence is not taken for a lost quorum (see `quorum_silence`).
     handing_over: std::sync::atomic::AtomicBool,
+    /// Until when this member does not stand for election: its leader is
+    /// handing over to another member (`handover`).
+    candidacy_held_until: std::sync::Mutex<Option<Instant>>,
     /// Proposals on their way into entries (see `gather`).
     proposals: tokio::sync::mpsc::UnboundedSender<Pending>,
     /// Writes on their way to the leader (see `gather`).
@@ -605,6 +608,7 @@ impl Cluster {
             raft,
             quiet,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            candidacy_held_until: std::sync::Mutex::new(None),
             proposals,
             forwards,
             confirmations,

@@ -335,6 +335,19 @@ impl peer_server::Peer for PeerService {
         reply(&self.cluster.certify(&req)?)
     }
 
+    async fn hand_over(&self, r: tonic::Request<Blob>) -> PeerResult {
+        members_only(&r)?;
+        let notice: super::handover::HandOverNotice = network::unblob(r.get_ref())?;
+        let hold = notice.hold().map_err(tonic::Status::invalid_argument)?;
+        self.cluster.hold_candidacy(hold);
+        tracing::debug!(
+            target = notice.target,
+            hold_ms = notice.hold_ms,
+            "the leader hands over to another member: not standing meanwhile"
+        );
+        reply(&())
+    }
+
     async fn timeout_now(&self, r: tonic::Request<Blob>) -> PeerResult {
         members_only(&r)?;
         self.cluster
