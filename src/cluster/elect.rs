@@ -190,8 +190,12 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
     };
     let mut next_attempt = Instant::now();
     let mut next_probe = Instant::now();
+    // Until the next look: a tick, or less when a lease lapses or a wait
+    // ends sooner (a failover is not a tick late).
+    let mut pause = TICK;
     loop {
-        tokio::time::sleep(TICK).await;
+        tokio::time::sleep(pause).await;
+        pause = TICK;
         let Some(c) = cluster.upgrade() else { return };
         if c.stopped().is_some() {
             return;
@@ -201,10 +205,13 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         // its vote every tick.
         let leading = c.raft.metrics().borrow().state == ServerState::Leader;
         if leading
-            || c.leader_heard_lately()
             || !c.voters().contains(&c.id)
             || c.handing_over.load(std::sync::atomic::Ordering::SeqCst)
         {
+            continue;
+        }
+        if let Some(left) = c.leader_lease_left() {
+            pause = TICK.min(left + Duration::from_millis(1));
             continue;
         }
         let Some(state) = c.vote_state().await else {
@@ -225,7 +232,10 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
             c.set_cut_off(!reached);
             next_probe = Instant::now() + c.election_timeout_min;
         }
-        if Instant::now() < next_attempt {
+        if let Some(left) = next_attempt.checked_duration_since(Instant::now())
+            && !left.is_zero()
+        {
+            pause = TICK.min(left);
             continue;
         }
         // A committed vote is a leader's: its lease first (the others
@@ -237,7 +247,13 @@ pub(super) async fn elector(cluster: Weak<Cluster>) {
         } else {
             wait
         };
-        if state.since.is_some_and(|since| since < due) || c.candidacy_held() {
+        if let Some(left) = state.since.and_then(|since| due.checked_sub(since))
+            && !left.is_zero()
+        {
+            pause = TICK.min(left);
+            continue;
+        }
+        if c.candidacy_held() {
             continue;
         }
         let (won, reached) = c.pre_vote_round(term).await;

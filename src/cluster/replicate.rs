@@ -181,6 +181,9 @@ pub(super) async fn propose_entry(
 
 /// How long a write or read waits for a leader before giving up.
 pub(super) const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// The longest a write waits between two attempts: it goes again sooner
+/// when a new leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A leader that has not heard from a majority for this many (longest)
 /// election timeouts is cut off and refuses; a shorter silence is waited
@@ -331,6 +334,7 @@ impl Cluster {
                 }
                 Err(Refusal::NotLeader(hint)) => hint,
             };
+            let tried = leader;
             leader = hint.or(self.raft.current_leader().await);
             let now = Instant::now();
             let since = *leaderless_since.get_or_insert(now);
@@ -347,17 +351,34 @@ impl Cluster {
                 ));
             }
             tracing::debug!(request = %id, ?leader, "write: retrying");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Again as soon as this member knows of a leader other than the
+            // one just tried (an election's outcome, a hint it follows), or
+            // after a pause.
+            let _ = self
+                .raft
+                .wait(Some(RETRY_PAUSE))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != tried,
+                    "a leader other than the one tried",
+                )
+                .await;
+            leader = leader.or(self.raft.current_leader().await);
         }
     }
 
     /// Whether this node has heard from a leader within its lease (a
     /// leader's own view is `quorum_doubt`'s).
     pub(super) fn leader_heard_lately(&self) -> bool {
+        self.leader_lease_left().is_some()
+    }
+
+    /// How long the lease of the leader this node last heard from has to
+    /// run, if it has not lapsed.
+    pub(super) fn leader_lease_left(&self) -> Option<Duration> {
         self.last_leader_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|at| at.elapsed() <= self.lease)
+            .and_then(|at| self.lease.checked_sub(at.elapsed()))
     }
 
     /// Sends a write to the leader, together with the other writes this
