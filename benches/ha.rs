@@ -656,8 +656,18 @@ fn main() {
         }
     }
     let mut medians = Vec::new();
+    let mut every = Vec::new();
     for (c, mut times) in [&*flotilla, &*etcd].into_iter().zip(seen) {
         times.sort_unstable();
+        every.push(format!(
+            "{}: {}",
+            c.name(),
+            times
+                .iter()
+                .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         let median = times[times.len() / 2];
         medians.push(median);
         println!(
@@ -669,6 +679,7 @@ fn main() {
             times.len()
         );
     }
+    println!("\nEvery trial, ms: {}", every.join("; "));
     println!();
     println!(
         "Ratio (flotilla / etcd): failover median {:.2}",

@@ -555,7 +555,16 @@ impl Cluster {
                     LEADER_WAIT.as_secs()
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Again as soon as a leader other than this one is known, or
+            // after a pause (as a write does).
+            let _ = self
+                .raft
+                .wait(Some(RETRY_PAUSE))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != leader,
+                    "a leader other than the one tried",
+                )
+                .await;
         }
     }
 
