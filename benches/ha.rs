@@ -22,7 +22,10 @@
 //! default, WAL fsynced on a majority), at 1, 16 and 64 concurrent clients.
 //! Then failover: kill -9 of the leader → first acknowledged write through a
 //! survivor, median of 10 trials (`BENCH_FAILOVER_TRIALS`) for each, the
-//! trials alternating which system goes first; with each system's default
+//! trials alternating which system goes first, writes sent in attempts of
+//! 100 ms (`BENCH_FAILOVER_ATTEMPT_MS`: a system that drops a write sent
+//! while it has no leader answers at the attempt's end, so its figures
+//! fall on that grid); with each system's default
 //! timeouts, or (`BENCH_ETCD_TIMEOUTS=flotilla`) etcd given flotilla's
 //! election timeout (200 ms, the lower end of flotilla's 200–400 ms) and a
 //! 40 ms heartbeat (flotilla's is 50 ms; etcd wants five heartbeats per
@@ -493,8 +496,13 @@ fn failover(rt: &tokio::runtime::Runtime, c: &mut dyn Cluster, trial: usize) -> 
     let target = c.target();
     // Short attempts, retried: the figure is the systems' recovery, not a
     // client timeout (a write sent to the dead leader is never answered).
-    let channel =
-        rt.block_on(async { target.channels(Duration::from_millis(100))[survivor].clone() });
+    let attempt = Duration::from_millis(
+        std::env::var("BENCH_FAILOVER_ATTEMPT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
+    );
+    let channel = rt.block_on(async { target.channels(attempt)[survivor].clone() });
     c.kill(leader);
     let killed = Instant::now();
     let elapsed = rt.block_on(async {
