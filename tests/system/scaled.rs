@@ -115,28 +115,8 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
 
     // The db members enforce the namespaces of a store client.
     let db1 = cluster.peers["db-1"].to_string();
-    let (_, kv_key, _) = run_cli(
-        Path::new(BINARY),
-        &[
-            "cluster",
-            "client-key",
-            "--config",
-            cluster.nodes["db-1"].config_path.to_str().unwrap(),
-            "--node",
-            "kv-1",
-        ],
-    );
-    // As the store client kv-1: with the certificate a member issues it
-    // for its key (TLS between nodes is on by default).
-    let kv_1 = flotilla::cluster::store_client_auth(
-        std::slice::from_ref(&db1),
-        "kv-1",
-        &["kv".to_owned()],
-        kv_key.trim(),
-        &flotilla::tls::peer::PeerTlsMode::On(Default::default()),
-    )
-    .await
-    .unwrap();
+    let kv_key = client_key(&cluster, "kv-1");
+    let kv_1 = store_client_auth(&cluster, "kv-1", "kv", &kv_key).await;
     let mut as_kv = network::client_as(&db1, &kv_1).unwrap();
     let write = |namespace: &str| {
         network::blob(&ClientWrite {
@@ -358,6 +338,44 @@ async fn every_node_serves_every_route_and_writes_survive_the_loss_of_the_db_lea
     );
 }
 
+/// The store client key of `node`, from `flotilla cluster client-key`.
+fn client_key(cluster: &ScaledCluster, node: &str) -> String {
+    let (code, key, err) = run_cli(
+        Path::new(BINARY),
+        &[
+            "cluster",
+            "client-key",
+            "--config",
+            cluster.nodes["db-1"].config_path.to_str().unwrap(),
+            "--node",
+            node,
+        ],
+    );
+    assert_eq!(code, 0, "client-key for {node}: {err}");
+    key.trim().to_owned()
+}
+
+/// How the store client `node` (running `service`) calls the members:
+/// with the certificate a member issues it for its `key` (TLS between
+/// nodes is on by default).
+async fn store_client_auth(
+    cluster: &ScaledCluster,
+    node: &str,
+    service: &str,
+    key: &str,
+) -> network::Auth {
+    let db1 = cluster.peers["db-1"].to_string();
+    flotilla::cluster::store_client_auth(
+        std::slice::from_ref(&db1),
+        node,
+        &[service.to_owned()],
+        key,
+        &flotilla::tls::peer::PeerTlsMode::On(Default::default()),
+    )
+    .await
+    .unwrap()
+}
+
 /// Whether `node`'s registry holds `of` as healthy (`None` if it does not
 /// answer or does not know `of`).
 async fn sees_healthy(node: &crate::support::Node, of: &str) -> Option<bool> {
@@ -570,4 +588,55 @@ async fn a_member_that_cannot_commit_suspends_its_sessions_and_takes_them_again(
     )
     .await;
     cluster.wait_registered().await;
+}
+
+/// A store client in session writes its record when the registry its
+/// member pushes shows it otherwise than it is: marked unhealthy behind its
+/// back (here by a write with its own credentials, which the members
+/// allow), it is written healthy again within a heartbeat, and every node
+/// sees it so. Without that, the members' renewals (time only, never
+/// health) would keep it unhealthy for good.
+#[tokio::test]
+async fn a_store_client_rewrites_its_record_when_the_members_show_it_otherwise() {
+    let cluster = ScaledCluster::start();
+    cluster.wait_registered().await;
+    let auth = store_client_auth(&cluster, "kv-1", "kv", &client_key(&cluster, "kv-1")).await;
+    let mut as_kv = network::client_as(&cluster.peers["db-1"].to_string(), &auth).unwrap();
+    let mark = flotilla::mesh::registry::RegistryWrite::Own(flotilla::mesh::registry::NodeRecord {
+        id: "kv-1".into(),
+        public: cluster.nodes["kv-1"].public,
+        services: vec!["kv".into()],
+        healthy: false,
+    });
+    let reply = as_kv
+        .write(network::blob(&ClientWrite {
+            request_id: "test-mark-kv-1".into(),
+            command: Command::Write {
+                namespace: flotilla::mesh::registry::NAMESPACE.into(),
+                statements: vec![mark.statement()],
+                budget: WriteBudget::UNLIMITED,
+            },
+            deadline_ms: i64::MAX,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply: Value = serde_json::from_slice(&reply.data).unwrap();
+    assert_eq!(
+        reply["Done"]["Ok"]["Outcomes"][0]["changed"], 1,
+        "the mark was written: {reply}"
+    );
+    for node in ["db-1", "db-2", "db-3", "kv-2", "echo-1"] {
+        crate::support::wait_until(
+            &format!("{node} sees kv-1 healthy again"),
+            Duration::from_secs(5),
+            || async {
+                match sees_healthy(&cluster.nodes[node], "kv-1").await {
+                    Some(true) => Ok(()),
+                    other => Err(other),
+                }
+            },
+        )
+        .await;
+    }
 }
