@@ -389,11 +389,23 @@ async fn sees_healthy(node: &crate::support::Node, of: &str) -> Option<bool> {
 
 /// Waits until every one of `followers` sees `of` unhealthy.
 async fn wait_unhealthy(cluster: &ScaledCluster, followers: &[&str], of: &str, within: Duration) {
+    wait_seen(cluster, followers, of, false, within).await;
+}
+
+/// Waits until every one of `followers` sees `of` as `healthy` (or not).
+async fn wait_seen(
+    cluster: &ScaledCluster,
+    followers: &[&str],
+    of: &str,
+    healthy: bool,
+    within: Duration,
+) {
     for name in followers {
         let node = &cluster.nodes[name];
-        crate::support::wait_until(&format!("{name} sees {of} unhealthy"), within, || async {
+        let state = if healthy { "healthy" } else { "unhealthy" };
+        crate::support::wait_until(&format!("{name} sees {of} {state}"), within, || async {
             match sees_healthy(node, of).await {
-                Some(false) => Ok(()),
+                Some(seen) if seen == healthy => Ok(()),
                 other => Err(other),
             }
         })
@@ -486,15 +498,12 @@ async fn crashed_and_paused_nodes_are_marked_unhealthy_when_their_session_breaks
         "echo-2: not by its session"
     );
     cluster.nodes["echo-2"].signal("CONT");
-    crate::support::wait_until(
-        "kv-1 sees echo-2 healthy again",
+    wait_seen(
+        &cluster,
+        &[watcher],
+        "echo-2",
+        true,
         Duration::from_secs(10),
-        || async {
-            match sees_healthy(&cluster.nodes[watcher], "echo-2").await {
-                Some(true) => Ok(()),
-                other => Err(other),
-            }
-        },
     )
     .await;
 
@@ -626,17 +635,12 @@ async fn a_store_client_rewrites_its_record_when_the_members_show_it_otherwise()
         reply["Done"]["Ok"]["Outcomes"][0]["changed"], 1,
         "the mark was written: {reply}"
     );
-    for node in ["db-1", "db-2", "db-3", "kv-2", "echo-1"] {
-        crate::support::wait_until(
-            &format!("{node} sees kv-1 healthy again"),
-            Duration::from_secs(5),
-            || async {
-                match sees_healthy(&cluster.nodes[node], "kv-1").await {
-                    Some(true) => Ok(()),
-                    other => Err(other),
-                }
-            },
-        )
-        .await;
-    }
+    wait_seen(
+        &cluster,
+        &["db-1", "db-2", "db-3", "kv-2", "echo-1"],
+        "kv-1",
+        true,
+        Duration::from_secs(5),
+    )
+    .await;
 }
