@@ -17,6 +17,12 @@ use super::*;
 /// How often the elector looks at the member's state.
 const TICK: Duration = Duration::from_millis(50);
 
+/// The leader lease of a member whose shortest election timeout is `min`
+/// (see `Cluster::lease`).
+pub(super) fn lease(min: Duration) -> Duration {
+    min + Duration::from_millis(1)
+}
+
 /// Whether a member would vote for a candidate whose last log entry is
 /// `candidate`: not while it leads or its leader's lease is alive (the rule
 /// and timestamp of openraft's own vote check), and not for a log behind

@@ -259,19 +259,6 @@ pub use certify::store_client_auth;
 /// clients may follow with `WatchRegistry`.
 pub const REGISTRY_NAMESPACE: &str = "registry";
 
-/// The leader lease of a member whose shortest election timeout is `min`
-/// (see `Cluster::lease`).
-fn lease(min: Duration) -> Duration {
-    min + Duration::from_millis(1)
-}
-
-/// The first message of a `WatchRegistry` stream carries this: the member
-/// renews what a session keeps alive, so the store client need not (a
-/// member of an earlier version sends nothing, and its store clients renew
-/// their records themselves).
-pub(crate) const SESSION_RENEWED: &[u8] = b"renewed";
-/// The longest token a store client may open a session with.
-const MAX_SESSION_TOKEN: usize = 256;
 pub use network::{StoreClient, join_token, join_token_scope};
 
 /// What this node is in the cluster.
@@ -484,7 +471,7 @@ impl Cluster {
             // millisecond, since openraft wants the two apart); the spread
             // of the timeouts is our elector's (`Cluster::lease`).
             election_timeout_min: settings.election_timeout.0.as_millis() as u64,
-            election_timeout_max: lease(settings.election_timeout.0).as_millis() as u64,
+            election_timeout_max: elect::lease(settings.election_timeout.0).as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_keep_logs,
             snapshot_max_chunk_size: 1024 * 1024,
@@ -604,7 +591,7 @@ impl Cluster {
             cut_off_since: std::sync::Mutex::new(None),
             election_timeout_min: settings.election_timeout.0,
             election_timeout_max: settings.election_timeout.1,
-            lease: lease(settings.election_timeout.0),
+            lease: elect::lease(settings.election_timeout.0),
             raft,
             quiet,
             handing_over: std::sync::atomic::AtomicBool::new(false),
@@ -671,56 +658,6 @@ impl Cluster {
     /// This member's TLS between nodes, unless `tls: off`.
     pub fn node_tls(&self) -> Option<crate::tls::peer::PeerTls> {
         self.tls.clone()
-    }
-
-    /// Publishes the registry as this member sees it (encoded) to the store
-    /// clients that follow it; an unchanged one is not sent again.
-    pub fn publish_registry(&self, encoded: Vec<u8>) {
-        self.registry_feed.send_if_modified(|current| {
-            if **current == encoded[..] {
-                false
-            } else {
-                *current = Arc::from(encoded);
-                true
-            }
-        });
-    }
-
-    /// The nodes this member has been out of touch with (see `sessions`),
-    /// and each change to them.
-    pub fn lost(&self) -> tokio::sync::watch::Receiver<sessions::Lost> {
-        self.sessions.lost()
-    }
-
-    /// How many store clients have a session open with this member.
-    pub fn open_sessions(&self) -> usize {
-        self.sessions.open()
-    }
-
-    /// The store clients in session with this member, each with the token
-    /// it opened its session with (its registry claim, or empty).
-    pub fn in_session(&self) -> Vec<(String, String)> {
-        self.sessions.in_session()
-    }
-
-    /// Ends this member's sessions and refuses new ones, saying `why`,
-    /// until `resume_sessions`: its store clients follow another member.
-    pub fn suspend_sessions(&self, why: &str) {
-        let open = self.sessions.open();
-        if self.sessions.suspend(why) {
-            tracing::warn!(
-                sessions = open,
-                reason = why,
-                "this member suspends its store clients' sessions: they follow another member until it can keep them again"
-            );
-        }
-    }
-
-    /// Takes sessions again after `suspend_sessions`.
-    pub fn resume_sessions(&self) {
-        if self.sessions.resume() {
-            tracing::info!("this member takes store clients' sessions again");
-        }
     }
 
     /// The peer listener's TLS, unless `tls: off`: each connection takes

@@ -2,7 +2,10 @@
 //! the writes, reads and administrative calls of members and store clients,
 //! each store client's call checked against the cluster's `ClientPolicy`.
 
-use super::*;
+use super::{
+    sessions::{MAX_SESSION_TOKEN, SESSION_RENEWED},
+    *,
+};
 
 pub(super) struct PeerService {
     pub(super) cluster: Arc<Cluster>,

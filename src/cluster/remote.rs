@@ -3,7 +3,7 @@
 //! leader first, following leader hints), and `flotilla cluster …`
 //! operations go the same way.
 
-use super::*;
+use super::{sessions::SESSION_RENEWED, *};
 
 /// A replicator that sends writes and reads to the running members over
 /// the peer listener, so they go through Raft like any other:

@@ -352,16 +352,8 @@ impl Cluster {
             }
             tracing::debug!(request = %id, ?leader, "write: retrying");
             // Again as soon as this member knows of a leader other than the
-            // one just tried (an election's outcome, a hint it follows), or
-            // after a pause.
-            let _ = self
-                .raft
-                .wait(Some(RETRY_PAUSE))
-                .metrics(
-                    |m| m.current_leader.is_some() && m.current_leader != tried,
-                    "a leader other than the one tried",
-                )
-                .await;
+            // one just tried (an election's outcome), or after a pause.
+            let _ = tokio::time::timeout(RETRY_PAUSE, self.leader_changes_from(tried)).await;
             leader = leader.or(self.raft.current_leader().await);
         }
     }
@@ -445,7 +437,7 @@ impl Cluster {
                             wait.as_millis()
                         ))),
                     },
-                    () = self.leader_changes_from(leader) => Err(Refusal::Unknown(format!(
+                    () = self.leader_changes_from(Some(leader)) => Err(Refusal::Unknown(format!(
                         "the leadership moved from {leader} while the write was on its way"
                     ))),
                     () = self.becomes_cut_off() => Err(Refusal::Unknown(
@@ -493,15 +485,13 @@ impl Cluster {
         }
     }
 
-    /// Returns once this node knows a leader other than `leader`.
-    async fn leader_changes_from(&self, leader: u64) {
+    /// Returns once this node knows a leader, other than `leader` if one
+    /// is given.
+    async fn leader_changes_from(&self, leader: Option<u64>) {
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics
-                .borrow_and_update()
-                .current_leader
-                .is_some_and(|l| l != leader)
-            {
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != leader {
                 return;
             }
             if metrics.changed().await.is_err() {
@@ -555,16 +545,9 @@ impl Cluster {
                     LEADER_WAIT.as_secs()
                 )));
             }
-            // Again as soon as a leader other than this one is known, or
-            // after a pause (as a write does).
-            let _ = self
-                .raft
-                .wait(Some(RETRY_PAUSE))
-                .metrics(
-                    |m| m.current_leader.is_some() && m.current_leader != leader,
-                    "a leader other than the one tried",
-                )
-                .await;
+            // Again as soon as a leader other than the one asked is known,
+            // or after a pause (as a write does).
+            let _ = tokio::time::timeout(RETRY_PAUSE, self.leader_changes_from(leader)).await;
         }
     }
 

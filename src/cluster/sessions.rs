@@ -180,6 +180,69 @@ impl Sessions {
     }
 }
 
+/// The first message of a `WatchRegistry` stream carries this: the member
+/// renews what a session keeps alive, so the store client need not (a
+/// member of an earlier version sends nothing, and its store clients renew
+/// their records themselves).
+pub(crate) const SESSION_RENEWED: &[u8] = b"renewed";
+/// The longest token a store client may open a session with.
+pub(super) const MAX_SESSION_TOKEN: usize = 256;
+
+/// A member's sessions as the layers above use them: the registry it
+/// publishes to them, who is out of touch, who is in session, and the
+/// suspension.
+impl super::Cluster {
+    /// Publishes the registry as this member sees it (encoded) to the store
+    /// clients that follow it; an unchanged one is not sent again.
+    pub fn publish_registry(&self, encoded: Vec<u8>) {
+        self.registry_feed.send_if_modified(|current| {
+            if **current == encoded[..] {
+                false
+            } else {
+                *current = std::sync::Arc::from(encoded);
+                true
+            }
+        });
+    }
+
+    /// The nodes this member has been out of touch with (see `sessions`),
+    /// and each change to them.
+    pub fn lost(&self) -> watch::Receiver<Lost> {
+        self.sessions.lost()
+    }
+
+    /// How many store clients have a session open with this member.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.open()
+    }
+
+    /// The store clients in session with this member, each with the token
+    /// it opened its session with (its registry claim, or empty).
+    pub fn in_session(&self) -> Vec<(String, String)> {
+        self.sessions.in_session()
+    }
+
+    /// Ends this member's sessions and refuses new ones, saying `why`,
+    /// until `resume_sessions`: its store clients follow another member.
+    pub fn suspend_sessions(&self, why: &str) {
+        let open = self.sessions.open();
+        if self.sessions.suspend(why) {
+            tracing::warn!(
+                sessions = open,
+                reason = why,
+                "this member suspends its store clients' sessions: they follow another member until it can keep them again"
+            );
+        }
+    }
+
+    /// Takes sessions again after `suspend_sessions`.
+    pub fn resume_sessions(&self) {
+        if self.sessions.resume() {
+            tracing::info!("this member takes store clients' sessions again");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
