@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn large_updates_go_in_pieces_each_acked_on_its_own() {
-        let many: Vec<u16> = (1..=200).collect();
+        let many: Vec<u16> = (1..=1000).collect();
         let views: Vec<_> = (0..20)
             .map(|i| service(&format!("s{i:02}"), &many))
             .collect();

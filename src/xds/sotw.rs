@@ -263,8 +263,7 @@ impl Stream {
         }
         state.must_send = false;
         // Route configurations and endpoints may also go in pieces, so that
-        // no response (and no per-stream encoding buffer) grows with the
-        // whole set.
+        // no response outgrows what a client accepts (`CHUNK_BYTES`).
         let pieces = if partial {
             chunks(&resources)
         } else {
@@ -301,8 +300,16 @@ fn named(listed: &[String]) -> BTreeSet<String> {
 }
 
 /// The most bytes of resources one response piece carries (a single larger
-/// resource goes alone).
-pub(crate) const CHUNK_BYTES: usize = 16 * 1024;
+/// resource goes alone). Each piece costs the client an ACK and the server
+/// its decoding: with 16 KiB pieces a first sync of 100 services × 100
+/// endpoints was 25 endpoint responses per stream, most of its messages.
+/// Responses are written from the resources' shared encodings as the
+/// connection takes them (`Outgoing::frames`), so a larger piece costs the
+/// stream no buffer. Kept under 128 KiB: a client decodes a message in one
+/// buffer, and above that size glibc's allocator maps fresh pages for each
+/// one (with 1 MiB pieces the benchmark's clients spent a third of their
+/// time in page faults; BENCHMARKS.md).
+pub(crate) const CHUNK_BYTES: usize = 96 * 1024;
 
 /// `resources` in runs of at most `CHUNK_BYTES` (at least one each, and
 /// one empty run for an empty list).
@@ -438,7 +445,7 @@ mod tests {
 
     #[test]
     fn large_endpoint_responses_go_in_pieces_and_the_last_ack_counts() {
-        let many: Vec<u16> = (1..=200).collect();
+        let many: Vec<u16> = (1..=1000).collect();
         let views: Vec<_> = (0..20)
             .map(|i| service(&format!("s{i:02}"), &many))
             .collect();
