@@ -8,7 +8,10 @@
 //! queued while the previous fsync ran in one transaction and only then
 //! calls each append's `LogFlushed` back. openraft issues one append per
 //! client write on the leader, so without this every write paid its own
-//! fsync on Raft's single core task. `save_vote`, `truncate` and `purge`
+//! fsync on Raft's single core task. The leader's own appends are
+//! acknowledged at once, before their write, so that openraft replicates
+//! them while they are written; `durable` keeps them from counting before
+//! they are on disk. `save_vote`, `truncate` and `purge`
 //! return only after their transaction is on disk. Every entry is stored
 //! with a checksum of its encoding; a record that does not match is
 //! reported as corrupt, never applied.
@@ -33,7 +36,7 @@ use openraft::{
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::TypeConfig;
+use super::{TypeConfig, durable::Durable};
 use crate::store::fault::{self, Fault};
 
 type NodeId = u64;
@@ -74,6 +77,14 @@ fn corrupt(file: &str, what: &str) -> String {
 /// One entry as stored: index, encoding, checksum of the encoding.
 type Record = (u64, Vec<u8>, i64);
 
+/// Whom an append's write is reported to.
+enum Flushed {
+    /// openraft, which waits for it.
+    Callback(LogFlushed<TypeConfig>),
+    /// `Durable`, under this ticket: openraft was told at once.
+    Early(u64),
+}
+
 /// Work for the writer thread, done in queue order.
 enum Op {
     Append {
@@ -81,7 +92,7 @@ enum Op {
         /// The log ids of the appended entries, to drop them from the tail
         /// once they are on disk.
         ids: Vec<LogId<NodeId>>,
-        done: LogFlushed<TypeConfig>,
+        done: Flushed,
     },
     Meta {
         key: &'static str,
@@ -123,6 +134,13 @@ pub struct LogStore {
     writer: mpsc::Sender<Op>,
     /// The highest commit index this node has learned, for stale reads.
     pub committed: Arc<std::sync::atomic::AtomicU64>,
+    /// The leader's appends acknowledged before their write.
+    pub durable: Arc<Durable>,
+    /// This member's Raft id, once it may acknowledge its own appends as
+    /// leader early (`acknowledging_as`).
+    me: Option<NodeId>,
+    /// The vote last saved.
+    vote: Arc<Mutex<Option<Vote<NodeId>>>>,
     /// The file, for messages.
     file: Arc<str>,
 }
@@ -163,17 +181,41 @@ impl LogStore {
         let (tx, rx) = mpsc::channel();
         let writer_tail = tail.clone();
         let writer_file = file.clone();
+        let durable = Arc::new(Durable::default());
+        let writer_durable = durable.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(conn, &writer_file, rx, writer_tail))
+            .spawn(move || write_loop(conn, &writer_file, rx, writer_tail, &writer_durable))
             .map_err(|e| format!("cannot start the raft log writer thread: {e}"))?;
         Ok(LogStore {
             reader: Arc::new(Mutex::new(reader)),
             tail,
             writer: tx,
             committed: Arc::default(),
+            durable,
+            me: None,
+            vote: Arc::default(),
             file,
         })
+    }
+
+    /// From now on, appends this member makes as the leader are
+    /// acknowledged before their write (see `durable`): its state machine
+    /// must wait on `durable`, and its AppendEntries hold back the commit
+    /// index, or an entry could count before it is on disk.
+    pub fn acknowledging_as(mut self, me: NodeId) -> LogStore {
+        self.me = Some(me);
+        self
+    }
+
+    /// The leader's vote under which `me` appends its own entries, if it
+    /// leads now.
+    fn leading(&self) -> Option<openraft::LeaderId<NodeId>> {
+        let me = self.me?;
+        lock(&self.vote)
+            .as_ref()
+            .filter(|v| v.committed && v.leader_id.node_id == me)
+            .map(|v| v.leader_id)
     }
 
     fn send(&self, op: Op) -> Result<(), StorageError<NodeId>> {
@@ -311,7 +353,12 @@ fn write_loop(
     file: &str,
     rx: mpsc::Receiver<Op>,
     tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    durable: &Durable,
 ) {
+    // Once a write acknowledged early has failed, nothing more is written:
+    // openraft believes that entry is on disk, and a later one must not be
+    // written after a hole. What waits fails, and openraft stops.
+    let mut poisoned: Option<String> = None;
     // The latest committed index not written yet. It is advisory (a node
     // that restarts without it learns it from the leader), so it rides
     // along with the next write instead of paying an fsync of its own,
@@ -334,8 +381,11 @@ fn write_loop(
         }
         batch.extend(committed.take());
         let started = std::time::Instant::now();
-        let result = write_batch(&mut conn, &batch)
-            .map_err(|e| fault::describe(file, "cannot write the Raft log", &e));
+        let result = match &poisoned {
+            Some(why) => Err(why.clone()),
+            None => write_batch(&mut conn, &batch)
+                .map_err(|e| fault::describe(file, "cannot write the Raft log", &e)),
+        };
         tracing::trace!(
             ops = batch.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -344,6 +394,7 @@ fn write_loop(
         if let Err(e) = &result {
             tracing::error!("{e}");
         }
+        let mut early = None;
         for op in batch {
             match op {
                 Op::Append { ids, done, .. } => {
@@ -355,7 +406,12 @@ fn write_loop(
                             }
                         }
                     }
-                    done.log_io_completed(result.clone().map_err(std::io::Error::other));
+                    match done {
+                        Flushed::Callback(done) => {
+                            done.log_io_completed(result.clone().map_err(std::io::Error::other))
+                        }
+                        Flushed::Early(ticket) => early = Some(ticket),
+                    }
                 }
                 Op::Meta { done, .. } => {
                     if let Some(done) = done {
@@ -366,6 +422,16 @@ fn write_loop(
                     let _ = done.send(result.clone());
                 }
             }
+        }
+        match (&result, early) {
+            (Ok(()), Some(ticket)) => durable.written(ticket),
+            (Err(e), Some(_)) => {
+                durable.failed(e);
+                poisoned.get_or_insert_with(|| {
+                    format!("an earlier write of the Raft log failed ({e}); restart the node")
+                });
+            }
+            _ => {}
         }
     }
 }
@@ -517,7 +583,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             value,
             done: Some(done),
         })
-        .await
+        .await?;
+        *lock(&self.vote) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -559,21 +627,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut records = Vec::new();
         let mut ids = Vec::new();
+        // The leader's own entries, made under its current vote, are
+        // acknowledged before their write (see `durable`).
+        let leading = self.leading();
+        let mut own = leading.is_some();
         {
             let mut tail = lock(&self.tail);
             for entry in entries {
                 let payload = serde_json::to_vec(&entry).map_err(io_err)?;
                 let sum = checksum(&payload);
+                own &= Some(entry.log_id.leader_id) == leading;
                 records.push((entry.log_id.index, payload, sum));
                 ids.push(entry.log_id);
                 tail.insert(entry.log_id.index, entry);
             }
         }
-        self.send(Op::Append {
+        let Some(first) = records.first().map(|r| r.0).filter(|_| own) else {
+            return self.send(Op::Append {
+                records,
+                ids,
+                done: Flushed::Callback(callback),
+            });
+        };
+        let ticket = self.durable.acknowledged_early(first);
+        if let Err(e) = self.send(Op::Append {
             records,
             ids,
-            done: callback,
-        })
+            done: Flushed::Early(ticket),
+        }) {
+            self.durable.failed("the raft log writer has stopped");
+            return Err(e);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -619,7 +705,9 @@ mod tests {
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().map_err(io_err)?;
-            let log = LogStore::open(&dir.path().join("raft-log.db")).map_err(io_err)?;
+            let log = LogStore::open(&dir.path().join("raft-log.db"))
+                .map_err(io_err)?
+                .acknowledging_as(1);
             let store = Store::open(
                 &StoreConfig {
                     data_dir: dir.path().to_owned(),
@@ -629,7 +717,7 @@ mod tests {
                 Metrics::new().store,
             )
             .map_err(io_err)?;
-            let sm = StateMachine::new(store, dir.path().to_owned());
+            let sm = StateMachine::new(store, dir.path().to_owned(), log.durable.clone());
             Ok((dir, log, sm))
         }
     }
@@ -647,6 +735,50 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    fn stored(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_leaders_own_appends_are_acknowledged_before_their_write_and_others_after() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft-log.db");
+        let mut store = LogStore::open(&path).unwrap().acknowledging_as(1);
+        // A follower of member 2: its appends are acknowledged once on disk.
+        store.save_vote(&Vote::new_committed(2, 2)).await.unwrap();
+        let of_two = |index| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(2, 2), index),
+            payload: EntryPayload::Blank,
+        };
+        store.blocking_append([of_two(1), of_two(2)]).await.unwrap();
+        assert_eq!(stored(&path), 2, "on disk when acknowledged");
+        assert_eq!(
+            store.durable.tickets_written(),
+            0,
+            "none acknowledged early"
+        );
+        // Member 1 leads in term 3: its own entries are acknowledged early,
+        // and are on disk once `durable` says so.
+        store.save_vote(&Vote::new_committed(3, 1)).await.unwrap();
+        store
+            .blocking_append([entry(3, 3), entry(3, 4)])
+            .await
+            .unwrap();
+        store.durable.wait(4).await.unwrap();
+        assert_eq!(stored(&path), 4);
+        assert_eq!(store.durable.tickets_written(), 1, "one early append");
+        // Entries of an earlier term of its own (sent back by another
+        // leader) are not its current leadership's: acknowledged after.
+        store.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        store.blocking_append([entry(3, 5)]).await.unwrap();
+        assert_eq!(stored(&path), 5);
+        assert_eq!(store.durable.tickets_written(), 1);
     }
 
     #[tokio::test]

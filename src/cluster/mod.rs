@@ -27,6 +27,7 @@
 mod admin;
 mod certify;
 pub mod contact;
+pub mod durable;
 mod elect;
 mod handover;
 pub mod log_store;
@@ -489,14 +490,15 @@ impl Cluster {
         std::fs::create_dir_all(&snapshots).map_err(|e| {
             ClusterError::Log(format!("cannot create {}: {e}", snapshots.display()))
         })?;
-        let sm = state_machine::StateMachine::new(store.clone(), snapshots);
-        let committed = log.committed.clone();
         let Role::Voter { id, secret } = &settings.role else {
             return Err(ClusterError::Config(
                 "only a node with the db role runs Raft; this one is a store client".into(),
             ));
         };
         let id = *id;
+        let log = log.acknowledging_as(id);
+        let sm = state_machine::StateMachine::new(store.clone(), snapshots, log.durable.clone());
+        let committed = log.committed.clone();
         let credential: Arc<str> = Arc::from(network::credential(secret));
         let client_keys: network::ClientKeys = Arc::new(std::sync::RwLock::new(client_keys_of(
             secret,
@@ -544,8 +546,11 @@ impl Cluster {
                 auth.clone(),
                 faults.clone(),
                 group.clone(),
-                sessions.clone(),
-                contacts.clone(),
+                network::Books {
+                    sessions: sessions.clone(),
+                    contacts: contacts.clone(),
+                    durable: log.durable.clone(),
+                },
                 settings
                     .members
                     .iter()
@@ -557,6 +562,13 @@ impl Cluster {
         )
         .await
         .map_err(|e| ClusterError::Start(e.to_string()))?;
+        tokio::spawn(log.durable.clone().heartbeat_when_written({
+            let raft = raft.clone();
+            move || {
+                let raft = raft.clone();
+                async move { raft.trigger().heartbeat().await.is_ok() }
+            }
+        }));
         let (proposals, queue) = tokio::sync::mpsc::unbounded_channel();
         let quiet = Quiet::default();
         let (proposer, gate) = (raft.clone(), quiet.clone());

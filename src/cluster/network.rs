@@ -33,7 +33,7 @@ use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::{TypeConfig, contact::Contacts, sessions::Sessions};
+use super::{TypeConfig, contact::Contacts, durable::Durable, sessions::Sessions};
 use crate::proto::peer::{Blob, peer_client::PeerClient};
 use crate::telemetry::Throttle;
 
@@ -452,12 +452,20 @@ pub struct Network {
     auth: Auth,
     faults: Faults,
     group: super::origin::GroupCell,
+    books: Books,
+    names: Arc<BTreeMap<NodeId, String>>,
+}
+
+/// What this member's Raft calls record and consult, shared with the rest
+/// of the cluster.
+pub struct Books {
     /// Where the leader's calls to each follower are recorded, by the
     /// member's name (`names`; a member not named there is not recorded).
-    sessions: Arc<Sessions>,
+    pub sessions: Arc<Sessions>,
     /// Where every answer to this member's calls is recorded, by id.
-    contacts: Arc<Contacts>,
-    names: Arc<BTreeMap<NodeId, String>>,
+    pub contacts: Arc<Contacts>,
+    /// What holds back the commit index told to followers (see `durable`).
+    pub durable: Arc<Durable>,
 }
 
 impl Network {
@@ -466,8 +474,7 @@ impl Network {
         auth: Auth,
         faults: Faults,
         group: super::origin::GroupCell,
-        sessions: Arc<Sessions>,
-        contacts: Arc<Contacts>,
+        books: Books,
         names: BTreeMap<NodeId, String>,
     ) -> Network {
         Network {
@@ -475,8 +482,7 @@ impl Network {
             auth,
             faults,
             group,
-            sessions,
-            contacts,
+            books,
             names: Arc::new(names),
         }
     }
@@ -490,6 +496,7 @@ pub struct Connection {
     /// The target's name and where its silences go (see `sessions`).
     session: Option<(String, Arc<Sessions>)>,
     contacts: Arc<Contacts>,
+    durable: Arc<Durable>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -499,8 +506,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     /// to vote: a silence recorded by an earlier term is forgotten.
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         let session = self.names.get(&target).map(|name| {
-            self.sessions.heard(name);
-            (name.clone(), self.sessions.clone())
+            self.books.sessions.heard(name);
+            (name.clone(), self.books.sessions.clone())
         });
         Connection {
             me: self.me,
@@ -508,7 +515,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             faults: self.faults.clone(),
             client: client(&node.addr, &self.auth, &self.group),
             session,
-            contacts: self.contacts.clone(),
+            contacts: self.books.contacts.clone(),
+            durable: self.books.durable.clone(),
         }
     }
 }
@@ -624,9 +632,10 @@ fn failed<E: std::error::Error>(
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.durable.hold_back(&mut rpc);
         self.call(RPCTypes::AppendEntries, blob(&rpc), &option)
             .await
     }

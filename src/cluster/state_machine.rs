@@ -74,6 +74,9 @@ fn data_name(id: &str) -> String {
 pub struct StateMachine {
     store: Store,
     dir: PathBuf,
+    /// The leader's appends acknowledged before their write: an entry is
+    /// applied only once it is on this member's disk.
+    durable: std::sync::Arc<super::durable::Durable>,
     /// One `keep` at a time: a snapshot built here and one received from
     /// the leader may finish together, and each removes the bytes of the
     /// snapshots it replaces.
@@ -81,10 +84,15 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(store: Store, dir: PathBuf) -> StateMachine {
+    pub fn new(
+        store: Store,
+        dir: PathBuf,
+        durable: std::sync::Arc<super::durable::Durable>,
+    ) -> StateMachine {
         StateMachine {
             store,
             dir,
+            durable,
             keeping: std::sync::Arc::default(),
         }
     }
@@ -231,7 +239,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let mut batch = Vec::new();
+        let mut last = None;
         for entry in entries {
+            last = Some(entry.log_id.index);
             let log_id = serde_json::to_vec(&entry.log_id).map_err(sm_err)?;
             let (membership, proposals) = match entry.payload {
                 EntryPayload::Blank => (None, Vec::new()),
@@ -249,6 +259,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 membership,
                 proposals,
             });
+        }
+        if let Some(last) = last {
+            self.durable.wait(last).await.map_err(sm_err)?;
         }
         let (entries, started) = (batch.len(), std::time::Instant::now());
         let results = self.store.apply(batch).await.map_err(sm_err)?;
