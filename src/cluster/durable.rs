@@ -107,6 +107,11 @@ impl Durable {
         });
     }
 
+    /// Why an early-acknowledged write failed, if one did.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.written.borrow().failed.clone()
+    }
+
     /// The ticket of the last early-acknowledged append on disk.
     #[cfg(test)]
     pub fn tickets_written(&self) -> u64 {
@@ -173,7 +178,12 @@ impl Durable {
         let mut written = self.written.subscribe();
         loop {
             let held = self.held.load(Ordering::SeqCst);
-            if held > 0 && self.pending_from().is_none_or(|p| p > held) {
+            if held == 0 {
+                // Nothing held back: not woken by every write.
+                self.held_nudge.notified().await;
+                continue;
+            }
+            if self.pending_from().is_none_or(|p| p > held) {
                 self.held.store(0, Ordering::SeqCst);
                 if !heartbeat().await {
                     return;

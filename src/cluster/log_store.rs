@@ -355,10 +355,6 @@ fn write_loop(
     tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
     durable: &Durable,
 ) {
-    // Once a write acknowledged early has failed, nothing more is written:
-    // openraft believes that entry is on disk, and a later one must not be
-    // written after a hole. What waits fails, and openraft stops.
-    let mut poisoned: Option<String> = None;
     // The latest committed index not written yet. It is advisory (a node
     // that restarts without it learns it from the leader), so it rides
     // along with the next write instead of paying an fsync of its own,
@@ -381,8 +377,14 @@ fn write_loop(
         }
         batch.extend(committed.take());
         let started = std::time::Instant::now();
-        let result = match &poisoned {
-            Some(why) => Err(why.clone()),
+        // Once a write acknowledged early has failed, nothing more is
+        // written: openraft believes that entry is on disk, and a later one
+        // must not be written after a hole. What waits fails, and openraft
+        // stops.
+        let result = match durable.failure() {
+            Some(why) => Err(format!(
+                "an earlier write of the Raft log failed ({why}); restart the node"
+            )),
             None => write_batch(&mut conn, &batch)
                 .map_err(|e| fault::describe(file, "cannot write the Raft log", &e)),
         };
@@ -425,12 +427,7 @@ fn write_loop(
         }
         match (&result, early) {
             (Ok(()), Some(ticket)) => durable.written(ticket),
-            (Err(e), Some(_)) => {
-                durable.failed(e);
-                poisoned.get_or_insert_with(|| {
-                    format!("an earlier write of the Raft log failed ({e}); restart the node")
-                });
-            }
+            (Err(e), Some(_)) => durable.failed(e),
             _ => {}
         }
     }
